@@ -1,0 +1,45 @@
+# Kiosk: `make run` starts the local stack, `make test` runs every test.
+# Both install what they need first (Python packages into .venv, redis-server from the OS).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: help setup system-deps run test lint format bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: system-deps $(INSTALLED) ## install Python packages (.venv) and redis-server
+
+system-deps: ## install redis-server if it is missing
+	@scripts/install-system-deps.sh
+
+run: setup ## start the local stack at http://127.0.0.1:8080 (Ctrl-C stops it)
+	$(BIN)/kiosk up
+
+test: setup lint ## lint, then run every test
+	$(BIN)/pytest
+
+lint: $(INSTALLED) ## ruff: lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(INSTALLED) ## ruff: fix what can be fixed, format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## run the benchmarks; results in benchmark/results/
+	$(BIN)/python -m benchmark.queue_throughput
+	$(BIN)/python -m benchmark.http_overhead
+	$(BIN)/python -m benchmark.upload_memory
+
+clean: ## remove the virtual environment, caches and local stack data
+	rm -rf $(VENV) .cache .kiosk .pytest_cache .ruff_cache

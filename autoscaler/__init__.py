@@ -1,0 +1,1 @@
+"""Autoscaler services: the janitor (and, with the autoscaling work, the scaling controller)."""

@@ -1,0 +1,1 @@
+"""Consumers: the worker loop and the job types it runs."""

@@ -1,0 +1,131 @@
+"""What a job type is: a :class:`Consumer` subclass with a ``process`` method.
+
+The worker (:mod:`consumers.worker`) claims jobs, heartbeats, records timings and settles the
+outcome; a job type only turns one :class:`Job` into a :class:`Result`, raising
+:class:`JobError` for problems the user must fix (those fail at once, without retries).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import ClassVar
+
+from kiosk.jobs import JobField, Stage, Stages, Status, output_prefix
+from kiosk.queue import Claim
+from kiosk.settings import ConsumerSettings
+from kiosk.storage import Bucket, ObjectNotFound
+
+
+class JobError(Exception):
+    """A problem with the job itself (bad input, unknown option): fail now, say what to do."""
+
+
+class JobLost(Exception):
+    """The job was deleted, expired or taken over by another consumer: stop working on it."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished job leaves: its main output in the bucket, and any extra fields."""
+
+    output_file_name: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+class Job:
+    """A claimed job as a job type sees it."""
+
+    def __init__(
+        self,
+        claim: Claim,
+        bucket: Bucket,
+        update: Callable[[Mapping[str, object]], None],
+        on_stage: Callable[[Stage, float], None] = lambda stage, seconds: None,
+    ) -> None:
+        self.key = claim.key
+        self.queue = claim.queue
+        self.attempt = claim.attempt
+        self.fields: dict[str, str] = dict(claim.fields)
+        self.bucket = bucket
+        self._update = update
+        self._on_stage = on_stage
+        self.timings: dict[JobField, float] = {}
+
+    def get(self, name: JobField, default: str = "") -> str:
+        return self.fields.get(name) or default
+
+    def update(self, **fields: object) -> None:
+        """Write fields to the job hash; raises :class:`JobLost` if the job is no longer ours."""
+        self._update(fields)
+        self.fields.update({k: str(v) for k, v in fields.items()})
+
+    def set_status(self, status: Status, progress: int | None = None) -> None:
+        fields: dict[str, object] = {JobField.STATUS: status}
+        if progress is not None:
+            fields[JobField.PROGRESS] = max(0, min(100, int(progress)))
+        self.update(**fields)
+
+    def set_progress(self, progress: int) -> None:
+        self.update(**{JobField.PROGRESS: max(0, min(100, int(progress)))})
+
+    @contextmanager
+    def stage(self, stage: Stage) -> Iterator[None]:
+        """Show the stage's status while it runs; add its seconds to the stage's time field."""
+        self.set_status(stage.status)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            total = self.timings.get(stage.time_field, 0.0) + seconds
+            self.timings[stage.time_field] = total
+            self._on_stage(stage, seconds)
+        self.update(**{stage.time_field: f"{total:.6f}"})
+
+    def download_input(self, directory: Path) -> Path:
+        """Fetch the uploaded input into ``directory`` (the download stage)."""
+        key = self.get(JobField.INPUT_FILE_NAME)
+        if not key:
+            raise JobError("the job names no input file (input_file_name is empty)")
+        dest = directory / PurePosixPath(key).name
+        with self.stage(Stages.DOWNLOAD):
+            try:
+                self.bucket.download_file(key, dest)
+            except ObjectNotFound as exc:
+                raise JobError(
+                    f"the input file {key!r} is not in the bucket; upload it again"
+                ) from exc
+        return dest
+
+    def output_key(self, file_name: str) -> str:
+        """Where a result file of this job goes in the bucket."""
+        return output_prefix(self.key) + PurePosixPath(file_name).name
+
+    def upload_output(self, path: Path, file_name: str | None = None) -> str:
+        """Store a result file (the saving-results stage); returns its key."""
+        key = self.output_key(file_name or path.name)
+        with self.stage(Stages.UPLOAD):
+            self.bucket.upload_file(path, key)
+        return key
+
+
+class Consumer(ABC):
+    """A job type. One instance serves one queue for the life of its process."""
+
+    job_type: ClassVar[str] = ""
+
+    def __init__(self, settings: ConsumerSettings, bucket: Bucket) -> None:
+        self.settings = settings
+        self.bucket = bucket
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Prepare once before the first claim (connect to a model server, warm up)."""
+
+    @abstractmethod
+    def process(self, job: Job) -> Result:
+        """Do the work of one job."""

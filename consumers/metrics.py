@@ -1,0 +1,50 @@
+"""Prometheus metrics a consumer exports about its own work."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class ConsumerMetrics:
+    """Counters and histograms, labelled by queue, that the worker feeds."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.jobs = Counter(
+            "kiosk_consumer_jobs_total",
+            "Jobs a consumer settled, by outcome (done, failed, retried, handed_back, lost).",
+            ["queue", "outcome"],
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "kiosk_consumer_job_duration_seconds",
+            "Wall time of one attempt at a job, claim to settle.",
+            ["queue"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "kiosk_consumer_stage_duration_seconds",
+            "Wall time of one stage of a job (download, preprocess, predict, ...).",
+            ["queue", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.busy = Gauge(
+            "kiosk_consumer_busy",
+            "1 while the consumer holds a job, 0 while it waits for one.",
+            ["queue"],
+            registry=registry,
+        )
+
+    def claimed(self, queue: str) -> None:
+        self.busy.labels(queue).set(1)
+
+    def stage_timed(self, queue: str, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(queue, stage).observe(seconds)
+
+    def settled(self, queue: str, outcome: str, seconds: float) -> None:
+        self.busy.labels(queue).set(0)
+        self.jobs.labels(queue, outcome).inc()
+        self.job_seconds.labels(queue).observe(seconds)

@@ -1,0 +1,266 @@
+"""A consumer's job lifecycle, in one file: claim, heartbeat, work, settle, shut down.
+
+Two threads. The *main* thread supervises: it takes signals, sends heartbeats and enforces the
+shutdown grace. The *jobs* thread claims one job at a time, runs the job type's ``process`` and
+settles the outcome:
+
+    done      -> finish: status done, output_url, timings; the hash gets its finished TTL
+    JobError  -> fail now: status failed with the message as ``reason``, a dead-letter copy
+    other     -> retry: queued again, or failed once ``max_attempts`` are used up
+    JobLost   -> nothing: the job was deleted, or the janitor gave it to another consumer
+
+On SIGTERM (or SIGINT) the jobs thread stops claiming; a job in progress gets
+``shutdown_grace`` seconds to finish, after which the main thread hands it back to the front of
+its queue without counting the attempt, and the process exits. A second signal hands back at
+once. Lost Redis connections are waited out; nothing is dropped while Redis is away. The
+supervisor talks to Redis through its own client that gives up quickly (``control``), so a
+consumer told to stop while Redis is down still stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import redis
+
+from consumers.base import Consumer, Job, JobError, JobLost
+from consumers.metrics import ConsumerMetrics
+from kiosk.jobs import JobField, Stage, file_url
+from kiosk.queue import Claim, JobQueue, Outcome, Settled
+from kiosk.settings import ConsumerSettings
+from kiosk.signals import StopSignals
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR_TICK = 0.25  # seconds between the main thread's checks
+IDLE_EXIT_MARGIN = 5.0  # beyond claim_timeout, before a stopping idle consumer stops waiting
+MAX_BACKOFF = 10.0
+
+
+def new_consumer_id() -> str:
+    """Unique per process: host (the pod name on Kubernetes), pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Worker:
+    def __init__(
+        self,
+        consumer: Consumer,
+        queue: JobQueue,
+        queue_name: str,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics | None = None,
+        consumer_id: str | None = None,
+        control: JobQueue | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.queue = queue
+        self.control = control or queue
+        self.queue_name = queue_name
+        self.settings = settings
+        self.metrics = metrics or ConsumerMetrics()
+        self.consumer_id = consumer_id or new_consumer_id()
+        self._stopping = threading.Event()
+        self._deadline: float | None = None
+        self._stop_asked: float | None = None
+        self._signals = StopSignals()
+        self._current: Claim | None = None
+        self._check_held = True
+
+    # ------------------------------------------------------------------ supervisor (main thread)
+
+    def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._signals.install()
+        self.consumer.setup()
+        # Heartbeat before the first claim, so the janitor never sees a held job without one.
+        self._beat()
+        jobs = threading.Thread(target=self._work, name=f"jobs-{self.queue_name}", daemon=True)
+        jobs.start()
+        log.info("consumer %s serving queue %r", self.consumer_id, self.queue_name)
+        next_beat = time.monotonic() + self.settings.heartbeat_interval
+        handled_signals = 0
+        idle_exit_after = self.settings.claim_timeout + IDLE_EXIT_MARGIN
+        while jobs.is_alive():
+            jobs.join(SUPERVISOR_TICK)
+            now = time.monotonic()
+            if self._signals.count != handled_signals:
+                handled_signals = self._signals.count
+                self.stop(grace=0 if handled_signals > 1 else self.settings.shutdown_grace)
+            if not jobs.is_alive():
+                break
+            if self._deadline is not None and now >= self._deadline:
+                self._hand_back_current()
+                break
+            if (
+                self._stop_asked is not None
+                and self._current is None
+                and (now - self._stop_asked > idle_exit_after)
+            ):
+                log.warning("the jobs thread is stuck waiting for Redis; stopping without it")
+                break
+            if now >= next_beat:
+                self._beat()
+                next_beat = now + self.settings.heartbeat_interval
+        self._shutdown()
+
+    def stop(self, grace: float) -> None:
+        """Stop claiming; a job in progress has ``grace`` seconds before it is handed back."""
+        if not self._stopping.is_set():
+            log.info("stopping: no new claims; %.0fs for the job in progress", grace)
+            self._stop_asked = time.monotonic()
+        self._stopping.set()
+        deadline = time.monotonic() + grace
+        self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+
+    def _beat(self) -> None:
+        current = self._current
+        info = {
+            "queue": self.queue_name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job": current.key if current else "",
+            "stopping": self._stopping.is_set(),
+        }
+        try:
+            self.control.heartbeat(self.consumer_id, self.settings.heartbeat_ttl, info)
+        except redis.RedisError as exc:
+            log.warning("heartbeat failed (%s); retrying next beat", exc)
+
+    def _hand_back_current(self) -> None:
+        claim = self._current
+        if claim is None:
+            return
+        settled = self._settle(lambda: self.control.hand_back(claim, self.consumer_id), retries=3)
+        if settled and settled.outcome is Outcome.APPLIED:
+            log.info("handed back %s unfinished; its attempt does not count", claim.key)
+            self.metrics.settled(self.queue_name, "handed_back", 0.0)
+        elif settled is None:
+            log.error("could not hand back %s; the janitor will requeue it", claim.key)
+
+    def _shutdown(self) -> None:
+        if self._current is not None:
+            return  # keep the heartbeat: it lapses and the janitor requeues what we hold
+        try:
+            self.control.stop_heartbeat(self.consumer_id)
+        except redis.RedisError as exc:
+            log.warning("could not clear heartbeat (%s); it will lapse", exc)
+        log.info("consumer %s stopped", self.consumer_id)
+
+    # ------------------------------------------------------------------ jobs thread
+
+    def _work(self) -> None:
+        delay = 0.0
+        while not self._stopping.is_set():
+            try:
+                claim = self._next_claim()
+                delay = 0.0
+            except redis.RedisError as exc:
+                delay = min(max(delay * 2, 0.5), MAX_BACKOFF)
+                log.warning("Redis unavailable (%s); claiming again in %.1fs", exc, delay)
+                self._check_held = True
+                self._stopping.wait(delay)
+                continue
+            if claim is None:
+                continue
+            if self._stopping.is_set():
+                self._current = claim
+                self._hand_back_current()
+                self._current = None
+                break
+            self._process(claim)
+
+    def _next_claim(self) -> Claim | None:
+        if self._check_held:
+            held = self.queue.held(self.queue_name, self.consumer_id)
+            self._check_held = False
+            if held is not None:
+                log.info("resuming %s, already in this consumer's list", held.key)
+                return held
+        claim = self.queue.claim(self.queue_name, self.consumer_id, self.settings.claim_timeout)
+        if claim is None:
+            self._check_held = True  # idle: a cheap look for anything stranded in our list
+        return claim
+
+    def _process(self, claim: Claim) -> None:
+        self._current = claim
+        self.metrics.claimed(self.queue_name)
+        started = time.perf_counter()
+        log.info("claimed %s (attempt %d)", claim.key, claim.attempt)
+        job = Job(claim, self.consumer.bucket, lambda f: self._update(claim, f), self._on_stage)
+        settled: Settled | None = None
+        job_lost: JobLost | None = None
+        try:
+            result = self.consumer.process(job)
+        except JobLost as exc:
+            log.warning("abandoned %s: %s", claim.key, exc)
+            job_lost = exc
+            settled = Settled(Outcome.LOST)
+        except JobError as exc:
+            log.info("failed %s: %s", claim.key, exc)
+            why = str(exc)
+            settled = self._settle(lambda: self.queue.fail(claim, self.consumer_id, why))
+        except Exception as exc:
+            log.exception("error in %s (attempt %d)", claim.key, claim.attempt)
+            reason = f"{type(exc).__name__}: {exc}"
+            settled = self._settle(lambda: self.queue.retry(claim, self.consumer_id, reason))
+        else:
+            fields = {
+                JobField.OUTPUT_FILE_NAME: result.output_file_name,
+                JobField.OUTPUT_URL: file_url(self.settings.public_url, result.output_file_name),
+                JobField.TOTAL_JOBS: "1",
+                JobField.TOTAL_TIME: f"{time.perf_counter() - started:.6f}",
+                **result.fields,
+            }
+            settled = self._settle(lambda: self.queue.finish(claim, self.consumer_id, fields))
+        finally:
+            self._current = None
+        outcome = _outcome_name(settled)
+        if settled and settled.outcome is Outcome.LOST and not isinstance(job_lost, JobLost):
+            log.warning("%s was taken over by another consumer; result discarded", claim.key)
+        self.metrics.settled(self.queue_name, outcome, time.perf_counter() - started)
+        if settled and settled.still_held:
+            self._check_held = True
+
+    def _update(self, claim: Claim, fields: Mapping[str, object]) -> None:
+        outcome = self.queue.update(claim, self.consumer_id, fields)
+        if outcome is Outcome.GONE:
+            raise JobLost("the job was deleted or expired while it ran")
+        if outcome is Outcome.LOST:
+            raise JobLost("the janitor gave the job to another consumer")
+
+    def _on_stage(self, stage: Stage, seconds: float) -> None:
+        self.metrics.stage_timed(self.queue_name, stage.name, seconds)
+
+    def _settle(self, op: Callable[[], Settled], retries: int | None = None) -> Settled | None:
+        """Run a settling operation until Redis answers (it is fenced, so retrying is safe)."""
+        delay, tries = 0.5, 0
+        while True:
+            try:
+                return op()
+            except redis.RedisError as exc:
+                tries += 1
+                past_deadline = self._deadline is not None and time.monotonic() > self._deadline
+                if (retries is not None and tries >= retries) or (past_deadline and tries > 1):
+                    return None
+                log.warning("Redis unavailable (%s); settling again in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+
+
+def _outcome_name(settled: Settled | None) -> str:
+    if settled is None:
+        return "unsettled"
+    return {
+        Outcome.APPLIED: "done",
+        Outcome.RETRYING: "retried",
+        Outcome.FAILED: "failed",
+        Outcome.GONE: "cancelled",
+        Outcome.LOST: "lost",
+    }[settled.outcome]

@@ -1,0 +1,30 @@
+"""``python -m frontend``: serve the API with uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from frontend.app import create_app
+from kiosk.logs import setup_logging
+from kiosk.settings import FrontendSettings
+
+
+def main() -> int:
+    settings = FrontendSettings()
+    setup_logging(settings.log_level, "frontend")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level.upper() == "DEBUG",
+        timeout_graceful_shutdown=10,
+        log_config=None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Routers: ``legacy`` (the DeepCell Kiosk's /api), ``v1`` (/api/v1) and ``files``."""

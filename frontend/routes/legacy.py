@@ -1,0 +1,191 @@
+"""The DeepCell Kiosk's /api routes, with its request and response shapes, so kiosk-client and
+the ImageJ plugin work unchanged. Every route also answers with a trailing slash (the plugin
+adds one and its HTTP client will not follow a redirect for a POST).
+
+Unlike the original, /api/redis, /api/status and /api/redis/expire act only on job hashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from frontend.deps import ServicesDep, require_token
+from frontend.errors import ApiError
+from frontend.submission import create_job
+from frontend.uploads import receive_upload
+from kiosk.jobs import JobField, JobRequest, file_url, is_job_key
+
+MAX_EXPIRE = 30 * 86400
+
+health = APIRouter(prefix="/api", tags=["DeepCell-compatible"])
+router = APIRouter(
+    prefix="/api", tags=["DeepCell-compatible"], dependencies=[Depends(require_token)]
+)
+
+
+def _route(target: APIRouter, path: str, methods: list[str], **kwargs: Any) -> Callable:
+    """Register ``path`` and ``path/``: the original clients use both."""
+
+    def register(endpoint: Callable) -> Callable:
+        target.add_api_route(path, endpoint, methods=methods, **kwargs)
+        hidden = [m for m in methods] + (["HEAD"] if "GET" in methods else [])
+        target.add_api_route(
+            path + "/", endpoint, methods=hidden, include_in_schema=False, **kwargs
+        )
+        if "GET" in methods:
+            target.add_api_route(
+                path, endpoint, methods=["HEAD"], include_in_schema=False, **kwargs
+            )
+        return endpoint
+
+    return register
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+class JobForm(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    dimensionOrder: str | None = ""
+    selectedChannels: str | list[int | str] | None = ""
+    scale: str | float | None = ""
+    segmentationType: str | None = ""
+
+
+class PredictBody(BaseModel):
+    """POST /api/predict. Empty strings mean "the job type's default", as the clients send."""
+
+    model_config = ConfigDict(extra="ignore")
+    jobType: str = ""
+    imageName: str = Field(min_length=1)
+    uploadedName: str = ""
+    imageUrl: str | None = ""
+    modelName: str | None = ""
+    modelVersion: str | int | None = ""
+    preprocessFunction: str | None = ""
+    postprocessFunction: str | None = ""
+    dataRescale: str | float | None = ""
+    dataLabel: str | int | None = ""
+    cuts: str | int | None = "0"
+    jobForm: JobForm | None = None
+
+    def to_request(self) -> JobRequest:
+        form = self.jobForm or JobForm()
+        channels = form.selectedChannels
+        if isinstance(channels, list):
+            channels = ",".join(str(c) for c in channels)
+        return JobRequest(
+            job_type=self.jobType,
+            original_name=self.imageName,
+            input_file_name=self.uploadedName or self.imageName,
+            url=_text(self.imageUrl),
+            model_name=_text(self.modelName),
+            model_version=_text(self.modelVersion),
+            preprocess_function=_text(self.preprocessFunction),
+            postprocess_function=_text(self.postprocessFunction),
+            cuts=_text(self.cuts) or "0",
+            scale=_text(form.scale) or _text(self.dataRescale),
+            label=_text(self.dataLabel),
+            dimension_order=_text(form.dimensionOrder),
+            channels=_text(channels),
+            segmentation_type=_text(form.segmentationType),
+        )
+
+
+class RedisBody(BaseModel):
+    hash: str
+    key: str | list[str]
+
+
+class StatusBody(BaseModel):
+    hash: str
+
+
+class ExpireBody(BaseModel):
+    hash: str
+    expireIn: int | None = Field(None, gt=0, le=MAX_EXPIRE)
+
+
+def _job_key(services: ServicesDep, key: str) -> str:
+    if not is_job_key(key, services.settings.queues):
+        raise ApiError(
+            400,
+            f"{key!r} is not a job: this route reads only job hashes, named "
+            "JOBTYPE:NAME:UUID as returned by /api/predict",
+        )
+    return key
+
+
+@_route(health, "/health-check", ["GET"], response_class=PlainTextResponse)
+def health_check() -> str:
+    return "OK"
+
+
+@_route(router, "/upload", ["POST"])
+async def upload(request: Request, services: ServicesDep) -> dict[str, str]:
+    """Upload one image or zip (multipart field ``file``) to the bucket."""
+    received = await receive_upload(request, services.bucket, services.settings.max_upload_bytes)
+    return {
+        "imageURL": file_url(services.settings.public_url, received.key),
+        "uploadedName": received.key,
+    }
+
+
+@_route(router, "/predict", ["POST"])
+def predict(body: PredictBody, services: ServicesDep) -> dict[str, str]:
+    """Create a job for an uploaded file; returns its key as ``hash``."""
+    return {"hash": create_job(services, body.to_request())}
+
+
+@_route(router, "/redis", ["POST"])
+def redis_value(body: RedisBody, services: ServicesDep) -> dict[str, Any]:
+    """One field of a job hash (or several, given a list)."""
+    key = _job_key(services, body.hash)
+    names = body.key if isinstance(body.key, list) else [body.key]
+    values = services.queue.get_fields(key, names) or [None] * len(names)
+    return {"value": values if isinstance(body.key, list) else values[0]}
+
+
+@_route(router, "/status", ["POST"])
+def status(body: StatusBody, services: ServicesDep) -> dict[str, Any]:
+    key = _job_key(services, body.hash)
+    values = services.queue.get_fields(key, [JobField.STATUS]) or [None]
+    return {"status": values[0]}
+
+
+@_route(router, "/redis/expire", ["POST"])
+def expire(body: ExpireBody, services: ServicesDep) -> JSONResponse:
+    """Expire a job hash in ``expireIn`` seconds; ``value`` 1 when it was found."""
+    key = _job_key(services, body.hash)
+    seconds = body.expireIn or services.settings.default_expire
+    if services.queue.get_fields(key, [JobField.STATUS]) is None:
+        return JSONResponse({"value": 0, "message": f"no job {key!r}"}, status_code=404)
+    found = services.queue.expire(key, seconds)
+    return JSONResponse({"value": int(found)}, status_code=200 if found else 404)
+
+
+@_route(router, "/jobtypes", ["GET"])
+def job_types(services: ServicesDep) -> dict[str, list[str]]:
+    return {"jobTypes": list(services.settings.queues)}
+
+
+@_route(router, "/models", ["GET"])
+async def models(services: ServicesDep) -> dict[str, dict[str, list[str]]]:
+    """Models in the bucket's models/ folder (TF Serving layout), with their versions."""
+
+    def scan() -> dict[str, list[str]]:
+        found: dict[str, set[str]] = {}
+        for key in services.bucket.list("models/"):
+            parts = key.split("/")
+            if len(parts) >= 4 and parts[2].isdigit():
+                found.setdefault(parts[1], set()).add(parts[2])
+        return {name: sorted(v, key=int) for name, v in sorted(found.items())}
+
+    return {"models": await run_in_threadpool(scan)}

@@ -1,0 +1,344 @@
+"""The versioned API, /api/v1: create a job with its upload in one request, follow it, list,
+download its result and delete it. Job ids are the job keys (``TYPE:NAME:UUID``), the same ids
+the DeepCell-compatible routes use, so a job is one thing whichever API made it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
+
+from frontend.deps import Services, ServicesDep, require_token
+from frontend.errors import ApiError
+from frontend.routes.files import file_response
+from frontend.submission import check_job_type, create_job
+from frontend.uploads import FILE_FIELD, receive_upload
+from kiosk.jobs import (
+    FINAL_STATUSES,
+    JobField,
+    JobRequest,
+    JobView,
+    Status,
+    all_queues,
+    file_url,
+    parse_job_key,
+)
+
+PREFIX = "/api/v1"
+health = APIRouter(prefix=PREFIX, tags=["v1"])
+router = APIRouter(prefix=PREFIX, tags=["v1"], dependencies=[Depends(require_token)])
+
+TIMING_FIELDS = (
+    JobField.DOWNLOAD_TIME,
+    JobField.PREPROCESS_TIME,
+    JobField.PREDICTION_TIME,
+    JobField.POSTPROCESS_TIME,
+    JobField.UPLOAD_TIME,
+    JobField.TOTAL_TIME,
+)
+
+
+class JobOptions(BaseModel):
+    """Form fields sent beside the file. Empty means the job type's default."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    job_type: str = Field(description="A job type from GET /api/v1/job-types.")
+    model: str = Field("", description="NAME or NAME:VERSION of a served model.")
+    scale: str = Field("", description="Microns per pixel of the image.")
+    channels: str = Field("", description="Channels to use, comma-separated indices.")
+    dimension_order: str = Field("", description="Axis order of the image, e.g. CYX or ZYX.")
+    segmentation_type: str = Field("", description="Kind of segmentation, if the type has several.")
+    label: str = Field("", description="Data label (DeepCell's dataLabel).")
+    preprocess: str = Field("", description="Pre-processing function name.")
+    postprocess: str = Field("", description="Post-processing function name.")
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_number(cls, value: str) -> str:
+        if value:
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError("must be a number of microns per pixel, e.g. 0.65") from None
+            if not number > 0:
+                raise ValueError("must be greater than 0")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_spec(cls, value: str) -> str:
+        if value and ":" in value and not value.rsplit(":", 1)[1].isdigit():
+            raise ValueError("write NAME or NAME:VERSION with a whole-number version")
+        return value
+
+    def to_request(self, original_name: str, input_key: str, url: str) -> JobRequest:
+        name, _, version = self.model.partition(":")
+        return JobRequest(
+            job_type=self.job_type,
+            original_name=original_name,
+            input_file_name=input_key,
+            url=url,
+            model_name=name,
+            model_version=version,
+            preprocess_function=self.preprocess,
+            postprocess_function=self.postprocess,
+            scale=self.scale,
+            label=self.label,
+            dimension_order=self.dimension_order,
+            channels=self.channels,
+            segmentation_type=self.segmentation_type,
+        )
+
+
+def _options(fields: dict[str, str]) -> JobOptions:
+    try:
+        return JobOptions.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: "
+            f"{'unknown option' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
+        raise ApiError(422, f"invalid job options: {problems}") from None
+
+
+class Children(BaseModel):
+    total: int
+    done: int
+    failed: int
+
+
+class JobOut(BaseModel):
+    id: str = Field(description="The job key; use it in every other call.")
+    job_type: str
+    status: str
+    progress: int = Field(description="0-100")
+    name: str = Field(description="The submitted file's name.")
+    created_at: str | None = None
+    updated_at: str | None = None
+    finished_at: str | None = None
+    reason: str | None = Field(None, description="Why the job failed.")
+    output_url: str | None = None
+    attempts: int = 0
+    options: dict[str, str] = {}
+    timings: dict[str, float] = Field({}, description="Seconds per stage, as recorded.")
+    children: Children | None = None
+
+    @classmethod
+    def of(cls, view: JobView) -> JobOut:
+        f = view.fields
+        total = view.number(JobField.CHILDREN)
+        return cls(
+            id=view.key,
+            job_type=view.job_type,
+            status=view.status,
+            progress=view.progress,
+            name=f.get(JobField.ORIGINAL_NAME, ""),
+            created_at=f.get(JobField.CREATED_AT),
+            updated_at=f.get(JobField.UPDATED_AT),
+            finished_at=f.get(JobField.FINISHED_AT),
+            reason=f.get(JobField.REASON) or None,
+            output_url=f.get(JobField.OUTPUT_URL) or None,
+            attempts=int(view.number(JobField.ATTEMPTS) or 0),
+            options={
+                k: f[k]
+                for k in (
+                    JobField.MODEL_NAME,
+                    JobField.MODEL_VERSION,
+                    JobField.SCALE,
+                    JobField.CHANNELS,
+                    JobField.DIMENSION_ORDER,
+                    JobField.SEGMENTATION_TYPE,
+                )
+                if f.get(k)
+            },
+            timings={str(k): v for k in TIMING_FIELDS if (v := view.number(k)) is not None},
+            children=None
+            if total is None
+            else Children(
+                total=int(total),
+                done=int(view.number(JobField.CHILDREN_DONE) or 0),
+                failed=int(view.number(JobField.CHILDREN_FAILED) or 0),
+            ),
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_before: float | None = Field(
+        None, description="Pass as ?before= for the next (older) page; null on the last page."
+    )
+
+
+class QueueOut(BaseModel):
+    queue: str
+    queued: int
+    in_flight: int
+    dead_letters: int
+
+
+def _load(services: Services, job_id: str) -> JobView:
+    parsed = parse_job_key(job_id)
+    fields = services.queue.get(job_id) if parsed else None
+    if not fields:
+        raise ApiError(404, f"no job {job_id!r}: it never existed or has expired")
+    return JobView(job_id, fields)
+
+
+_FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD, "job_type"],
+                    "properties": {
+                        FILE_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A TIFF, PNG or JPEG image, or a zip.",
+                        },
+                        **JobOptions.model_json_schema()["properties"],
+                    },
+                    "additionalProperties": False,
+                }
+            }
+        },
+    }
+}
+
+
+@health.get("/health")
+def health_check(services: ServicesDep) -> JSONResponse:
+    """Ready when Redis answers and the bucket can be read."""
+    checks: dict[str, Any] = {}
+    try:
+        checks["redis"] = bool(services.queue.redis.ping())
+    except Exception as exc:
+        checks["redis"] = f"unavailable: {exc}"
+    try:
+        services.bucket.exists("uploads/.health")
+        checks["bucket"] = True
+    except Exception as exc:
+        checks["bucket"] = f"unavailable: {exc}"
+    ok = all(v is True for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "degraded", **checks}, status_code=200 if ok else 503
+    )
+
+
+@router.get("/job-types")
+def job_types(services: ServicesDep) -> dict[str, list[str]]:
+    return {"job_types": list(services.settings.queues)}
+
+
+@router.get("/queues")
+def queues(services: ServicesDep) -> list[QueueOut]:
+    """Jobs waiting, in flight and dead-lettered, per queue (zip queues included)."""
+    return [QueueOut(**vars(s)) for s in services.queue.stats(all_queues(services.settings.queues))]
+
+
+@router.post("/jobs", status_code=201, openapi_extra=_FORM_SCHEMA, response_model=JobOut)
+async def create(request: Request, services: ServicesDep) -> JSONResponse:
+    """Upload a file and create its job in one request (multipart: ``file`` + options)."""
+
+    def before_file(fields: dict[str, str]) -> None:
+        if "job_type" in fields:
+            check_job_type(services, fields["job_type"])
+
+    received = await receive_upload(
+        request, services.bucket, services.settings.max_upload_bytes, before_file
+    )
+    try:
+        options = _options(received.fields)
+        job_request = options.to_request(
+            received.file_name, received.key, file_url(services.settings.public_url, received.key)
+        )
+        key = await run_in_threadpool(create_job, services, job_request)
+    except BaseException:
+        await run_in_threadpool(services.bucket.delete, received.key)
+        raise
+    view = await run_in_threadpool(_load, services, key)
+    return JSONResponse(
+        JobOut.of(view).model_dump(),
+        status_code=201,
+        headers={"Location": f"{PREFIX}/jobs/{key}"},
+    )
+
+
+@router.get("/jobs")
+def list_jobs(
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[float | None, Query(description="Only jobs created before this.")] = None,
+    status: Annotated[str | None, Query(description="Only jobs with this status.")] = None,
+    job_type: Annotated[str | None, Query()] = None,
+) -> JobList:
+    """Jobs, newest first."""
+    if status is not None and status not in set(Status):
+        raise ApiError(422, f"unknown status {status!r}: use one of {', '.join(Status)}")
+    jobs: list[JobOut] = []
+    cursor = before
+    scanned = 0
+    while len(jobs) < limit and scanned < limit * 20:
+        page = services.queue.recent(limit, cursor)
+        if not page:
+            cursor = None
+            break
+        scanned += len(page)
+        for (key, score), fields in zip(
+            page, services.queue.get_many([k for k, _ in page]), strict=True
+        ):
+            cursor = score
+            view = JobView(key, fields)
+            if (
+                not fields
+                or (status and view.status != status)
+                or (job_type and view.job_type != job_type)
+            ):
+                continue
+            jobs.append(JobOut.of(view))
+            if len(jobs) == limit:
+                break
+    return JobList(jobs=jobs, next_before=cursor if len(jobs) == limit else None)
+
+
+@router.get("/jobs/{job_id:path}/result")
+def result(job_id: str, services: ServicesDep) -> Response:
+    """The job's result file, once it is done."""
+    view = _load(services, job_id)
+    if view.status != Status.DONE:
+        if view.status in FINAL_STATUSES:
+            raise ApiError(
+                409,
+                f"job {job_id!r} failed and has no result: "
+                f"{view.fields.get(JobField.REASON, 'no reason recorded')}",
+            )
+        raise ApiError(
+            409, f"job {job_id!r} is {view.status}; its result is ready when its status is done"
+        )
+    key = view.fields.get(JobField.OUTPUT_FILE_NAME, "")
+    if not key:
+        raise ApiError(404, f"job {job_id!r} is done but recorded no output file")
+    return file_response(services.bucket, key)
+
+
+@router.get("/jobs/{job_id:path}")
+def get_job(job_id: str, services: ServicesDep) -> JobOut:
+    return JobOut.of(_load(services, job_id))
+
+
+@router.delete("/jobs/{job_id:path}", status_code=204)
+def delete_job(job_id: str, services: ServicesDep) -> Response:
+    """Delete a job: out of its queue if waiting; a consumer working on it stops."""
+    parsed = parse_job_key(job_id)
+    view = _load(services, job_id)
+    services.queue.delete(job_id, parsed.queue if parsed else "")
+    output = view.fields.get(JobField.OUTPUT_FILE_NAME)
+    if output:
+        services.bucket.delete(output)
+    return Response(status_code=204)

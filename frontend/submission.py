@@ -1,0 +1,55 @@
+"""Creating a job: the checks and the write that both APIs share."""
+
+from __future__ import annotations
+
+import socket
+
+from frontend.deps import Services
+from frontend.errors import ApiError
+from kiosk.filetypes import check_name
+from kiosk.jobs import UPLOAD_PREFIX, JobRequest, creation_fields, new_job_key
+from kiosk.storage import safe_key
+
+
+def check_job_type(services: Services, job_type: str | None) -> str:
+    known = services.settings.queues
+    if not job_type:
+        raise ApiError(
+            400, "say which job type to run (jobType / job_type); GET /api/jobtypes lists them"
+        )
+    if job_type not in known:
+        listed = ", ".join(known) if known else "none (KIOSK_QUEUES is empty)"
+        raise ApiError(
+            400,
+            f"unknown job type {job_type!r}: this Kiosk runs {listed}",
+            jobTypes=list(known),
+        )
+    return job_type
+
+
+def check_input(services: Services, key: str) -> str:
+    """The input must be a file uploaded to this Kiosk, and one it can process."""
+    safe_key(key)
+    if not key.startswith(UPLOAD_PREFIX):
+        raise ApiError(
+            400,
+            f"uploadedName {key!r} is not an upload: give the uploadedName that "
+            "POST /api/upload returned (it starts with 'uploads/')",
+        )
+    check_name(key)
+    if not services.bucket.exists(key):
+        raise ApiError(
+            400,
+            f"uploadedName {key!r} is not in the bucket: upload the file first "
+            "(POST /api/upload) and use the name it returns",
+        )
+    return key
+
+
+def create_job(services: Services, request: JobRequest) -> str:
+    """Check a request and queue it; returns the new job's key."""
+    check_job_type(services, request.job_type)
+    check_input(services, request.input_file_name)
+    key = new_job_key(request.queue, request.original_name)
+    services.queue.submit(request.queue, key, creation_fields(request, socket.gethostname()))
+    return key

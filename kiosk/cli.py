@@ -1,0 +1,402 @@
+"""The ``kiosk`` command: start the local stack, submit images, follow and fetch jobs.
+
+Everything but ``up`` talks to the HTTP API, so it works the same against a remote cluster
+(``--url`` or ``KIOSK_URL``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from kiosk.client import DEFAULT_URL, KioskClient, KioskError
+from kiosk.filetypes import ACCEPTED, UnsupportedFile, check_name, kind_from_name
+from kiosk.jobs import Status
+
+app = typer.Typer(
+    help="Kiosk: deep-learning segmentation of microscopy images, on one machine or a cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+@dataclass
+class Target:
+    url: str
+    token: str | None
+
+    def client(self) -> KioskClient:
+        return KioskClient(self.url, self.token)
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar="KIOSK_URL", help="Kiosk to talk to.")] = DEFAULT_URL,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="KIOSK_API_TOKEN", help="API token, if the Kiosk needs one."),
+    ] = None,
+) -> None:
+    ctx.obj = Target(url, token)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+# ----------------------------------------------------------------------------- up
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Address to serve on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to serve on (default 8080).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where Redis data, the bucket and logs go.")
+    ] = None,
+    queues: Annotated[
+        str | None, typer.Option(help="Job types to run, comma-separated (KIOSK_QUEUES).")
+    ] = None,
+    consumers: Annotated[int | None, typer.Option(help="Consumer processes per job type.")] = None,
+) -> None:
+    """Start the local stack (Redis, frontend, consumers, janitor) until Ctrl-C."""
+    from kiosk.settings import StackSettings
+    from kiosk.stack import run_stack
+
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "data_dir": str(data_dir) if data_dir else None,
+        "queues": queues,
+        "consumers_per_queue": consumers,
+    }
+    try:
+        settings = StackSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    raise typer.Exit(run_stack(settings, console))
+
+
+# ----------------------------------------------------------------------------- submit
+
+
+def collect_files(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]], int]:
+    """Files to submit, files refused (with why), and how many non-images a folder held."""
+    chosen: list[Path] = []
+    refused: list[tuple[Path, str]] = []
+    skipped = 0
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                if kind_from_name(child.name) is None or child.name.startswith("."):
+                    skipped += 1
+                else:
+                    chosen.append(child)
+        elif path.is_file():
+            try:
+                check_name(path.name)
+                chosen.append(path)
+            except UnsupportedFile as exc:
+                refused.append((path, str(exc)))
+        else:
+            refused.append((path, f"{path} does not exist"))
+    return chosen, refused, skipped
+
+
+def result_name(source: Path, output_url: str, taken: set[str]) -> str:
+    """A download name that says which input it came from and collides with no other."""
+    result = unquote(output_url.rsplit("/", 1)[-1]) or "result"
+    name = result if result.startswith(source.stem) else f"{source.stem}_{result}"
+    stem, dot, ext = name.partition(".")
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}-{n}{dot}{ext}"
+    taken.add(candidate)
+    return candidate
+
+
+def _seconds(job: dict[str, Any]) -> str:
+    created, finished = job.get("created_at"), job.get("finished_at")
+    if not (created and finished):
+        return ""
+    delta = datetime.fromisoformat(finished) - datetime.fromisoformat(created)
+    return f"{delta.total_seconds():.1f}"
+
+
+def _status_style(status: str) -> str:
+    return {"done": "green", "failed": "red"}.get(status, "yellow")
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Images, zips, or folders of them.")],
+    job_type: Annotated[str, typer.Option("--job-type", "-j", help="Job type to run.")],
+    wait: Annotated[bool, typer.Option(help="Wait until every job is done or failed.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Download results here (implies --wait).")
+    ] = None,
+    scale: Annotated[str, typer.Option(help="Microns per pixel of the images.")] = "",
+    model: Annotated[str, typer.Option(help="Model as NAME or NAME:VERSION.")] = "",
+    channels: Annotated[str, typer.Option(help="Channels to use, e.g. 0 or 0,1.")] = "",
+    dimension_order: Annotated[str, typer.Option(help="Axis order, e.g. CYX.")] = "",
+) -> None:
+    """Upload images or zips and create a job for each; optionally wait and download."""
+    target: Target = ctx.obj
+    files, refused, skipped = collect_files(paths)
+    for path, why in refused:
+        errors.print(f"[red]refused[/] {path}: {why}")
+    if skipped:
+        console.print(f"skipped {skipped} files that are not {ACCEPTED}")
+    if not files:
+        raise fail("nothing to submit")
+    options = {
+        "scale": scale,
+        "model": model,
+        "channels": channels,
+        "dimension_order": dimension_order,
+    }
+    jobs: dict[Path, dict[str, Any]] = {}
+    problems: dict[Path, str] = {}
+    with target.client() as client:
+        try:
+            known = client.job_types()
+        except KioskError as exc:
+            raise fail(str(exc)) from None
+        if job_type not in known:
+            raise fail(
+                f"unknown job type {job_type!r}: {target.url} runs "
+                f"{', '.join(known) or 'no job types'}"
+            )
+        total = sum(p.stat().st_size for p in files)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("uploading", total=total)
+            for path in files:
+                progress.update(task, description=f"uploading {path.name}")
+                try:
+                    jobs[path] = client.submit(
+                        path, job_type, options, lambda n: progress.advance(task, n)
+                    )
+                except KioskError as exc:
+                    if exc.status is None or exc.status == 401:
+                        raise fail(str(exc)) from None
+                    problems[path] = str(exc)
+                    progress.console.print(f"[red]refused[/] {path}: {exc}")
+        console.print(f"submitted {len(jobs)} of {len(files)} files to {target.url}")
+        if (wait or out) and jobs:
+            jobs = _wait(client, jobs)
+        downloaded: dict[Path, Path] = {}
+        if out:
+            taken: set[str] = set()
+            for path, job in jobs.items():
+                if job["status"] == Status.DONE:
+                    name = result_name(path, job.get("output_url") or "", taken)
+                    try:
+                        downloaded[path] = client.download(job["id"], out, name)
+                    except KioskError as exc:
+                        problems[path] = str(exc)
+    _summary(files, jobs, problems, downloaded)
+    failed = bool(refused or problems or any(j["status"] == Status.FAILED for j in jobs.values()))
+    raise typer.Exit(1 if failed else 0)
+
+
+def _wait(client: KioskClient, jobs: dict[Path, dict[str, Any]]) -> dict[Path, dict[str, Any]]:
+    by_id = {job["id"]: path for path, job in jobs.items()}
+    latest = {job["id"]: job for job in jobs.values()}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("waiting", total=100 * len(latest))
+
+        def on_update(job: dict[str, Any]) -> None:
+            latest[job["id"]] = job
+            states = [j["status"] for j in latest.values()]
+            done, failed = states.count("done"), states.count("failed")
+            progress.update(
+                task,
+                completed=sum(
+                    100 if j["status"] in ("done", "failed") else j["progress"]
+                    for j in latest.values()
+                ),
+                description=f"{done} done, {failed} failed, {len(states) - done - failed} "
+                "waiting or running",
+            )
+
+        final = client.wait(list(by_id), on_update)
+    return {by_id[job_id]: job for job_id, job in final.items()}
+
+
+def _summary(
+    files: list[Path],
+    jobs: dict[Path, dict],
+    problems: dict[Path, str],
+    downloaded: dict[Path, Path],
+) -> None:
+    table = Table(title="Kiosk jobs")
+    for column in ("file", "job", "status", "seconds", "result"):
+        table.add_column(column, overflow="fold")
+    for path in files:
+        job = jobs.get(path)
+        if job is None:
+            table.add_row(str(path), "", "[red]not submitted[/]", "", problems.get(path, ""))
+            continue
+        status = job["status"]
+        result = str(
+            downloaded.get(path)
+            or problems.get(path)
+            or job.get("reason")
+            or job.get("output_url")
+            or ""
+        )
+        table.add_row(
+            str(path), job["id"], f"[{_status_style(status)}]{status}[/]", _seconds(job), result
+        )
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------- follow jobs
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="Job id, as `kiosk submit` printed it.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Show one job."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            found = client.job(job)
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        console.print_json(json.dumps(found))
+        return
+    table = Table(show_header=False)
+    for name in (
+        "id",
+        "job_type",
+        "name",
+        "status",
+        "progress",
+        "created_at",
+        "finished_at",
+        "reason",
+        "output_url",
+        "attempts",
+    ):
+        if found.get(name) not in (None, ""):
+            value = str(found[name])
+            if name == "status":
+                value = f"[{_status_style(value)}]{value}[/]"
+            table.add_row(name, value)
+    for stage, seconds in found.get("timings", {}).items():
+        table.add_row(stage, f"{seconds:.3f} s")
+    console.print(table)
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="Job id.")],
+    out: Annotated[Path, typer.Option(help="Directory to save the result in.")] = Path("."),
+) -> None:
+    """Download a done job's result."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            path = client.download(job, out)
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"saved {path}")
+
+
+@app.command("jobs")
+def list_jobs(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    status_filter: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
+    job_type: Annotated[str | None, typer.Option(help="Only this job type.")] = None,
+) -> None:
+    """List recent jobs."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            found = client.jobs(limit, status_filter, job_type)
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"{len(found)} jobs on {target.url}")
+    for column in ("job", "name", "status", "progress", "created", "seconds"):
+        table.add_column(column, overflow="fold")
+    for job in found:
+        table.add_row(
+            job["id"],
+            job["name"],
+            f"[{_status_style(job['status'])}]{job['status']}[/]",
+            f"{job['progress']}%",
+            job.get("created_at") or "",
+            _seconds(job),
+        )
+    console.print(table)
+
+
+@app.command("job-types")
+def job_types(ctx: typer.Context) -> None:
+    """List the job types this Kiosk runs."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            names = client.job_types()
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    console.print("\n".join(names) if names else "no job types configured")
+
+
+@app.command()
+def delete(ctx: typer.Context, job: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Delete a job (a running one stops)."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            client.delete(job)
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"deleted {job}")
+
+
+def main() -> None:
+    app()

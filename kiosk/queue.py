@@ -1,0 +1,507 @@
+"""The Redis queue protocol: submit, claim, heartbeat, update, finish, fail, retry, hand back,
+requeue lapsed consumers, expire and delete.
+
+Every change that moves a job between lists or ends it is one Lua script, so it is atomic, and
+every consumer-side script is *fenced*: it acts only while the job is still in that consumer's
+processing list. A consumer whose job the janitor took back (it was paused, partitioned or slow
+to heartbeat) therefore cannot finish the job a second time; it is told it lost the job.
+
+The scripts touch job hashes named inside lists they read. That is fine on a single Redis
+(standalone or with replicas), which is what Kiosk runs; it would not be on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from kiosk.jobs import (
+    JOB_INDEX,
+    PROCESSING_PREFIX,
+    JobField,
+    Status,
+    dead_letter_list,
+    heartbeat_key,
+    now_iso,
+    parse_iso,
+    parse_processing_list,
+    processing_list,
+)
+from kiosk.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+def connect(url: str, *, retries: int = 30, socket_timeout: float | None = 10.0) -> redis.Redis:
+    """A Redis client that rides out a Redis restart: reconnects with backoff and jitter.
+
+    ``retries`` with the 2 s cap spans about a minute; frontends pass fewer so a request fails
+    fast with 503 instead of hanging. Blocking commands need ``socket_timeout`` above their own.
+    """
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=5.0,
+        socket_keepalive=True,
+        health_check_interval=15,
+    )
+
+
+# ----------------------------------------------------------------------------- Lua
+
+_HELPERS = """
+local function hash_to_table(flat)
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+local function expire_if_unset(key, ttl)
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
+end
+
+-- mark failed, keep a copy on the dead-letter list, give the hash its finished TTL
+local function fail_job(key, dlq, now, ttl, reason, dlq_max)
+  redis.call('HSET', key, 'status', 'failed', 'reason', reason,
+             'finished_at', now, 'updated_at', now)
+  local entry = cjson.encode({key = key, failed_at = now, reason = reason,
+                              fields = hash_to_table(redis.call('HGETALL', key))})
+  redis.call('LPUSH', dlq, entry)
+  redis.call('LTRIM', dlq, 0, tonumber(dlq_max) - 1)
+  expire_if_unset(key, ttl)
+end
+"""
+
+# KEYS: job, queue, index   ARGV: created (epoch s), field, value, ...
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('ZADD', KEYS[3], ARGV[1], KEYS[1])
+redis.call('LPUSH', KEYS[2], KEYS[1])
+return 1
+"""
+
+# KEYS: job, processing   ARGV: now, consumer id
+_START = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('LREM', KEYS[2], 1, KEYS[1])
+  return false
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'done' or status == 'failed' then
+  redis.call('LREM', KEYS[2], 1, KEYS[1])
+  return false
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'started', 'updated_at', ARGV[1],
+           'updated_by', ARGV[2], 'identity_started', ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: job, processing   ARGV: now, field, value, ...
+_UPDATE = """
+if not redis.call('LPOS', KEYS[2], KEYS[1]) then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[1], unpack(ARGV, 2))
+return 1
+"""
+
+# KEYS: job, processing   ARGV: now, ttl, status, field, value, ...
+_FINISH = """
+if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'updated_at', ARGV[1], unpack(ARGV, 4))
+if ARGV[3] == 'done' then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[1], 'progress', '100')
+  expire_if_unset(KEYS[1], ARGV[2])
+end
+return {1, redis.call('LLEN', KEYS[2])}
+"""
+
+# KEYS: job, processing, dead-letter   ARGV: now, ttl, reason, dlq max
+_FAIL = """
+if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
+fail_job(KEYS[1], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return {1, redis.call('LLEN', KEYS[2])}
+"""
+
+# KEYS: job, processing, queue, dead-letter   ARGV: now, ttl, reason, dlq max, max attempts
+_RETRY = """
+if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local max = tonumber(ARGV[5])
+if attempts >= max then
+  fail_job(KEYS[1], KEYS[4], ARGV[1], ARGV[2],
+           ARGV[3] .. ' (gave up after ' .. attempts .. ' of ' .. max .. ' attempts)', ARGV[4])
+  return {2, redis.call('LLEN', KEYS[2])}
+end
+redis.call('HSET', KEYS[1], 'status', 'new', 'last_error', ARGV[3], 'updated_at', ARGV[1])
+redis.call('LPUSH', KEYS[3], KEYS[1])
+return {1, redis.call('LLEN', KEYS[2])}
+"""
+
+# KEYS: job, processing, queue   ARGV: now
+_HAND_BACK = """
+if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
+if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+end
+redis.call('HSET', KEYS[1], 'status', 'new', 'updated_at', ARGV[1])
+redis.call('RPUSH', KEYS[3], KEYS[1])
+return {1, redis.call('LLEN', KEYS[2])}
+"""
+
+# KEYS: processing, heartbeat, queue, dead-letter
+# ARGV: now, ttl, dlq max, max attempts, consumer id
+_REQUEUE_LAPSED = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0, 0} end
+local requeued, failed, dropped = 0, 0, 0
+local max = tonumber(ARGV[4])
+local key = redis.call('RPOP', KEYS[1])
+while key do
+  local status = redis.call('HGET', key, 'status')
+  if not status or status == 'done' or status == 'failed' then
+    dropped = dropped + 1
+  else
+    local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
+    local why = 'consumer ' .. ARGV[5] .. ' stopped responding during attempt ' .. attempts
+    if attempts >= max then
+      fail_job(key, KEYS[4], ARGV[1], ARGV[2],
+               why .. ' (gave up after ' .. attempts .. ' of ' .. max .. ' attempts)', ARGV[3])
+      failed = failed + 1
+    else
+      redis.call('HSET', key, 'status', 'new', 'last_error', why, 'updated_at', ARGV[1])
+      redis.call('RPUSH', KEYS[3], key)
+      requeued = requeued + 1
+    end
+  end
+  key = redis.call('RPOP', KEYS[1])
+end
+return {requeued, failed, dropped}
+"""
+
+
+# ----------------------------------------------------------------------------- results
+
+
+class Outcome(Enum):
+    """What a fenced consumer-side operation found."""
+
+    APPLIED = "applied"
+    RETRYING = "retrying"  # retry: queued again
+    FAILED = "failed"  # retry: out of attempts, failed instead
+    GONE = "gone"  # the job hash no longer exists (deleted or expired by a client)
+    LOST = "lost"  # the job is no longer this consumer's (the janitor requeued it)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Result of ending a claim: the outcome and how many jobs this consumer still holds."""
+
+    outcome: Outcome
+    still_held: int = 0
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one janitor pass did to a lapsed consumer's processing list."""
+
+    processing_list: str
+    consumer_id: str
+    requeued: int
+    failed: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queue: str
+    queued: int
+    in_flight: int
+    dead_letters: int
+
+    @property
+    def demand(self) -> int:
+        return self.queued + self.in_flight
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this consumer now holds."""
+
+    key: str
+    queue: str
+    fields: dict[str, str]
+
+    @property
+    def attempt(self) -> int:
+        return int(self.fields.get(JobField.ATTEMPTS, "1") or 1)
+
+
+def _flat(fields: Mapping[str, object]) -> list[str]:
+    out: list[str] = []
+    for name, value in fields.items():
+        out += [str(name), "" if value is None else str(value)]
+    return out
+
+
+def _settled(reply: list[int], applied: Outcome = Outcome.APPLIED) -> Settled:
+    code, held = int(reply[0]), int(reply[1])
+    outcome = {1: applied, 0: Outcome.GONE, -1: Outcome.LOST, 2: Outcome.FAILED}[code]
+    return Settled(outcome, held)
+
+
+class JobQueue:
+    """The queue protocol over one Redis client. Thread-safe, as redis-py clients are."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        max_attempts: int = 3,
+        finished_ttl: int = 86400,
+        dead_letter_max: int = 10000,
+    ) -> None:
+        self.redis = client
+        self.max_attempts = max_attempts
+        self.finished_ttl = finished_ttl
+        self.dead_letter_max = dead_letter_max
+        register = client.register_script
+        self._submit = register(_SUBMIT)
+        self._start = register(_START)
+        self._update = register(_UPDATE)
+        self._finish = register(_HELPERS + _FINISH)
+        self._fail = register(_HELPERS + _FAIL)
+        self._retry = register(_HELPERS + _RETRY)
+        self._hand_back = register(_HAND_BACK)
+        self._requeue_lapsed = register(_HELPERS + _REQUEUE_LAPSED)
+
+    @classmethod
+    def from_settings(
+        cls, settings: CommonSettings, *, retries: int = 30, socket_timeout: float | None = 10.0
+    ) -> JobQueue:
+        return cls(
+            connect(settings.redis_url, retries=retries, socket_timeout=socket_timeout),
+            max_attempts=settings.max_attempts,
+            finished_ttl=settings.finished_ttl,
+            dead_letter_max=settings.dead_letter_max,
+        )
+
+    # ------------------------------------------------------------------ producers
+
+    def submit(self, queue: str, key: str, fields: Mapping[str, str]) -> str:
+        """Create the job hash and queue it in one step: never one without the other. Doing it
+        again is a no-op, so a retry after a lost reply cannot queue the job twice."""
+        created = parse_iso(fields.get(JobField.CREATED_AT))
+        score = created.timestamp() if created else 0.0
+        self._submit(keys=[key, queue, JOB_INDEX], args=[score, *_flat(fields)])
+        return key
+
+    # ------------------------------------------------------------------ consumers
+
+    def claim(self, queue: str, consumer_id: str, timeout: float) -> Claim | None:
+        """Block up to ``timeout`` s for a job; move it into this consumer's processing list."""
+        held = processing_list(queue, consumer_id)
+        key = self.redis.blmove(queue, held, timeout, src="RIGHT", dest="LEFT")
+        return self._started(key, queue, consumer_id) if key else None
+
+    def held(self, queue: str, consumer_id: str) -> Claim | None:
+        """A job already in this consumer's list: one whose claim reply was lost to a
+        connection error, or left when Redis restarted from an older AOF point."""
+        key = self.redis.lindex(processing_list(queue, consumer_id), -1)
+        return self._started(key, queue, consumer_id) if key else None
+
+    def _started(self, key: str, queue: str, consumer_id: str) -> Claim | None:
+        flat = self._start(
+            keys=[key, processing_list(queue, consumer_id)], args=[now_iso(), consumer_id]
+        )
+        if not flat:
+            log.info("skipped %s: deleted, expired or finished while it waited", key)
+            return None
+        return Claim(key, queue, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def heartbeat(self, consumer_id: str, ttl: float, info: Mapping[str, object]) -> None:
+        self.redis.set(heartbeat_key(consumer_id), json.dumps(dict(info)), px=int(ttl * 1000))
+
+    def stop_heartbeat(self, consumer_id: str) -> None:
+        self.redis.delete(heartbeat_key(consumer_id))
+
+    def update(self, claim: Claim, consumer_id: str, fields: Mapping[str, object]) -> Outcome:
+        """Write fields of a held job (status, progress, timings)."""
+        code = self._update(
+            keys=[claim.key, processing_list(claim.queue, consumer_id)],
+            args=[now_iso(), *_flat(fields)],
+        )
+        return {1: Outcome.APPLIED, 0: Outcome.GONE, -1: Outcome.LOST}[int(code)]
+
+    def finish(
+        self,
+        claim: Claim,
+        consumer_id: str,
+        fields: Mapping[str, object],
+        status: Status = Status.DONE,
+    ) -> Settled:
+        """Release a held job with its final fields; ``done`` also starts the hash's TTL."""
+        reply = self._finish(
+            keys=[claim.key, processing_list(claim.queue, consumer_id)],
+            args=[now_iso(), self.finished_ttl, status, *_flat(fields)],
+        )
+        return _settled(reply)
+
+    def fail(self, claim: Claim, consumer_id: str, reason: str) -> Settled:
+        """Fail now, whatever attempts are left: for errors that a retry cannot fix."""
+        reply = self._fail(
+            keys=[
+                claim.key,
+                processing_list(claim.queue, consumer_id),
+                dead_letter_list(claim.queue),
+            ],
+            args=[now_iso(), self.finished_ttl, reason, self.dead_letter_max],
+        )
+        return _settled(reply, Outcome.FAILED)
+
+    def retry(self, claim: Claim, consumer_id: str, reason: str) -> Settled:
+        """Queue again behind the others, or fail if this was the last attempt."""
+        reply = self._retry(
+            keys=[
+                claim.key,
+                processing_list(claim.queue, consumer_id),
+                claim.queue,
+                dead_letter_list(claim.queue),
+            ],
+            args=[now_iso(), self.finished_ttl, reason, self.dead_letter_max, self.max_attempts],
+        )
+        return _settled(reply, Outcome.RETRYING)
+
+    def hand_back(self, claim: Claim, consumer_id: str) -> Settled:
+        """Return a job unfinished (shutdown) to the front of its queue; the attempt is not
+        counted."""
+        reply = self._hand_back(
+            keys=[claim.key, processing_list(claim.queue, consumer_id), claim.queue],
+            args=[now_iso()],
+        )
+        return _settled(reply)
+
+    # ------------------------------------------------------------------ janitor
+
+    def processing_lists(self, queues: Iterable[str] | None = None) -> Iterator[str]:
+        patterns = (
+            [f"{PROCESSING_PREFIX}{q}:*" for q in queues]
+            if queues is not None
+            else [f"{PROCESSING_PREFIX}*"]
+        )
+        for pattern in patterns:
+            yield from self.redis.scan_iter(match=pattern, count=500, _type="list")
+
+    def requeue_lapsed(self, queues: Iterable[str] | None = None) -> list[Sweep]:
+        """Give back the jobs of every consumer whose heartbeat has lapsed."""
+        sweeps = []
+        for held in self.processing_lists(queues):
+            parsed = parse_processing_list(held)
+            if parsed is None:
+                continue
+            queue, consumer_id = parsed
+            requeued, failed, dropped = self._requeue_lapsed(
+                keys=[held, heartbeat_key(consumer_id), queue, dead_letter_list(queue)],
+                args=[
+                    now_iso(),
+                    self.finished_ttl,
+                    self.dead_letter_max,
+                    self.max_attempts,
+                    consumer_id,
+                ],
+            )
+            if requeued or failed or dropped:
+                sweeps.append(Sweep(held, consumer_id, requeued, failed, dropped))
+        return sweeps
+
+    def prune_index(self, batch: int = 500) -> int:
+        """Drop index entries whose job hash has expired or been deleted."""
+        removed, start = 0, 0
+        while True:
+            keys = self.redis.zrange(JOB_INDEX, start, start + batch - 1)
+            if not keys:
+                return removed
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                alive = pipe.execute()
+            gone = [k for k, a in zip(keys, alive, strict=True) if not a]
+            if gone:
+                self.redis.zrem(JOB_INDEX, *gone)
+                removed += len(gone)
+            start += batch - len(gone)
+
+    # ------------------------------------------------------------------ readers
+
+    def get(self, key: str) -> dict[str, str] | None:
+        """All of a job's fields, or None when the key is missing or not a hash."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.type(key)
+            pipe.hgetall(key)
+            kind, values = pipe.execute(raise_on_error=False)
+        return values if kind == "hash" else None
+
+    def get_fields(self, key: str, fields: list[str]) -> list[str | None] | None:
+        """Values of these fields in order (None where unset), or None when not a hash."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.type(key)
+            pipe.hmget(key, fields)
+            kind, values = pipe.execute(raise_on_error=False)
+        return values if kind == "hash" else None
+
+    def expire(self, key: str, seconds: int) -> bool:
+        return bool(self.redis.expire(key, seconds))
+
+    def delete(self, key: str, queue: str) -> bool:
+        """Remove a job wherever it is; a consumer holding it notices at its next update."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(queue, 0, key)
+            pipe.zrem(JOB_INDEX, key)
+            pipe.delete(key)
+            *_, deleted = pipe.execute()
+        return bool(deleted)
+
+    def recent(self, limit: int, before: float | None = None) -> list[tuple[str, float]]:
+        """Newest job keys first, with their creation time."""
+        top = f"({before}" if before is not None else "+inf"
+        return self.redis.zrevrangebyscore(
+            JOB_INDEX, top, "-inf", start=0, num=limit, withscores=True
+        )
+
+    def get_many(self, keys: list[str]) -> list[dict[str, str]]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            return pipe.execute()
+
+    def stats(self, queues: Iterable[str]) -> list[QueueStats]:
+        out = []
+        for queue in queues:
+            lists = list(self.processing_lists([queue]))
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.llen(queue)
+                pipe.llen(dead_letter_list(queue))
+                for held in lists:
+                    pipe.llen(held)
+                queued, dead, *held_counts = pipe.execute()
+            out.append(QueueStats(queue, queued, sum(held_counts), dead))
+        return out
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[dict[str, object]]:
+        return [
+            json.loads(entry) for entry in self.redis.lrange(dead_letter_list(queue), 0, limit - 1)
+        ]

@@ -1,0 +1,236 @@
+"""Typed settings for every Kiosk service, read from ``KIOSK_*`` environment variables.
+
+One class per service; fields every service needs live in :class:`CommonSettings`. Defaults work
+for the local stack. Nothing here connects to anything: services build their settings in ``main``.
+``python -m kiosk.settings`` prints the README's settings table from these classes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "KIOSK_"
+GIB = 1024**3
+
+_QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+RESERVED_QUEUE_NAMES = frozenset({"kiosk"})
+ZIP_SUFFIX = "-zip"
+
+
+def validate_queue_name(name: str) -> str:
+    """Refuse names that would collide with the key layout in :mod:`kiosk.jobs`."""
+    if not _QUEUE_NAME.match(name):
+        raise ValueError(
+            f"invalid job type {name!r}: use lower-case letters, digits, '.', '_' or '-' "
+            "(at most 63 characters, starting with a letter or digit)"
+        )
+    if name in RESERVED_QUEUE_NAMES or name.startswith("processing-") or name.endswith(ZIP_SUFFIX):
+        raise ValueError(
+            f"invalid job type {name!r}: 'kiosk', 'processing-*' and '*{ZIP_SUFFIX}' are reserved"
+        )
+    return name
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class CommonSettings(BaseSettings):
+    """Settings shared by every service."""
+
+    service_name: ClassVar[str] = "all"
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis that holds the queues and job hashes (redis://, rediss:// or unix://).",
+    )
+    bucket: str = Field(
+        "file://.kiosk/bucket",
+        description="Where images and results live: file://DIR (a local directory) or gs://NAME.",
+    )
+    queues: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated job types; each is a Redis queue (zips go to TYPE-zip). "
+        "The one list the frontend, consumers and janitor share.",
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="Base URL where clients reach the frontend; output_url and imageURL start "
+        "with it.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts a job gets (crashes and errors) before it is failed."
+    )
+    finished_ttl: int = Field(
+        86400,
+        ge=1,
+        description="Seconds a finished job hash lives when no client sets its expiry.",
+    )
+    dead_letter_max: int = Field(
+        10000, ge=1, description="Failed-job copies kept per queue on the dead-letter list."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _parse_queues(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queues(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            validate_queue_name(name)
+        if len(set(value)) != len(value):
+            raise ValueError(f"job types are listed twice in {','.join(value)!r}")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class FrontendSettings(CommonSettings):
+    """The HTTP API (``python -m frontend``)."""
+
+    service_name: ClassVar[str] = "frontend"
+
+    host: str = Field("127.0.0.1", description="Address the frontend listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the frontend listens on.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="When set, every route except the health checks needs "
+        "'Authorization: Bearer TOKEN'.",
+    )
+    max_upload_bytes: int = Field(
+        2 * GIB, ge=1, description="Largest upload accepted, in bytes (larger ones get 413)."
+    )
+    default_expire: int = Field(
+        3600, ge=1, description="Seconds used by /api/redis/expire when expireIn is missing."
+    )
+
+
+class ConsumerSettings(CommonSettings):
+    """A consumer process (``python -m consumers QUEUE``)."""
+
+    service_name: ClassVar[str] = "consumers"
+
+    heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between consumer heartbeats.")
+    heartbeat_ttl: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds a heartbeat lives; once it lapses the janitor requeues the job.",
+    )
+    claim_timeout: float = Field(
+        2.0, gt=0, description="Seconds a consumer blocks waiting for a job before looking again."
+    )
+    shutdown_grace: float = Field(
+        20.0,
+        ge=0,
+        description="Seconds a consumer given SIGTERM may spend finishing its job before it "
+        "hands the job back.",
+    )
+    job_type_plugins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Extra job types as NAME=module:Class, comma-separated, for consumers "
+        "defined outside this package.",
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port for the consumer's Prometheus metrics (0: off)."
+    )
+
+    @field_validator("job_type_plugins", mode="before")
+    @classmethod
+    def _parse_plugins(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("heartbeat_ttl")
+    @classmethod
+    def _ttl_outlives_interval(cls, value: float, info: Any) -> float:
+        interval = info.data.get("heartbeat_interval")
+        if interval is not None and value <= interval:
+            raise ValueError(
+                f"heartbeat_ttl ({value}) must be longer than heartbeat_interval ({interval})"
+            )
+        return value
+
+
+class JanitorSettings(CommonSettings):
+    """The janitor (``python -m autoscaler.janitor``)."""
+
+    service_name: ClassVar[str] = "janitor"
+
+    janitor_interval: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between janitor sweeps for consumers whose heartbeat lapsed.",
+    )
+
+
+class StackSettings(CommonSettings):
+    """``kiosk up``: the local stack."""
+
+    service_name: ClassVar[str] = "kiosk up"
+
+    host: str = Field("127.0.0.1", description="Address the frontend listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the frontend listens on.")
+    data_dir: str = Field(
+        ".kiosk",
+        description="Directory for the local stack's Redis data (AOF), bucket and logs.",
+    )
+    consumers_per_queue: int = Field(
+        1, ge=1, description="Consumer processes `kiosk up` starts for each job type."
+    )
+    redis_appendfsync: str = Field(
+        "everysec",
+        pattern="^(always|everysec|no)$",
+        description="Redis AOF fsync policy for the local stack (always, everysec or no).",
+    )
+
+
+SERVICE_SETTINGS: tuple[type[CommonSettings], ...] = (
+    FrontendSettings,
+    ConsumerSettings,
+    JanitorSettings,
+    StackSettings,
+)
+
+
+def settings_table() -> str:
+    """The README's settings table, one row per environment variable."""
+    rows: dict[str, tuple[str, str, list[str]]] = {}
+    for cls in (CommonSettings, *SERVICE_SETTINGS):
+        service = cls.service_name
+        for name, field in cls.model_fields.items():
+            if cls is not CommonSettings and name in CommonSettings.model_fields:
+                continue
+            env = ENV_PREFIX + name.upper()
+            default = _format_default(field.default)
+            if env in rows:
+                rows[env][2].append(service)
+            else:
+                rows[env] = (default, field.description or "", [service])
+    lines = ["| Variable | Default | Used by | Meaning |", "|---|---|---|---|"]
+    for env, (default, description, services) in rows.items():
+        lines.append(f"| `{env}` | {default} | {', '.join(services)} | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def _format_default(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, tuple):
+        return f"`{','.join(value)}`" if value else "(empty)"
+    return f"`{value}`"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

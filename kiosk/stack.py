@@ -1,0 +1,350 @@
+"""``kiosk up``: Kiosk's local shape, as supervised processes on one machine.
+
+Redis (with an append-only file), the janitor, the frontend and the consumers start in that
+order, each once the one before is ready. A process that dies is restarted, with backoff; one
+that keeps dying stops the stack with its last log lines. Ctrl-C (or SIGTERM) stops them in
+reverse: the frontend first so no new jobs arrive, consumers next so they finish or hand back
+their jobs, Redis last so everything is on disk. Children run in their own sessions, so a
+terminal's Ctrl-C reaches only the supervisor, which decides the order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+import redis
+from rich.console import Console
+
+from kiosk.settings import ConsumerSettings, StackSettings
+from kiosk.signals import StopSignals
+
+TICK = 0.25
+CRASH_WINDOW = 60.0  # seconds
+MAX_CRASHES = 5  # in the window, before the stack gives up
+READY_TIMEOUT = 60.0
+REDIS_INSTALL_HINT = (
+    "redis-server was not found on PATH. Install it: `sudo apt-get install redis-server` "
+    "(Debian/Ubuntu), `sudo dnf install redis` (Fedora), `brew install redis` (macOS); "
+    "or run `make setup`, which installs it"
+)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready: Callable[[], bool] | None = None
+    stop_timeout: float = 15.0
+
+
+class Supervised:
+    """One child process, its output appended to ``{log_dir}/{name}.log``."""
+
+    def __init__(self, spec: ServiceSpec, log_dir: Path) -> None:
+        self.spec = spec
+        self.log_path = log_dir / f"{spec.name}.log"
+        self.process: subprocess.Popen | None = None
+        self.crashes: deque[float] = deque()
+        self.restart_at: float | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.spec.argv,
+            env=self.spec.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.restart_at = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+class Supervisor:
+    def __init__(self, log_dir: Path, console: Console, signals: StopSignals) -> None:
+        self.log_dir = log_dir
+        self.console = console
+        self.signals = signals
+        self.children: list[Supervised] = []
+
+    def start(self, spec: ServiceSpec) -> Supervised:
+        child = Supervised(spec, self.log_dir)
+        self.children.append(child)
+        child.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if self.signals.count:
+                raise StackError("interrupted while starting")
+            if not child.alive():
+                raise StackError(
+                    f"{spec.name} exited with code {child.process.returncode} while starting:\n"
+                    f"{child.tail()}\n(full log: {child.log_path})"
+                )
+            if spec.ready is None or _quietly(spec.ready):
+                return child
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{spec.name} was not ready after {READY_TIMEOUT:.0f}s:\n{child.tail()}"
+                )
+            time.sleep(TICK)
+
+    def check(self) -> None:
+        """Restart children that died, with backoff; give up on one that keeps dying."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.alive():
+                continue
+            if child.restart_at is None:
+                child.crashes.append(now)
+                while child.crashes and now - child.crashes[0] > CRASH_WINDOW:
+                    child.crashes.popleft()
+                if len(child.crashes) >= MAX_CRASHES:
+                    raise StackError(
+                        f"{child.spec.name} died {len(child.crashes)} times in "
+                        f"{CRASH_WINDOW:.0f}s; last lines:\n{child.tail()}"
+                    )
+                delay = min(2 ** (len(child.crashes) - 1), 30)
+                child.restart_at = now + delay
+                self.console.print(
+                    f"[yellow]{child.spec.name} exited with code {child.process.returncode}; "
+                    f"restarting in {delay}s[/] (log: {child.log_path})"
+                )
+            elif now >= child.restart_at:
+                child.wait(0)
+                child.start()
+
+    def stop_all(self) -> None:
+        """Stop in reverse start order; each group of the same kind at once."""
+        remaining = list(reversed(self.children))
+        while remaining:
+            kind = _kind(remaining[0].spec.name)
+            group = [c for c in remaining if _kind(c.spec.name) == kind]
+            for child in group:
+                child.signal(signal.SIGTERM)
+            for child in group:
+                child.wait(child.spec.stop_timeout)
+            remaining = [c for c in remaining if c not in group]
+
+
+def _kind(name: str) -> str:
+    return name.split("-", 1)[0]
+
+
+def _quietly(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def plan(
+    settings: StackSettings, data_dir: Path, redis_server: str, redis_port: int
+) -> list[ServiceSpec]:
+    """The processes of the local stack, in start order."""
+    python = sys.executable
+    public_url = (
+        settings.public_url
+        if "public_url" in settings.model_fields_set
+        else f"http://{_client_host(settings.host)}:{settings.port}"
+    )
+    bucket = (
+        settings.bucket
+        if "bucket" in settings.model_fields_set
+        else f"file://{data_dir / 'bucket'}"
+    )
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "KIOSK_REDIS_URL": redis_url,
+        "KIOSK_BUCKET": bucket,
+        "KIOSK_QUEUES": ",".join(settings.queues),
+        "KIOSK_PUBLIC_URL": public_url,
+        "KIOSK_HOST": settings.host,
+        "KIOSK_PORT": str(settings.port),
+    }
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    specs = [
+        ServiceSpec(
+            "redis",
+            [
+                redis_server,
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(redis_dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                settings.redis_appendfsync,
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                "",
+            ],
+            env,
+            ready=lambda: redis.Redis.from_url(redis_url, socket_timeout=1).ping(),
+            stop_timeout=60,
+        ),
+        ServiceSpec("janitor", [python, "-m", "autoscaler.janitor"], env),
+        ServiceSpec(
+            "frontend",
+            [python, "-m", "frontend"],
+            env,
+            ready=lambda: (
+                httpx.get(
+                    f"http://{_client_host(settings.host)}:{settings.port}/api/health-check",
+                    timeout=1,
+                ).status_code
+                == 200
+            ),
+        ),
+    ]
+    grace = ConsumerSettings().shutdown_grace
+    for queue in settings.queues:
+        for index in range(settings.consumers_per_queue):
+            specs.append(
+                ServiceSpec(
+                    f"consumer-{queue}-{index}",
+                    [python, "-m", "consumers", queue],
+                    env,
+                    stop_timeout=grace + 10,
+                )
+            )
+    return specs
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def run_stack(settings: StackSettings, console: Console) -> int:
+    """Start the stack, supervise it until Ctrl-C or SIGTERM, stop it; the exit code."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        console.print(f"[bold red]error:[/] {REDIS_INSTALL_HINT}")
+        return 1
+    if port_in_use(settings.host, settings.port):
+        console.print(
+            f"[bold red]error:[/] port {settings.port} on {settings.host} is in use (another "
+            "Kiosk?): stop it, or choose another port with --port or KIOSK_PORT"
+        )
+        return 1
+    data_dir = Path(settings.data_dir).resolve()
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / ".lock", "w")  # noqa: SIM115 - held for the stack's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        console.print(
+            f"[bold red]error:[/] another `kiosk up` is using {data_dir}; stop it "
+            "or pass --data-dir"
+        )
+        return 1
+
+    signals = StopSignals().install()
+    supervisor = Supervisor(data_dir / "logs", console, signals)
+    specs = plan(settings, data_dir, redis_server, free_port())
+    code = 0
+    try:
+        for spec in specs:
+            supervisor.start(spec)
+        _banner(console, settings, specs, data_dir)
+        while not signals.count:
+            supervisor.check()
+            time.sleep(TICK)
+        console.print(
+            "stopping: frontend, consumers (finishing or handing back jobs), janitor, Redis"
+        )
+    except StackError as exc:
+        if not signals.count:
+            console.print(f"[bold red]error:[/] {exc}")
+            code = 1
+    finally:
+        supervisor.stop_all()
+        lock.close()
+    console.print("Kiosk stopped." if code == 0 else "Kiosk stopped after an error.")
+    return code
+
+
+def _banner(
+    console: Console, settings: StackSettings, specs: list[ServiceSpec], data_dir: Path
+) -> None:
+    url = specs[0].env["KIOSK_PUBLIC_URL"]
+    queues = ", ".join(settings.queues)
+    console.print(f"[bold green]Kiosk is running at {url}[/]")
+    console.print(f"  API docs    {url}/docs")
+    if queues:
+        console.print(f"  job types   {queues} ({settings.consumers_per_queue} consumer each)")
+    else:
+        console.print(
+            "  job types   none configured: set KIOSK_QUEUES (and, for job types "
+            "of your own, KIOSK_JOB_TYPE_PLUGINS)"
+        )
+    console.print(f"  data        {data_dir} (bucket, Redis append-only file, logs/)")
+    console.print("Press Ctrl-C to stop.")

@@ -1,0 +1,65 @@
+"""Job types the tests register through KIOSK_JOB_TYPE_PLUGINS; none ships in the product.
+
+Each records a completed piece of work in the Redis hash ``test:completions`` (job key ->
+count), so tests can tell how many times the work of a job was really done.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from consumers.base import Consumer, Job, JobError, Result
+from kiosk.jobs import Stages
+
+COMPLETIONS = "test:completions"
+
+
+class Echo(Consumer):
+    """Returns its input unchanged as its result."""
+
+    def setup(self) -> None:
+        self._redis = redis.Redis.from_url(self.settings.redis_url)
+
+    def work(self, job: Job) -> None:
+        """Subclasses add their behaviour here."""
+
+    def process(self, job: Job) -> Result:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = job.download_input(Path(tmp))
+            if b"CORRUPT" in path.read_bytes()[:64]:
+                raise JobError(f"{job.get('original_name')} is corrupt: export it again")
+            with job.stage(Stages.PREDICT):
+                self.work(job)
+            key = job.upload_output(path, "result" + path.suffix)
+        self._redis.hincrby(COMPLETIONS, job.key, 1)
+        return Result(key)
+
+
+class Slow(Echo):
+    """Takes TEST_SLOW_SECONDS (default 3) in small steps, reporting progress."""
+
+    def work(self, job: Job) -> None:
+        seconds = float(os.environ.get("TEST_SLOW_SECONDS", "3"))
+        steps = 10
+        for step in range(steps):
+            time.sleep(seconds / steps)
+            job.set_progress(int(100 * (step + 1) / steps))
+
+
+class Fails(Echo):
+    """Always raises: the worker retries it, then fails it."""
+
+    def work(self, job: Job) -> None:
+        raise RuntimeError("simulated failure: this job type always fails")
+
+
+PLUGINS = ",".join(
+    f"{name}=tests.support.jobtypes:{cls.__name__}"
+    for name, cls in {"echo": Echo, "slow": Slow, "fails": Fails}.items()
+)
+QUEUES = "echo,slow,fails"

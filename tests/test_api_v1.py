@@ -1,0 +1,173 @@
+"""/api/v1: one-request job creation, status, listing, results, deletion, queue stats."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kiosk.jobs import JobField, Status
+from kiosk.queue import JobQueue
+from kiosk.storage.local import LocalBucket
+from tests.helpers import TIFF
+
+
+def create(api: TestClient, name: str = "cells.tif", data: bytes = TIFF, **options: str):
+    return api.post(
+        "/api/v1/jobs", data={"job_type": "echo", **options}, files={"file": (name, data)}
+    )
+
+
+def finish_as_consumer(queue: JobQueue, bucket: LocalBucket, output: bytes = b"labels") -> str:
+    claim = queue.claim("echo", "c1", 1)
+    key = f"output/test/{claim.key.rsplit(':', 1)[1]}.tif"
+    bucket.put_bytes(key, output)
+    queue.finish(
+        claim,
+        "c1",
+        {JobField.OUTPUT_FILE_NAME: key, JobField.OUTPUT_URL: f"http://testserver/files/{key}"},
+    )
+    return claim.key
+
+
+def test_create_uploads_and_queues_in_one_request(
+    api: TestClient, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    response = create(api, scale="0.65", model="Nuclear:2", channels="0")
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/api/v1/jobs/{job['id']}"
+    assert (job["status"], job["job_type"], job["name"], job["progress"]) == (
+        "new",
+        "echo",
+        "cells.tif",
+        0,
+    )
+    assert job["options"] == {
+        "model_name": "Nuclear",
+        "model_version": "2",
+        "scale": "0.65",
+        "channels": "0",
+    }
+    assert queue.redis.lrange("echo", 0, -1) == [job["id"]]
+    assert bucket.get_bytes(queue.get(job["id"])[JobField.INPUT_FILE_NAME]) == TIFF
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "words"),
+    [
+        ({"job_type": "nope"}, 400, "unknown job type 'nope'"),
+        ({"scale": "big"}, 422, "scale: Value error, must be a number of microns per pixel"),
+        ({"scale": "-1"}, 422, "must be greater than 0"),
+        ({"model": "Nuclear:latest"}, 422, "NAME:VERSION"),
+        ({"colour": "red"}, 422, "colour: unknown option"),
+    ],
+)
+def test_bad_options_are_refused_and_the_upload_removed(
+    api: TestClient, bucket: LocalBucket, queue: JobQueue, options: dict, status: int, words: str
+) -> None:
+    response = api.post(
+        "/api/v1/jobs", data={"job_type": "echo", **options}, files={"file": ("cells.tif", TIFF)}
+    )
+    assert response.status_code == status, response.text
+    assert words in response.json()["message"]
+    assert list(bucket.list()) == []
+    assert queue.redis.llen("echo") == 0
+
+
+def test_a_missing_job_type_is_refused(api: TestClient, bucket: LocalBucket) -> None:
+    response = api.post("/api/v1/jobs", files={"file": ("cells.tif", TIFF)})
+    assert response.status_code == 422 and "job_type" in response.json()["message"]
+    assert list(bucket.list()) == []
+
+
+def test_a_job_is_read_back_by_its_id(api: TestClient) -> None:
+    job = create(api, name="my cells #1.tif").json()
+    fetched = api.get(f"/api/v1/jobs/{quote(job['id'])}")
+    assert fetched.status_code == 200 and fetched.json()["id"] == job["id"]
+    missing = api.get("/api/v1/jobs/echo:x.tif:2b1e4b0e-6d43-4b8e-9d51-8d0c7b1f9a00")
+    assert missing.status_code == 404 and "expired" in missing.json()["message"]
+
+
+def test_the_result_is_served_once_done(
+    api: TestClient, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    job = create(api).json()
+    waiting = api.get(f"/api/v1/jobs/{job['id']}/result")
+    assert waiting.status_code == 409 and "is new" in waiting.json()["message"]
+    finish_as_consumer(queue, bucket, b"LABELS")
+    done = api.get(f"/api/v1/jobs/{job['id']}")
+    assert done.json()["status"] == Status.DONE and done.json()["progress"] == 100
+    result = api.get(f"/api/v1/jobs/{job['id']}/result")
+    assert result.status_code == 200 and result.content == b"LABELS"
+    assert api.get(done.json()["output_url"]).content == b"LABELS"
+
+
+def test_a_failed_job_shows_its_reason(api: TestClient, queue: JobQueue) -> None:
+    job = create(api).json()
+    queue.fail(queue.claim("echo", "c1", 1), "c1", "the image is corrupt")
+    body = api.get(f"/api/v1/jobs/{job['id']}").json()
+    assert (body["status"], body["reason"]) == ("failed", "the image is corrupt")
+    result = api.get(f"/api/v1/jobs/{job['id']}/result")
+    assert result.status_code == 409 and "the image is corrupt" in result.json()["message"]
+
+
+def test_jobs_are_listed_newest_first_and_filtered(
+    api: TestClient, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    ids = [create(api, name=f"{i}.tif").json()["id"] for i in range(5)]
+    finish_as_consumer(queue, bucket)  # the oldest
+    page = api.get("/api/v1/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in page["jobs"]] == ids[::-1][:2]
+    rest = api.get("/api/v1/jobs", params={"limit": 10, "before": page["next_before"]}).json()
+    assert [j["id"] for j in rest["jobs"]] == ids[::-1][2:]
+    assert rest["next_before"] is None
+    done = api.get("/api/v1/jobs", params={"status": "done"}).json()["jobs"]
+    assert [j["id"] for j in done] == [ids[0]]
+    assert api.get("/api/v1/jobs", params={"status": "nonsense"}).status_code == 422
+
+
+def test_delete_removes_the_job_from_its_queue(api: TestClient, queue: JobQueue) -> None:
+    job = create(api).json()
+    assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    assert queue.redis.llen("echo") == 0
+    assert api.get(f"/api/v1/jobs/{job['id']}").status_code == 404
+    assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_queue_stats_count_waiting_and_running_jobs(api: TestClient, queue: JobQueue) -> None:
+    for i in range(3):
+        create(api, name=f"{i}.tif")
+    queue.claim("echo", "c1", 1)
+    stats = {q["queue"]: q for q in api.get("/api/v1/queues").json()}
+    assert (stats["echo"]["queued"], stats["echo"]["in_flight"]) == (2, 1)
+    assert set(stats) == {"echo", "echo-zip", "slow", "slow-zip", "fails", "fails-zip"}
+
+
+def test_files_outside_uploads_and_output_are_not_served(
+    api: TestClient, bucket: LocalBucket
+) -> None:
+    bucket.put_bytes("models/M/1/saved_model.pb", b"weights")
+    assert api.get("/files/models/M/1/saved_model.pb").status_code == 404
+    escaped = api.get("/files/uploads/%2e%2e/models/M/1/saved_model.pb")
+    assert escaped.status_code in (400, 404)
+    assert b"weights" not in escaped.content
+    assert api.get("/files/uploads/nothing.tif").status_code == 404
+
+
+def test_health_reports_redis_and_bucket(api: TestClient) -> None:
+    assert api.get("/api/v1/health").json() == {"status": "ok", "redis": True, "bucket": True}
+
+
+def test_openapi_documents_the_multipart_job_creation(api: TestClient) -> None:
+    spec = api.get("/openapi.json").json()
+    body = spec["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]
+    schema = body["multipart/form-data"]["schema"]
+    assert {"file", "job_type", "scale"} <= set(schema["properties"])
+
+
+def test_the_root_answers_in_place_without_redirecting(api: TestClient) -> None:
+    # kiosk-client uses the URL it lands on after redirects from "/" as the API base
+    response = api.get("/", follow_redirects=False)
+    assert response.status_code == 200 and response.json()["api"] == "/api/v1"

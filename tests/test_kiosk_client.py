@@ -1,0 +1,64 @@
+"""The original kiosk-client (0.8.4, from PyPI) against a running stack, unchanged: it uploads,
+creates, polls, summarises, downloads and expires a job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from kiosk.jobs import JOB_INDEX, JobField, Status
+from tests.conftest import RunningStack
+from tests.support.kiosk_client import kiosk_client_python
+
+
+def test_kiosk_client_runs_a_job_end_to_end(stack: RunningStack, tmp_path: Path) -> None:
+    python = kiosk_client_python()
+    image = tmp_path / "cells.tif"
+    subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import sys; from PIL import Image; Image.new('I;16', (64, 48), 7).save(sys.argv[1])",
+            str(image),
+        ],
+        check=True,
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    host = stack.url.removeprefix("http://")
+    env = {
+        **os.environ,
+        "UPDATE_INTERVAL": "1",
+        "MANAGER_REFRESH_RATE": "1",
+        "OUTPUT_DIR": str(out),
+        "LOG_LEVEL": "DEBUG",
+    }
+    log = tmp_path / "kiosk-client.log"
+    with open(log, "wb") as sink:
+        client = subprocess.Popen(
+            [str(python), "-m", "kiosk_client", str(image), "-j", "echo", "-t", host, "-U"],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            returncode = client.wait(120)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            returncode = None
+    lines = [line for line in log.read_text().splitlines() if "urllib3" not in line]
+    assert returncode == 0, "\n".join(lines[-40:])
+
+    summary = json.loads(next(out.glob("*jobs_*.json")).read_text())
+    (job,) = summary["job_data"]
+    assert job["status"] == Status.DONE and job["reason"] is None
+    assert job["download_url"].startswith(stack.url + "/files/output/")
+    assert (out / "result.tif").read_bytes() == image.read_bytes()
+    key = job["job_id"]
+    assert key.startswith("echo:")
+    assert stack.queue.get(key)[JobField.STATUS] == Status.DONE
+    assert 0 < stack.queue.redis.ttl(key) <= 3600  # kiosk-client's expire, answered with 1
+    assert stack.queue.redis.zscore(JOB_INDEX, key) is not None

@@ -1,0 +1,236 @@
+"""The Redis queue protocol, against a real redis-server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kiosk.jobs import (
+    JOB_INDEX,
+    JobField,
+    JobRequest,
+    Status,
+    creation_fields,
+    dead_letter_list,
+    new_job_key,
+    processing_list,
+)
+from kiosk.queue import JobQueue, Outcome
+
+
+def submit(queue: JobQueue, job_type: str = "echo", name: str = "a.tif") -> str:
+    request = JobRequest(job_type, name, f"uploads/{name}")
+    key = new_job_key(request.queue, name)
+    return queue.submit(request.queue, key, creation_fields(request, "test"))
+
+
+def test_submit_creates_hash_queue_entry_and_index_together(queue: JobQueue) -> None:
+    key = submit(queue)
+    r = queue.redis
+    assert r.lrange("echo", 0, -1) == [key]
+    assert r.hget(key, JobField.STATUS) == Status.NEW
+    assert r.zscore(JOB_INDEX, key) is not None
+
+
+def test_submitting_the_same_job_twice_queues_it_once(queue: JobQueue) -> None:
+    request = JobRequest("echo", "a.tif", "uploads/a.tif")
+    key = new_job_key("echo", "a.tif")
+    fields = creation_fields(request, "test")
+    queue.submit("echo", key, fields)
+    queue.submit("echo", key, fields)  # e.g. a client retry after a lost reply
+    assert queue.redis.lrange("echo", 0, -1) == [key]
+
+
+def test_claim_moves_the_job_into_the_consumers_processing_list(queue: JobQueue) -> None:
+    key = submit(queue)
+    claim = queue.claim("echo", "c1", timeout=1)
+    assert claim is not None and claim.key == key
+    assert queue.redis.llen("echo") == 0
+    assert queue.redis.lrange(processing_list("echo", "c1"), 0, -1) == [key]
+    assert claim.fields[JobField.STATUS] == Status.STARTED
+    assert claim.attempt == 1
+    assert claim.fields[JobField.IDENTITY_STARTED] == "c1"
+
+
+def test_claim_times_out_on_an_empty_queue(queue: JobQueue) -> None:
+    assert queue.claim("echo", "c1", timeout=0.1) is None
+
+
+def test_jobs_are_claimed_first_in_first_out(queue: JobQueue) -> None:
+    keys = [submit(queue, name=f"{i}.tif") for i in range(5)]
+    claimed = [queue.claim("echo", "c1", 1) for _ in keys]
+    assert [c.key for c in claimed if c] == keys
+
+
+def test_finish_marks_done_sets_ttl_and_releases(queue: JobQueue) -> None:
+    submit(queue)
+    claim = queue.claim("echo", "c1", 1)
+    settled = queue.finish(claim, "c1", {JobField.OUTPUT_URL: "http://x/y.tif"})
+    assert settled.outcome is Outcome.APPLIED and settled.still_held == 0
+    fields = queue.get(claim.key)
+    assert fields[JobField.STATUS] == Status.DONE
+    assert fields[JobField.PROGRESS] == "100"
+    assert fields[JobField.FINISHED_AT]
+    assert 0 < queue.redis.ttl(claim.key) <= 600
+    assert queue.redis.llen(processing_list("echo", "c1")) == 0
+
+
+def test_a_client_set_expiry_is_kept_when_the_job_finishes(queue: JobQueue) -> None:
+    submit(queue)
+    claim = queue.claim("echo", "c1", 1)
+    queue.expire(claim.key, 30)
+    queue.finish(claim, "c1", {})
+    assert queue.redis.ttl(claim.key) <= 30
+
+
+def test_only_the_holder_can_finish_a_job(queue: JobQueue) -> None:
+    submit(queue)
+    claim = queue.claim("echo", "c1", 1)
+    assert queue.finish(claim, "someone-else", {}).outcome is Outcome.LOST
+    assert queue.get(claim.key)[JobField.STATUS] == Status.STARTED
+
+
+def test_updates_stop_once_the_job_is_taken_over_or_deleted(queue: JobQueue) -> None:
+    key = submit(queue)
+    claim = queue.claim("echo", "c1", 1)
+    assert queue.update(claim, "c1", {JobField.PROGRESS: 50}) is Outcome.APPLIED
+    # the janitor gives it away: c1 no longer holds it
+    queue.requeue_lapsed(["echo"])
+    assert queue.update(claim, "c1", {JobField.PROGRESS: 60}) is Outcome.LOST
+    claim2 = queue.claim("echo", "c2", 1)
+    queue.delete(key, "echo")
+    assert queue.update(claim2, "c2", {JobField.PROGRESS: 70}) is Outcome.GONE
+
+
+def test_retry_requeues_behind_others_until_attempts_run_out(queue: JobQueue) -> None:
+    key = submit(queue)
+    other = submit(queue, name="b.tif")
+    for attempt in (1, 2):
+        claim = queue.claim("echo", "c1", 1)
+        assert claim.key == (key if attempt == 1 else other)
+        if claim.key != key:
+            queue.finish(claim, "c1", {})
+            claim = queue.claim("echo", "c1", 1)
+        assert queue.retry(claim, "c1", "RuntimeError: boom").outcome is Outcome.RETRYING
+        assert queue.get(key)[JobField.LAST_ERROR] == "RuntimeError: boom"
+    claim = queue.claim("echo", "c1", 1)
+    assert claim.attempt == 3
+    assert queue.retry(claim, "c1", "RuntimeError: boom").outcome is Outcome.FAILED
+    fields = queue.get(key)
+    assert fields[JobField.STATUS] == Status.FAILED
+    assert fields[JobField.REASON] == "RuntimeError: boom (gave up after 3 of 3 attempts)"
+    letters = queue.dead_letters("echo")
+    assert [d["key"] for d in letters] == [key]
+    assert letters[0]["fields"][JobField.STATUS] == Status.FAILED
+
+
+def test_fail_is_final_at_once_and_dead_lettered(queue: JobQueue) -> None:
+    key = submit(queue)
+    claim = queue.claim("echo", "c1", 1)
+    assert queue.fail(claim, "c1", "the image is corrupt").outcome is Outcome.FAILED
+    assert queue.get(key)[JobField.REASON] == "the image is corrupt"
+    assert queue.redis.llen(dead_letter_list("echo")) == 1
+    assert queue.redis.ttl(key) > 0
+
+
+def test_dead_letter_list_is_capped(queue: JobQueue) -> None:
+    queue.dead_letter_max = 3
+    for i in range(5):
+        submit(queue, name=f"{i}.tif")
+        queue.fail(queue.claim("echo", "c1", 1), "c1", "bad")
+    assert queue.redis.llen(dead_letter_list("echo")) == 3
+
+
+def test_hand_back_returns_to_the_front_without_counting_the_attempt(queue: JobQueue) -> None:
+    key = submit(queue)
+    submit(queue, name="later.tif")
+    claim = queue.claim("echo", "c1", 1)
+    assert queue.hand_back(claim, "c1").outcome is Outcome.APPLIED
+    assert queue.get(key)[JobField.ATTEMPTS] == "0"
+    assert queue.get(key)[JobField.STATUS] == Status.NEW
+    again = queue.claim("echo", "c2", 1)
+    assert again.key == key and again.attempt == 1
+
+
+def test_janitor_requeues_only_consumers_without_a_heartbeat(queue: JobQueue) -> None:
+    a, b = submit(queue, name="a.tif"), submit(queue, name="b.tif")
+    queue.heartbeat("alive", ttl=30, info={})
+    queue.claim("echo", "alive", 1)
+    queue.claim("echo", "dead", 1)
+    sweeps = queue.requeue_lapsed(["echo"])
+    assert [(s.consumer_id, s.requeued) for s in sweeps] == [("dead", 1)]
+    assert queue.redis.lrange("echo", 0, -1) == [b]
+    assert queue.redis.lrange(processing_list("echo", "alive"), 0, -1) == [a]
+    assert "stopped responding" in queue.get(b)[JobField.LAST_ERROR]
+
+
+def test_janitor_fails_a_job_whose_attempts_ran_out(queue: JobQueue) -> None:
+    key = submit(queue)
+    for _ in range(3):
+        queue.claim("echo", "dead", 1)
+        queue.requeue_lapsed(["echo"])
+    fields = queue.get(key)
+    assert fields[JobField.STATUS] == Status.FAILED
+    assert "gave up after 3 of 3 attempts" in fields[JobField.REASON]
+    assert json.loads(queue.redis.lindex(dead_letter_list("echo"), 0))["key"] == key
+
+
+def test_a_job_deleted_while_queued_is_skipped(queue: JobQueue) -> None:
+    key = submit(queue)
+    queue.redis.delete(key)  # e.g. expired by a client
+    assert queue.claim("echo", "c1", 0.2) is None
+    assert queue.redis.llen(processing_list("echo", "c1")) == 0
+
+
+def test_delete_removes_a_waiting_job_everywhere(queue: JobQueue) -> None:
+    key = submit(queue)
+    assert queue.delete(key, "echo")
+    assert queue.redis.llen("echo") == 0
+    assert queue.get(key) is None
+    assert queue.redis.zscore(JOB_INDEX, key) is None
+
+
+def test_a_job_stranded_in_its_own_list_is_resumed(queue: JobQueue) -> None:
+    key = submit(queue)
+    queue.redis.lmove("echo", processing_list("echo", "c1"), "RIGHT", "LEFT")  # lost reply
+    held = queue.held("echo", "c1")
+    assert held is not None and held.key == key and held.attempt == 1
+
+
+def test_stats_count_queued_in_flight_and_dead_letters(queue: JobQueue) -> None:
+    for i in range(4):
+        submit(queue, name=f"{i}.tif")
+    submit(queue, name="z.zip")
+    queue.claim("echo", "c1", 1)
+    queue.fail(queue.claim("echo", "c2", 1), "c2", "bad")
+    queue.claim("echo", "c3", 1)
+    stats = {s.queue: s for s in queue.stats(["echo", "echo-zip"])}
+    assert (stats["echo"].queued, stats["echo"].in_flight, stats["echo"].dead_letters) == (1, 2, 1)
+    assert stats["echo"].demand == 3
+    assert stats["echo-zip"].queued == 1
+
+
+def test_prune_index_drops_expired_jobs(queue: JobQueue) -> None:
+    keys = [submit(queue, name=f"{i}.tif") for i in range(3)]
+    queue.redis.delete(keys[0], keys[2])
+    assert queue.prune_index(batch=2) == 2
+    assert queue.redis.zrange(JOB_INDEX, 0, -1) == [keys[1]]
+
+
+def test_recent_lists_newest_first(queue: JobQueue) -> None:
+    keys = [submit(queue, name=f"{i}.tif") for i in range(3)]
+    for i, key in enumerate(keys):
+        queue.redis.zadd(JOB_INDEX, {key: 1000 + i})
+    assert [k for k, _ in queue.recent(2)] == [keys[2], keys[1]]
+    assert [k for k, _ in queue.recent(5, before=1001)] == [keys[0]]
+
+
+@pytest.mark.parametrize("kind", ["string", "list"])
+def test_get_refuses_keys_that_are_not_hashes(queue: JobQueue, kind: str) -> None:
+    if kind == "string":
+        queue.redis.set("x", "1")
+    else:
+        queue.redis.lpush("x", "1")
+    assert queue.get("x") is None
+    assert queue.get_fields("x", ["status"]) is None

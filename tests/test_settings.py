@@ -1,0 +1,38 @@
+"""Settings: typed, validated, and documented in the README exactly as the code defines them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from kiosk.settings import ConsumerSettings, FrontendSettings, settings_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_settings_table_matches_the_code() -> None:
+    block = re.search(r"<!-- settings:start -->\n(.*?)<!-- settings:end -->",
+                      README.read_text(), re.S)
+    assert block, "README.md lost its settings markers"
+    assert block.group(1) == settings_table(), "run `python -m kiosk.settings` into README.md"
+
+
+def test_a_heartbeat_must_outlive_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSK_HEARTBEAT_INTERVAL", "10")
+    monkeypatch.setenv("KIOSK_HEARTBEAT_TTL", "5")
+    with pytest.raises(ValidationError, match="must be longer than heartbeat_interval"):
+        ConsumerSettings()
+
+
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSK_QUEUES", "Seg:mentation")
+    with pytest.raises(ValidationError, match="invalid job type 'Seg:mentation'"):
+        FrontendSettings()
+
+
+def test_settings_are_read_without_connecting_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSK_REDIS_URL", "redis://nowhere.invalid:1/0")
+    assert FrontendSettings().redis_url == "redis://nowhere.invalid:1/0"

@@ -1,0 +1,228 @@
+"""`kiosk up` as a real process tree: serve, supervise, restart, stop cleanly, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiosk.client import KioskClient
+from kiosk.jobs import JobField, Status
+from kiosk.queue import JobQueue, connect
+from tests.helpers import TIFF
+from tests.support.jobtypes import COMPLETIONS, PLUGINS
+from tests.support.servers import free_port, wait_for
+from tests.support.services import REPO
+
+
+class KioskUp:
+    """`python -m kiosk up` on a free port with its own data directory."""
+
+    def __init__(self, tmp_path: Path, data_dir: Path | None = None, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir or tmp_path / "data"
+        self.log = tmp_path / f"kiosk-up-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "KIOSK_QUEUES": "echo,slow",
+            "KIOSK_JOB_TYPE_PLUGINS": PLUGINS,
+            "KIOSK_HEARTBEAT_INTERVAL": "0.3",
+            "KIOSK_HEARTBEAT_TTL": "1.5",
+            "KIOSK_CLAIM_TIMEOUT": "0.5",
+            "KIOSK_JANITOR_INTERVAL": "0.3",
+            **env,
+        }
+
+    def start(self) -> KioskUp:
+        self._sink = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kiosk",
+                "up",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            env=self.env,
+            cwd=REPO,
+            stdout=self._sink,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(
+            lambda: "Kiosk is running" in self.output() or self.process.poll() is not None,
+            60,
+            what="kiosk up to start",
+        )
+        assert self.process.poll() is None, self.output()
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def children(self) -> dict[int, str]:
+        """Processes whose parent is the stack: pid -> command line."""
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                found[int(entry.name)] = cmdline
+        return found
+
+    def redis_url(self) -> str:
+        (title,) = [c for c in self.children().values() if "redis-server" in c]
+        address = title.split()[1]  # redis-server retitles itself "redis-server HOST:PORT"
+        return f"redis://{address}/0"
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._sink.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def kiosk_up(tmp_path: Path):
+    started: list[KioskUp] = []
+
+    def start(**kwargs: object) -> KioskUp:
+        stack = KioskUp(tmp_path, **kwargs).start()
+        started.append(stack)
+        return stack
+
+    yield start
+    for stack in started:
+        stack.stop()
+
+
+def test_kiosk_up_serves_runs_jobs_and_stops_everything_on_ctrl_c(kiosk_up, tmp_path) -> None:
+    stack = kiosk_up()
+    image = tmp_path / "cells.tif"
+    image.write_bytes(TIFF)
+    with KioskClient(stack.url) as client:
+        job = client.submit(image, "echo")
+        final = client.wait([job["id"]], timeout=60)[job["id"]]
+        assert final["status"] == Status.DONE
+        assert client.download(job["id"], tmp_path / "out").read_bytes() == TIFF
+    children = stack.children()
+    kinds = sorted(
+        cmd.split(" -m ")[-1].split()[0] if " -m " in cmd else "redis" for cmd in children.values()
+    )
+    assert kinds == ["autoscaler.janitor", "consumers", "consumers", "frontend", "redis"]
+    assert (stack.data_dir / "redis" / "appendonlydir").is_dir()
+    assert stack.stop() == 0
+    assert "Kiosk stopped." in stack.output()
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in children),
+        10,
+        what="every child of the stack to be gone",
+    )
+
+
+def test_a_crashed_consumer_is_restarted(kiosk_up, tmp_path) -> None:
+    stack = kiosk_up()
+    (victim,) = [p for p, c in stack.children().items() if "consumers echo" in c]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: any("consumers echo" in c and p != victim for p, c in stack.children().items()),
+        30,
+        what="a new echo consumer",
+    )
+    assert "consumer-echo-0 exited with code -9; restarting" in stack.output()
+    image = tmp_path / "cells.tif"
+    image.write_bytes(TIFF)
+    with KioskClient(stack.url) as client:
+        job = client.submit(image, "echo")
+        assert client.wait([job["id"]], timeout=60)[job["id"]]["status"] == Status.DONE
+
+
+def test_queued_and_running_jobs_survive_a_stack_restart(kiosk_up, tmp_path) -> None:
+    first = kiosk_up(TEST_SLOW_SECONDS="1.5", KIOSK_SHUTDOWN_GRACE="0")
+    images = []
+    for i in range(4):
+        images.append(tmp_path / f"{i}.tif")
+        images[-1].write_bytes(TIFF)
+    with KioskClient(first.url) as client:
+        ids = [client.submit(p, "slow")["id"] for p in images]
+    queue = JobQueue(connect(first.redis_url()))
+    wait_for(
+        lambda: queue.get(ids[0])[JobField.STATUS] == Status.DONE, 60, what="the first job done"
+    )
+    assert first.stop() == 0
+    consumer_log = (first.data_dir / "logs" / "consumer-slow-0.log").read_text()
+    assert "handed back" in consumer_log
+    second = kiosk_up(data_dir=first.data_dir, TEST_SLOW_SECONDS="0.2")
+    with KioskClient(second.url) as client:
+        final = client.wait(ids, timeout=120)
+    assert {job["status"] for job in final.values()} == {Status.DONE}
+    queue = JobQueue(connect(second.redis_url()))
+    assert all(int(queue.redis.hget(COMPLETIONS, i)) == 1 for i in ids)
+    assert all(int(final[i]["attempts"]) == 1 for i in ids)  # hand-back burned none
+
+
+def test_kiosk_up_explains_how_to_install_a_missing_redis_server(tmp_path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiosk",
+            "up",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        env={**os.environ, "PATH": str(empty), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert "redis-server was not found" in run.stdout and "apt-get install" in run.stdout
+
+
+def test_kiosk_up_refuses_a_port_in_use(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kiosk",
+                "up",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "d"),
+            ],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in run.stdout

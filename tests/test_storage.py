@@ -1,0 +1,113 @@
+"""Buckets: the same behaviour from file:// and gs:// (the real google-cloud-storage client
+against the gcp-storage-emulator from PyPI), and no key that escapes the bucket."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.cloud import storage
+
+from kiosk.storage import Bucket, InvalidKey, ObjectNotFound, open_bucket, safe_key
+from kiosk.storage.local import LocalBucket
+from tests.support.servers import GcsEmulator
+
+
+@pytest.fixture(params=["file", "gs"])
+def any_bucket(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Bucket]:
+    if request.param == "file":
+        yield open_bucket(f"file://{tmp_path / 'bucket'}")
+        return
+    emulator: GcsEmulator = request.getfixturevalue("gcs_emulator")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.host)
+    name = f"kiosk-test-{uuid.uuid4().hex[:8]}"
+    storage.Client().create_bucket(name)
+    yield open_bucket(f"gs://{name}")
+
+
+def test_bytes_round_trip(any_bucket: Bucket) -> None:
+    any_bucket.put_bytes("uploads/a.tif", b"II*\x00data")
+    assert any_bucket.get_bytes("uploads/a.tif") == b"II*\x00data"
+    assert any_bucket.size("uploads/a.tif") == 8
+    assert any_bucket.exists("uploads/a.tif")
+
+
+def test_large_streamed_write_and_file_round_trip(any_bucket: Bucket, tmp_path: Path) -> None:
+    data = os.urandom(20 * 1024 * 1024 + 123)  # spans several resumable-upload chunks
+    with any_bucket.open_write("output/big.bin") as writer:
+        for start in range(0, len(data), 1 << 20):
+            writer.write(data[start : start + (1 << 20)])
+    any_bucket.download_file("output/big.bin", tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == data
+
+
+def test_an_aborted_write_leaves_no_object(any_bucket: Bucket) -> None:
+    writer = any_bucket.open_write("uploads/partial.tif")
+    writer.write(b"x" * 1000)
+    writer.abort()
+    assert not any_bucket.exists("uploads/partial.tif")
+    assert list(any_bucket.list("uploads/")) == []
+
+
+def test_an_exception_inside_the_writer_aborts_it(any_bucket: Bucket) -> None:
+    with pytest.raises(RuntimeError), any_bucket.open_write("uploads/x.tif") as writer:
+        writer.write(b"abc")
+        raise RuntimeError("client went away")
+    assert not any_bucket.exists("uploads/x.tif")
+
+
+def test_list_delete_and_missing_objects(any_bucket: Bucket) -> None:
+    for key in ("output/1/a.tif", "output/2/b.tif", "uploads/c.tif"):
+        any_bucket.put_bytes(key, b"1")
+    assert sorted(any_bucket.list("output/")) == ["output/1/a.tif", "output/2/b.tif"]
+    assert any_bucket.delete("output/1/a.tif")
+    assert not any_bucket.delete("output/1/a.tif")
+    assert any_bucket.size("output/1/a.tif") is None
+    with pytest.raises(ObjectNotFound):
+        any_bucket.open_read("output/1/a.tif")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../etc/passwd",
+        "uploads/../../x",
+        "/etc/passwd",
+        "uploads/a\x00.tif",
+        "",
+        "a//b",
+        "uploads/./a",
+        "uploads\\..\\a",
+        "uploads/\nx",
+        "a/" * 600,
+    ],
+)
+def test_keys_that_could_escape_the_bucket_are_refused(any_bucket: Bucket, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        any_bucket.put_bytes(key, b"x")
+    with pytest.raises(InvalidKey):
+        any_bucket.exists(key)
+
+
+def test_a_symlink_out_of_a_local_bucket_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("s")
+    bucket = LocalBucket(tmp_path / "bucket")
+    (bucket.root / "link").symlink_to(outside)
+    with pytest.raises(InvalidKey, match="outside the bucket"):
+        bucket.get_bytes("link/secret.txt")
+
+
+def test_safe_key_accepts_ordinary_nested_keys() -> None:
+    assert safe_key("output/4f2a/cells 1.tif") == "output/4f2a/cells 1.tif"
+
+
+def test_unknown_bucket_schemes_get_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="file://DIRECTORY"):
+        open_bucket("s3://bucket")
