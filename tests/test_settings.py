@@ -14,8 +14,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_the_readme_settings_table_matches_the_code() -> None:
-    block = re.search(r"<!-- settings:start -->\n(.*?)<!-- settings:end -->",
-                      README.read_text(), re.S)
+    block = re.search(
+        r"<!-- settings:start -->\n(.*?)<!-- settings:end -->", README.read_text(), re.S
+    )
     assert block, "README.md lost its settings markers"
     assert block.group(1) == settings_table(), "run `python -m kiosk.settings` into README.md"
 
