@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from kiosk.jobs import JobField, Stage, Stages, Status, output_prefix
-from kiosk.queue import Claim
+from kiosk.queue import Claim, Outcome
 from kiosk.settings import ConsumerSettings
 from kiosk.storage import Bucket, ObjectNotFound
 
@@ -27,6 +27,10 @@ class JobError(Exception):
 
 class JobLost(Exception):
     """The job was deleted, expired or taken over by another consumer: stop working on it."""
+
+    def __init__(self, message: str, outcome: Outcome = Outcome.LOST) -> None:
+        super().__init__(message)
+        self.outcome = outcome  # GONE: deleted or expired; LOST: taken over
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,14 @@ STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 60
 
 
 class ConsumerMetrics:
-    """Counters and histograms, labelled by queue, that the worker feeds."""
+    """Counters and histograms, labelled by queue, that the worker feeds. The process's
+    default registry is what ``KIOSK_METRICS_PORT`` serves; tests pass their own."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.jobs = Counter(
             "kiosk_consumer_jobs_total",
-            "Jobs a consumer settled, by outcome (done, failed, retried, handed_back, lost).",
+            "Attempts a consumer ended, by outcome: done, failed, retried, handed_back, "
+            "lost (taken over), cancelled (deleted or expired), unsettled (Redis unreachable).",
             ["queue", "outcome"],
             registry=registry,
         )

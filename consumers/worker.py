@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import redis
+from prometheus_client import CollectorRegistry
 
 from consumers.base import Consumer, Job, JobError, JobLost
 from consumers.metrics import ConsumerMetrics
@@ -64,7 +65,7 @@ class Worker:
         self.control = control or queue
         self.queue_name = queue_name
         self.settings = settings
-        self.metrics = metrics or ConsumerMetrics()
+        self.metrics = metrics or ConsumerMetrics(CollectorRegistry())
         self.consumer_id = consumer_id or new_consumer_id()
         self._stopping = threading.Event()
         self._deadline: float | None = None
@@ -201,7 +202,7 @@ class Worker:
         except JobLost as exc:
             log.warning("abandoned %s: %s", claim.key, exc)
             job_lost = exc
-            settled = Settled(Outcome.LOST)
+            settled = Settled(exc.outcome)
         except JobError as exc:
             log.info("failed %s: %s", claim.key, exc)
             why = str(exc)
@@ -231,9 +232,9 @@ class Worker:
     def _update(self, claim: Claim, fields: Mapping[str, object]) -> None:
         outcome = self.queue.update(claim, self.consumer_id, fields)
         if outcome is Outcome.GONE:
-            raise JobLost("the job was deleted or expired while it ran")
+            raise JobLost("the job was deleted or expired while it ran", Outcome.GONE)
         if outcome is Outcome.LOST:
-            raise JobLost("the janitor gave the job to another consumer")
+            raise JobLost("the janitor gave the job to another consumer", Outcome.LOST)
 
     def _on_stage(self, stage: Stage, seconds: float) -> None:
         self.metrics.stage_timed(self.queue_name, stage.name, seconds)

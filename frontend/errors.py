@@ -49,9 +49,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_key(request: Request, exc: InvalidKey) -> JSONResponse:
         return JSONResponse({"message": str(exc)}, status_code=400)
 
-    @app.exception_handler(redis.RedisError)
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
     async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
-        log.warning("Redis error on %s: %s", request.url.path, exc)
+        log.warning("Redis unreachable on %s: %s", request.url.path, exc)
         return JSONResponse(
             {"message": "the job store (Redis) is unavailable; try again in a moment"},
             status_code=503,

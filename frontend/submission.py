@@ -6,7 +6,7 @@ import socket
 
 from frontend.deps import Services
 from frontend.errors import ApiError
-from kiosk.filetypes import check_name
+from kiosk.filetypes import FileKind, check_name, kind_from_name
 from kiosk.jobs import UPLOAD_PREFIX, JobRequest, creation_fields, new_job_key
 from kiosk.storage import safe_key
 
@@ -46,10 +46,21 @@ def check_input(services: Services, key: str) -> str:
     return key
 
 
+def check_not_zip(key: str) -> None:
+    """Zips would wait on TYPE-zip, which no consumer serves yet: refuse them plainly."""
+    if kind_from_name(key) is FileKind.ZIP:
+        raise ApiError(
+            415,
+            "this Kiosk cannot split zip files into jobs yet: submit the images one by one "
+            "(`kiosk submit FOLDER` does that for a folder of images)",
+        )
+
+
 def create_job(services: Services, request: JobRequest) -> str:
     """Check a request and queue it; returns the new job's key."""
     check_job_type(services, request.job_type)
     check_input(services, request.input_file_name)
+    check_not_zip(request.input_file_name)
     key = new_job_key(request.queue, request.original_name)
     services.queue.submit(request.queue, key, creation_fields(request, socket.gethostname()))
     return key

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -36,8 +37,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
@@ -62,7 +63,7 @@ def options(
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}")
+    errors.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
 
 
@@ -146,8 +147,9 @@ def _seconds(job: dict[str, Any]) -> str:
     return f"{delta.total_seconds():.1f}"
 
 
-def _status_style(status: str) -> str:
-    return {"done": "green", "failed": "red"}.get(status, "yellow")
+def _styled(status: str) -> str:
+    colour = {"done": "green", "failed": "red"}.get(status, "yellow")
+    return f"[{colour}]{escape(status)}[/]"
 
 
 @app.command()
@@ -163,12 +165,15 @@ def submit(
     model: Annotated[str, typer.Option(help="Model as NAME or NAME:VERSION.")] = "",
     channels: Annotated[str, typer.Option(help="Channels to use, e.g. 0 or 0,1.")] = "",
     dimension_order: Annotated[str, typer.Option(help="Axis order, e.g. CYX.")] = "",
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop waiting after this many seconds.")
+    ] = None,
 ) -> None:
     """Upload images or zips and create a job for each; optionally wait and download."""
     target: Target = ctx.obj
     files, refused, skipped = collect_files(paths)
     for path, why in refused:
-        errors.print(f"[red]refused[/] {path}: {why}")
+        errors.print(f"[red]refused[/] {escape(str(path))}: {escape(why)}")
     if skipped:
         console.print(f"skipped {skipped} files that are not {ACCEPTED}")
     if not files:
@@ -201,7 +206,7 @@ def submit(
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("uploading", total=total)
             for path in files:
-                progress.update(task, description=f"uploading {path.name}")
+                progress.update(task, description=f"uploading {escape(path.name)}")
                 try:
                     jobs[path] = client.submit(
                         path, job_type, options, lambda n: progress.advance(task, n)
@@ -210,10 +215,15 @@ def submit(
                     if exc.status is None or exc.status == 401:
                         raise fail(str(exc)) from None
                     problems[path] = str(exc)
-                    progress.console.print(f"[red]refused[/] {path}: {exc}")
+                    progress.console.print(
+                        f"[red]refused[/] {escape(str(path))}: {escape(str(exc))}"
+                    )
         console.print(f"submitted {len(jobs)} of {len(files)} files to {target.url}")
         if (wait or out) and jobs:
-            jobs = _wait(client, jobs)
+            try:
+                jobs = _wait(client, jobs, timeout)
+            except KioskError as exc:
+                raise fail(f"{exc}; the jobs go on: follow them with `kiosk jobs`") from None
         downloaded: dict[Path, Path] = {}
         if out:
             taken: set[str] = set()
@@ -229,7 +239,9 @@ def submit(
     raise typer.Exit(1 if failed else 0)
 
 
-def _wait(client: KioskClient, jobs: dict[Path, dict[str, Any]]) -> dict[Path, dict[str, Any]]:
+def _wait(
+    client: KioskClient, jobs: dict[Path, dict[str, Any]], timeout: float | None
+) -> dict[Path, dict[str, Any]]:
     by_id = {job["id"]: path for path, job in jobs.items()}
     latest = {job["id"]: job for job in jobs.values()}
     columns = (
@@ -255,7 +267,7 @@ def _wait(client: KioskClient, jobs: dict[Path, dict[str, Any]]) -> dict[Path, d
                 "waiting or running",
             )
 
-        final = client.wait(list(by_id), on_update)
+        final = client.wait(list(by_id), on_update, timeout=timeout)
     return {by_id[job_id]: job for job_id, job in final.items()}
 
 
@@ -271,7 +283,9 @@ def _summary(
     for path in files:
         job = jobs.get(path)
         if job is None:
-            table.add_row(str(path), "", "[red]not submitted[/]", "", problems.get(path, ""))
+            table.add_row(
+                escape(str(path)), "", "[red]not submitted[/]", "", escape(problems.get(path, ""))
+            )
             continue
         status = job["status"]
         result = str(
@@ -282,7 +296,7 @@ def _summary(
             or ""
         )
         table.add_row(
-            str(path), job["id"], f"[{_status_style(status)}]{status}[/]", _seconds(job), result
+            escape(str(path)), escape(job["id"]), _styled(status), _seconds(job), escape(result)
         )
     console.print(table)
 
@@ -321,9 +335,7 @@ def status(
     ):
         if found.get(name) not in (None, ""):
             value = str(found[name])
-            if name == "status":
-                value = f"[{_status_style(value)}]{value}[/]"
-            table.add_row(name, value)
+            table.add_row(name, _styled(value) if name == "status" else escape(value))
     for stage, seconds in found.get("timings", {}).items():
         table.add_row(stage, f"{seconds:.3f} s")
     console.print(table)
@@ -342,7 +354,7 @@ def download(
             path = client.download(job, out)
     except KioskError as exc:
         raise fail(str(exc)) from None
-    console.print(f"saved {path}")
+    console.print(f"saved {escape(str(path))}")
 
 
 @app.command("jobs")
@@ -364,9 +376,9 @@ def list_jobs(
         table.add_column(column, overflow="fold")
     for job in found:
         table.add_row(
-            job["id"],
-            job["name"],
-            f"[{_status_style(job['status'])}]{job['status']}[/]",
+            escape(job["id"]),
+            escape(job["name"]),
+            _styled(job["status"]),
             f"{job['progress']}%",
             job.get("created_at") or "",
             _seconds(job),
@@ -383,7 +395,7 @@ def job_types(ctx: typer.Context) -> None:
             names = client.job_types()
     except KioskError as exc:
         raise fail(str(exc)) from None
-    console.print("\n".join(names) if names else "no job types configured")
+    console.print(escape("\n".join(names)) if names else "no job types configured")
 
 
 @app.command()
@@ -395,7 +407,7 @@ def delete(ctx: typer.Context, job: Annotated[str, typer.Argument(help="Job id."
             client.delete(job)
     except KioskError as exc:
         raise fail(str(exc)) from None
-    console.print(f"deleted {job}")
+    console.print(f"deleted {escape(job)}")
 
 
 def main() -> None:

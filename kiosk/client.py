@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from email.message import Message
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -158,13 +159,13 @@ class KioskClient:
     ) -> Path:
         """Save a done job's result into ``directory``; returns the file's path."""
         directory.mkdir(parents=True, exist_ok=True)
+        partial: Path | None = None
         try:
             with self._http.stream("GET", self._job_path(job_id) + "/result") as response:
                 if response.is_error:
                     response.read()
                     raise self._refusal(response)
-                disposition = response.headers.get("content-disposition", "")
-                filename = name or disposition.rpartition("filename=")[2].strip('"') or "result"
+                filename = name or _attachment_name(response) or "result"
                 target = directory / Path(filename).name
                 partial = target.with_name(target.name + ".partial")
                 with open(partial, "wb") as out:
@@ -176,3 +177,16 @@ class KioskClient:
                 return target
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
+        finally:
+            if partial is not None:
+                partial.unlink(missing_ok=True)
+
+
+def _attachment_name(response: httpx.Response) -> str | None:
+    """The file name in Content-Disposition, RFC 2231 ``filename*`` included."""
+    header = response.headers.get("content-disposition")
+    if not header:
+        return None
+    message = Message()
+    message["content-disposition"] = header
+    return message.get_filename()

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
-from kiosk.settings import ZIP_SUFFIX
+from kiosk.settings import QUEUE_NAME_PATTERN, ZIP_SUFFIX
 
 
 class Status(StrEnum):
@@ -118,7 +118,9 @@ UPLOAD_PREFIX = "uploads/"
 OUTPUT_PREFIX = "output/"
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_JOB_KEY = re.compile(rf"^(?P<queue>[a-z0-9][a-z0-9_.-]*):(?P<name>.+):(?P<uuid>{_UUID})$", re.S)
+_JOB_KEY = re.compile(
+    rf"^(?P<queue>{QUEUE_NAME_PATTERN}(?:{ZIP_SUFFIX})?):(?P<name>.+):(?P<uuid>{_UUID})$", re.S
+)
 MAX_NAME_LENGTH = 255
 
 

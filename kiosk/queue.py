@@ -66,6 +66,10 @@ local function hash_to_table(flat)
   return t
 end
 
+local function is_hash(key)
+  return redis.call('TYPE', key)['ok'] == 'hash'
+end
+
 local function expire_if_unset(key, ttl)
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 end
@@ -93,7 +97,8 @@ return 1
 
 # KEYS: job, processing   ARGV: now, consumer id
 _START = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if not redis.call('LPOS', KEYS[2], KEYS[1]) then return false end
+if not is_hash(KEYS[1]) then
   redis.call('LREM', KEYS[2], 1, KEYS[1])
   return false
 end
@@ -111,7 +116,10 @@ return redis.call('HGETALL', KEYS[1])
 # KEYS: job, processing   ARGV: now, field, value, ...
 _UPDATE = """
 if not redis.call('LPOS', KEYS[2], KEYS[1]) then return -1 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('LREM', KEYS[2], 1, KEYS[1])
+  return 0
+end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[1], unpack(ARGV, 2))
 return 1
 """
@@ -172,7 +180,7 @@ local requeued, failed, dropped = 0, 0, 0
 local max = tonumber(ARGV[4])
 local key = redis.call('RPOP', KEYS[1])
 while key do
-  local status = redis.call('HGET', key, 'status')
+  local status = is_hash(key) and redis.call('HGET', key, 'status')
   if not status or status == 'done' or status == 'failed' then
     dropped = dropped + 1
   else
@@ -258,10 +266,13 @@ def _flat(fields: Mapping[str, object]) -> list[str]:
     return out
 
 
+def _outcome(code: int, applied: Outcome = Outcome.APPLIED) -> Outcome:
+    """The scripts' reply codes: 1 applied, 0 hash gone, -1 not held, 2 failed (retry)."""
+    return {1: applied, 0: Outcome.GONE, -1: Outcome.LOST, 2: Outcome.FAILED}[int(code)]
+
+
 def _settled(reply: list[int], applied: Outcome = Outcome.APPLIED) -> Settled:
-    code, held = int(reply[0]), int(reply[1])
-    outcome = {1: applied, 0: Outcome.GONE, -1: Outcome.LOST, 2: Outcome.FAILED}[code]
-    return Settled(outcome, held)
+    return Settled(_outcome(reply[0], applied), int(reply[1]))
 
 
 class JobQueue:
@@ -281,7 +292,7 @@ class JobQueue:
         self.dead_letter_max = dead_letter_max
         register = client.register_script
         self._submit = register(_SUBMIT)
-        self._start = register(_START)
+        self._start = register(_HELPERS + _START)
         self._update = register(_UPDATE)
         self._finish = register(_HELPERS + _FINISH)
         self._fail = register(_HELPERS + _FAIL)
@@ -336,6 +347,18 @@ class JobQueue:
     def heartbeat(self, consumer_id: str, ttl: float, info: Mapping[str, object]) -> None:
         self.redis.set(heartbeat_key(consumer_id), json.dumps(dict(info)), px=int(ttl * 1000))
 
+    def live_consumers(self) -> dict[str, dict]:
+        """Consumers with a current heartbeat: id -> what they last reported."""
+        keys = list(self.redis.scan_iter(match=heartbeat_key("*"), count=500))
+        if not keys:
+            return {}
+        prefix = len(heartbeat_key(""))
+        return {
+            key[prefix:]: json.loads(value)
+            for key, value in zip(keys, self.redis.mget(keys), strict=True)
+            if value
+        }
+
     def stop_heartbeat(self, consumer_id: str) -> None:
         self.redis.delete(heartbeat_key(consumer_id))
 
@@ -345,7 +368,7 @@ class JobQueue:
             keys=[claim.key, processing_list(claim.queue, consumer_id)],
             args=[now_iso(), *_flat(fields)],
         )
-        return {1: Outcome.APPLIED, 0: Outcome.GONE, -1: Outcome.LOST}[int(code)]
+        return _outcome(code)
 
     def finish(
         self,
@@ -453,15 +476,17 @@ class JobQueue:
             pipe.type(key)
             pipe.hgetall(key)
             kind, values = pipe.execute(raise_on_error=False)
-        return values if kind == "hash" else None
+        return values if kind == "hash" and isinstance(values, dict) else None
 
     def get_fields(self, key: str, fields: list[str]) -> list[str | None] | None:
         """Values of these fields in order (None where unset), or None when not a hash."""
+        if not fields:
+            raise ValueError("name at least one field")
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.type(key)
             pipe.hmget(key, fields)
             kind, values = pipe.execute(raise_on_error=False)
-        return values if kind == "hash" else None
+        return values if kind == "hash" and isinstance(values, list) else None
 
     def expire(self, key: str, seconds: int) -> bool:
         return bool(self.redis.expire(key, seconds))
@@ -475,12 +500,33 @@ class JobQueue:
             *_, deleted = pipe.execute()
         return bool(deleted)
 
-    def recent(self, limit: int, before: float | None = None) -> list[tuple[str, float]]:
-        """Newest job keys first, with their creation time."""
-        top = f"({before}" if before is not None else "+inf"
-        return self.redis.zrevrangebyscore(
-            JOB_INDEX, top, "-inf", start=0, num=limit, withscores=True
-        )
+    def recent(self, limit: int, after: tuple[float, str] | None = None) -> list[tuple[str, float]]:
+        """Newest jobs first as (key, created), strictly after the position ``after``.
+
+        The order is (created, key) descending, so jobs created in the same millisecond are
+        neither skipped nor repeated across pages.
+        """
+        if after is None:
+            return self.redis.zrevrangebyscore(
+                JOB_INDEX, "+inf", "-inf", start=0, num=limit, withscores=True
+            )
+        score, last_key = after
+        found: list[tuple[str, float]] = []
+        offset = 0
+        while len(found) < limit:
+            batch = self.redis.zrevrangebyscore(
+                JOB_INDEX, score, "-inf", start=offset, num=limit, withscores=True
+            )
+            if not batch:
+                break
+            offset += len(batch)
+            for key, created in batch:
+                if created == score and key >= last_key:
+                    continue  # at or before the position, in Redis's reverse member order
+                found.append((key, created))
+                if len(found) == limit:
+                    break
+        return found
 
     def get_many(self, keys: list[str]) -> list[dict[str, str]]:
         with self.redis.pipeline(transaction=False) as pipe:

@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "KIOSK_"
 GIB = 1024**3
 
-_QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+QUEUE_NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,62}"  # also how kiosk.jobs parses job keys
+_QUEUE_NAME = re.compile(rf"^{QUEUE_NAME_PATTERN}$")
 RESERVED_QUEUE_NAMES = frozenset({"kiosk"})
 ZIP_SUFFIX = "-zip"
 
@@ -98,17 +99,23 @@ class CommonSettings(BaseSettings):
         return value.rstrip("/")
 
 
-class FrontendSettings(CommonSettings):
+class ListenSettings(CommonSettings):
+    """Where the frontend listens: read by the frontend itself and by ``kiosk up``."""
+
+    host: str = Field("127.0.0.1", description="Address the frontend listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the frontend listens on.")
+
+
+class FrontendSettings(ListenSettings):
     """The HTTP API (``python -m frontend``)."""
 
     service_name: ClassVar[str] = "frontend"
 
-    host: str = Field("127.0.0.1", description="Address the frontend listens on.")
-    port: int = Field(8080, ge=0, le=65535, description="Port the frontend listens on.")
     api_token: SecretStr | None = Field(
         None,
-        description="When set, every route except the health checks needs "
-        "'Authorization: Bearer TOKEN'.",
+        min_length=1,
+        description="When set, every API route needs 'Authorization: Bearer TOKEN' "
+        "(the health checks, / and /docs stay open). Set but empty is refused.",
     )
     max_upload_bytes: int = Field(
         2 * GIB, ge=1, description="Largest upload accepted, in bytes (larger ones get 413)."
@@ -175,13 +182,11 @@ class JanitorSettings(CommonSettings):
     )
 
 
-class StackSettings(CommonSettings):
+class StackSettings(ListenSettings):
     """``kiosk up``: the local stack."""
 
     service_name: ClassVar[str] = "kiosk up"
 
-    host: str = Field("127.0.0.1", description="Address the frontend listens on.")
-    port: int = Field(8080, ge=1, le=65535, description="Port the frontend listens on.")
     data_dir: str = Field(
         ".kiosk",
         description="Directory for the local stack's Redis data (AOF), bucket and logs.",

@@ -27,7 +27,9 @@ from typing import IO
 import httpx
 import redis
 from rich.console import Console
+from rich.markup import escape
 
+from kiosk.queue import JobQueue
 from kiosk.settings import ConsumerSettings, StackSettings
 from kiosk.signals import StopSignals
 
@@ -35,6 +37,7 @@ TICK = 0.25
 CRASH_WINDOW = 60.0  # seconds
 MAX_CRASHES = 5  # in the window, before the stack gives up
 READY_TIMEOUT = 60.0
+STOP_ORDER = ("frontend", "consumer", "janitor", "redis")
 REDIS_INSTALL_HINT = (
     "redis-server was not found on PATH. Install it: `sudo apt-get install redis-server` "
     "(Debian/Ubuntu), `sudo dnf install redis` (Fedora), `brew install redis` (macOS); "
@@ -51,12 +54,16 @@ class ServiceSpec:
     name: str
     argv: list[str]
     env: dict[str, str]
-    ready: Callable[[], bool] | None = None
+    ready: Callable[[int], bool] | None = None  # given the child's pid
     stop_timeout: float = 15.0
 
 
 class Supervised:
     """One child process, its output appended to ``{log_dir}/{name}.log``."""
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
 
     def __init__(self, spec: ServiceSpec, log_dir: Path) -> None:
         self.spec = spec
@@ -124,7 +131,7 @@ class Supervisor:
                     f"{spec.name} exited with code {child.process.returncode} while starting:\n"
                     f"{child.tail()}\n(full log: {child.log_path})"
                 )
-            if spec.ready is None or _quietly(spec.ready):
+            if spec.ready is None or _quietly(lambda: spec.ready(child.pid)):
                 return child
             if time.monotonic() > deadline:
                 raise StackError(
@@ -151,23 +158,34 @@ class Supervisor:
                 child.restart_at = now + delay
                 self.console.print(
                     f"[yellow]{child.spec.name} exited with code {child.process.returncode}; "
-                    f"restarting in {delay}s[/] (log: {child.log_path})"
+                    f"restarting in {delay}s[/] (log: {escape(str(child.log_path))})"
                 )
             elif now >= child.restart_at:
                 child.wait(0)
                 child.start()
 
     def stop_all(self) -> None:
-        """Stop in reverse start order; each group of the same kind at once."""
-        remaining = list(reversed(self.children))
-        while remaining:
-            kind = _kind(remaining[0].spec.name)
-            group = [c for c in remaining if _kind(c.spec.name) == kind]
+        """Frontend first (no new jobs), then consumers (they finish or hand back their jobs),
+        the janitor, and Redis last (so its append-only file has everything). Another Ctrl-C
+        while stopping asks the group again, which makes consumers hand back at once; a third
+        kills it."""
+        kinds = [k for k in STOP_ORDER if any(_kind(c.spec.name) == k for c in self.children)]
+        kinds += [_kind(c.spec.name) for c in self.children if _kind(c.spec.name) not in kinds]
+        for kind in kinds:
+            group = [c for c in self.children if _kind(c.spec.name) == kind]
             for child in group:
                 child.signal(signal.SIGTERM)
+            deadline = time.monotonic() + max(c.spec.stop_timeout for c in group)
+            asked = self.signals.count
+            while any(c.alive() for c in group) and time.monotonic() < deadline:
+                if self.signals.count > asked:
+                    asked = self.signals.count
+                    sig = signal.SIGTERM if asked < 3 else signal.SIGKILL
+                    for child in group:
+                        child.signal(sig)
+                time.sleep(TICK)
             for child in group:
-                child.wait(child.spec.stop_timeout)
-            remaining = [c for c in remaining if c not in group]
+                child.wait(0)  # kills what is left
 
 
 def _kind(name: str) -> str:
@@ -248,7 +266,7 @@ def plan(
                 "",
             ],
             env,
-            ready=lambda: redis.Redis.from_url(redis_url, socket_timeout=1).ping(),
+            ready=lambda pid: redis.Redis.from_url(redis_url, socket_timeout=1).ping(),
             stop_timeout=60,
         ),
         ServiceSpec("janitor", [python, "-m", "autoscaler.janitor"], env),
@@ -256,7 +274,7 @@ def plan(
             "frontend",
             [python, "-m", "frontend"],
             env,
-            ready=lambda: (
+            ready=lambda pid: (
                 httpx.get(
                     f"http://{_client_host(settings.host)}:{settings.port}/api/health-check",
                     timeout=1,
@@ -266,6 +284,12 @@ def plan(
         ),
     ]
     grace = ConsumerSettings().shutdown_grace
+    jobs = JobQueue(redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1))
+
+    def heartbeating(pid: int) -> bool:
+        """A consumer is ready once it heartbeats: it does so before its first claim."""
+        return any(info.get("pid") == pid for info in jobs.live_consumers().values())
+
     for queue in settings.queues:
         for index in range(settings.consumers_per_queue):
             specs.append(
@@ -273,6 +297,7 @@ def plan(
                     f"consumer-{queue}-{index}",
                     [python, "-m", "consumers", queue],
                     env,
+                    ready=heartbeating,
                     stop_timeout=grace + 10,
                 )
             )
@@ -302,7 +327,7 @@ def run_stack(settings: StackSettings, console: Console) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         console.print(
-            f"[bold red]error:[/] another `kiosk up` is using {data_dir}; stop it "
+            f"[bold red]error:[/] another `kiosk up` is using {escape(str(data_dir))}; stop it "
             "or pass --data-dir"
         )
         return 1
@@ -323,7 +348,7 @@ def run_stack(settings: StackSettings, console: Console) -> int:
         )
     except StackError as exc:
         if not signals.count:
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             code = 1
     finally:
         supervisor.stop_all()
@@ -337,8 +362,8 @@ def _banner(
 ) -> None:
     url = specs[0].env["KIOSK_PUBLIC_URL"]
     queues = ", ".join(settings.queues)
-    console.print(f"[bold green]Kiosk is running at {url}[/]")
-    console.print(f"  API docs    {url}/docs")
+    console.print(f"[bold green]Kiosk is running at {escape(url)}[/]")
+    console.print(f"  API docs    {escape(url)}/docs")
     if queues:
         console.print(f"  job types   {queues} ({settings.consumers_per_queue} consumer each)")
     else:
@@ -346,5 +371,5 @@ def _banner(
             "  job types   none configured: set KIOSK_QUEUES (and, for job types "
             "of your own, KIOSK_JOB_TYPE_PLUGINS)"
         )
-    console.print(f"  data        {data_dir} (bucket, Redis append-only file, logs/)")
+    console.print(f"  data        {escape(str(data_dir))} (bucket, Redis append-only file, logs/)")
     console.print("Press Ctrl-C to stop.")

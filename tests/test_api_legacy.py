@@ -96,11 +96,14 @@ def test_predict_accepts_kiosk_client_numbers_and_the_trailing_slash(
     assert (fields["scale"], fields["label"], fields["model_version"]) == ("1.5", "1", "2")
 
 
-def test_zip_uploads_go_to_the_zip_queue(api: TestClient, queue: JobQueue) -> None:
+def test_zip_jobs_are_refused_until_zips_can_be_split(api: TestClient, queue: JobQueue) -> None:
     uploaded = upload(api, "plate.zip", zip_bytes({"a.tif": TIFF})).json()["uploadedName"]
-    key = create(api, uploaded)
-    assert key.startswith("echo-zip:")
-    assert queue.redis.lrange("echo-zip", 0, -1) == [key]
+    response = api.post(
+        "/api/predict", json={"jobType": "echo", "imageName": "plate.zip", "uploadedName": uploaded}
+    )
+    assert response.status_code == 415
+    assert "submit the images one by one" in response.json()["message"]
+    assert queue.redis.llen("echo-zip") == 0
 
 
 @pytest.mark.parametrize(
@@ -238,6 +241,31 @@ def test_an_upload_without_a_file_or_not_multipart_is_refused(api: TestClient) -
     assert "in the form field 'file', not 'image'" in response.json()["message"]
 
 
+def test_an_empty_field_list_is_refused(api: TestClient) -> None:
+    key = create(api, upload(api).json()["uploadedName"])
+    response = api.post("/api/redis", json={"hash": key, "key": []})
+    assert response.status_code == 422 and "at least 1 item" in response.json()["message"]
+
+
+def test_an_oversized_upload_without_a_length_is_cut_off_as_it_streams(
+    api: TestClient, bucket: LocalBucket
+) -> None:
+    def chunks():
+        yield b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.tif"\r\n\r\n'
+        yield TIFF
+        for _ in range(80):  # 5 MiB against the tests' 4 MiB limit, with no Content-Length
+            yield b"\0" * 65536
+        yield b"\r\n--XYZ--\r\n"
+
+    response = api.post(
+        "/api/upload",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=XYZ"},
+    )
+    assert response.status_code == 413 and "KIOSK_MAX_UPLOAD_BYTES" in response.json()["message"]
+    assert [p for p in bucket.root.rglob("*") if p.is_file()] == []  # not even a partial file
+
+
 def test_two_files_in_one_upload_are_refused(api: TestClient, bucket: LocalBucket) -> None:
     response = api.post("/api/upload", files=[("file", ("a.tif", TIFF)), ("file", ("b.tif", TIFF))])
     assert response.status_code == 400 and "one file per request" in response.json()["message"]
@@ -270,6 +298,12 @@ def test_an_api_token_guards_every_route_but_the_health_checks(
         )
         assert api.get("/api/v1/jobs", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert api.get("/files/uploads/x.tif").status_code == 401
+
+
+def test_a_set_but_empty_api_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSK_API_TOKEN", "")
+    with pytest.raises(ValueError, match="api_token"):
+        FrontendSettings()
 
 
 def test_redis_outage_gives_503_with_a_clear_message(frontend_settings: FrontendSettings) -> None:

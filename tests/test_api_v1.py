@@ -7,10 +7,10 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from kiosk.jobs import JobField, Status
+from kiosk.jobs import JOB_INDEX, JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
-from tests.helpers import TIFF
+from tests.helpers import TIFF, zip_bytes
 
 
 def create(api: TestClient, name: str = "cells.tif", data: bytes = TIFF, **options: str):
@@ -117,15 +117,69 @@ def test_jobs_are_listed_newest_first_and_filtered(
     api: TestClient, queue: JobQueue, bucket: LocalBucket
 ) -> None:
     ids = [create(api, name=f"{i}.tif").json()["id"] for i in range(5)]
+    for i, job_id in enumerate(ids):
+        queue.redis.zadd(JOB_INDEX, {job_id: 1000 + i})
     finish_as_consumer(queue, bucket)  # the oldest
     page = api.get("/api/v1/jobs", params={"limit": 2}).json()
     assert [j["id"] for j in page["jobs"]] == ids[::-1][:2]
-    rest = api.get("/api/v1/jobs", params={"limit": 10, "before": page["next_before"]}).json()
+    rest = api.get("/api/v1/jobs", params={"limit": 10, "cursor": page["next_cursor"]}).json()
     assert [j["id"] for j in rest["jobs"]] == ids[::-1][2:]
-    assert rest["next_before"] is None
+    assert rest["next_cursor"] is None
     done = api.get("/api/v1/jobs", params={"status": "done"}).json()["jobs"]
     assert [j["id"] for j in done] == [ids[0]]
     assert api.get("/api/v1/jobs", params={"status": "nonsense"}).status_code == 422
+
+
+def test_paging_sees_every_job_once_when_many_share_a_millisecond(
+    api: TestClient, queue: JobQueue
+) -> None:
+    ids = [create(api, name=f"{i}.tif").json()["id"] for i in range(5)]
+    queue.redis.zadd(JOB_INDEX, dict.fromkeys(ids, 1234.567))
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/api/v1/jobs", params=params).json()
+        seen += [j["id"] for j in page["jobs"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert sorted(seen) == sorted(ids)
+
+
+def test_a_filter_that_scans_past_its_budget_still_offers_the_next_page(
+    api: TestClient, queue: JobQueue
+) -> None:
+    old = create(api, name="old.tif").json()["id"]
+    queue.fail(queue.claim("echo", "c1", 1), "c1", "bad")
+    for i in range(30):
+        create(api, name=f"new-{i}.tif")
+    page = api.get("/api/v1/jobs", params={"limit": 1, "status": "failed"}).json()
+    while not page["jobs"] and page["next_cursor"]:
+        page = api.get(
+            "/api/v1/jobs", params={"limit": 1, "status": "failed", "cursor": page["next_cursor"]}
+        ).json()
+    assert [j["id"] for j in page["jobs"]] == [old]
+
+
+@pytest.mark.parametrize("cursor", ["nan|x", "12", "abc|x", "inf|echo:a"])
+def test_a_bad_cursor_is_refused(api: TestClient, cursor: str) -> None:
+    response = api.get("/api/v1/jobs", params={"cursor": cursor})
+    assert response.status_code == 422 and "invalid cursor" in response.json()["message"]
+
+
+def test_jobs_of_job_types_this_kiosk_does_not_run_are_not_touched(
+    api: TestClient, queue: JobQueue
+) -> None:
+    foreign = "other:x.tif:2b1e4b0e-6d43-4b8e-9d51-8d0c7b1f9a00"
+    queue.redis.hset(foreign, "status", "new")
+    assert api.delete(f"/api/v1/jobs/{foreign}").status_code == 404
+    assert api.get(f"/api/v1/jobs/{foreign}").status_code == 404
+    assert queue.redis.exists(foreign)
+
+
+def test_zips_are_refused_and_their_upload_removed(api: TestClient, bucket: LocalBucket) -> None:
+    response = create(api, name="plate.zip", data=zip_bytes({"a.tif": TIFF}))
+    assert response.status_code == 415 and "one by one" in response.json()["message"]
+    assert list(bucket.list()) == []
 
 
 def test_delete_removes_the_job_from_its_queue(api: TestClient, queue: JobQueue) -> None:

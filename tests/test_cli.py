@@ -46,14 +46,13 @@ def test_submit_a_folder_waits_and_downloads_every_result(
     }
 
 
-def test_a_zip_is_submitted_as_one_job_on_the_zip_queue(
-    stack: RunningStack, tmp_path: Path
-) -> None:
+def test_a_zip_is_refused_with_what_to_do_instead(stack: RunningStack, tmp_path: Path) -> None:
     archive = tmp_path / "plate.zip"
     archive.write_bytes(zip_bytes({"a.tif": TIFF}))
     result = kiosk(stack.url, "submit", str(archive), "-j", "echo")
-    assert result.exit_code == 0, result.output
-    assert stack.queue.redis.llen("echo-zip") == 1
+    assert result.exit_code == 1
+    assert "one by one" in result.output
+    assert stack.queue.redis.llen("echo-zip") == 0
 
 
 def test_status_download_jobs_and_delete(stack: RunningStack, images: Path, tmp_path: Path) -> None:

@@ -138,7 +138,9 @@ def test_sigterm_lets_a_job_finish_within_the_grace_period(
     leaving.signal(signal.SIGTERM)
     assert leaving.process.wait(20) == 0
     assert status_of(queue, key) == Status.DONE
-    assert status_of(queue, second) == Status.NEW  # not claimed after the signal
+    untouched = queue.get(second)  # not claimed after the signal
+    assert untouched[JobField.STATUS] == Status.NEW and untouched[JobField.ATTEMPTS] == "0"
+    assert JobField.IDENTITY_STARTED not in untouched
     assert not list(queue.redis.scan_iter(heartbeat_key("*")))  # cleared on a clean exit
 
 

@@ -81,7 +81,7 @@ def test_a_client_set_expiry_is_kept_when_the_job_finishes(queue: JobQueue) -> N
     claim = queue.claim("echo", "c1", 1)
     queue.expire(claim.key, 30)
     queue.finish(claim, "c1", {})
-    assert queue.redis.ttl(claim.key) <= 30
+    assert 0 < queue.redis.ttl(claim.key) <= 30
 
 
 def test_only_the_holder_can_finish_a_job(queue: JobQueue) -> None:
@@ -223,7 +223,46 @@ def test_recent_lists_newest_first(queue: JobQueue) -> None:
     for i, key in enumerate(keys):
         queue.redis.zadd(JOB_INDEX, {key: 1000 + i})
     assert [k for k, _ in queue.recent(2)] == [keys[2], keys[1]]
-    assert [k for k, _ in queue.recent(5, before=1001)] == [keys[0]]
+    assert [k for k, _ in queue.recent(5, after=(1001, keys[1]))] == [keys[0]]
+
+
+def test_paging_through_jobs_created_in_the_same_millisecond_sees_each_once(
+    queue: JobQueue,
+) -> None:
+    keys = [submit(queue, name=f"{i}.tif") for i in range(7)]
+    queue.redis.zadd(JOB_INDEX, dict.fromkeys(keys, 1000.5))
+    seen, after = [], None
+    while page := queue.recent(2, after):
+        seen += [k for k, _ in page]
+        after = (page[-1][1], page[-1][0])
+    assert sorted(seen) == sorted(keys) and len(seen) == 7
+
+
+def test_a_claim_the_janitor_already_took_back_does_not_start(queue: JobQueue) -> None:
+    key = submit(queue)
+    queue.redis.lmove("echo", processing_list("echo", "c1"), "RIGHT", "LEFT")  # BLMOVE's step
+    queue.requeue_lapsed(["echo"])  # c1 has no heartbeat: back to the queue
+    assert queue._started(key, "echo", "c1") is None  # then c1's second step runs
+    fields = queue.get(key)
+    assert (fields[JobField.STATUS], fields[JobField.ATTEMPTS]) == (Status.NEW, "0")
+
+
+def test_a_key_that_is_not_a_job_hash_in_a_queue_is_dropped(queue: JobQueue) -> None:
+    queue.redis.set("echo:junk:not-a-hash", "x")
+    queue.redis.lpush("echo", "echo:junk:not-a-hash")
+    key = submit(queue)
+    assert queue.claim("echo", "c1", 0.2) is None
+    assert queue.claim("echo", "c1", 0.2).key == key
+    queue.redis.lpush(processing_list("echo", "dead"), "echo:junk:not-a-hash")
+    assert queue.requeue_lapsed(["echo"])[0].dropped == 1
+
+
+def test_an_update_to_a_deleted_job_also_releases_it(queue: JobQueue) -> None:
+    key = submit(queue)
+    claim = queue.claim("echo", "c1", 1)
+    queue.redis.delete(key)
+    assert queue.update(claim, "c1", {JobField.PROGRESS: 5}) is Outcome.GONE
+    assert queue.redis.llen(processing_list("echo", "c1")) == 0
 
 
 @pytest.mark.parametrize("kind", ["string", "list"])

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ from tests.helpers import TIFF
 from tests.support.jobtypes import COMPLETIONS, PLUGINS
 from tests.support.servers import free_port, wait_for
 from tests.support.services import REPO
+
+
+def logged_at(log: Path, text: str) -> datetime:
+    """When a Kiosk service logged a line containing ``text``."""
+    line = next(line for line in log.read_text().splitlines() if text in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
 
 
 class KioskUp:
@@ -132,6 +139,11 @@ def test_kiosk_up_serves_runs_jobs_and_stops_everything_on_ctrl_c(kiosk_up, tmp_
     assert (stack.data_dir / "redis" / "appendonlydir").is_dir()
     assert stack.stop() == 0
     assert "Kiosk stopped." in stack.output()
+    logs = stack.data_dir / "logs"
+    frontend_down = logged_at(logs / "frontend.log", "Shutting down")
+    consumers_down = logged_at(logs / "consumer-echo-0.log", "stopping: no new claims")
+    janitor_down = logged_at(logs / "janitor.log", "janitor stopped")
+    assert frontend_down <= consumers_down <= janitor_down  # no new jobs once consumers go
     wait_for(
         lambda: not any(Path(f"/proc/{pid}").exists() for pid in children),
         10,
@@ -226,3 +238,26 @@ def test_kiosk_up_refuses_a_port_in_use(tmp_path) -> None:
         )
     assert run.returncode == 1
     assert f"port {port} on 127.0.0.1 is in use" in run.stdout
+
+
+def test_kiosk_up_stops_at_once_when_a_job_type_cannot_start(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KIOSK_QUEUES": "echo"}  # no plugin for it
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiosk",
+            "up",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert run.returncode == 1
+    assert "consumer-echo-0 exited with code 2 while starting" in run.stdout
+    assert "no consumer serves queue 'echo'" in run.stdout

@@ -8,7 +8,7 @@ Unlike the original, /api/redis, /api/status and /api/redis/expire act only on j
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -101,7 +101,7 @@ class PredictBody(BaseModel):
 
 class RedisBody(BaseModel):
     hash: str
-    key: str | list[str]
+    key: str | Annotated[list[str], Field(min_length=1)]
 
 
 class StatusBody(BaseModel):

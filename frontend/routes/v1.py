@@ -18,16 +18,19 @@ from frontend.submission import check_job_type, create_job
 from frontend.uploads import FILE_FIELD, receive_upload
 from kiosk.jobs import (
     FINAL_STATUSES,
+    OUTPUT_PREFIX,
     JobField,
     JobRequest,
     JobView,
     Status,
     all_queues,
     file_url,
+    is_job_key,
     parse_job_key,
 )
 
 PREFIX = "/api/v1"
+SCAN_PAGES = 20  # index pages one listing request reads at most while filtering
 health = APIRouter(prefix=PREFIX, tags=["v1"])
 router = APIRouter(prefix=PREFIX, tags=["v1"], dependencies=[Depends(require_token)])
 
@@ -168,9 +171,24 @@ class JobOut(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobOut]
-    next_before: float | None = Field(
-        None, description="Pass as ?before= for the next (older) page; null on the last page."
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= for the next (older) page; null on the last page."
     )
+
+
+def _cursor(position: tuple[float, str]) -> str:
+    return f"{position[0]!r}|{position[1]}"
+
+
+def _position(cursor: str) -> tuple[float, str]:
+    score, sep, key = cursor.partition("|")
+    try:
+        value = float(score)
+    except ValueError:
+        value = float("nan")
+    if not sep or not key or value != value or value in (float("inf"), float("-inf")):
+        raise ApiError(422, f"invalid cursor {cursor!r}: pass the next_cursor of a listing")
+    return value, key
 
 
 class QueueOut(BaseModel):
@@ -181,8 +199,8 @@ class QueueOut(BaseModel):
 
 
 def _load(services: Services, job_id: str) -> JobView:
-    parsed = parse_job_key(job_id)
-    fields = services.queue.get(job_id) if parsed else None
+    known = is_job_key(job_id, services.settings.queues)
+    fields = services.queue.get(job_id) if known else None
     if not fields:
         raise ApiError(404, f"no job {job_id!r}: it never existed or has expired")
     return JobView(job_id, fields)
@@ -274,37 +292,39 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
 def list_jobs(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[float | None, Query(description="Only jobs created before this.")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
     status: Annotated[str | None, Query(description="Only jobs with this status.")] = None,
     job_type: Annotated[str | None, Query()] = None,
 ) -> JobList:
-    """Jobs, newest first."""
+    """Jobs, newest first. A filtered page may hold fewer than ``limit`` jobs while
+    ``next_cursor`` still leads to older ones."""
     if status is not None and status not in set(Status):
         raise ApiError(422, f"unknown status {status!r}: use one of {', '.join(Status)}")
+    position = _position(cursor) if cursor else None
     jobs: list[JobOut] = []
-    cursor = before
-    scanned = 0
-    while len(jobs) < limit and scanned < limit * 20:
-        page = services.queue.recent(limit, cursor)
+    scanned, exhausted = 0, False
+    while len(jobs) < limit and scanned < limit * SCAN_PAGES:
+        page = services.queue.recent(limit, position)
         if not page:
-            cursor = None
+            exhausted = True
             break
         scanned += len(page)
-        for (key, score), fields in zip(
+        for (key, created), fields in zip(
             page, services.queue.get_many([k for k, _ in page]), strict=True
         ):
-            cursor = score
+            position = (created, key)
             view = JobView(key, fields)
-            if (
-                not fields
-                or (status and view.status != status)
-                or (job_type and view.job_type != job_type)
-            ):
-                continue
-            jobs.append(JobOut.of(view))
-            if len(jobs) == limit:
-                break
-    return JobList(jobs=jobs, next_before=cursor if len(jobs) == limit else None)
+            wanted = (
+                fields
+                and (not status or view.status == status)
+                and (not job_type or view.job_type == job_type)
+            )
+            if wanted:
+                jobs.append(JobOut.of(view))
+                if len(jobs) == limit:
+                    break
+    more = not exhausted and position is not None
+    return JobList(jobs=jobs, next_cursor=_cursor(position) if more else None)
 
 
 @router.get("/jobs/{job_id:path}/result")
@@ -322,7 +342,7 @@ def result(job_id: str, services: ServicesDep) -> Response:
             409, f"job {job_id!r} is {view.status}; its result is ready when its status is done"
         )
     key = view.fields.get(JobField.OUTPUT_FILE_NAME, "")
-    if not key:
+    if not key.startswith(OUTPUT_PREFIX):
         raise ApiError(404, f"job {job_id!r} is done but recorded no output file")
     return file_response(services.bucket, key)
 
@@ -335,10 +355,9 @@ def get_job(job_id: str, services: ServicesDep) -> JobOut:
 @router.delete("/jobs/{job_id:path}", status_code=204)
 def delete_job(job_id: str, services: ServicesDep) -> Response:
     """Delete a job: out of its queue if waiting; a consumer working on it stops."""
-    parsed = parse_job_key(job_id)
     view = _load(services, job_id)
-    services.queue.delete(job_id, parsed.queue if parsed else "")
-    output = view.fields.get(JobField.OUTPUT_FILE_NAME)
-    if output:
+    services.queue.delete(job_id, parse_job_key(job_id).queue)
+    output = view.fields.get(JobField.OUTPUT_FILE_NAME, "")
+    if output.startswith(OUTPUT_PREFIX):
         services.bucket.delete(output)
     return Response(status_code=204)
