@@ -25,6 +25,27 @@ def completions(queue: JobQueue, key: str) -> int:
     return int(queue.redis.hget(COMPLETIONS, key) or 0)
 
 
+def slow_job_in_progress(
+    queue: JobQueue,
+    bucket: LocalBucket,
+    env: dict,
+    processes: ServiceGroup,
+    seconds: float,
+    queued_behind: tuple[str, ...] = (),
+    **consumer_env: str,
+) -> tuple[str, services.Service, list[str]]:
+    """A slow job, the consumer that has started on it, and jobs queued behind it."""
+    key = submit_file(queue, bucket, "slow")
+    behind = [submit_file(queue, bucket, "slow", name) for name in queued_behind]
+    consumer = processes.add(
+        services.consumer(
+            "slow", {**env, "TEST_SLOW_SECONDS": str(seconds), **consumer_env}, processes.log_dir
+        )
+    )
+    wait_for(lambda: int(queue.get(key).get(JobField.PROGRESS, 0)) > 0, 20, what="work started")
+    return key, consumer, behind
+
+
 def test_a_consumer_finishes_jobs_with_output_and_timings(
     queue: JobQueue, bucket: LocalBucket, env: dict, processes: ServiceGroup
 ) -> None:
@@ -49,12 +70,8 @@ def test_a_consumer_finishes_jobs_with_output_and_timings(
 def test_a_consumer_killed_mid_job_has_its_job_completed_exactly_once(
     queue: JobQueue, bucket: LocalBucket, env: dict, processes: ServiceGroup
 ) -> None:
-    key = submit_file(queue, bucket, "slow")
     processes.add(services.janitor(env, processes.log_dir))
-    doomed = processes.add(
-        services.consumer("slow", {**env, "TEST_SLOW_SECONDS": "30"}, processes.log_dir)
-    )
-    wait_for(lambda: int(queue.get(key).get(JobField.PROGRESS, 0)) > 0, 20, what="work started")
+    key, doomed, _ = slow_job_in_progress(queue, bucket, env, processes, 30)
     doomed.signal(signal.SIGKILL)
     processes.add(
         services.consumer("slow", {**env, "TEST_SLOW_SECONDS": "0.5"}, processes.log_dir, index=1)
@@ -70,12 +87,8 @@ def test_a_consumer_killed_mid_job_has_its_job_completed_exactly_once(
 def test_a_frozen_consumer_that_wakes_up_cannot_finish_the_job_again(
     queue: JobQueue, bucket: LocalBucket, env: dict, processes: ServiceGroup
 ) -> None:
-    key = submit_file(queue, bucket, "slow")
     processes.add(services.janitor(env, processes.log_dir))
-    frozen = processes.add(
-        services.consumer("slow", {**env, "TEST_SLOW_SECONDS": "2"}, processes.log_dir)
-    )
-    wait_for(lambda: int(queue.get(key).get(JobField.PROGRESS, 0)) > 0, 20, what="work started")
+    key, frozen, _ = slow_job_in_progress(queue, bucket, env, processes, 2)
     frozen.signal(signal.SIGSTOP)  # like a long GC pause or a network partition
     processes.add(
         services.consumer("slow", {**env, "TEST_SLOW_SECONDS": "0.5"}, processes.log_dir, index=1)
@@ -98,15 +111,9 @@ def test_a_frozen_consumer_that_wakes_up_cannot_finish_the_job_again(
 def test_sigterm_hands_an_unfinished_job_back_without_burning_an_attempt(
     queue: JobQueue, bucket: LocalBucket, env: dict, processes: ServiceGroup
 ) -> None:
-    key = submit_file(queue, bucket, "slow")
-    leaving = processes.add(
-        services.consumer(
-            "slow",
-            {**env, "TEST_SLOW_SECONDS": "30", "KIOSK_SHUTDOWN_GRACE": "0.5"},
-            processes.log_dir,
-        )
+    key, leaving, _ = slow_job_in_progress(
+        queue, bucket, env, processes, 30, KIOSK_SHUTDOWN_GRACE="0.5"
     )
-    wait_for(lambda: int(queue.get(key).get(JobField.PROGRESS, 0)) > 0, 20, what="work started")
     started = time.monotonic()
     leaving.signal(signal.SIGTERM)
     assert leaving.process.wait(15) == 0
@@ -125,16 +132,9 @@ def test_sigterm_hands_an_unfinished_job_back_without_burning_an_attempt(
 def test_sigterm_lets_a_job_finish_within_the_grace_period(
     queue: JobQueue, bucket: LocalBucket, env: dict, processes: ServiceGroup
 ) -> None:
-    key = submit_file(queue, bucket, "slow")
-    second = submit_file(queue, bucket, "slow", "second.tif")
-    leaving = processes.add(
-        services.consumer(
-            "slow",
-            {**env, "TEST_SLOW_SECONDS": "1.5", "KIOSK_SHUTDOWN_GRACE": "20"},
-            processes.log_dir,
-        )
+    key, leaving, (second,) = slow_job_in_progress(
+        queue, bucket, env, processes, 1.5, ("second.tif",), KIOSK_SHUTDOWN_GRACE="20"
     )
-    wait_for(lambda: int(queue.get(key).get(JobField.PROGRESS, 0)) > 0, 20, what="work started")
     leaving.signal(signal.SIGTERM)
     assert leaving.process.wait(20) == 0
     assert status_of(queue, key) == Status.DONE
@@ -185,12 +185,7 @@ def test_bad_input_fails_at_once_with_a_reason_and_keeps_the_input(
 def test_a_job_deleted_while_running_is_abandoned(
     queue: JobQueue, bucket: LocalBucket, env: dict, processes: ServiceGroup
 ) -> None:
-    key = submit_file(queue, bucket, "slow")
-    nxt = submit_file(queue, bucket, "slow", "next.tif")
-    worker = processes.add(
-        services.consumer("slow", {**env, "TEST_SLOW_SECONDS": "3"}, processes.log_dir)
-    )
-    wait_for(lambda: int(queue.get(key).get(JobField.PROGRESS, 0)) > 0, 20, what="work started")
+    key, worker, (nxt,) = slow_job_in_progress(queue, bucket, env, processes, 3, ("next.tif",))
     queue.delete(key, "slow")
     wait_for(lambda: "deleted or expired" in worker.log(), 20, what="the consumer to notice")
     wait_for(lambda: status_of(queue, nxt) == Status.DONE, 20, what="it to go on to the next")

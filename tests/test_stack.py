@@ -192,25 +192,30 @@ def test_queued_and_running_jobs_survive_a_stack_restart(kiosk_up, tmp_path) -> 
     assert all(int(final[i]["attempts"]) == 1 for i in ids)  # hand-back burned none
 
 
-def test_kiosk_up_explains_how_to_install_a_missing_redis_server(tmp_path) -> None:
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    run = subprocess.run(
+def kiosk_up_refusing(tmp_path: Path, port: int, **env: str) -> subprocess.CompletedProcess:
+    """Run `kiosk up` where it is expected to refuse to start, and return what it said."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "kiosk",
             "up",
             "--port",
-            str(free_port()),
+            str(port),
             "--data-dir",
             str(tmp_path / "d"),
         ],
-        env={**os.environ, "PATH": str(empty), "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
     )
+
+
+def test_kiosk_up_explains_how_to_install_a_missing_redis_server(tmp_path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    run = kiosk_up_refusing(tmp_path, free_port(), PATH=str(empty))
     assert run.returncode == 1
     assert "redis-server was not found" in run.stdout and "apt-get install" in run.stdout
 
@@ -220,44 +225,13 @@ def test_kiosk_up_refuses_a_port_in_use(tmp_path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kiosk",
-                "up",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(tmp_path / "d"),
-            ],
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        run = kiosk_up_refusing(tmp_path, port)
     assert run.returncode == 1
     assert f"port {port} on 127.0.0.1 is in use" in run.stdout
 
 
 def test_kiosk_up_stops_at_once_when_a_job_type_cannot_start(tmp_path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KIOSK_QUEUES": "echo"}  # no plugin for it
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kiosk",
-            "up",
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(tmp_path / "d"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    run = kiosk_up_refusing(tmp_path, free_port(), KIOSK_QUEUES="echo")  # no plugin for it
     assert run.returncode == 1
     assert "consumer-echo-0 exited with code 2 while starting" in run.stdout
     assert "no consumer serves queue 'echo'" in run.stdout
