@@ -73,6 +73,7 @@ class Worker:
         self._signals = StopSignals()
         self._current: Claim | None = None
         self._check_held = True
+        self._stranded = False  # a hand-back failed: leave the heartbeat to lapse
 
     # ------------------------------------------------------------------ supervisor (main thread)
 
@@ -143,10 +144,11 @@ class Worker:
             log.info("handed back %s unfinished; its attempt does not count", claim.key)
             self.metrics.settled(self.queue_name, "handed_back", 0.0)
         elif settled is None:
+            self._stranded = True
             log.error("could not hand back %s; the janitor will requeue it", claim.key)
 
     def _shutdown(self) -> None:
-        if self._current is not None:
+        if self._stranded:
             return  # keep the heartbeat: it lapses and the janitor requeues what we hold
         try:
             self.control.stop_heartbeat(self.consumer_id)
@@ -170,8 +172,8 @@ class Worker:
                 continue
             if claim is None:
                 continue
+            self._current = claim  # at once: the supervisor hands back what is current
             if self._stopping.is_set():
-                self._current = claim
                 self._hand_back_current()
                 self._current = None
                 break

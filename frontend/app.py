@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from frontend.deps import Services
 from frontend.errors import install_error_handlers
+from frontend.limits import BodyLimit
 from frontend.routes import files, legacy, v1
 from kiosk import __version__
 from kiosk.queue import JobQueue
@@ -36,6 +37,7 @@ def create_app(
         bucket=bucket or open_bucket(settings.bucket),
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, streaming_paths={"/api/upload", f"{v1.PREFIX}/jobs"})
     for router in (legacy.health, legacy.router, v1.health, v1.router, files.router):
         app.include_router(router)
 

@@ -241,6 +241,23 @@ def test_an_upload_without_a_file_or_not_multipart_is_refused(api: TestClient) -
     assert "in the form field 'file', not 'image'" in response.json()["message"]
 
 
+def test_an_oversized_json_body_is_refused_before_it_is_read(api: TestClient) -> None:
+    body = {"jobType": "echo", "imageName": "a.tif", "uploadedName": "x" * (2 * 1024 * 1024)}
+    response = api.post("/api/predict", json=body)
+    assert response.status_code == 413 and "larger than 1024 KiB" in response.json()["message"]
+
+    def chunks():  # the same, with no Content-Length
+        yield b'{"jobType": "echo", "imageName": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    streamed = api.post(
+        "/api/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+
+
 def test_an_empty_field_list_is_refused(api: TestClient) -> None:
     key = create(api, upload(api).json()["uploadedName"])
     response = api.post("/api/redis", json={"hash": key, "key": []})
