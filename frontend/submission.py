@@ -6,7 +6,7 @@ import socket
 
 from frontend.deps import Services
 from frontend.errors import ApiError
-from kiosk.filetypes import FileKind, check_name, kind_from_name
+from kiosk.filetypes import FileKind, check_name
 from kiosk.jobs import UPLOAD_PREFIX, JobRequest, creation_fields, new_job_key
 from kiosk.storage import safe_key
 
@@ -27,8 +27,8 @@ def check_job_type(services: Services, job_type: str | None) -> str:
     return job_type
 
 
-def check_input(services: Services, key: str) -> str:
-    """The input must be a file uploaded to this Kiosk, and one it can process."""
+def check_input(services: Services, key: str) -> FileKind:
+    """The input must be a file uploaded to this Kiosk, and one it can process; its kind."""
     safe_key(key)
     if not key.startswith(UPLOAD_PREFIX):
         raise ApiError(
@@ -36,19 +36,19 @@ def check_input(services: Services, key: str) -> str:
             f"uploadedName {key!r} is not an upload: give the uploadedName that "
             "POST /api/upload returned (it starts with 'uploads/')",
         )
-    check_name(key)
+    kind = check_name(key)
     if not services.bucket.exists(key):
         raise ApiError(
             400,
             f"uploadedName {key!r} is not in the bucket: upload the file first "
             "(POST /api/upload) and use the name it returns",
         )
-    return key
+    return kind
 
 
-def check_not_zip(key: str) -> None:
+def check_not_zip(kind: FileKind) -> None:
     """Zips would wait on TYPE-zip, which no consumer serves yet: refuse them plainly."""
-    if kind_from_name(key) is FileKind.ZIP:
+    if kind is FileKind.ZIP:
         raise ApiError(
             415,
             "this Kiosk cannot split zip files into jobs yet: submit the images one by one "
@@ -59,8 +59,7 @@ def check_not_zip(key: str) -> None:
 def create_job(services: Services, request: JobRequest) -> str:
     """Check a request and queue it; returns the new job's key."""
     check_job_type(services, request.job_type)
-    check_input(services, request.input_file_name)
-    check_not_zip(request.input_file_name)
+    check_not_zip(check_input(services, request.input_file_name))
     key = new_job_key(request.queue, request.original_name)
     services.queue.submit(request.queue, key, creation_fields(request, socket.gethostname()))
     return key

@@ -506,22 +506,18 @@ class JobQueue:
         The order is (created, key) descending, so jobs created in the same millisecond are
         neither skipped nor repeated across pages.
         """
-        if after is None:
-            return self.redis.zrevrangebyscore(
-                JOB_INDEX, "+inf", "-inf", start=0, num=limit, withscores=True
-            )
-        score, last_key = after
+        top, last_key = after if after is not None else ("+inf", None)
         found: list[tuple[str, float]] = []
         offset = 0
         while len(found) < limit:
             batch = self.redis.zrevrangebyscore(
-                JOB_INDEX, score, "-inf", start=offset, num=limit, withscores=True
+                JOB_INDEX, top, "-inf", start=offset, num=limit, withscores=True
             )
             if not batch:
                 break
             offset += len(batch)
             for key, created in batch:
-                if created == score and key >= last_key:
+                if last_key is not None and created == top and key >= last_key:
                     continue  # at or before the position, in Redis's reverse member order
                 found.append((key, created))
                 if len(found) == limit:

@@ -61,10 +61,6 @@ class ServiceSpec:
 class Supervised:
     """One child process, its output appended to ``{log_dir}/{name}.log``."""
 
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
     def __init__(self, spec: ServiceSpec, log_dir: Path) -> None:
         self.spec = spec
         self.log_path = log_dir / f"{spec.name}.log"
@@ -72,6 +68,10 @@ class Supervised:
         self.crashes: deque[float] = deque()
         self.restart_at: float | None = None
         self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -241,6 +241,13 @@ def plan(
         "KIOSK_HOST": settings.host,
         "KIOSK_PORT": str(settings.port),
     }
+    probe = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
+    jobs = JobQueue(probe)
+
+    def heartbeating(pid: int) -> bool:
+        """A consumer is ready once it heartbeats: it does so before its first claim."""
+        return any(info.get("pid") == pid for info in jobs.live_consumers().values())
+
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     specs = [
@@ -266,7 +273,7 @@ def plan(
                 "",
             ],
             env,
-            ready=lambda pid: redis.Redis.from_url(redis_url, socket_timeout=1).ping(),
+            ready=lambda pid: probe.ping(),
             stop_timeout=60,
         ),
         ServiceSpec("janitor", [python, "-m", "autoscaler.janitor"], env),
@@ -284,12 +291,6 @@ def plan(
         ),
     ]
     grace = ConsumerSettings().shutdown_grace
-    jobs = JobQueue(redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1))
-
-    def heartbeating(pid: int) -> bool:
-        """A consumer is ready once it heartbeats: it does so before its first claim."""
-        return any(info.get("pid") == pid for info in jobs.live_consumers().values())
-
     for queue in settings.queues:
         for index in range(settings.consumers_per_queue):
             specs.append(

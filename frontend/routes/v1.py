@@ -4,6 +4,7 @@ the DeepCell-compatible routes use, so a job is one thing whichever API made it.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -185,8 +186,8 @@ def _position(cursor: str) -> tuple[float, str]:
     try:
         value = float(score)
     except ValueError:
-        value = float("nan")
-    if not sep or not key or value != value or value in (float("inf"), float("-inf")):
+        value = math.nan
+    if not sep or not key or not math.isfinite(value):
         raise ApiError(422, f"invalid cursor {cursor!r}: pass the next_cursor of a listing")
     return value, key
 
