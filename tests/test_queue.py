@@ -254,7 +254,8 @@ def test_a_key_that_is_not_a_job_hash_in_a_queue_is_dropped(queue: JobQueue) -> 
     assert queue.claim("echo", "c1", 0.2) is None
     assert queue.claim("echo", "c1", 0.2).key == key
     queue.redis.lpush(processing_list("echo", "dead"), "echo:junk:not-a-hash")
-    assert queue.requeue_lapsed(["echo"])[0].dropped == 1
+    sweeps = {sweep.consumer_id: sweep for sweep in queue.requeue_lapsed(["echo"])}
+    assert sweeps["dead"].dropped == 1
 
 
 def test_an_update_to_a_deleted_job_also_releases_it(queue: JobQueue) -> None:
