@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup system-deps run test lint format bench clean
+.PHONY: help setup system-deps run test lint format bench protos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ help: ## list the targets
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[serve,dev]'
 	touch $@
 
 setup: system-deps $(INSTALLED) ## install Python packages (.venv) and redis-server
@@ -40,6 +40,9 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.queue_throughput
 	$(BIN)/python -m benchmark.http_overhead
 	$(BIN)/python -m benchmark.upload_memory
+
+protos: $(INSTALLED) ## regenerate kiosk/serving/protos from tfserving.proto
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. kiosk/serving/protos/tfserving.proto
 
 clean: ## remove the virtual environment, caches and local stack data
 	rm -rf $(VENV) .cache .kiosk .pytest_cache .ruff_cache
