@@ -125,7 +125,37 @@ class FrontendSettings(ListenSettings):
     )
 
 
-class ConsumerSettings(CommonSettings):
+class PredictSettings(CommonSettings):
+    """How a client reaches the TF-Serving-compatible model server over gRPC."""
+
+    model_server: str = Field(
+        "127.0.0.1:8500",
+        description="host:port of the model server's gRPC endpoint (TensorFlow Serving or "
+        "`kiosk serve`).",
+    )
+    predict_timeout: float = Field(
+        60.0, gt=0, description="Deadline of one Predict call, in seconds."
+    )
+    predict_retries: int = Field(
+        5,
+        ge=0,
+        description="Retries of a Predict call that failed with RESOURCE_EXHAUSTED or "
+        "DEADLINE_EXCEEDED (exponential backoff with jitter).",
+    )
+    cold_start_wait: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds a client waits out UNAVAILABLE while a model server starts.",
+    )
+    grpc_max_message_bytes: int = Field(
+        512 * 1024**2,
+        ge=4 * 1024**2,
+        description="Largest gRPC message sent or received (gRPC's default of 4 MiB is less "
+        "than one 1024x1024 float32 tensor).",
+    )
+
+
+class ConsumerSettings(PredictSettings):
     """A consumer process (``python -m consumers QUEUE``)."""
 
     service_name: ClassVar[str] = "consumers"
@@ -182,6 +212,50 @@ class JanitorSettings(CommonSettings):
     )
 
 
+class ModelServerSettings(CommonSettings):
+    """The embedded model server (``kiosk serve``); models come from ``{bucket}/models/``."""
+
+    service_name: ClassVar[str] = "model server"
+
+    model_server_host: str = Field(
+        "127.0.0.1", description="Address the model server's gRPC and HTTP ports listen on."
+    )
+    model_server_port: int = Field(
+        8500, ge=1, le=65535, description="gRPC port of the model server (TF Serving's 8500)."
+    )
+    model_server_http_port: int = Field(
+        8501,
+        ge=0,
+        le=65535,
+        description="HTTP port for health, model status and Prometheus metrics (0: off).",
+    )
+    models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated model names to serve; empty serves every model under "
+        "{bucket}/models/.",
+    )
+    model_poll_interval: float = Field(
+        2.0, gt=0, description="Seconds between looks for new model versions in the bucket."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="Most items the model server batches into one inference."
+    )
+    batch_timeout: float = Field(
+        0.002,
+        ge=0,
+        description="Seconds the model server waits for more requests to fill a batch.",
+    )
+    model_cache_dir: str = Field(
+        ".kiosk/model-cache",
+        description="Local copy of model versions from a gs:// bucket.",
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+
 class StackSettings(ListenSettings):
     """``kiosk up``: the local stack."""
 
@@ -205,6 +279,7 @@ SERVICE_SETTINGS: tuple[type[CommonSettings], ...] = (
     FrontendSettings,
     ConsumerSettings,
     JanitorSettings,
+    ModelServerSettings,
     StackSettings,
 )
 
