@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     queue = JobQueue.from_settings(settings, socket_timeout=settings.claim_timeout + 10)
-    consumer = consumer_cls(settings, open_bucket(settings.bucket))
+    consumer = consumer_cls(settings, open_bucket(settings.bucket), queue)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     control = JobQueue.from_settings(settings, retries=2, socket_timeout=5.0)

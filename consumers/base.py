@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from kiosk.jobs import JobField, Stage, Stages, Status, output_prefix
-from kiosk.queue import Claim, Outcome
+from kiosk.queue import Claim, JobQueue, Outcome
 from kiosk.settings import ConsumerSettings
 from kiosk.storage import Bucket, ObjectNotFound
 
@@ -38,6 +38,14 @@ class Result:
     """What a finished job leaves: its main output in the bucket, and any extra fields."""
 
     output_file_name: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A zip parent whose children are queued: it waits in ``waiting`` without holding this
+    consumer, and comes back to the queue when its last child ends."""
+
     fields: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -123,13 +131,16 @@ class Consumer(ABC):
 
     job_type: ClassVar[str] = ""
 
-    def __init__(self, settings: ConsumerSettings, bucket: Bucket) -> None:
+    def __init__(
+        self, settings: ConsumerSettings, bucket: Bucket, queue: JobQueue | None = None
+    ) -> None:
         self.settings = settings
         self.bucket = bucket
+        self.queue = queue  # for job types that create jobs (the zip fan-out)
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Prepare once before the first claim (connect to a model server, warm up)."""
 
     @abstractmethod
-    def process(self, job: Job) -> Result:
+    def process(self, job: Job) -> Result | Waiting:
         """Do the work of one job."""

@@ -10,8 +10,12 @@ import importlib
 from collections.abc import Iterable
 
 from consumers.base import Consumer
+from kiosk.jobs import job_type_of
+from kiosk.settings import ZIP_SUFFIX
 
 BUILTIN: dict[str, str] = {}
+# Every job type's zips are split by the same fan-out consumer.
+ZIP_CONSUMER = "consumers.zips:ZipConsumer"
 
 
 class UnknownJobType(LookupError):
@@ -43,8 +47,11 @@ def load(target: str) -> type[Consumer]:
 
 
 def resolve(queue: str, plugins: Iterable[str] = ()) -> type[Consumer]:
-    """The consumer class for a queue: plugins first, then built-in job types."""
+    """The consumer class for a queue: plugins first, then built-in job types; ``TYPE-zip``
+    queues get the zip fan-out consumer."""
     known = {**BUILTIN, **parse_plugins(plugins)}
+    if queue.endswith(ZIP_SUFFIX) and job_type_of(queue) in known:
+        return load(ZIP_CONSUMER)
     if queue not in known:
         names = ", ".join(sorted(known)) or "none"
         raise UnknownJobType(

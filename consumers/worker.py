@@ -5,6 +5,7 @@ shutdown grace. The *jobs* thread claims one job at a time, runs the job type's 
 settles the outcome:
 
     done      -> finish: status done, output_url, timings; the hash gets its finished TTL
+    Waiting   -> park: status waiting, off this consumer's list (a zip parent's children run)
     JobError  -> fail now: status failed with the message as ``reason``, a dead-letter copy
     other     -> retry: queued again, or failed once ``max_attempts`` are used up
     JobLost   -> nothing: the job was deleted, or the janitor gave it to another consumer
@@ -30,7 +31,7 @@ from collections.abc import Callable, Mapping
 import redis
 from prometheus_client import CollectorRegistry
 
-from consumers.base import Consumer, Job, JobError, JobLost
+from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting
 from consumers.metrics import ConsumerMetrics
 from kiosk.jobs import JobField, Stage, file_url
 from kiosk.queue import Claim, JobQueue, Outcome, Settled
@@ -199,6 +200,7 @@ class Worker:
         job = Job(claim, self.consumer.bucket, lambda f: self._update(claim, f), self._on_stage)
         settled: Settled | None = None
         job_lost: JobLost | None = None
+        outcome = ""
         try:
             result = self.consumer.process(job)
         except JobLost as exc:
@@ -214,22 +216,34 @@ class Worker:
             reason = f"{type(exc).__name__}: {exc}"
             settled = self._settle(lambda: self.queue.retry(claim, self.consumer_id, reason))
         else:
-            fields = {
-                JobField.OUTPUT_FILE_NAME: result.output_file_name,
-                JobField.OUTPUT_URL: file_url(self.settings.public_url, result.output_file_name),
-                JobField.TOTAL_JOBS: "1",
-                JobField.TOTAL_TIME: f"{time.perf_counter() - started:.6f}",
-                **result.fields,
-            }
-            settled = self._settle(lambda: self.queue.finish(claim, self.consumer_id, fields))
+            settled = self._settle_result(claim, result, started)
+            outcome = "waiting" if isinstance(result, Waiting) else "done"
         finally:
             self._current = None
-        outcome = _outcome_name(settled)
-        if settled and settled.outcome is Outcome.LOST and not isinstance(job_lost, JobLost):
+        if settled is None or settled.outcome is not Outcome.APPLIED:
+            outcome = _outcome_name(settled)
+        if settled and settled.outcome is Outcome.LOST and job_lost is None:
             log.warning("%s was taken over by another consumer; result discarded", claim.key)
         self.metrics.settled(self.queue_name, outcome, time.perf_counter() - started)
         if settled and settled.still_held:
             self._check_held = True
+
+    def _settle_result(
+        self, claim: Claim, result: Result | Waiting, started: float
+    ) -> Settled | None:
+        if isinstance(result, Waiting):
+            fields = dict(result.fields)
+            return self._settle(
+                lambda: self.queue.wait_for_children(claim, self.consumer_id, fields)
+            )
+        fields = {
+            JobField.OUTPUT_FILE_NAME: result.output_file_name,
+            JobField.OUTPUT_URL: file_url(self.settings.public_url, result.output_file_name),
+            JobField.TOTAL_JOBS: "1",
+            JobField.TOTAL_TIME: f"{time.perf_counter() - started:.6f}",
+            **result.fields,
+        }
+        return self._settle(lambda: self.queue.finish(claim, self.consumer_id, fields))
 
     def _update(self, claim: Claim, fields: Mapping[str, object]) -> None:
         outcome = self.queue.update(claim, self.consumer_id, fields)

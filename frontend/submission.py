@@ -46,20 +46,10 @@ def check_input(services: Services, key: str) -> FileKind:
     return kind
 
 
-def check_not_zip(kind: FileKind) -> None:
-    """Zips would wait on TYPE-zip, which no consumer serves yet: refuse them plainly."""
-    if kind is FileKind.ZIP:
-        raise ApiError(
-            415,
-            "this Kiosk cannot split zip files into jobs yet: submit the images one by one "
-            "(`kiosk submit FOLDER` does that for a folder of images)",
-        )
-
-
 def create_job(services: Services, request: JobRequest) -> str:
     """Check a request and queue it; returns the new job's key."""
     check_job_type(services, request.job_type)
-    check_not_zip(check_input(services, request.input_file_name))
+    check_input(services, request.input_file_name)
     key = new_job_key(request.queue, request.original_name)
     services.queue.submit(request.queue, key, creation_fields(request, socket.gethostname()))
     return key

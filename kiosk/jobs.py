@@ -87,6 +87,7 @@ class JobField(StrEnum):
     CHILDREN_UPLOAD_TIME = "children_upload_time"
     CLEANUP_TIME = "cleanup_time"
     FAILURES = "failures"
+    PARENT = "parent"  # Kiosk: a zip child's parent job key; its end is counted there
     # Kiosk's own bookkeeping
     ATTEMPTS = "attempts"  # Kiosk: claims so far, compared with max_attempts
     LAST_ERROR = "last_error"  # Kiosk: why the previous attempt did not finish

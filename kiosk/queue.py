@@ -1,5 +1,5 @@
 """The Redis queue protocol: submit, claim, heartbeat, update, finish, fail, retry, hand back,
-requeue lapsed consumers, expire and delete.
+wait for children (zip fan-in), requeue lapsed consumers, expire and delete.
 
 Every change that moves a job between lists or ends it is one Lua script, so it is atomic, and
 every consumer-side script is *fenced*: it acts only while the job is still in that consumer's
@@ -74,10 +74,34 @@ local function expire_if_unset(key, ttl)
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 end
 
+-- a waiting zip parent whose children have all finished goes back to the front of its queue,
+-- where a zip consumer assembles the results. `exact`: only on the increment that completes it,
+-- so the parent is queued once whichever of "last child ends" and "parent parks" comes last.
+local function release_parent(parent, now, exact)
+  local f = redis.call('HMGET', parent, 'total_jobs', 'children:done', 'children:failed', 'status')
+  local total = tonumber(f[1] or '')
+  if not total or total < 1 or f[4] ~= 'waiting' then return end
+  local ended = tonumber(f[2] or '0') + tonumber(f[3] or '0')
+  redis.call('HSET', parent, 'updated_at', now,
+             'progress', tostring(math.min(99, math.floor(100 * ended / total))))
+  if ended == total or (not exact and ended > total) then
+    redis.call('RPUSH', string.match(parent, '^([^:]+):'), parent)
+  end
+end
+
+-- a child job just ended (done or failed): count it on its zip parent
+local function child_ended(key, field, now)
+  local parent = redis.call('HGET', key, 'parent')
+  if not parent or parent == '' or not is_hash(parent) then return end
+  redis.call('HINCRBY', parent, field, 1)
+  release_parent(parent, now, true)
+end
+
 -- mark failed, keep a copy on the dead-letter list, give the hash its finished TTL
 local function fail_job(key, dlq, now, ttl, reason, dlq_max)
   redis.call('HSET', key, 'status', 'failed', 'reason', reason,
              'finished_at', now, 'updated_at', now)
+  child_ended(key, 'children:failed', now)
   local entry = cjson.encode({key = key, failed_at = now, reason = reason,
                               fields = hash_to_table(redis.call('HGETALL', key))})
   redis.call('LPUSH', dlq, entry)
@@ -132,8 +156,44 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'updated_at', ARGV[1], unpack(ARG
 if ARGV[3] == 'done' then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[1], 'progress', '100')
   expire_if_unset(KEYS[1], ARGV[2])
+  child_ended(KEYS[1], 'children:done', ARGV[1])
 end
 return {1, redis.call('LLEN', KEYS[2])}
+"""
+
+# KEYS: job, index   ARGV: created (epoch s), now, field, value, ...
+# A zip entry that could not be read: its child is created failed and counted on the parent.
+_SUBMIT_ENDED_CHILD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
+child_ended(KEYS[1], 'children:failed', ARGV[2])
+return 1
+"""
+
+# KEYS: job, processing   ARGV: now, field, value, ...
+# A zip parent whose children are queued: it leaves the consumer's list and waits, holding no
+# consumer. The next phase starts afresh, so attempts restart from zero.
+_WAIT = """
+if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
+redis.call('HSET', KEYS[1], 'status', 'waiting', 'attempts', '0', 'updated_at', ARGV[1],
+           unpack(ARGV, 2))
+release_parent(KEYS[1], ARGV[1], false)
+return {1, redis.call('LLEN', KEYS[2])}
+"""
+
+# KEYS: job, queue, index   ARGV: now
+# Deleting a child that has not ended counts it as failed, so its parent is not left waiting.
+_DELETE = """
+redis.call('LREM', KEYS[2], 0, KEYS[1])
+redis.call('ZREM', KEYS[3], KEYS[1])
+if not is_hash(KEYS[1]) then return redis.call('DEL', KEYS[1]) end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'done' and status ~= 'failed' then
+  child_ended(KEYS[1], 'children:failed', ARGV[1])
+end
+return redis.call('DEL', KEYS[1])
 """
 
 # KEYS: job, processing, dead-letter   ARGV: now, ttl, reason, dlq max
@@ -298,6 +358,9 @@ class JobQueue:
         self._fail = register(_HELPERS + _FAIL)
         self._retry = register(_HELPERS + _RETRY)
         self._hand_back = register(_HAND_BACK)
+        self._wait = register(_HELPERS + _WAIT)
+        self._submit_ended_child = register(_HELPERS + _SUBMIT_ENDED_CHILD)
+        self._delete = register(_HELPERS + _DELETE)
         self._requeue_lapsed = register(_HELPERS + _REQUEUE_LAPSED)
 
     @classmethod
@@ -319,6 +382,15 @@ class JobQueue:
         created = parse_iso(fields.get(JobField.CREATED_AT))
         score = created.timestamp() if created else 0.0
         self._submit(keys=[key, queue, JOB_INDEX], args=[score, *_flat(fields)])
+        return key
+
+    def submit_ended_child(self, job_type: str, key: str, fields: Mapping[str, str]) -> str:
+        """Create a zip child that has already ended (its entry was unreadable): it is never
+        queued, but it is counted on its parent like any child that ended."""
+        created = parse_iso(fields.get(JobField.CREATED_AT))
+        score = created.timestamp() if created else 0.0
+        self._submit_ended_child(keys=[key, JOB_INDEX], args=[score, now_iso(), *_flat(fields)])
+        self.redis.expire(key, self.finished_ttl)
         return key
 
     # ------------------------------------------------------------------ consumers
@@ -418,6 +490,18 @@ class JobQueue:
         )
         return _settled(reply)
 
+    def wait_for_children(
+        self, claim: Claim, consumer_id: str, fields: Mapping[str, object]
+    ) -> Settled:
+        """Park a zip parent in ``waiting`` (its ``total_jobs`` children are queued) without
+        holding this consumer. When the last child ends, the parent goes back to the front of
+        its queue for the results step; if they all ended already, it goes back at once."""
+        reply = self._wait(
+            keys=[claim.key, processing_list(claim.queue, consumer_id)],
+            args=[now_iso(), *_flat(fields)],
+        )
+        return _settled(reply)
+
     # ------------------------------------------------------------------ janitor
 
     def processing_lists(self, queues: Iterable[str] | None = None) -> Iterator[str]:
@@ -492,13 +576,9 @@ class JobQueue:
         return bool(self.redis.expire(key, seconds))
 
     def delete(self, key: str, queue: str) -> bool:
-        """Remove a job wherever it is; a consumer holding it notices at its next update."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(queue, 0, key)
-            pipe.zrem(JOB_INDEX, key)
-            pipe.delete(key)
-            *_, deleted = pipe.execute()
-        return bool(deleted)
+        """Remove a job wherever it is; a consumer holding it notices at its next update. A zip
+        child that had not ended counts as failed on its parent."""
+        return bool(self._delete(keys=[key, queue, JOB_INDEX], args=[now_iso()]))
 
     def recent(self, limit: int, after: tuple[float, str] | None = None) -> list[tuple[str, float]]:
         """Newest jobs first as (key, created), strictly after the position ``after``.

@@ -183,6 +183,17 @@ class ConsumerSettings(PredictSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port for the consumer's Prometheus metrics (0: off)."
     )
+    max_zip_entries: int = Field(
+        10000, ge=1, description="Most entries a zip may hold; larger zips are refused."
+    )
+    max_zip_entry_bytes: int = Field(
+        GIB, ge=1, description="Largest unpacked image in a zip; larger entries are refused."
+    )
+    max_zip_total_bytes: int = Field(
+        64 * GIB,
+        ge=1,
+        description="Most bytes a zip may unpack to, all entries together (zip-bomb guard).",
+    )
 
     @field_validator("job_type_plugins", mode="before")
     @classmethod

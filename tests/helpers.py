@@ -9,9 +9,9 @@ TIFF = b"II*\x00\x08\x00\x00\x00" + b"\x00" * 56
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 56
 
 
-def zip_bytes(members: dict[str, bytes]) -> bytes:
+def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()

@@ -96,14 +96,14 @@ def test_predict_accepts_kiosk_client_numbers_and_the_trailing_slash(
     assert (fields["scale"], fields["label"], fields["model_version"]) == ("1.5", "1", "2")
 
 
-def test_zip_jobs_are_refused_until_zips_can_be_split(api: TestClient, queue: JobQueue) -> None:
+def test_zip_jobs_wait_on_the_zip_queue_of_their_job_type(api: TestClient, queue: JobQueue) -> None:
     uploaded = upload(api, "plate.zip", zip_bytes({"a.tif": TIFF})).json()["uploadedName"]
     response = api.post(
         "/api/predict", json={"jobType": "echo", "imageName": "plate.zip", "uploadedName": uploaded}
     )
-    assert response.status_code == 415
-    assert "submit the images one by one" in response.json()["message"]
-    assert queue.redis.llen("echo-zip") == 0
+    assert response.status_code == 200
+    assert queue.redis.lrange("echo-zip", 0, -1) == [response.json()["hash"]]
+    assert queue.redis.llen("echo") == 0
 
 
 @pytest.mark.parametrize(

@@ -176,10 +176,10 @@ def test_jobs_of_job_types_this_kiosk_does_not_run_are_not_touched(
     assert queue.redis.exists(foreign)
 
 
-def test_zips_are_refused_and_their_upload_removed(api: TestClient, bucket: LocalBucket) -> None:
+def test_a_zip_job_is_queued_for_the_fan_out_consumer(api: TestClient, queue: JobQueue) -> None:
     response = create(api, name="plate.zip", data=zip_bytes({"a.tif": TIFF}))
-    assert response.status_code == 415 and "one by one" in response.json()["message"]
-    assert list(bucket.list()) == []
+    assert response.status_code == 201, response.text
+    assert queue.redis.lrange("echo-zip", 0, -1) == [response.json()["id"]]
 
 
 def test_delete_removes_the_job_from_its_queue(api: TestClient, queue: JobQueue) -> None:

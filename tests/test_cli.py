@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from kiosk.cli import app, result_name
-from tests.conftest import RunningStack
+from kiosk.queue import JobQueue
+from tests.conftest import RunningStack, ServiceGroup, start_stack
 from tests.helpers import PNG, TIFF, zip_bytes
 
 runner = CliRunner()
@@ -46,13 +48,19 @@ def test_submit_a_folder_waits_and_downloads_every_result(
     }
 
 
-def test_a_zip_is_refused_with_what_to_do_instead(stack: RunningStack, tmp_path: Path) -> None:
+def test_a_zip_is_split_run_and_its_results_zip_downloaded(
+    env: dict, queue: JobQueue, processes: ServiceGroup, tmp_path: Path
+) -> None:
+    running = start_stack(env, queue, processes, {"echo": 1, "echo-zip": 1})
     archive = tmp_path / "plate.zip"
-    archive.write_bytes(zip_bytes({"a.tif": TIFF}))
-    result = kiosk(stack.url, "submit", str(archive), "-j", "echo")
-    assert result.exit_code == 1
-    assert "one by one" in result.output
-    assert stack.queue.redis.llen("echo-zip") == 0
+    archive.write_bytes(zip_bytes({"a.tif": TIFF + b"a", "b.png": PNG + b"b"}))
+    out = tmp_path / "results"
+    result = kiosk(running.url, "submit", str(archive), "-j", "echo", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    (saved,) = out.iterdir()
+    with zipfile.ZipFile(saved) as results:
+        assert sorted(results.namelist()) == ["a_labels.tif", "b_labels.png"]
+        assert results.read("a_labels.tif") == TIFF + b"a"
 
 
 def test_status_download_jobs_and_delete(stack: RunningStack, images: Path, tmp_path: Path) -> None:

@@ -1,0 +1,388 @@
+"""The zip job type: fan a zip of images out into child jobs, then zip the children's results.
+
+A zip parent passes through this consumer twice:
+
+1. Fan-out. The zip is read entry by entry (never whole in memory); each image is streamed to
+   the bucket and becomes a child job of the parent's job type, on that type's queue. Entries
+   that are not images (``__MACOSX``, folders, other files) are skipped and listed; unsafe names
+   (``..``, absolute paths), encrypted or oversized entries are refused and listed. The parent
+   then waits in ``waiting`` holding no consumer (:class:`~consumers.base.Waiting`).
+2. Fan-in. The queue protocol counts each child's end on the parent; the last one puts the
+   parent back on this queue. The results zip gets every finished child's output; failed
+   children are listed in ``failures``, not fatal.
+
+Child keys and upload keys are derived from the parent, so a fan-out that is interrupted and
+run again creates no duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from consumers.base import Consumer, Job, JobError, Result, Waiting
+from kiosk.filetypes import FileKind, kind_from_name, sniff
+from kiosk.jobs import (
+    UPLOAD_PREFIX,
+    JobField,
+    Stages,
+    Status,
+    clean_name,
+    job_type_of,
+    now_iso,
+    parse_job_key,
+)
+from kiosk.queue import JobQueue
+
+IMAGE_KINDS = frozenset({FileKind.TIFF, FileKind.PNG, FileKind.JPEG})
+COPY_CHUNK = 1024 * 1024
+# Fields a child inherits from its parent: the options the user chose for the whole zip.
+INHERITED = (
+    JobField.MODEL_NAME,
+    JobField.MODEL_VERSION,
+    JobField.PREPROCESS_FUNCTION,
+    JobField.POSTPROCESS_FUNCTION,
+    JobField.CUTS,
+    JobField.SCALE,
+    JobField.LABEL,
+    JobField.DIMENSION_ORDER,
+    JobField.CHANNELS,
+    JobField.SEGMENTATION_TYPE,
+    JobField.IDENTITY_UPLOAD,
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An image in the zip that becomes a child job."""
+
+    index: int
+    info: zipfile.ZipInfo
+
+    @property
+    def name(self) -> str:
+        return self.info.filename
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry that is not a child job, and why; listed in the parent's ``failures``."""
+
+    name: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name could escape a folder it is extracted to, or None when it is safe."""
+    normal = name.replace("\\", "/")
+    if normal.startswith("/") or (len(normal) > 1 and normal[1] == ":"):
+        return "absolute path refused"
+    if ".." in PurePosixPath(normal).parts:
+        return "path with '..' refused"
+    if any(ord(ch) < 32 for ch in normal):
+        return "control character in the name refused"
+    return None
+
+
+def plan_entries(
+    infos: list[zipfile.ZipInfo], *, max_entries: int, max_entry_bytes: int, max_total_bytes: int
+) -> tuple[list[Entry], list[Skipped]]:
+    """Split a zip's members into images to run and entries to list; a pure function of the
+    central directory. Raises :class:`JobError` for a zip that must be refused as a whole."""
+    if len(infos) > max_entries:
+        raise JobError(
+            f"the zip has {len(infos)} entries; the limit is {max_entries} "
+            "(KIOSK_MAX_ZIP_ENTRIES): split it into smaller zips"
+        )
+    declared = sum(info.file_size for info in infos)
+    if declared > max_total_bytes:
+        raise JobError(
+            f"the zip unpacks to {declared} bytes, over the limit of {max_total_bytes} "
+            "(KIOSK_MAX_ZIP_TOTAL_BYTES): split it into smaller zips"
+        )
+    entries: list[Entry] = []
+    skipped: list[Skipped] = []
+    for info in infos:
+        name = info.filename
+        if info.is_dir():
+            continue
+        why = unsafe_name(name)
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if why is None and ("__MACOSX" in parts or parts[-1].startswith("._")):
+            why = "macOS metadata skipped"
+        if why is None and kind_from_name(name) not in IMAGE_KINDS:
+            why = "not an image (.tif, .tiff, .png, .jpg or .jpeg) skipped"
+        if why is None and info.flag_bits & 0x1:
+            why = "encrypted entry refused: zip the images without a password"
+        if why is None and info.file_size > max_entry_bytes:
+            why = (
+                f"{info.file_size} bytes unpacked, over the limit of {max_entry_bytes} "
+                "(KIOSK_MAX_ZIP_ENTRY_BYTES)"
+            )
+        if why is None and info.file_size == 0:
+            why = "empty file skipped"
+        if why:
+            skipped.append(Skipped(name, why))
+        else:
+            entries.append(Entry(len(entries), info))
+    return entries, skipped
+
+
+def child_uuid(parent_key: str, entry: Entry) -> str:
+    parsed = parse_job_key(parent_key)
+    namespace = uuid.UUID(parsed.uuid) if parsed else uuid.NAMESPACE_URL
+    return str(uuid.uuid5(namespace, f"{entry.index}:{entry.name}"))
+
+
+def child_key(parent_key: str, job_type: str, entry: Entry) -> str:
+    """``{queue}:{path-in-zip}:{uuid}``, as the original names zip children."""
+    return f"{job_type}:{clean_name(entry.name)}:{child_uuid(parent_key, entry)}"
+
+
+def child_upload_key(parent_key: str, entry: Entry) -> str:
+    suffix = PurePosixPath(entry.name).suffix.lower()
+    return f"{UPLOAD_PREFIX}{child_uuid(parent_key, entry)}{suffix}"
+
+
+def result_name(original_name: str, output_key: str, taken: set[str]) -> str:
+    """A unique name in the results zip: the child's path in the zip, with its output's
+    suffix (``cells/a.png`` -> ``cells/a_labels.tif``)."""
+    source = PurePosixPath(original_name.replace("\\", "/"))
+    suffix = PurePosixPath(output_key).suffix
+    stem = str(source.with_suffix("")) if source.suffix else str(source)
+    base = f"{stem}_labels{suffix}"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}_labels_{n}{suffix}"
+    taken.add(name)
+    return name
+
+
+class ZipConsumer(Consumer):
+    """Serves ``TYPE-zip`` queues for every job type."""
+
+    def process(self, job: Job) -> Result | Waiting:
+        if self._children_ended(job):
+            return self._fan_in(job)
+        return self._fan_out(job)
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _children_ended(self, job: Job) -> bool:
+        total = job.get(JobField.TOTAL_JOBS)
+        if not job.get(JobField.CHILDREN) or not total:
+            return False
+        ended = int(job.get(JobField.CHILDREN_DONE, "0")) + int(
+            job.get(JobField.CHILDREN_FAILED, "0")
+        )
+        return ended >= int(total)
+
+    def _fan_out(self, job: Job) -> Result | Waiting:
+        queue = self._require_queue()
+        job_type = job_type_of(job.queue)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = job.download_input(Path(tmp))
+            with job.stage(Stages.PREPROCESS):
+                archive = _open_zip(path, job.get(JobField.ORIGINAL_NAME))
+                entries, skipped = plan_entries(
+                    archive.infolist(),
+                    max_entries=self.settings.max_zip_entries,
+                    max_entry_bytes=self.settings.max_zip_entry_bytes,
+                    max_total_bytes=self.settings.max_zip_total_bytes,
+                )
+            if not entries:
+                listed = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5]) or "it is empty"
+                raise JobError(
+                    f"the zip holds no images Kiosk can segment ({listed}); "
+                    "zip .tif, .png or .jpg images and submit it again"
+                )
+            keys = [child_key(job.key, job_type, entry) for entry in entries]
+            failures = [s.as_dict() for s in skipped]
+            job.update(
+                **{
+                    JobField.CHILDREN: ",".join(keys),
+                    JobField.TOTAL_JOBS: len(keys),
+                    JobField.FAILURES: json.dumps(failures),
+                }
+            )
+            with job.stage(Stages.UPLOAD), archive:
+                for entry, key in zip(entries, keys, strict=True):
+                    self._spawn(job, queue, job_type, archive, entry, key)
+        return Waiting(
+            {
+                JobField.CHILDREN_UPLOAD_TIME: f"{job.timings.get(JobField.UPLOAD_TIME, 0):.6f}",
+                JobField.PROGRESS: "0",
+            }
+        )
+
+    def _spawn(
+        self,
+        job: Job,
+        queue: JobQueue,
+        job_type: str,
+        archive: zipfile.ZipFile,
+        entry: Entry,
+        key: str,
+    ) -> None:
+        """Stream one image to the bucket and queue its child job (once, however often run)."""
+        if queue.get(key) is not None:
+            return
+        upload = child_upload_key(job.key, entry)
+        try:
+            with archive.open(entry.info) as src, self.bucket.open_write(upload) as dst:
+                head = src.read(COPY_CHUNK)
+                kind = sniff(head)
+                if kind not in IMAGE_KINDS:
+                    raise _BadEntry("its content is not a TIFF, PNG or JPEG image")
+                while head:
+                    dst.write(head)
+                    head = src.read(COPY_CHUNK)
+        except (_BadEntry, zipfile.BadZipFile, EOFError, OSError) as exc:
+            self._record_failed_child(queue, job, job_type, key, entry, upload, str(exc))
+            return
+        fields = {
+            **{name: job.get(name) for name in INHERITED},
+            JobField.ORIGINAL_NAME: clean_name(entry.name),
+            JobField.INPUT_FILE_NAME: upload,
+            JobField.URL: "",
+            JobField.STATUS: Status.NEW,
+            JobField.CREATED_AT: now_iso(),
+            JobField.UPDATED_AT: now_iso(),
+            JobField.PROGRESS: "0",
+            JobField.ATTEMPTS: "0",
+            JobField.PARENT: job.key,
+        }
+        queue.submit(job_type, key, fields)
+
+    def _record_failed_child(
+        self,
+        queue: JobQueue,
+        job: Job,
+        job_type: str,
+        key: str,
+        entry: Entry,
+        upload: str,
+        why: str,
+    ) -> None:
+        """An entry that cannot be read still counts as a child: it is created failed, so the
+        parent's count of ended children stays right and the reason is listed."""
+        self.bucket.delete(upload)
+        now = now_iso()
+        fields = {
+            JobField.ORIGINAL_NAME: clean_name(entry.name),
+            JobField.INPUT_FILE_NAME: "",
+            JobField.STATUS: Status.FAILED,
+            JobField.REASON: f"could not read {entry.name!r} from the zip: {why}",
+            JobField.CREATED_AT: now,
+            JobField.UPDATED_AT: now,
+            JobField.FINISHED_AT: now,
+            JobField.PARENT: job.key,
+        }
+        queue.submit_ended_child(job_type, key, fields)
+
+    # ------------------------------------------------------------------ fan-in
+
+    def _fan_in(self, job: Job) -> Result:
+        queue = self._require_queue()
+        keys = [k for k in job.get(JobField.CHILDREN).split(",") if k]
+        failures = json.loads(job.get(JobField.FAILURES) or "[]")
+        done = 0
+        with tempfile.TemporaryDirectory() as tmp:
+            results = Path(tmp) / (Path(job.get(JobField.ORIGINAL_NAME, "results")).stem + ".zip")
+            with job.stage(Stages.POSTPROCESS), zipfile.ZipFile(results, "w") as out:
+                taken: set[str] = set()
+                for child in _children(queue, keys):
+                    name = child.fields.get(JobField.ORIGINAL_NAME, child.key)
+                    output = child.fields.get(JobField.OUTPUT_FILE_NAME, "")
+                    if child.status != Status.DONE or not output:
+                        failures.append({"name": name, "reason": child.reason})
+                        continue
+                    try:
+                        self._copy_into(out, output, result_name(name, output, taken))
+                    except FileNotFoundError:
+                        failures.append({"name": name, "reason": "its result file is missing"})
+                        continue
+                    done += 1
+                if failures:
+                    out.writestr("failures.csv", _failures_csv(failures))
+            if done == 0:
+                raise JobError(
+                    f"none of the {len(keys)} images in the zip could be segmented; "
+                    f"first failure: {failures[0]['name']}: {failures[0]['reason']}"
+                )
+            key = job.upload_output(results)
+        return Result(
+            key,
+            {
+                JobField.TOTAL_JOBS: str(len(keys)),
+                JobField.FAILURES: json.dumps(failures),
+                JobField.CLEANUP_TIME: "0",
+            },
+        )
+
+    def _copy_into(self, out: zipfile.ZipFile, key: str, name: str) -> None:
+        # Label TIFFs are compressed already: store them, don't deflate them again.
+        with self.bucket.open_read(key) as src, out.open(name, "w", force_zip64=True) as dst:
+            while chunk := src.read(COPY_CHUNK):
+                dst.write(chunk)
+
+    def _require_queue(self) -> JobQueue:
+        if self.queue is None:
+            raise RuntimeError("the zip consumer needs the job queue to create child jobs")
+        return self.queue
+
+
+class _BadEntry(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Child:
+    key: str
+    fields: Mapping[str, str]
+
+    @property
+    def status(self) -> str:
+        return self.fields.get(JobField.STATUS, "")
+
+    @property
+    def reason(self) -> str:
+        if not self.fields:
+            return "the child job expired or was deleted before the results were collected"
+        return self.fields.get(JobField.REASON) or f"ended {self.status or 'without a status'}"
+
+
+def _children(queue: JobQueue, keys: list[str], batch: int = 500) -> Iterator[_Child]:
+    for start in range(0, len(keys), batch):
+        chunk = keys[start : start + batch]
+        for key, fields in zip(chunk, queue.get_many(chunk), strict=True):
+            yield _Child(key, fields or {})
+
+
+def _failures_csv(failures: list[dict[str, str]]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["name", "reason"])
+    for failure in failures:
+        writer.writerow([failure["name"], failure["reason"]])
+    return text.getvalue()
+
+
+def _open_zip(path: Path, name: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise JobError(
+            f"{name or 'the upload'} is not a readable zip ({exc}); create the zip again"
+        ) from exc
