@@ -1,0 +1,104 @@
+"""The classical nuclear segmentation baseline: Otsu threshold + distance-peak-seeded watershed.
+
+Why: a deep model's numbers mean little without the method a lab would use without one (the
+CellProfiler / Fiji recipe). It needs no model server, so it also segments when none is up.
+Steps: Gaussian smoothing, a global Otsu threshold, holes filled and specks removed, then the
+Euclidean distance to the background is smoothed, its peaks (at least `min_distance_um` apart)
+seed a watershed on the negated distance, which splits touching round nuclei at their necks.
+
+Defaults suit fluorescent nuclei at the nuclear model's 0.65 um/px (nuclei 8-20 um across);
+lengths are given in microns and converted with `mpp`, so other pixel sizes need only `mpp`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.filters import threshold_otsu
+from skimage.segmentation import relabel_sequential, watershed
+
+__all__ = ["classical_segment"]
+
+
+def classical_segment(
+    image: np.ndarray,
+    *,
+    mpp: float = 0.65,
+    smoothing_um: float = 0.65,
+    min_distance_um: float = 2.0,
+    min_area_um2: float = 12.0,
+    threshold: float | None = None,
+) -> NDArray[np.int32]:
+    """Segment nuclei in one 2D image (or (Y, X, 1)) into int32 labels (0 = background).
+
+    `smoothing_um` is the Gaussian sigma before thresholding; `min_distance_um` the least
+    distance between two nucleus centres (smaller splits more); `min_area_um2` the smallest
+    object kept; `threshold` replaces Otsu's when given (in the image's units).
+    """
+    plane = np.asarray(image)
+    if plane.ndim == 3 and plane.shape[-1] == 1:
+        plane = plane[..., 0]
+    if plane.ndim != 2:
+        raise ValueError(f"classical_segment takes one 2D image, got shape {plane.shape}")
+    if not (np.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}")
+    data = np.nan_to_num(plane.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if smoothing_um > 0:
+        data = ndi.gaussian_filter(data, smoothing_um / mpp)
+    if data.size == 0 or float(data.max()) == float(data.min()):
+        return np.zeros(plane.shape, np.int32)
+
+    level = threshold_otsu(data) if threshold is None else float(threshold)
+    mask = ndi.binary_fill_holes(data > level)
+    min_area = max(1, round(min_area_um2 / mpp**2))
+    mask = _remove_small(mask, min_area)
+    if not mask.any():
+        return np.zeros(plane.shape, np.int32)
+
+    distance = ndi.distance_transform_edt(mask).astype(np.float32)
+    # Smoothing the distance merges the twin peaks of elongated nuclei into one.
+    distance = ndi.gaussian_filter(distance, 1.0)
+    min_distance = max(1, round(min_distance_um / mpp))
+    components, _ = ndi.label(mask)
+    peaks = peak_local_max(
+        distance,
+        min_distance=min_distance,
+        labels=components,
+        exclude_border=False,
+        num_peaks_per_label=np.inf,
+    )
+    markers = np.zeros(plane.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    # A component without a peak (tiny or flat) still becomes one object.
+    seeded = np.zeros(int(components.max()) + 1, bool)
+    seeded[components[tuple(peaks.T)]] = True
+    unseeded = ~seeded[components] & mask
+    if unseeded.any():
+        extra, _ = ndi.label(unseeded)
+        markers[unseeded] = extra[unseeded] + len(peaks)
+    labels = watershed(-distance, markers=markers, mask=mask)
+    labels = _remove_small_labels(labels, min_area)
+    labels, _, _ = relabel_sequential(labels)
+    return labels.astype(np.int32, copy=False)
+
+
+def _remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
+    components, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(components.ravel())
+    keep = sizes >= min_area
+    keep[0] = False
+    return keep[components]
+
+
+def _remove_small_labels(labels: np.ndarray, min_area: int) -> np.ndarray:
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_area
+    small[0] = False
+    if small.any():
+        labels = labels.copy()
+        labels[small[labels]] = 0
+    return labels

@@ -1,0 +1,124 @@
+"""Deep watershed: turn the nuclear model's three maps into an instance label image.
+
+Why this shape: the model predicts, per pixel, an *inner distance* (peaks at each nucleus'
+centre), an *outer distance* (distance to the nucleus' own boundary, 0..1 per nucleus) and a
+foreground probability. Peaks of the inner distance give one marker per nucleus, even where
+nuclei touch; a marker-seeded watershed on the negated outer distance then grows each marker to
+the valley between touching nuclei, inside the foreground mask. This is deepcell_toolbox's
+``deep_watershed`` (same parameter names), for one 2-D image, with tuned defaults.
+
+Speed: everything is whole-image vectorised scikit-image/scipy, about 0.1-0.2 s per megapixel
+on one CPU core (see models/NuclearSegmentation/training.json).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.morphology import disk, h_maxima
+from skimage.segmentation import relabel_sequential, watershed
+
+__all__ = ["MAXIMA_ALGORITHMS", "deep_watershed"]
+
+MAXIMA_ALGORITHMS = ("peak_local_max", "h_maxima")
+
+
+def deep_watershed(
+    inner_distance: np.ndarray,
+    outer_distance: np.ndarray,
+    fgbg: np.ndarray | None = None,
+    *,
+    radius: int = 10,
+    maxima_threshold: float = 0.1,
+    interior_threshold: float = 0.01,
+    fgbg_threshold: float = 0.5,
+    maxima_smooth: float = 0.0,
+    interior_smooth: float = 1.0,
+    small_objects_threshold: int = 0,
+    exclude_border: bool = False,
+    maxima_algorithm: str = "peak_local_max",
+) -> NDArray[np.int32]:
+    """Segment one image's model outputs into labels (int32, 0 background, 1..N nuclei).
+
+    Args:
+        inner_distance: (H, W) inner distance map; its peaks seed one object each.
+        outer_distance: (H, W) outer distance map; the watershed runs on its negation.
+        fgbg: optional (H, W) foreground probability (or the model's (H, W, 2) softmax);
+            pixels below ``fgbg_threshold`` are background whatever the outer distance says.
+        radius: minimum distance in pixels between two markers (``peak_local_max``), or the
+            footprint radius of the maxima (``h_maxima``).
+        maxima_threshold: markers need an inner distance above this (``peak_local_max``), or a
+            peak this much higher than its surroundings (``h_maxima``).
+        interior_threshold: pixels with outer distance at or below this are background.
+        fgbg_threshold: foreground probability a pixel needs when ``fgbg`` is given.
+        maxima_smooth: Gaussian sigma applied to the inner distance before peak finding.
+        interior_smooth: Gaussian sigma applied to the outer distance before the watershed.
+        small_objects_threshold: objects with fewer pixels are removed.
+        exclude_border: ignore peaks within ``radius`` of the image border.
+        maxima_algorithm: "peak_local_max" (fast, the default) or "h_maxima" (the original's).
+    """
+    inner = _plane(inner_distance, "inner_distance")
+    outer = _plane(outer_distance, "outer_distance")
+    if inner.shape != outer.shape:
+        raise ValueError(f"inner {inner.shape} and outer {outer.shape} distance shapes differ")
+    if maxima_algorithm not in MAXIMA_ALGORITHMS:
+        raise ValueError(
+            f"unknown maxima_algorithm {maxima_algorithm!r}; choose one of {MAXIMA_ALGORITHMS}"
+        )
+    if maxima_smooth > 0:
+        inner = ndi.gaussian_filter(inner, maxima_smooth)
+    if interior_smooth > 0:
+        outer = ndi.gaussian_filter(outer, interior_smooth)
+
+    mask = outer > interior_threshold
+    if fgbg is not None:
+        foreground = np.asarray(fgbg)
+        if foreground.ndim == 3 and foreground.shape[-1] == 2:
+            foreground = foreground[..., 1]  # the model's two-channel softmax: 1 = foreground
+        foreground = _plane(foreground, "fgbg")
+        if foreground.shape != inner.shape:
+            raise ValueError(f"fgbg shape {foreground.shape} differs from {inner.shape}")
+        mask &= foreground > fgbg_threshold
+    if not mask.any():
+        return np.zeros(inner.shape, dtype=np.int32)
+
+    radius = max(int(radius), 1)
+    if maxima_algorithm == "peak_local_max":
+        peaks = peak_local_max(
+            inner,
+            min_distance=radius,
+            threshold_abs=maxima_threshold,
+            exclude_border=radius if exclude_border else False,
+            labels=mask.astype(np.uint8),
+        )
+        markers = np.zeros(inner.shape, dtype=np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    else:
+        maxima = h_maxima(inner, maxima_threshold, footprint=disk(radius)) & mask
+        if exclude_border and radius:
+            maxima[:radius] = maxima[-radius:] = 0
+            maxima[:, :radius] = maxima[:, -radius:] = 0
+        markers, _ = ndi.label(maxima)
+    if not markers.any():
+        return np.zeros(inner.shape, dtype=np.int32)
+
+    labels = watershed(-outer, markers=markers, mask=mask)
+    if small_objects_threshold > 0:
+        sizes = np.bincount(labels.ravel())
+        too_small = sizes < small_objects_threshold
+        too_small[0] = False
+        labels[too_small[labels]] = 0
+    labels, _, _ = relabel_sequential(labels)
+    return labels.astype(np.int32, copy=False)
+
+
+def _plane(array: np.ndarray, name: str) -> NDArray[np.float32]:
+    """Accept (H, W) or (H, W, 1) (one channel of a model output) as float32 (H, W)."""
+    plane = np.asarray(array)
+    if plane.ndim == 3 and plane.shape[-1] == 1:
+        plane = plane[..., 0]
+    if plane.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (H, W) map, got shape {plane.shape}")
+    return plane.astype(np.float32, copy=False)

@@ -1,0 +1,227 @@
+"""The segmentation pipeline as one pure function, shared by the consumer and by evaluation.
+
+    normalise -> rescale to the model's pixel size -> tile -> predict in batches -> untile each
+    output head -> post-process (deep watershed by default) -> labels back on the input grid
+
+Why one function: the consumer (with a gRPC model client as `predict`), the evaluation scripts
+and the tests (with a stand-in model) must run exactly the same maths, so tiling or rescaling
+cannot silently differ between what is measured and what is served. No TensorFlow here: the
+model is any callable that maps a float32 batch (n, ty, tx, C) to named output maps
+(n, ty, tx, K), e.g. {"inner_distance": (n,t,t,1), "outer_distance": (n,t,t,1),
+"fgbg": (n,t,t,2)}.
+
+Timings per stage (seconds) go into a caller's dict, and tile progress to a callback, so the
+consumer can record them on the job without this module knowing about jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+
+import numpy as np
+from numpy.typing import NDArray
+
+from consumers.processing.rescale import rescale_to_model, restore_labels
+from consumers.processing.tiling import Untiler, extract_tiles, iter_batches, plan_tiles
+
+__all__ = [
+    "NUCLEAR_MODEL_MPP",
+    "STAGES",
+    "Postprocess",
+    "Predict",
+    "default_postprocess",
+    "predict_maps",
+    "segment",
+    "segment_frames",
+]
+
+Predict = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+Postprocess = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+Progress = Callable[[int, int], None]
+
+#: Microns per pixel of the images the nuclear model was trained on (the original's default).
+NUCLEAR_MODEL_MPP = 0.65
+
+#: Keys written to `timings`, in pipeline order ("predict" is time inside the model callable;
+#: "tile" covers extracting tiles and blending predictions back).
+STAGES = ("normalize", "rescale", "tile", "predict", "postprocess", "restore")
+
+
+@contextmanager
+def _timed(timings: MutableMapping[str, float] | None, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def default_postprocess(maps: Mapping[str, np.ndarray], **kwargs: float) -> NDArray[np.int32]:
+    """Deep watershed on the nuclear model's heads (fgbg channel 1 is the foreground).
+
+    Keyword arguments go to `deep_watershed` (radius, maxima_threshold, interior_threshold...).
+    """
+    from consumers.processing.deep_watershed import deep_watershed  # a sibling's module
+
+    fgbg = maps.get("fgbg")
+    if fgbg is not None:
+        fgbg = fgbg[..., -1] if fgbg.ndim == 3 else fgbg  # softmax: last channel is foreground
+    return deep_watershed(
+        maps["inner_distance"][..., 0], maps["outer_distance"][..., 0], fgbg, **kwargs
+    )
+
+
+def _as_yxc(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image[..., None]
+    if image.ndim != 3:
+        raise ValueError(f"segment takes one (Y, X) or (Y, X, C) image, got shape {image.shape}")
+    return image
+
+
+def predict_maps(
+    image: np.ndarray,
+    predict: Predict,
+    *,
+    tile_size: int = 512,
+    overlap: int | None = None,
+    stride_ratio: float = 0.75,
+    size_multiple: int = 32,
+    batch_size: int = 32,
+    timings: MutableMapping[str, float] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, NDArray[np.float32]]:
+    """Run `predict` over overlapping tiles of a (Y, X, C) image; blended (Y, X, K) per head.
+
+    Tiles go to the model `batch_size` at a time, so memory holds one batch of tiles and one
+    float32 accumulator per head, whatever the image size.
+    """
+    image = _as_yxc(image)
+    if image.dtype != np.float32:
+        image = image.astype(np.float32)
+    plan = plan_tiles(
+        image.shape,
+        tile_size,
+        overlap=overlap,
+        stride_ratio=stride_ratio,
+        size_multiple=size_multiple,
+    )
+    untilers: dict[str, Untiler] = {}
+    done = 0
+    tile_time = 0.0
+    predict_time = 0.0
+    for indices in iter_batches(plan, batch_size):
+        t0 = time.perf_counter()
+        batch = extract_tiles(image, plan, indices)
+        t1 = time.perf_counter()
+        outputs = predict(batch)
+        t2 = time.perf_counter()
+        if not outputs:
+            raise ValueError("the model returned no outputs")
+        for head, maps in outputs.items():
+            maps = np.asarray(maps)
+            if maps.ndim == 3:
+                maps = maps[..., None]
+            if maps.shape[:3] != batch.shape[:3]:
+                raise ValueError(
+                    f"model output {head!r} has shape {maps.shape}; expected "
+                    f"{batch.shape[:3]} + (channels,) to match the input tiles"
+                )
+            untilers.setdefault(head, Untiler(plan)).add(maps, indices)
+        tile_time += t1 - t0 + time.perf_counter() - t2
+        predict_time += t2 - t1
+        done += len(indices)
+        if progress is not None:
+            progress(done, plan.n_tiles)
+    t0 = time.perf_counter()
+    result = {head: untiler.result() for head, untiler in untilers.items()}
+    tile_time += time.perf_counter() - t0
+    if timings is not None:
+        timings["tile"] = timings.get("tile", 0.0) + tile_time
+        timings["predict"] = timings.get("predict", 0.0) + predict_time
+    return result
+
+
+def segment(
+    image: np.ndarray,
+    predict: Predict,
+    *,
+    image_mpp: float | None = None,
+    model_mpp: float | None = NUCLEAR_MODEL_MPP,
+    tile_size: int = 512,
+    overlap: int | None = None,
+    stride_ratio: float = 0.75,
+    size_multiple: int = 32,
+    batch_size: int = 32,
+    normalize_method: str | None = "percentile",
+    postprocess: Postprocess | None = None,
+    timings: MutableMapping[str, float] | None = None,
+    progress: Progress | None = None,
+) -> NDArray[np.int32]:
+    """Segment one (Y, X) or (Y, X, C) image into int32 labels of shape (Y, X).
+
+    `predict` is the model (see the module docstring); `image_mpp`/`model_mpp` set the rescale
+    (None: the image is taken to be at the model's pixel size); `normalize_method` is
+    "percentile", "clahe" or None (the image is already normalised); `postprocess` maps the
+    blended heads {name: (y, x, K)} to labels on the model's grid (default: deep watershed).
+    `timings`, when given, receives seconds per stage (see `STAGES`).
+    """
+    image = _as_yxc(image)
+    original_shape = image.shape[:2]
+    with _timed(timings, "normalize"):
+        if normalize_method is not None:
+            from consumers.processing.normalize import normalize  # a sibling's module
+
+            image = normalize(image, normalize_method)
+        elif image.dtype != np.float32:
+            image = image.astype(np.float32)
+    with _timed(timings, "rescale"):
+        image = rescale_to_model(image, image_mpp, model_mpp)
+    maps = predict_maps(
+        image,
+        predict,
+        tile_size=tile_size,
+        overlap=overlap,
+        stride_ratio=stride_ratio,
+        size_multiple=size_multiple,
+        batch_size=batch_size,
+        timings=timings,
+        progress=progress,
+    )
+    del image
+    with _timed(timings, "postprocess"):
+        labels = (postprocess or default_postprocess)(maps)
+    del maps
+    with _timed(timings, "restore"):
+        labels = restore_labels(labels, original_shape)
+    return np.asarray(labels).astype(np.int32, copy=False)
+
+
+def segment_frames(
+    frames: np.ndarray,
+    predict: Predict,
+    *,
+    timings: MutableMapping[str, float] | None = None,
+    progress: Progress | None = None,
+    **kwargs,
+) -> NDArray[np.int32]:
+    """`segment` each plane of a (frames, Y, X, C) stack: (frames, Y, X) labels.
+
+    Labels are numbered per frame (each frame's objects start at 1), as tracking expects;
+    `timings` sums over frames and `progress` counts frames.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[..., None]
+    if frames.ndim != 4:
+        raise ValueError(f"expected a (frames, Y, X, C) stack, got shape {frames.shape}")
+    out = np.zeros(frames.shape[:3], np.int32)
+    for i, frame in enumerate(frames):
+        out[i] = segment(frame, predict, timings=timings, **kwargs)
+        if progress is not None:
+            progress(i + 1, len(frames))
+    return out

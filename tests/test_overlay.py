@@ -1,0 +1,71 @@
+"""PNG previews of segmentations: outlines on a grey image, downsampled when large."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from consumers.processing.overlay import label_colours, overlay_png, overlay_rgb, to_uint8
+
+
+def square_scene(shape=(100, 120)):
+    image = np.full(shape, 100.0, np.float32)
+    labels = np.zeros(shape, np.int32)
+    labels[20:50, 30:70] = 1
+    labels[60:90, 10:40] = 2
+    image[labels > 0] = 1000.0
+    return image, labels
+
+
+def test_overlay_png_is_an_rgb_png_of_the_image_size():
+    image, labels = square_scene()
+    png = overlay_png(image, labels)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG" and im.mode == "RGB" and im.size == (120, 100)
+
+
+def test_outlines_are_drawn_in_the_colour_and_interiors_stay_grey():
+    image, labels = square_scene()
+    rgb = overlay_rgb(image, labels, outline_colour=(0, 255, 0))
+    assert tuple(rgb[20, 50]) == (0, 255, 0)  # top edge of object 1
+    assert tuple(rgb[35, 50]) == (255, 255, 255)  # its bright interior
+    assert tuple(rgb[5, 5]) == (0, 0, 0)  # dim background
+    assert rgb[..., 0][labels == 0].max() == 0
+
+
+def test_fill_tints_objects_with_a_colour_per_label():
+    image, labels = square_scene()
+    rgb = overlay_rgb(np.zeros_like(image), labels, fill_alpha=0.5)
+    inside_1, inside_2 = rgb[35, 50], rgb[75, 25]
+    assert inside_1.max() > 0 and inside_2.max() > 0
+    assert tuple(inside_1) != tuple(inside_2)
+    colours = label_colours(np.array([[0, 1, 2, 1]]))
+    assert tuple(colours[0, 0]) == (0, 0, 0)
+    assert tuple(colours[0, 1]) == tuple(colours[0, 3])
+
+
+def test_large_images_are_downsampled_to_the_max_side():
+    image = np.random.default_rng(0).random((3000, 2000), dtype=np.float32)
+    labels = np.zeros((3000, 2000), np.int32)
+    labels[1000:1500, 500:900] = 5
+    png = overlay_png(image, labels, max_side=512)
+    with Image.open(io.BytesIO(png)) as im:
+        assert max(im.size) == 512 and im.size == (341, 512)
+
+
+def test_to_uint8_stretches_contrast_and_survives_constant_and_nan():
+    ramp = np.linspace(0, 5000, 10000, dtype=np.float32).reshape(100, 100)
+    out = to_uint8(ramp)
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert to_uint8(np.full((4, 4), 3.0)).max() == 0
+    with_nan = ramp.copy()
+    with_nan[0, 0] = np.nan
+    assert to_uint8(with_nan)[0, 0] == 0
+
+
+def test_multichannel_image_shows_the_chosen_channel():
+    image, labels = square_scene()
+    stack = np.stack([np.zeros_like(image), image], axis=-1)
+    assert overlay_rgb(stack, labels, channel=1)[35, 50].max() == 255
