@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup system-deps run test lint format bench protos clean
+.PHONY: help setup system-deps run test lint format bench samples protos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,8 +22,8 @@ setup: system-deps $(INSTALLED) ## install Python packages (.venv) and redis-ser
 system-deps: ## install redis-server if it is missing
 	@scripts/install-system-deps.sh
 
-run: setup ## start the local stack at http://127.0.0.1:8080 (Ctrl-C stops it)
-	$(BIN)/kiosk up
+run: setup ## start the local stack at http://127.0.0.1:8080 and segment the samples (Ctrl-C stops it)
+	$(BIN)/kiosk up --demo
 
 test: setup lint ## lint, then run every test
 	$(BIN)/pytest
@@ -40,6 +40,10 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.queue_throughput
 	$(BIN)/python -m benchmark.http_overhead
 	$(BIN)/python -m benchmark.upload_memory
+	$(BIN)/python -m benchmark.tensor_encoding
+
+samples: $(INSTALLED) ## regenerate the sample images in samples/ (same seeds, same images)
+	$(BIN)/python -m kiosk.samples
 
 protos: $(INSTALLED) ## regenerate kiosk/serving/protos from tfserving.proto
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. kiosk/serving/protos/tfserving.proto

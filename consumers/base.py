@@ -92,11 +92,16 @@ class Job:
         start = time.perf_counter()
         try:
             yield
-        finally:
-            seconds = time.perf_counter() - start
-            total = self.timings.get(stage.time_field, 0.0) + seconds
-            self.timings[stage.time_field] = total
-            self._on_stage(stage, seconds)
+        except BaseException:
+            self._on_stage(stage, time.perf_counter() - start)
+            raise
+        self.record_time(stage, time.perf_counter() - start)
+
+    def record_time(self, stage: Stage, seconds: float) -> None:
+        """Add seconds to a stage's time field (for work timed elsewhere, e.g. a pipeline)."""
+        self._on_stage(stage, seconds)
+        total = self.timings.get(stage.time_field, 0.0) + seconds
+        self.timings[stage.time_field] = total
         self.update(**{stage.time_field: f"{total:.6f}"})
 
     def download_input(self, directory: Path) -> Path:

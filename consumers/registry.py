@@ -13,7 +13,7 @@ from consumers.base import Consumer
 from kiosk.jobs import job_type_of
 from kiosk.settings import ZIP_SUFFIX
 
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {"segmentation": "consumers.segmentation:SegmentationConsumer"}
 # Every job type's zips are split by the same fan-out consumer.
 ZIP_CONSUMER = "consumers.zips:ZipConsumer"
 

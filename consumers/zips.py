@@ -299,7 +299,8 @@ class ZipConsumer(Consumer):
         failures = json.loads(job.get(JobField.FAILURES) or "[]")
         done = 0
         with tempfile.TemporaryDirectory() as tmp:
-            results = Path(tmp) / (Path(job.get(JobField.ORIGINAL_NAME, "results")).stem + ".zip")
+            stem = Path(job.get(JobField.ORIGINAL_NAME, "images")).stem
+            results = Path(tmp) / f"{stem}_labels.zip"
             with job.stage(Stages.POSTPROCESS), zipfile.ZipFile(results, "w") as out:
                 taken: set[str] = set()
                 for child in _children(queue, keys):

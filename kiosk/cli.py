@@ -81,8 +81,12 @@ def up(
         str | None, typer.Option(help="Job types to run, comma-separated (KIOSK_QUEUES).")
     ] = None,
     consumers: Annotated[int | None, typer.Option(help="Consumer processes per job type.")] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(help="Once up, segment the bundled sample images and zip (samples/)."),
+    ] = False,
 ) -> None:
-    """Start the local stack (Redis, frontend, consumers, janitor) until Ctrl-C."""
+    """Start the local stack (Redis, model server, frontend, consumers, janitor) until Ctrl-C."""
     from kiosk.settings import StackSettings
     from kiosk.stack import run_stack
 
@@ -97,7 +101,38 @@ def up(
         settings = StackSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    raise typer.Exit(run_stack(settings, console))
+    raise typer.Exit(run_stack(settings, console, demo=demo))
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port (default 8500).")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port for health and metrics (default 8501; 0: off).")
+    ] = None,
+    bucket: Annotated[
+        str | None, typer.Option(help="Bucket holding models/NAME/VERSION/ (KIOSK_BUCKET).")
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Models to serve, comma-separated (default: all).")
+    ] = None,
+) -> None:
+    """Serve SavedModels over TF Serving's gRPC API until Ctrl-C (needs TensorFlow)."""
+    # Imported here: the server pulls in TensorFlow, which no other command needs.
+    from kiosk.serving.server.app import serve as run_server
+    from kiosk.serving.server.app import settings_from
+
+    try:
+        settings = settings_from(
+            host=host, port=port, http_port=http_port, bucket=bucket, models=models
+        )
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    raise typer.Exit(run_server(settings))
 
 
 # ----------------------------------------------------------------------------- submit

@@ -188,7 +188,10 @@ def _corrupt(name: str | None, kind: FileKind, err: BaseException) -> CorruptIma
 
 def _tiff_info(tif: tifffile.TiffFile, name: str | None, size: int) -> ImageInfo:
     if not tif.series:
-        raise CorruptImage(f"{_describe(name)} is a TIFF without any image in it.")
+        raise CorruptImage(
+            f"{_describe(name)} is a TIFF without any image in it; it may be damaged: "
+            "export it again and upload it."
+        )
     series = tif.series[0]  # extra series are pyramids/thumbnails; the first is the image
     # A TIFF cut short keeps its header; refuse it before decoding reads past the end.
     for page in series.pages[:4096]:

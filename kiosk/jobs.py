@@ -76,6 +76,8 @@ class JobField(StrEnum):
     POSTPROCESS_TIME = "postprocess_time"
     UPLOAD_TIME = "upload_time"
     PREDICT_RETRIES = "predict_retries"
+    PREVIEW_URL = "preview_url"  # Kiosk: an overlay PNG of the labels on the image
+    OBJECTS = "objects"  # Kiosk: how many objects were segmented
     TOTAL_JOBS = "total_jobs"
     TOTAL_TIME = "total_time"
     FINISHED_AT = "finished_at"
@@ -117,6 +119,7 @@ JOB_INDEX = KEY_PREFIX + "jobs"  # sorted set: job key -> created (epoch seconds
 PROCESSING_PREFIX = "processing-"
 UPLOAD_PREFIX = "uploads/"
 OUTPUT_PREFIX = "output/"
+MODELS_PREFIX = "models/"  # models/{Name}/{version}/saved_model.pb, TF Serving's layout
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _JOB_KEY = re.compile(

@@ -57,7 +57,7 @@ class CommonSettings(BaseSettings):
         description="Where images and results live: file://DIR (a local directory) or gs://NAME.",
     )
     queues: Annotated[tuple[str, ...], NoDecode] = Field(
-        (),
+        ("segmentation",),
         description="Comma-separated job types; each is a Redis queue (zips go to TYPE-zip). "
         "The one list the frontend, consumers and janitor share.",
     )
@@ -183,6 +183,34 @@ class ConsumerSettings(PredictSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port for the consumer's Prometheus metrics (0: off)."
     )
+    segmentation_model: str = Field(
+        "NuclearSegmentation",
+        description="Model the segmentation job type runs when a job names none.",
+    )
+    segmentation_model_version: int = Field(
+        0, ge=0, description="Version of that model (0: the newest the model server has)."
+    )
+    model_mpp: float = Field(
+        0.65,
+        gt=0,
+        description="Microns per pixel the segmentation model works at; a job's `scale` "
+        "(microns per pixel of its image) rescales the image to it.",
+    )
+    tile_size: int = Field(
+        512, ge=64, description="Side of the square tiles large images are cut into, in pixels."
+    )
+    predict_batch_size: int = Field(4, ge=1, description="Tiles sent in one Predict call.")
+    normalization: str = Field(
+        "percentile",
+        pattern="^(percentile|clahe)$",
+        description="How images are normalised before the model: percentile or clahe.",
+    )
+    max_image_pixels: int = Field(
+        8192 * 8192,
+        ge=1,
+        description="Largest image plane (height x width) a consumer takes; larger ones fail "
+        "with a message before they are decoded.",
+    )
     max_zip_entries: int = Field(
         10000, ge=1, description="Most entries a zip may hold; larger zips are refused."
     )
@@ -278,6 +306,16 @@ class StackSettings(ListenSettings):
     )
     consumers_per_queue: int = Field(
         1, ge=1, description="Consumer processes `kiosk up` starts for each job type."
+    )
+    embedded_model_server: bool = Field(
+        True,
+        description="Start the embedded model server (`kiosk serve`); false: use the model "
+        "server at KIOSK_MODEL_SERVER instead.",
+    )
+    models_dir: str = Field(
+        "",
+        description="Directory of SavedModels ({Name}/{version}/) copied into the bucket's "
+        "models/ at start; empty: the models bundled with Kiosk.",
     )
     redis_appendfsync: str = Field(
         "everysec",

@@ -1,11 +1,14 @@
 """``kiosk up``: Kiosk's local shape, as supervised processes on one machine.
 
-Redis (with an append-only file), the janitor, the frontend and the consumers start in that
-order, each once the one before is ready. A process that dies is restarted, with backoff; one
-that keeps dying stops the stack with its last log lines. Ctrl-C (or SIGTERM) stops them in
-reverse: the frontend first so no new jobs arrive, consumers next so they finish or hand back
-their jobs, Redis last so everything is on disk. Children run in their own sessions, so a
-terminal's Ctrl-C reaches only the supervisor, which decides the order.
+Redis (with an append-only file), the janitor, the model server, the frontend and the consumers
+(one or more per job type, and one zip fan-out consumer per job type) start in that order, each
+once the one before is ready. The models bundled with Kiosk are copied into the bucket's
+``models/`` first, where the model server reads them. A process that dies is restarted, with
+backoff; one that keeps dying stops the stack with its last log lines. Ctrl-C (or SIGTERM)
+stops them in reverse: the frontend first so no new jobs arrive, consumers next so they finish
+or hand back their jobs, the model server, and Redis last so everything is on disk. Children
+run in their own sessions, so a terminal's Ctrl-C reaches only the supervisor, which decides
+the order.
 """
 
 from __future__ import annotations
@@ -29,15 +32,20 @@ import redis
 from rich.console import Console
 from rich.markup import escape
 
+from kiosk.jobs import MODELS_PREFIX, zip_queue
 from kiosk.queue import JobQueue
 from kiosk.settings import ConsumerSettings, StackSettings
 from kiosk.signals import StopSignals
+from kiosk.storage import Bucket, open_bucket
 
 TICK = 0.25
 CRASH_WINDOW = 60.0  # seconds
 MAX_CRASHES = 5  # in the window, before the stack gives up
 READY_TIMEOUT = 60.0
-STOP_ORDER = ("frontend", "consumer", "janitor", "redis")
+MODEL_SERVER_READY_TIMEOUT = 180.0  # importing TensorFlow, loading and warming up models
+STOP_ORDER = ("frontend", "consumer", "model", "janitor", "redis")
+BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 REDIS_INSTALL_HINT = (
     "redis-server was not found on PATH. Install it: `sudo apt-get install redis-server` "
     "(Debian/Ubuntu), `sudo dnf install redis` (Fedora), `brew install redis` (macOS); "
@@ -56,6 +64,7 @@ class ServiceSpec:
     env: dict[str, str]
     ready: Callable[[int], bool] | None = None  # given the child's pid
     stop_timeout: float = 15.0
+    ready_timeout: float = READY_TIMEOUT
 
 
 class Supervised:
@@ -122,7 +131,7 @@ class Supervisor:
         child = Supervised(spec, self.log_dir)
         self.children.append(child)
         child.start()
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + spec.ready_timeout
         while True:
             if self.signals.count:
                 raise StackError("interrupted while starting")
@@ -135,7 +144,7 @@ class Supervisor:
                 return child
             if time.monotonic() > deadline:
                 raise StackError(
-                    f"{spec.name} was not ready after {READY_TIMEOUT:.0f}s:\n{child.tail()}"
+                    f"{spec.name} was not ready after {spec.ready_timeout:.0f}s:\n{child.tail()}"
                 )
             time.sleep(TICK)
 
@@ -215,8 +224,28 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def install_models(source: Path, bucket: Bucket) -> list[str]:
+    """Copy model versions (``{Name}/{version}/...``) missing from the bucket's ``models/``;
+    versions already there are left alone, so a model a user replaced stays theirs."""
+    installed = []
+    if not source.is_dir():
+        return installed
+    for version_dir in sorted(p for p in source.glob("*/*") if p.is_dir() and p.name.isdigit()):
+        prefix = f"{MODELS_PREFIX}{version_dir.parent.name}/{version_dir.name}/"
+        if next(iter(bucket.list(prefix)), None) is not None:
+            continue
+        for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
+            bucket.upload_file(path, prefix + path.relative_to(version_dir).as_posix())
+        installed.append(prefix)
+    return installed
+
+
 def plan(
-    settings: StackSettings, data_dir: Path, redis_server: str, redis_port: int
+    settings: StackSettings,
+    data_dir: Path,
+    redis_server: str,
+    redis_port: int,
+    model_ports: tuple[int, int] | None = None,
 ) -> list[ServiceSpec]:
     """The processes of the local stack, in start order."""
     python = sys.executable
@@ -231,6 +260,7 @@ def plan(
         else f"file://{data_dir / 'bucket'}"
     )
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    grpc_port, http_port = model_ports or (free_port(), free_port())
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -241,6 +271,14 @@ def plan(
         "KIOSK_HOST": settings.host,
         "KIOSK_PORT": str(settings.port),
     }
+    if settings.embedded_model_server:
+        env |= {
+            "KIOSK_MODEL_SERVER": f"127.0.0.1:{grpc_port}",
+            "KIOSK_MODEL_SERVER_HOST": "127.0.0.1",
+            "KIOSK_MODEL_SERVER_PORT": str(grpc_port),
+            "KIOSK_MODEL_SERVER_HTTP_PORT": str(http_port),
+            "KIOSK_MODEL_CACHE_DIR": str(data_dir / "model-cache"),
+        }
     probe = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
     jobs = JobQueue(probe)
 
@@ -277,6 +315,21 @@ def plan(
             stop_timeout=60,
         ),
         ServiceSpec("janitor", [python, "-m", "autoscaler.janitor"], env),
+    ]
+    if settings.embedded_model_server:
+        specs.append(
+            ServiceSpec(
+                "model-server",
+                [python, "-m", "kiosk.serving.server"],
+                env,
+                ready=lambda pid: (
+                    httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200
+                ),
+                ready_timeout=MODEL_SERVER_READY_TIMEOUT,
+                stop_timeout=30,
+            )
+        )
+    specs += [
         ServiceSpec(
             "frontend",
             [python, "-m", "frontend"],
@@ -291,8 +344,9 @@ def plan(
         ),
     ]
     grace = ConsumerSettings().shutdown_grace
-    for queue in settings.queues:
-        for index in range(settings.consumers_per_queue):
+    for job_type in settings.queues:
+        runs = [(job_type, i) for i in range(settings.consumers_per_queue)]
+        for queue, index in [*runs, (zip_queue(job_type), 0)]:
             specs.append(
                 ServiceSpec(
                     f"consumer-{queue}-{index}",
@@ -309,7 +363,54 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def run_stack(settings: StackSettings, console: Console) -> int:
+class Demo:
+    """``kiosk up --demo``: once the stack is up, segment the bundled samples through the CLI
+    (as a user would) and say where the labels are."""
+
+    def __init__(self, url: str, job_type: str, results: Path, console: Console) -> None:
+        self.results = results
+        self.console = console
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kiosk",
+                "--url",
+                url,
+                "submit",
+                str(SAMPLES),
+                "--job-type",
+                job_type,
+                "--out",
+                str(results),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        self.reported = False
+
+    def check(self) -> None:
+        if self.reported or self.process.poll() is None:
+            return
+        self.reported = True
+        if self.process.returncode == 0:
+            self.console.print(
+                f"[bold green]demo done:[/] label images of the samples in {SAMPLES} are in "
+                f"[bold]{escape(str(self.results))}[/] (TIFF: open them in Fiji or napari). "
+                "Kiosk keeps running; press Ctrl-C to stop."
+            )
+        else:
+            self.console.print(
+                f"[bold red]demo failed[/] (kiosk submit exited {self.process.returncode}); "
+                "the logs are in the data directory's logs/"
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def run_stack(settings: StackSettings, console: Console, demo: bool = False) -> int:
     """Start the stack, supervise it until Ctrl-C or SIGTERM, stop it; the exit code."""
     redis_server = shutil.which("redis-server")
     if redis_server is None:
@@ -336,13 +437,32 @@ def run_stack(settings: StackSettings, console: Console) -> int:
     signals = StopSignals().install()
     supervisor = Supervisor(data_dir / "logs", console, signals)
     specs = plan(settings, data_dir, redis_server, free_port())
+    if settings.embedded_model_server:
+        models = Path(settings.models_dir) if settings.models_dir else BUNDLED_MODELS
+        bucket = open_bucket(specs[0].env["KIOSK_BUCKET"])
+        for prefix in install_models(models, bucket):
+            console.print(f"installed model {escape(prefix)} into the bucket")
+        if next(iter(bucket.list(MODELS_PREFIX)), None) is None:
+            console.print(
+                f"[yellow]no models in {escape(bucket.url)}/{MODELS_PREFIX}[/]: the model server "
+                "starts empty and picks up models/{Name}/{version}/ when you add one"
+            )
+            for spec in specs:
+                if spec.name == "model-server":
+                    spec.ready = None
     code = 0
+    running_demo: Demo | None = None
     try:
         for spec in specs:
             supervisor.start(spec)
         _banner(console, settings, specs, data_dir)
+        if demo and settings.queues:
+            url = specs[0].env["KIOSK_PUBLIC_URL"]
+            running_demo = Demo(url, settings.queues[0], data_dir / "demo-results", console)
         while not signals.count:
             supervisor.check()
+            if running_demo:
+                running_demo.check()
             time.sleep(TICK)
         console.print(
             "stopping: frontend, consumers (finishing or handing back jobs), janitor, Redis"
@@ -352,6 +472,8 @@ def run_stack(settings: StackSettings, console: Console) -> int:
             console.print(f"[bold red]error:[/] {escape(str(exc))}")
             code = 1
     finally:
+        if running_demo:
+            running_demo.stop()
         supervisor.stop_all()
         lock.close()
     console.print("Kiosk stopped." if code == 0 else "Kiosk stopped after an error.")
@@ -366,7 +488,10 @@ def _banner(
     console.print(f"[bold green]Kiosk is running at {escape(url)}[/]")
     console.print(f"  API docs    {escape(url)}/docs")
     if queues:
-        console.print(f"  job types   {queues} ({settings.consumers_per_queue} consumer each)")
+        console.print(
+            f"  job types   {queues} ({settings.consumers_per_queue} consumer each, "
+            "plus one for zips)"
+        )
     else:
         console.print(
             "  job types   none configured: set KIOSK_QUEUES (and, for job types "

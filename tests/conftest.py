@@ -108,6 +108,29 @@ def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Servic
 
 
 @pytest.fixture(scope="session")
+def nuclear_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded model server with the bundled nuclear model, shared by the session; its
+    gRPC target."""
+    from tests.support import services
+
+    root = tmp_path_factory.mktemp("model-server")
+    server, target = services.model_server(root / "bucket", root / "logs")
+    yield target
+    server.stop()
+
+
+@pytest.fixture
+def segmentation_env(env: dict[str, str], nuclear_model_server: str) -> dict[str, str]:
+    """Services' environment for the segmentation job type against the shared model server."""
+    return {
+        **env,
+        "KIOSK_QUEUES": "segmentation",
+        "KIOSK_MODEL_SERVER": nuclear_model_server,
+        "KIOSK_COLD_START_WAIT": "30",
+    }
+
+
+@pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[GcsEmulator]:
     emulator = GcsEmulator().start()
     yield emulator

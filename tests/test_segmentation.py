@@ -1,0 +1,178 @@
+"""The segmentation job type end to end: real Redis, the embedded model server with the bundled
+model, consumer processes; images in every layout the jobs allow, and every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+
+from consumers.processing.quality import score
+from kiosk.jobs import JobField, JobRequest, creation_fields, new_job_key, upload_key
+from kiosk.queue import JobQueue
+from kiosk.storage.local import LocalBucket
+from kiosk.synthetic import generate
+from tests.conftest import ServiceGroup
+from tests.helpers import zip_bytes
+from tests.support import services
+from tests.support.servers import wait_for
+
+
+@pytest.fixture
+def consumers(segmentation_env: dict, processes: ServiceGroup) -> dict:
+    """One segmentation consumer and one zip consumer."""
+    for queue in ("segmentation", "segmentation-zip"):
+        processes.add(services.consumer(queue, segmentation_env, processes.log_dir))
+    return segmentation_env
+
+
+def tiff(array: np.ndarray, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **kwargs)
+    return buffer.getvalue()
+
+
+def submit(queue: JobQueue, bucket: LocalBucket, name: str, data: bytes, **options: str) -> str:
+    key = upload_key(name)
+    bucket.put_bytes(key, data)
+    request = JobRequest("segmentation", name, key, **options)
+    job = new_job_key(request.queue, name)
+    return queue.submit(request.queue, job, creation_fields(request, "test"))
+
+
+def finished(queue: JobQueue, key: str, timeout: float = 90) -> dict[str, str]:
+    wait_for(lambda: queue.get(key)[JobField.STATUS] in ("done", "failed"), timeout, 0.1)
+    return queue.get(key)
+
+
+def labels_of(bucket: LocalBucket, job: dict[str, str]) -> np.ndarray:
+    assert job[JobField.STATUS] == "done", job.get(JobField.REASON)
+    return tifffile.imread(io.BytesIO(bucket.get_bytes(job[JobField.OUTPUT_FILE_NAME])))
+
+
+def test_a_nuclei_image_is_segmented_with_timings_and_a_preview(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    image, truth = generate((384, 320), seed=11, dtype="uint16")
+    job = finished(queue, submit(queue, bucket, "cells.tif", tiff(image)))
+    labels = labels_of(bucket, job)
+    assert labels.shape == (384, 320) and labels.dtype == np.uint16
+    assert score(truth, labels).f1 >= 0.8
+    assert int(job[JobField.OBJECTS]) == len(np.unique(labels)) - 1
+    assert job[JobField.OUTPUT_FILE_NAME].endswith("/cells_labels.tif")
+    for field in (
+        JobField.DOWNLOAD_TIME,
+        JobField.PREPROCESS_TIME,
+        JobField.PREDICTION_TIME,
+        JobField.POSTPROCESS_TIME,
+        JobField.UPLOAD_TIME,
+    ):
+        assert float(job[field]) > 0, field
+    assert job[JobField.PREDICT_RETRIES] == "0"
+    preview = job[JobField.PREVIEW_URL].split("/files/", 1)[1]
+    assert bucket.get_bytes(preview).startswith(b"\x89PNG")
+
+
+def test_the_chosen_channel_of_a_multichannel_image_is_segmented(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    image, truth = generate((256, 256), seed=12, dtype="uint16")
+    noise = np.random.default_rng(0).integers(0, 4000, image.shape, dtype=np.uint16)
+    stack = np.stack([noise, image])  # channels first: CYX
+    picked = finished(
+        queue,
+        submit(queue, bucket, "two.tif", tiff(stack), dimension_order="CYX", channels="1"),
+    )
+    assert score(truth, labels_of(bucket, picked)).f1 >= 0.8
+    unpicked = finished(queue, submit(queue, bucket, "two.tif", tiff(stack), dimension_order="CYX"))
+    assert unpicked[JobField.STATUS] == "failed"
+    assert "2 channels" in unpicked[JobField.REASON] and "channels" in unpicked[JobField.REASON]
+
+
+def test_a_z_stack_is_segmented_plane_by_plane(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    planes = [generate((192, 192), seed=20 + z, dtype="uint16") for z in range(3)]
+    stack = np.stack([image for image, _ in planes])
+    job = finished(queue, submit(queue, bucket, "stack.tif", tiff(stack), dimension_order="ZYX"))
+    labels = labels_of(bucket, job)
+    assert labels.shape == (3, 192, 192)
+    for z, (_, truth) in enumerate(planes):
+        assert score(truth, labels[z]).f1 >= 0.75, z
+
+
+def test_the_scale_rescales_the_image_to_the_models_pixel_size(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    image, truth = generate((512, 512), seed=13, dtype="uint16")
+    half, half_truth = image[::2, ::2], truth[::2, ::2]  # the same field at 1.3 um/px
+    as_is = labels_of(bucket, finished(queue, submit(queue, bucket, "h.tif", tiff(half))))
+    scaled = labels_of(
+        bucket, finished(queue, submit(queue, bucket, "h.tif", tiff(half), scale="1.3"))
+    )
+    assert scaled.shape == half.shape
+    assert score(half_truth, scaled).f1 >= 0.75
+    assert score(half_truth, scaled).f1 > score(half_truth, as_is).f1
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "options", "words"),
+    [
+        ("cut.tif", tiff(np.ones((256, 256), np.uint16))[:3000], {}, "truncated"),
+        ("junk.tif", b"II*\x00" + b"\x07" * 40, {}, "without any image"),
+        ("cells.tif", tiff(np.zeros((64, 64), np.uint16)), {"scale": "fast"}, "microns per pixel"),
+        ("cells.tif", tiff(np.zeros((64, 64), np.uint16)), {"model_version": "x"}, "whole number"),
+        ("cells.tif", tiff(np.zeros((64, 64), np.uint16)), {"model_name": "Nope"}, "Nope"),
+        (
+            "cells.tif",
+            tiff(np.zeros((64, 64), np.uint16)),
+            {"dimension_order": "CYX"},
+            "dimension_order",
+        ),
+    ],
+)
+def test_bad_inputs_fail_at_once_with_what_to_do_and_keep_the_input(
+    consumers: dict,
+    queue: JobQueue,
+    bucket: LocalBucket,
+    name: str,
+    data: bytes,
+    options: dict,
+    words: str,
+) -> None:
+    job = finished(queue, submit(queue, bucket, name, data, **options))
+    assert job[JobField.STATUS] == "failed"
+    assert words in job[JobField.REASON]
+    assert job[JobField.ATTEMPTS] == "1"  # not retried: a retry cannot fix the input
+    assert bucket.exists(job[JobField.INPUT_FILE_NAME])
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(
+    segmentation_env: dict, processes: ServiceGroup, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    env = {**segmentation_env, "KIOSK_MAX_IMAGE_PIXELS": str(100 * 100)}
+    processes.add(services.consumer("segmentation", env, processes.log_dir))
+    job = finished(queue, submit(queue, bucket, "big.tif", tiff(np.zeros((128, 128), np.uint16))))
+    assert job[JobField.STATUS] == "failed"
+    assert "16,384" in job[JobField.REASON] and "10,000" in job[JobField.REASON]
+
+
+def test_a_zip_of_images_gives_a_zip_of_label_images_and_lists_failures(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    images = {f"plate/{i}.tif": generate((128, 160), seed=30 + i, dtype="uint16") for i in range(3)}
+    members = {name: tiff(image) for name, (image, _) in images.items()}
+    members["plate/broken.tif"] = b"II*\x00" + b"\x07" * 40
+    key = submit(queue, bucket, "plate.zip", zip_bytes(members))
+    parent = finished(queue, key, timeout=120)
+    assert parent[JobField.STATUS] == "done", parent.get(JobField.REASON)
+    assert (parent[JobField.CHILDREN_DONE], parent[JobField.CHILDREN_FAILED]) == ("3", "1")
+    with zipfile.ZipFile(io.BytesIO(bucket.get_bytes(parent[JobField.OUTPUT_FILE_NAME]))) as out:
+        assert out.namelist()[0].endswith("_labels.tif")  # ImageJ opens the first entry
+        for name, (_, truth) in images.items():
+            labels = tifffile.imread(io.BytesIO(out.read(name.replace(".tif", "_labels.tif"))))
+            assert labels.shape == truth.shape
+        assert "broken.tif" in out.read("failures.csv").decode()
