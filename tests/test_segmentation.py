@@ -81,13 +81,13 @@ def test_the_chosen_channel_of_a_multichannel_image_is_segmented(
 ) -> None:
     image, truth = generate((256, 256), seed=12, dtype="uint16")
     noise = np.random.default_rng(0).integers(0, 4000, image.shape, dtype=np.uint16)
-    stack = np.stack([noise, image])  # channels first: CYX
+    stack = tiff(np.stack([noise, image]), photometric="minisblack")  # channels first: CYX
     picked = finished(
         queue,
-        submit(queue, bucket, "two.tif", tiff(stack), dimension_order="CYX", channels="1"),
+        submit(queue, bucket, "two.tif", stack, dimension_order="CYX", channels="1"),
     )
     assert score(truth, labels_of(bucket, picked)).f1 >= 0.8
-    unpicked = finished(queue, submit(queue, bucket, "two.tif", tiff(stack), dimension_order="CYX"))
+    unpicked = finished(queue, submit(queue, bucket, "two.tif", stack, dimension_order="CYX"))
     assert unpicked[JobField.STATUS] == "failed"
     assert "2 channels" in unpicked[JobField.REASON] and "channels" in unpicked[JobField.REASON]
 
@@ -97,7 +97,8 @@ def test_a_z_stack_is_segmented_plane_by_plane(
 ) -> None:
     planes = [generate((192, 192), seed=20 + z, dtype="uint16") for z in range(3)]
     stack = np.stack([image for image, _ in planes])
-    job = finished(queue, submit(queue, bucket, "stack.tif", tiff(stack), dimension_order="ZYX"))
+    data = tiff(stack, photometric="minisblack")
+    job = finished(queue, submit(queue, bucket, "stack.tif", data, dimension_order="ZYX"))
     labels = labels_of(bucket, job)
     assert labels.shape == (3, 192, 192)
     for z, (_, truth) in enumerate(planes):

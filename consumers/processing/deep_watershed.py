@@ -7,8 +7,11 @@ nuclei touch; a marker-seeded watershed on the negated outer distance then grows
 the valley between touching nuclei, inside the foreground mask. This is deepcell_toolbox's
 ``deep_watershed`` (same parameter names), for one 2-D image, with tuned defaults.
 
-Speed: everything is whole-image vectorised scikit-image/scipy, about 0.1-0.2 s per megapixel
-on one CPU core (see models/NuclearSegmentation/training.json).
+Speed (one CPU core): about 0.1-0.15 s per megapixel for typical images, up to about 0.4 s for
+very dense fields (10,000 nuclei in 2048x2048); peak memory about 190 MB at 2048x2048. Markers
+come from one separable maximum filter (not skimage's peak_local_max, whose spacing pass is slow
+on large images), and only foreground components holding several markers are flooded by the
+watershed: the original's h_maxima + full watershed took about 1.5 s per megapixel.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
 from skimage.morphology import disk, h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
@@ -30,10 +32,10 @@ def deep_watershed(
     outer_distance: np.ndarray,
     fgbg: np.ndarray | None = None,
     *,
-    radius: int = 10,
-    maxima_threshold: float = 0.1,
+    radius: int = 6,
+    maxima_threshold: float = 0.3,
     interior_threshold: float = 0.01,
-    fgbg_threshold: float = 0.5,
+    fgbg_threshold: float = 0.6,
     maxima_smooth: float = 0.0,
     interior_smooth: float = 1.0,
     small_objects_threshold: int = 0,
@@ -41,6 +43,10 @@ def deep_watershed(
     maxima_algorithm: str = "peak_local_max",
 ) -> NDArray[np.int32]:
     """Segment one image's model outputs into labels (int32, 0 background, 1..N nuclei).
+
+    The defaults were tuned for the bundled NuclearSegmentation model on held-out generated
+    images (models/NuclearSegmentation/training.json, "postprocessing"); the original's were
+    radius=10, maxima_threshold=0.1 with h_maxima, tuned for its own model.
 
     Args:
         inner_distance: (H, W) inner distance map; its peaks seed one object each.
@@ -86,25 +92,17 @@ def deep_watershed(
 
     radius = max(int(radius), 1)
     if maxima_algorithm == "peak_local_max":
-        peaks = peak_local_max(
-            inner,
-            min_distance=radius,
-            threshold_abs=maxima_threshold,
-            exclude_border=radius if exclude_border else False,
-            labels=mask.astype(np.uint8),
-        )
-        markers = np.zeros(inner.shape, dtype=np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+        peaks = _local_maxima(inner, radius, maxima_threshold) & mask
     else:
-        maxima = h_maxima(inner, maxima_threshold, footprint=disk(radius)) & mask
-        if exclude_border and radius:
-            maxima[:radius] = maxima[-radius:] = 0
-            maxima[:, :radius] = maxima[:, -radius:] = 0
-        markers, _ = ndi.label(maxima)
-    if not markers.any():
+        peaks = h_maxima(inner, maxima_threshold, footprint=disk(radius)).astype(bool) & mask
+    if exclude_border:
+        peaks[:radius] = peaks[-radius:] = False
+        peaks[:, :radius] = peaks[:, -radius:] = False
+    # A plateau of equal maxima is one marker.
+    markers, n_markers = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    if n_markers == 0:
         return np.zeros(inner.shape, dtype=np.int32)
-
-    labels = watershed(-outer, markers=markers, mask=mask)
+    labels = _grow(-outer, markers, n_markers, mask)
     if small_objects_threshold > 0:
         sizes = np.bincount(labels.ravel())
         too_small = sizes < small_objects_threshold
@@ -112,6 +110,51 @@ def deep_watershed(
         labels[too_small[labels]] = 0
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.int32, copy=False)
+
+
+def _local_maxima(image: NDArray[np.float32], radius: int, threshold: float) -> NDArray[np.bool_]:
+    """Pixels that are the maximum of their (2r+1)^2 window and above threshold.
+
+    Same peaks as skimage's ``peak_local_max(min_distance=radius, threshold_abs=threshold)``
+    (its Chebyshev spacing is this window), without its slow pairwise spacing pass: within one
+    window only equal values can both be maxima, and those plateaus are merged by labelling.
+    """
+    window = ndi.maximum_filter(image, size=2 * radius + 1, mode="nearest")
+    return (image >= window) & (image > threshold)
+
+
+def _grow(
+    landscape: NDArray[np.float32],
+    markers: NDArray[np.int32],
+    n_markers: int,
+    mask: NDArray[np.bool_],
+) -> NDArray[np.int32]:
+    """Marker watershed restricted to where it matters.
+
+    A foreground component holding one marker becomes that marker's object outright; only
+    components holding several markers (touching nuclei) go through the watershed, which is
+    most of the cost. Components without a marker stay background, as in a plain watershed.
+    """
+    components, n_components = ndi.label(mask)  # 4-connected, like the watershed's default
+    seeded = markers > 0
+    # Distinct (component, marker) pairs: a marker lies in one component (rarely two, when a
+    # plateau touches only diagonally; it then seeds both, as the watershed would).
+    pairs = np.unique(components[seeded].astype(np.int64) * (n_markers + 1) + markers[seeded])
+    pair_component, pair_marker = np.divmod(pairs, n_markers + 1)
+    per_component = np.bincount(pair_component, minlength=n_components + 1)
+    alone = per_component[pair_component] == 1
+    owner = np.zeros(n_components + 1, dtype=np.int32)
+    owner[pair_component[alone]] = pair_marker[alone]
+    labels = owner[components]
+    crowded = (per_component >= 2)[components]
+    if crowded.any():
+        rows = np.flatnonzero(crowded.any(axis=1))
+        cols = np.flatnonzero(crowded.any(axis=0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        region = crowded[box]
+        grown = watershed(landscape[box], markers=np.where(region, markers[box], 0), mask=region)
+        labels[box][region] = grown[region]
+    return labels
 
 
 def _plane(array: np.ndarray, name: str) -> NDArray[np.float32]:
