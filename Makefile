@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup system-deps run test lint format bench model samples protos clean
+.PHONY: help setup system-deps run test lint format bench evaluate model samples protos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.http_overhead
 	$(BIN)/python -m benchmark.upload_memory
 	$(BIN)/python -m benchmark.tensor_encoding
+	$(BIN)/python -m benchmark.deep_watershed
+	$(BIN)/python -m benchmark.zip_throughput
+	$(BIN)/python -m benchmark.consumer_memory
+
+evaluate: setup ## segmentation quality, model vs classical baseline, generated and real nuclei
+	$(BIN)/python -m consumers.evaluate
 
 model: $(INSTALLED) ## retrain the bundled nuclear model into models/NuclearSegmentation (~20 min on 2 cores)
 	$(BIN)/python -m models.training.train_nuclear --out models/NuclearSegmentation

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -16,17 +15,10 @@ import tifffile
 from consumers import evaluate
 from consumers.evaluate import EvaluationError, dsb2018_dataset, extract_members, prepare_dsb2018
 
-# The bundled model; EVALUATE_MODELS_DIR points the test at another models/ tree (e.g. while the
-# bundled model is being retrained).
-MODELS_DIR = Path(os.environ.get("EVALUATE_MODELS_DIR", evaluate.BUNDLED_MODELS))
+MODELS_DIR = evaluate.BUNDLED_MODELS
 MODEL = "NuclearSegmentation"
 
 
-def _has_model(models_dir: Path) -> bool:
-    return any((d / "saved_model.pb").is_file() for d in (models_dir / MODEL).glob("[0-9]*"))
-
-
-@pytest.mark.skipif(not _has_model(MODELS_DIR), reason=f"no {MODEL} model in {MODELS_DIR}")
 def test_evaluation_runs_the_served_model_and_beats_the_baseline_on_synthetic_images(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -236,3 +236,20 @@ def test_a_file_that_is_not_a_zip_fails_with_what_to_do(
     assert parent[JobField.STATUS] == "failed"
     assert "not a readable zip" in parent[JobField.REASON]
     assert bucket.exists(parent[JobField.INPUT_FILE_NAME])  # the input is kept
+
+
+def test_the_api_shows_a_waiting_zip_parents_children_and_skipped_entries(
+    api, queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
+) -> None:
+    settings = consumer_settings(redis_url, bucket_dir)
+    data = zip_bytes({"a.tif": TIFF, "b.tif": TIFF, "notes.txt": b"x"})
+    job, claim = claim_zip(queue, bucket, data)
+    queue.wait_for_children(claim, "z1", ZipConsumer(settings, bucket, queue).process(job).fields)
+    first = queue.claim("echo", "c1", 1)
+    queue.finish(first, "c1", {})
+    shown = api.get(f"/api/v1/jobs/{job.key}").json()
+    assert shown["status"] == "waiting" and shown["progress"] == 50
+    assert shown["children"] == {"total": 2, "done": 1, "failed": 0}
+    assert shown["failures"][0]["name"] == "notes.txt"
+    child = api.get(f"/api/v1/jobs/{first.key}").json()
+    assert child["children"] is None and child["failures"] is None

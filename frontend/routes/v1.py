@@ -4,6 +4,7 @@ the DeepCell-compatible routes use, so a job is one thing whichever API made it.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any
 
@@ -115,6 +116,20 @@ class Children(BaseModel):
     failed: int
 
 
+class Failure(BaseModel):
+    name: str = Field(description="The entry's path in the zip.")
+    reason: str
+
+
+def _failures(text: str | None) -> list[Failure] | None:
+    if not text:
+        return None
+    try:
+        return [Failure.model_validate(item) for item in json.loads(text)]
+    except (ValueError, TypeError, ValidationError):
+        return None
+
+
 class JobOut(BaseModel):
     id: str = Field(description="The job key; use it in every other call.")
     job_type: str
@@ -129,12 +144,18 @@ class JobOut(BaseModel):
     attempts: int = 0
     options: dict[str, str] = {}
     timings: dict[str, float] = Field({}, description="Seconds per stage, as recorded.")
-    children: Children | None = None
+    preview_url: str | None = Field(None, description="An overlay PNG of the result.")
+    objects: int | None = Field(None, description="Objects segmented.")
+    children: Children | None = Field(None, description="A zip's images: total, done, failed.")
+    failures: list[Failure] | None = Field(
+        None, description="A zip's entries that gave no result, and why."
+    )
 
     @classmethod
     def of(cls, view: JobView) -> JobOut:
         f = view.fields
-        total = view.number(JobField.CHILDREN)
+        total = view.number(JobField.TOTAL_JOBS) if f.get(JobField.CHILDREN) else None
+        objects = view.number(JobField.OBJECTS)
         return cls(
             id=view.key,
             job_type=view.job_type,
@@ -146,6 +167,9 @@ class JobOut(BaseModel):
             finished_at=f.get(JobField.FINISHED_AT),
             reason=f.get(JobField.REASON) or None,
             output_url=f.get(JobField.OUTPUT_URL) or None,
+            preview_url=f.get(JobField.PREVIEW_URL) or None,
+            objects=None if objects is None else int(objects),
+            failures=_failures(f.get(JobField.FAILURES)),
             attempts=int(view.number(JobField.ATTEMPTS) or 0),
             options={
                 k: f[k]

@@ -1,0 +1,170 @@
+"""Shared parts of the model benchmarks: the model to use, a model server, a whole local stack
+(`kiosk up`) and reading a process's memory.
+
+Why here: deep_watershed, zip_throughput and consumer_memory all need the real model behind a
+real model server, and the same way of saying "no model yet" when it is missing. The model
+server is the one the evaluation command starts (consumers.evaluate.embedded_model_server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consumers.evaluate import BUNDLED_MODELS, REPO, ModelServer, embedded_model_server, free_port
+from kiosk.synthetic import generate
+
+__all__ = [
+    "MODEL",
+    "KioskUp",
+    "ModelServer",
+    "add_model_args",
+    "check_model",
+    "generated_images",
+    "kiosk_up",
+    "mapped_files",
+    "memory_mib",
+    "model_server",
+]
+
+MODEL = "NuclearSegmentation"
+STACK_READY_TIMEOUT = 300.0  # Redis, janitor, the model server (TensorFlow), frontend, consumers
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=BUNDLED_MODELS,
+        help="models as NAME/VERSION/saved_model.pb (default: the bundled models/)",
+    )
+
+
+def check_model(models_dir: Path, model: str = MODEL) -> str:
+    """The model's newest version directory, or exit with what to do."""
+    versions = sorted(
+        (d for d in (models_dir / model).glob("[0-9]*") if (d / "saved_model.pb").is_file()),
+        key=lambda d: int(d.name),
+    )
+    if not versions:
+        raise SystemExit(
+            f"no {model} SavedModel under {models_dir}: pass --models-dir DIR with "
+            f"DIR/{model}/VERSION/saved_model.pb"
+        )
+    return str(versions[-1])
+
+
+@contextmanager
+def model_server(models_dir: Path, model: str = MODEL) -> Iterator[ModelServer]:
+    """The embedded model server on free ports, serving ``model`` from ``models_dir``."""
+    with embedded_model_server(models_dir, (model,)) as server:
+        yield server
+
+
+def generated_images(
+    count: int, size: int, seed_base: int, **kwargs: Any
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, labels) pairs from kiosk.synthetic, as a camera gives them (uint16).
+
+    ``kwargs`` go to ``generate``; fixing ``coverage`` and ``mean_diameter`` keeps the work
+    per megapixel comparable between image sizes.
+    """
+    kwargs.setdefault("dtype", "uint16")
+    return [generate((size, size), seed=seed_base + i, **kwargs) for i in range(count)]
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak so far) of a process, in MiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+def mapped_files(pid: int, needle: str) -> list[str]:
+    """Files mapped into a process whose path contains ``needle`` (e.g. a shared library)."""
+    found = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and needle in parts[5]:
+            found.add(parts[5])
+    return sorted(found)
+
+
+@dataclass
+class KioskUp:
+    """A running `kiosk up`: where its frontend is and where its data and logs are."""
+
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@contextmanager
+def kiosk_up(
+    models_dir: Path,
+    consumers: int = 1,
+    queues: str = "segmentation",
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[KioskUp]:
+    """`python -m kiosk up` with the embedded model server, in a temp data directory.
+
+    Yields once it says it is running (every service started and ready); stops it as Ctrl-C
+    does (SIGINT), which stops the services in order.
+    """
+    with tempfile.TemporaryDirectory(prefix="kiosk-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")},
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "KIOSK_EMBEDDED_MODEL_SERVER": "true",
+            "KIOSK_MODELS_DIR": str(models_dir),
+            **(extra_env or {}),
+        }
+        argv = [sys.executable, "-m", "kiosk", "up", "--port", str(port)]
+        argv += ["--data-dir", str(data_dir), "--queues", queues, "--consumers", str(consumers)]
+        log_path = Path(tmp) / "kiosk-up.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            )
+        stack = KioskUp(f"http://127.0.0.1:{port}", data_dir, process, log_path)
+        try:
+            deadline = time.monotonic() + STACK_READY_TIMEOUT
+            while "Kiosk is running" not in log_path.read_text(errors="replace"):
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"kiosk up exited with {process.returncode}:\n{stack.log_tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"kiosk up was not ready in time:\n{stack.log_tail()}")
+                time.sleep(0.25)
+            yield stack
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(120)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)

@@ -1,0 +1,263 @@
+"""A zip of 100 images through the whole local stack, against the model's own work on them.
+
+The end-to-end figure: a zip of ``--images`` generated 512x512 uint16 TIFFs (about 50 MiB,
+stored uncompressed) is submitted over HTTP (kiosk.client.KioskClient) to a real `kiosk up`
+(Redis with its append-only file, janitor, the embedded model server with the bundled model,
+frontend, segmentation consumers and the zip consumer), timed from the start of the upload to
+the parent job's ``done`` (fan-out, every child segmented, results zipped).
+
+The baseline, in the same run: the model inference plus post-processing alone on the same
+images, i.e. ``pipeline.segment`` with a ``ServingClient`` against an embedded model server
+with the same model, in as many worker processes as there are consumers, images already in
+memory (no Redis, HTTP, zip, TIFF or uploads). Everything Kiosk adds is the difference:
+
+    overhead = (end-to-end - alone) / end-to-end        (target: < 0.10)
+
+Each side is warmed up first (a small zip through the stack; one image per worker alone).
+
+    python -m benchmark.zip_throughput [--images 100] [--size 512] [--consumers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing as mp
+import tempfile
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from benchmark.report import save, table
+from benchmark.support import (
+    MODEL,
+    add_model_args,
+    check_model,
+    generated_images,
+    kiosk_up,
+    model_server,
+)
+from kiosk.client import KioskClient
+
+SEED_BASE = 600_000
+WARMUP_SEED_BASE = 650_000
+
+
+def write_zip(path: Path, images: list[np.ndarray], folder: str = "plate") -> int:
+    """Each image as an uncompressed TIFF entry of a stored (uncompressed) zip; its bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for i, image in enumerate(images):
+            buffer = io.BytesIO()
+            tifffile.imwrite(buffer, image)
+            archive.writestr(f"{folder}/image_{i:03d}.tif", buffer.getvalue())
+    return path.stat().st_size
+
+
+def _seconds(iso: str | None) -> float:
+    return datetime.fromisoformat(iso).timestamp() if iso else float("nan")
+
+
+def breakdown(client: KioskClient, parent: dict[str, Any], folder: str) -> dict[str, Any]:
+    """Where the time went: the children's own stage times (means) and the parent's fan-out
+    (parent created -> first child created) and fan-in (last child done -> parent done)."""
+    children = [
+        job
+        for job in client.jobs(limit=500, job_type="segmentation")
+        if job["name"].startswith(f"{folder}/")
+    ]
+    stages: dict[str, float] = {}
+    for job in children:
+        for name, value in job["timings"].items():
+            stages[name] = stages.get(name, 0.0) + value
+    created = [_seconds(job["created_at"]) for job in children]
+    finished = [_seconds(job["finished_at"]) for job in children]
+    return {
+        "children": len(children),
+        "child_mean_seconds": {k: round(v / max(len(children), 1), 4) for k, v in stages.items()},
+        "fan_out_first_child_s": round(min(created) - _seconds(parent["created_at"]), 3),
+        "fan_out_last_child_s": round(max(created) - _seconds(parent["created_at"]), 3),
+        "fan_in_s": round(_seconds(parent["finished_at"]) - max(finished), 3),
+    }
+
+
+# ------------------------------------------------------------------------------ alone
+
+
+def _alone_worker(
+    target: str, images: list[np.ndarray], ready: Any, start: Any, results: Any
+) -> None:
+    """Segment ``images`` as the consumer would, minus everything around the pipeline."""
+    from consumers.evaluate import PipelineConfig, ServedModel
+    from consumers.processing.pipeline import segment
+
+    config = PipelineConfig.from_settings()
+    predict = ServedModel(target, MODEL)
+
+    def run(image: np.ndarray, timings: dict[str, float] | None = None) -> None:
+        segment(
+            image,
+            predict,
+            image_mpp=config.model_mpp,
+            model_mpp=config.model_mpp,
+            tile_size=config.tile_size,
+            batch_size=config.batch_size,
+            normalize_method=config.normalization,
+            timings=timings,
+        )
+
+    run(images[0])  # connect, warm up
+    ready.put(True)
+    start.wait()
+    timings: dict[str, float] = {}
+    for image in images:
+        run(image, timings)
+    results.put((time.perf_counter(), timings))
+
+
+def alone(target: str, images: list[np.ndarray], workers: int) -> tuple[float, dict[str, float]]:
+    """Wall seconds for ``workers`` processes to segment ``images`` between them, and the
+    pipeline's mean seconds per image and stage."""
+    ctx = mp.get_context("spawn")  # no gRPC state crosses a fork
+    ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
+    shares = [images[i::workers] for i in range(workers)]
+    procs = [
+        ctx.Process(target=_alone_worker, args=(target, share, ready, start, results))
+        for share in shares
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for _ in procs:
+            ready.get(timeout=300)
+        started = time.perf_counter()
+        start.set()
+        finished = [results.get(timeout=1800) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    stages: dict[str, float] = {}
+    for _, timings in finished:
+        for name, value in timings.items():
+            stages[name] = stages.get(name, 0.0) + value / len(images)
+    return max(end for end, _ in finished) - started, {k: round(v, 4) for k, v in stages.items()}
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def run_zip(client: KioskClient, path: Path, interval: float = 0.05) -> dict[str, Any]:
+    """Upload a zip, wait for its parent job to end: seconds and the final job."""
+    started = time.perf_counter()
+    job = client.submit(path, "segmentation")
+    submitted = time.perf_counter()
+    final = client.wait([job["id"]], interval=interval, timeout=3600)[job["id"]]
+    ended = time.perf_counter()
+    if final["status"] != "done":
+        raise RuntimeError(f"the zip job ended {final['status']}: {final.get('reason')}")
+    return {"seconds": ended - started, "upload_seconds": submitted - started, "job": final}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--consumers", default="1,2", help="segmentation consumers, e.g. 1,2")
+    add_model_args(parser)
+    args = parser.parse_args()
+    model_path = check_model(args.models_dir)
+    counts = [int(c) for c in args.consumers.split(",")]
+
+    images = [im for im, _ in generated_images(args.images, args.size, SEED_BASE)]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        plate = Path(tmp) / "plate.zip"
+        zip_bytes = write_zip(plate, images)
+        for n in counts:
+            with model_server(args.models_dir) as server:
+                alone_s, alone_stages = alone(server.target, images, n)
+            print(f"{n} worker(s) alone: {alone_s:.2f} s", flush=True)
+            warm = Path(tmp) / f"warmup-{n}.zip"
+            warm_images = generated_images(2 * n, args.size, WARMUP_SEED_BASE)
+            write_zip(warm, [im for im, _ in warm_images], folder="warmup")
+            with kiosk_up(args.models_dir, consumers=n) as stack, KioskClient(stack.url) as client:
+                run_zip(client, warm)
+                e2e = run_zip(client, plate)
+                result = client.download(e2e["job"]["id"], Path(tmp) / f"result-{n}")
+                where = breakdown(client, e2e["job"], "plate")
+            with zipfile.ZipFile(result) as archive:
+                labels = [name for name in archive.namelist() if name.endswith("_labels.tif")]
+            if len(labels) != args.images:
+                raise RuntimeError(f"expected {args.images} label images, the result has {labels}")
+            seconds = e2e["seconds"]
+            print(f"{n} consumer(s) end to end: {seconds:.2f} s", flush=True)
+            results.append(
+                {
+                    "consumers": n,
+                    "end_to_end_seconds": round(seconds, 3),
+                    "upload_seconds": round(e2e["upload_seconds"], 3),
+                    "alone_seconds": round(alone_s, 3),
+                    "end_to_end_images_per_s": round(args.images / seconds, 3),
+                    "alone_images_per_s": round(args.images / alone_s, 3),
+                    "overhead_fraction": round((seconds - alone_s) / seconds, 4),
+                    "alone_mean_seconds": alone_stages,
+                    "parent_timings": e2e["job"].get("timings", {}),
+                    **where,
+                }
+            )
+
+    rows = [
+        [
+            "consumers",
+            "end to end s",
+            "images/s",
+            "alone s (baseline)",
+            "images/s alone",
+            "overhead (e2e-alone)/e2e",
+        ]
+    ]
+    for r in results:
+        rows.append(
+            [
+                str(r["consumers"]),
+                f"{r['end_to_end_seconds']:.2f}",
+                f"{r['end_to_end_images_per_s']:.2f}",
+                f"{r['alone_seconds']:.2f}",
+                f"{r['alone_images_per_s']:.2f}",
+                f"{r['overhead_fraction']:.1%}",
+            ]
+        )
+    mib = zip_bytes / 2**20
+    print(f"{args.images} images of {args.size}x{args.size} uint16, a zip of {mib:.1f} MiB")
+    print(table(rows))
+    for r in results:
+        print(
+            f"{r['consumers']} consumer(s): alone mean seconds {r['alone_mean_seconds']}; "
+            f"child mean seconds {r['child_mean_seconds']}; "
+            f"fan-out {r['fan_out_first_child_s']}..{r['fan_out_last_child_s']} s, "
+            f"fan-in {r['fan_in_s']} s"
+        )
+    path = save(
+        "zip_throughput",
+        {
+            "images": args.images,
+            "image_size": args.size,
+            "zip_mib": round(zip_bytes / 2**20, 2),
+            "model": model_path,
+            "target_overhead_fraction": 0.10,
+            "baseline": "pipeline.segment with ServingClient in as many processes as consumers, "
+            "images in memory, against an embedded model server with the same model",
+            "results": results,
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
