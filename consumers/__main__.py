@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import sys
 
@@ -19,6 +20,21 @@ from kiosk.storage import open_bucket
 
 log = logging.getLogger("consumers")
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 8 * 1024 * 1024
+
+
+def return_large_buffers_to_the_os() -> None:
+    """glibc raises its mmap threshold each time a large buffer is freed, so image-sized arrays
+    end up on the heap and a consumer's memory climbs job after job. A fixed threshold keeps
+    buffers over 8 MiB in their own mappings, which go back to the OS when freed."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        log.debug("mallopt unavailable; memory may grow between jobs")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m consumers", description=__doc__)
@@ -27,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = ConsumerSettings()
     setup_logging(settings.log_level, f"consumer[{args.queue}]")
+    return_large_buffers_to_the_os()
     if job_type_of(args.queue) not in settings.queues:
         log.error(
             "queue %r is not among KIOSK_QUEUES (%s); add its job type there",

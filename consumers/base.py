@@ -99,10 +99,17 @@ class Job:
 
     def record_time(self, stage: Stage, seconds: float) -> None:
         """Add seconds to a stage's time field (for work timed elsewhere, e.g. a pipeline)."""
-        self._on_stage(stage, seconds)
-        total = self.timings.get(stage.time_field, 0.0) + seconds
-        self.timings[stage.time_field] = total
-        self.update(**{stage.time_field: f"{total:.6f}"})
+        self.record_times({stage: seconds})
+
+    def record_times(self, seconds: Mapping[Stage, float]) -> None:
+        """:meth:`record_time` for several stages, in one write."""
+        fields = {}
+        for stage, spent in seconds.items():
+            self._on_stage(stage, spent)
+            total = self.timings.get(stage.time_field, 0.0) + spent
+            self.timings[stage.time_field] = total
+            fields[stage.time_field] = f"{total:.6f}"
+        self.update(**fields)
 
     def download_input(self, directory: Path) -> Path:
         """Fetch the uploaded input into ``directory`` (the download stage)."""

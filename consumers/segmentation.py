@@ -57,7 +57,7 @@ class SegmentationConsumer(Consumer):
                 nonlocal retries
                 prediction = self._predict(model, version, batch)
                 retries += prediction.retries
-                return prediction.outputs
+                return _foreground_only(prediction.outputs)
 
             for index, frame in enumerate(pixels):
                 timings: dict[str, float] = {}
@@ -73,8 +73,12 @@ class SegmentationConsumer(Consumer):
                     timings=timings,
                     progress=progress,
                 )
-                for stage, names in STAGE_TIMINGS.items():
-                    job.record_time(stage, sum(timings.get(name, 0.0) for name in names))
+                job.record_times(
+                    {
+                        stage: sum(timings.get(name, 0.0) for name in names)
+                        for stage, names in STAGE_TIMINGS.items()
+                    }
+                )
             stem = PurePosixPath(job.get(JobField.ORIGINAL_NAME, "image")).stem or "image"
             label_path = Path(tmp) / f"{stem}_labels.tif"
             preview_path = Path(tmp) / f"{stem}_overlay.png"
@@ -178,6 +182,16 @@ class _TileProgress:
         self.job.set_progress(int(90 * share))
         if done == total:
             self.job.set_status(Status.POST_PROCESSING)
+
+
+def _foreground_only(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep only the foreground channel of a two-channel softmax: the background channel is its
+    complement, and blending it back over a large image would cost a full-size buffer."""
+    kept = dict(outputs)
+    fgbg = kept.get("fgbg")
+    if fgbg is not None and fgbg.ndim == 4 and fgbg.shape[-1] == 2:
+        kept["fgbg"] = fgbg[..., 1:]
+    return kept
 
 
 def _label_axes(frame_axes: str, labels: np.ndarray) -> str | None:

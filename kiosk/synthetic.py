@@ -3,7 +3,7 @@
 Why: the bundled nuclear model is trained, tuned and evaluated on images whose ground truth is
 known to the pixel, and sample data and tests need realistic images without shipping a data set.
 Everything is drawn at the nuclear model's pixel size (``MODEL_MPP`` = 0.65 um/px), where nuclei
-are about 8-20 um (12-30 px) across.
+are about 8-28 um (12-44 px) across.
 
 What an image contains (each property drawn per image from the seed unless given):
 
@@ -79,7 +79,7 @@ def generate(
         shape: (height, width) in pixels at ``MODEL_MPP``.
         seed: an integer (same seed, same image) or a numpy Generator.
         coverage: target fraction of the area covered by nuclei (about 0.02-0.6).
-        mean_diameter: typical nucleus diameter in pixels for this image (12-30 is realistic).
+        mean_diameter: typical nucleus diameter in pixels for this image (12-44 is realistic).
         clumping: probability (0-1) that a nucleus is placed touching an existing one.
         dividing_fraction: fraction of nuclei drawn as dividing pairs or mitotic plates.
         dim_fraction: fraction of nuclei drawn 2.5-5x dimmer than the rest.
@@ -101,7 +101,7 @@ def generate(
     if coverage is None:
         coverage = float(rng.choice([rng.uniform(0.02, 0.15), rng.uniform(0.15, 0.55)]))
     if mean_diameter is None:
-        mean_diameter = float(np.exp(rng.uniform(np.log(14.0), np.log(30.0))))
+        mean_diameter = float(np.exp(rng.uniform(np.log(12.0), np.log(44.0))))
     if clumping is None:
         clumping = float(rng.uniform(0.0, 0.8))
     if dividing_fraction is None:

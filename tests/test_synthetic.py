@@ -75,7 +75,7 @@ def test_knobs_control_density_and_size() -> None:
 
 
 def test_background_is_noisy_and_nuclei_brighter() -> None:
-    image, labels = generate((256, 256), seed=4, coverage=0.2, photons=200.0)
+    image, labels = generate((256, 256), seed=5, coverage=0.2, photons=200.0)
     far = ndi.binary_dilation(labels > 0, iterations=6)
     background = image[~far]
     assert background.std() > 0  # camera noise present

@@ -32,13 +32,13 @@ def deep_watershed(
     outer_distance: np.ndarray,
     fgbg: np.ndarray | None = None,
     *,
-    radius: int = 6,
-    maxima_threshold: float = 0.3,
-    interior_threshold: float = 0.01,
+    radius: int = 5,
+    maxima_threshold: float = 0.2,
+    interior_threshold: float = 0.05,
     fgbg_threshold: float = 0.6,
     maxima_smooth: float = 0.0,
     interior_smooth: float = 1.0,
-    small_objects_threshold: int = 0,
+    small_objects_threshold: int = 10,
     exclude_border: bool = False,
     maxima_algorithm: str = "peak_local_max",
 ) -> NDArray[np.int32]:
@@ -102,7 +102,7 @@ def deep_watershed(
     markers, n_markers = ndi.label(peaks, structure=np.ones((3, 3), bool))
     if n_markers == 0:
         return np.zeros(inner.shape, dtype=np.int32)
-    labels = _grow(-outer, markers, n_markers, mask)
+    labels = _grow(outer, markers, n_markers, mask)
     if small_objects_threshold > 0:
         sizes = np.bincount(labels.ravel())
         too_small = sizes < small_objects_threshold
@@ -124,7 +124,7 @@ def _local_maxima(image: NDArray[np.float32], radius: int, threshold: float) -> 
 
 
 def _grow(
-    landscape: NDArray[np.float32],
+    outer: NDArray[np.float32],
     markers: NDArray[np.int32],
     n_markers: int,
     mask: NDArray[np.bool_],
@@ -132,8 +132,9 @@ def _grow(
     """Marker watershed restricted to where it matters.
 
     A foreground component holding one marker becomes that marker's object outright; only
-    components holding several markers (touching nuclei) go through the watershed, which is
-    most of the cost. Components without a marker stay background, as in a plain watershed.
+    components holding several markers (touching nuclei) go through the watershed (flooding
+    the negated outer distance), which is most of the cost. Components without a marker stay
+    background, as in a plain watershed.
     """
     components, n_components = ndi.label(mask)  # 4-connected, like the watershed's default
     seeded = markers > 0
@@ -152,7 +153,7 @@ def _grow(
         cols = np.flatnonzero(crowded.any(axis=0))
         box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         region = crowded[box]
-        grown = watershed(landscape[box], markers=np.where(region, markers[box], 0), mask=region)
+        grown = watershed(-outer[box], markers=np.where(region, markers[box], 0), mask=region)
         labels[box][region] = grown[region]
     return labels
 
