@@ -178,10 +178,11 @@ class _TileProgress:
         return wrapped
 
     def __call__(self, done: int, total: int) -> None:
-        share = (self.frame + done / total) / self.frames
-        self.job.set_progress(int(90 * share))
-        if done == total:
-            self.job.set_status(Status.POST_PROCESSING)
+        progress = int(90 * (self.frame + done / total) / self.frames)
+        if done == total:  # one write for both
+            self.job.set_status(Status.POST_PROCESSING, progress)
+        else:
+            self.job.set_progress(progress)
 
 
 def _foreground_only(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

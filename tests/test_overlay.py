@@ -19,11 +19,15 @@ def square_scene(shape=(100, 120)):
     return image, labels
 
 
-def test_overlay_png_is_an_rgb_png_of_the_image_size():
+def test_overlay_png_is_a_png_of_the_image_size_that_shows_the_rgb_overlay():
     image, labels = square_scene()
-    png = overlay_png(image, labels)
+    png = overlay_png(image, labels, outline_colour=(0, 255, 0))
     with Image.open(io.BytesIO(png)) as im:
-        assert im.format == "PNG" and im.mode == "RGB" and im.size == (120, 100)
+        assert im.format == "PNG" and im.size == (120, 100)
+        shown = np.asarray(im.convert("RGB")).astype(int)
+    expected = overlay_rgb(image, labels, outline_colour=(0, 255, 0)).astype(int)
+    assert np.abs(shown - expected).max() <= 1  # 254 palette greys instead of 256
+    assert tuple(shown[20, 50]) == (0, 255, 0)
 
 
 def test_outlines_are_drawn_in_the_colour_and_interiors_stay_grey():

@@ -9,16 +9,17 @@ filled with a translucent colour each (a fixed colour per label id, so repeated 
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 from numpy.typing import NDArray
-from skimage.segmentation import find_boundaries
+from PIL import Image
 
 from consumers.processing.rescale import resize_image, restore_labels
 from kiosk.imaging import encode_png
 
-__all__ = ["label_colours", "overlay_png", "overlay_rgb", "to_uint8"]
+__all__ = ["inner_boundaries", "label_colours", "overlay_png", "overlay_rgb", "to_uint8"]
 
 _GOLDEN = 0.618033988749895
 
@@ -31,7 +32,7 @@ def to_uint8(
     finite = data[np.isfinite(data)]
     if finite.size == 0:
         return np.zeros(data.shape, np.uint8)
-    step = max(1, finite.size // (1 << 20))  # percentiles of ~1M samples are plenty
+    step = max(1, finite.size // (1 << 16))  # percentiles of ~65k samples are plenty
     low, high = np.percentile(finite[::step], percentiles)
     if high <= low:
         high = low + 1.0
@@ -68,16 +69,26 @@ def _preview_size(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
     return (max(1, math.floor(shape[0] * scale)), max(1, math.floor(shape[1] * scale)))
 
 
-def overlay_rgb(
-    image: np.ndarray,
-    labels: np.ndarray,
-    *,
-    max_side: int = 1024,
-    outline_colour: tuple[int, int, int] = (255, 64, 255),
-    fill_alpha: float = 0.0,
-    channel: int = 0,
-) -> NDArray[np.uint8]:
-    """The preview as an (y, x, 3) uint8 array (see `overlay_png`)."""
+OUTLINE_INDEX = 255  # palette entry of the outline; 0..254 are greys
+
+
+def inner_boundaries(labels: np.ndarray) -> NDArray[np.bool_]:
+    """Object pixels with a 4-neighbour of another label: skimage's
+    ``find_boundaries(mode="inner")``, by array shifts (25x faster)."""
+    edges = np.zeros(labels.shape, bool)
+    rows = labels[1:] != labels[:-1]
+    edges[1:] |= rows
+    edges[:-1] |= rows
+    cols = labels[:, 1:] != labels[:, :-1]
+    edges[:, 1:] |= cols
+    edges[:, :-1] |= cols
+    return edges & (labels > 0)
+
+
+def _preview(
+    image: np.ndarray, labels: np.ndarray, max_side: int, channel: int
+) -> tuple[NDArray[np.uint8], np.ndarray]:
+    """The image as 8-bit grey and the labels, both at preview size."""
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.ndim == 3:
@@ -89,21 +100,33 @@ def overlay_rgb(
             f"overlay needs a 2D image and labels of the same shape, got {image.shape} and "
             f"{labels.shape}"
         )
-    if not 0.0 <= fill_alpha <= 1.0:
-        raise ValueError(f"fill_alpha must be between 0 and 1, got {fill_alpha}")
     size = _preview_size(image.shape, max_side)
     if size != image.shape:
         image = resize_image(image, size)
         labels = restore_labels(labels, size)
-    grey = to_uint8(image)
+    return to_uint8(image), labels
+
+
+def overlay_rgb(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    max_side: int = 1024,
+    outline_colour: tuple[int, int, int] = (255, 64, 255),
+    fill_alpha: float = 0.0,
+    channel: int = 0,
+) -> NDArray[np.uint8]:
+    """The preview as an (y, x, 3) uint8 array (see `overlay_png`)."""
+    if not 0.0 <= fill_alpha <= 1.0:
+        raise ValueError(f"fill_alpha must be between 0 and 1, got {fill_alpha}")
+    grey, labels = _preview(image, labels, max_side, channel)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     if fill_alpha > 0:
         inside = labels > 0
         colours = label_colours(labels)
         blended = (1 - fill_alpha) * rgb[inside] + fill_alpha * colours[inside]
         rgb[inside] = np.clip(blended, 0, 255).astype(np.uint8)
-    edges = find_boundaries(labels, mode="inner")
-    rgb[edges] = np.asarray(outline_colour, np.uint8)
+    rgb[inner_boundaries(labels)] = np.asarray(outline_colour, np.uint8)
     return rgb
 
 
@@ -120,14 +143,25 @@ def overlay_png(
 
     `image` is (Y, X) or (Y, X, C) (`channel` picks which one to show), `labels` (Y, X);
     `fill_alpha` > 0 also tints each object; the longest side is at most `max_side` pixels.
-    Fast zlib level 1: on noisy microscopy it is as small as level 6 at a fifth of the time.
+    Without a fill the PNG is palette-coded (254 greys and the outline colour): a third of the
+    bytes of RGB to compress, at fast zlib level 1, since every job pays for its preview.
     """
-    rgb = overlay_rgb(
-        image,
-        labels,
-        max_side=max_side,
-        outline_colour=outline_colour,
-        fill_alpha=fill_alpha,
-        channel=channel,
-    )
-    return encode_png(rgb, compress_level=1)
+    if fill_alpha > 0:
+        rgb = overlay_rgb(
+            image,
+            labels,
+            max_side=max_side,
+            outline_colour=outline_colour,
+            fill_alpha=fill_alpha,
+            channel=channel,
+        )
+        return encode_png(rgb, compress_level=1)
+    grey, labels = _preview(image, labels, max_side, channel)
+    indices = (grey.astype(np.uint16) * (OUTLINE_INDEX - 1) // 255).astype(np.uint8)
+    indices[inner_boundaries(labels)] = OUTLINE_INDEX
+    palette = [v * 255 // (OUTLINE_INDEX - 1) for v in range(OUTLINE_INDEX) for _ in range(3)]
+    picture = Image.fromarray(indices, mode="P")
+    picture.putpalette([*palette, *outline_colour])
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
