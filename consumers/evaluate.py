@@ -62,9 +62,9 @@ from consumers.processing.pipeline import Postprocess, Predict, segment
 from consumers.processing.quality import (
     DEFAULT_AP_THRESHOLDS,
     Scores,
-    aggregate,
     overlap,
     score_thresholds,
+    summary,
 )
 from kiosk.settings import ConsumerSettings
 from kiosk.synthetic import MODEL_MPP, generate
@@ -626,22 +626,8 @@ def run_method(segmenter: Segmenter, dataset: Dataset, image_mpp: float) -> dict
                 "seconds": round(seconds[-1], 4),
             }
         )
-    pooled = {t: aggregate(v) for t, v in per_threshold.items()}
-    at50 = pooled[0.5]
     return {
-        "precision": round(at50.precision, 4),
-        "recall": round(at50.recall, 4),
-        "f1": round(at50.f1, 4),
-        "mean_ap": round(float(np.mean([s.ap for s in pooled.values()])), 4),
-        "ap_at_0.75": round(pooled[0.75].ap, 4),
-        "mean_matched_iou": round(at50.mean_iou, 4),
-        "n_true": at50.n_true,
-        "n_pred": at50.n_pred,
-        "tp": at50.tp,
-        "fp": at50.fp,
-        "fn": at50.fn,
-        "splits": at50.splits,
-        "merges": at50.merges,
+        **summary(per_threshold),
         "undetected": undetected,
         "median_area_true_px": round(float(np.median(true_areas)), 1),
         "median_area_pred_px": round(float(np.median(pred_areas)), 1),

@@ -23,7 +23,7 @@ import json
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +32,7 @@ from kiosk.filetypes import FileKind, kind_from_name, sniff
 from kiosk.jobs import (
     UPLOAD_PREFIX,
     JobField,
+    JobView,
     Stages,
     Status,
     clean_name,
@@ -307,7 +308,7 @@ class ZipConsumer(Consumer):
                     name = child.fields.get(JobField.ORIGINAL_NAME, child.key)
                     output = child.fields.get(JobField.OUTPUT_FILE_NAME, "")
                     if child.status != Status.DONE or not output:
-                        failures.append({"name": name, "reason": child.reason})
+                        failures.append({"name": name, "reason": _reason(child)})
                         continue
                     try:
                         self._copy_into(out, output, result_name(name, output, taken))
@@ -348,27 +349,18 @@ class _BadEntry(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class _Child:
-    key: str
-    fields: Mapping[str, str]
-
-    @property
-    def status(self) -> str:
-        return self.fields.get(JobField.STATUS, "")
-
-    @property
-    def reason(self) -> str:
-        if not self.fields:
-            return "the child job expired or was deleted before the results were collected"
-        return self.fields.get(JobField.REASON) or f"ended {self.status or 'without a status'}"
+def _reason(child: JobView) -> str:
+    """Why a child gave no result, for the parent's failures."""
+    if not child.fields:
+        return "the child job expired or was deleted before the results were collected"
+    return child.fields.get(JobField.REASON) or f"ended {child.status or 'without a status'}"
 
 
-def _children(queue: JobQueue, keys: list[str], batch: int = 500) -> Iterator[_Child]:
+def _children(queue: JobQueue, keys: list[str], batch: int = 500) -> Iterator[JobView]:
     for start in range(0, len(keys), batch):
         chunk = keys[start : start + batch]
         for key, fields in zip(chunk, queue.get_many(chunk), strict=True):
-            yield _Child(key, fields or {})
+            yield JobView(key, fields or {})
 
 
 def _failures_csv(failures: list[dict[str, str]]) -> str:

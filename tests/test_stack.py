@@ -144,9 +144,18 @@ def test_kiosk_up_serves_runs_jobs_and_stops_everything_on_ctrl_c(kiosk_up, tmp_
         assert client.download(job["id"], tmp_path / "out").read_bytes() == TIFF
     children = stack.children()
     kinds = sorted(
-        cmd.split(" -m ")[-1].split()[0] if " -m " in cmd else "redis" for cmd in children.values()
+        " ".join(cmd.split(" -m ")[-1].split()[:2]) if " -m " in cmd else "redis"
+        for cmd in children.values()
     )
-    assert kinds == ["autoscaler.janitor", "consumers", "consumers", "frontend", "redis"]
+    assert kinds == [
+        "autoscaler.janitor",
+        "consumers echo",
+        "consumers echo-zip",
+        "consumers slow",
+        "consumers slow-zip",
+        "frontend",
+        "redis",
+    ]
     assert (stack.data_dir / "redis" / "appendonlydir").is_dir()
     assert stack.stop() == 0
     assert "Kiosk stopped." in stack.output()
@@ -192,10 +201,13 @@ def test_kiosk_up_demo_segments_the_bundled_samples_with_the_bundled_model(kiosk
 
 def test_a_crashed_consumer_is_restarted(kiosk_up, tmp_path) -> None:
     stack = kiosk_up()
-    (victim,) = [p for p, c in stack.children().items() if "consumers echo" in c]
+    (victim,) = [p for p, c in stack.children().items() if c.rstrip().endswith("consumers echo")]
     os.kill(victim, signal.SIGKILL)
     wait_for(
-        lambda: any("consumers echo" in c and p != victim for p, c in stack.children().items()),
+        lambda: any(
+            c.rstrip().endswith("consumers echo") and p != victim
+            for p, c in stack.children().items()
+        ),
         30,
         what="a new echo consumer",
     )

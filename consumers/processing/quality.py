@@ -18,7 +18,7 @@ empty prediction for an empty truth scores 1. `mean_iou` is 0.0 when nothing mat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -302,3 +302,26 @@ def aggregate(scores: Sequence[Scores]) -> Scores:
         merges=sum(s.merges for s in scores),
         matched_iou_sum=sum(s.matched_iou_sum for s in scores),
     )
+
+
+def summary(per_threshold: Mapping[float, Sequence[Scores]]) -> dict[str, float | int]:
+    """A data set's figures, counts pooled over its images: precision, recall and F1 at IoU
+    0.5, mean AP over the thresholds, AP at 0.75, splits and merges. One definition for the
+    evaluation command and for model training's validation."""
+    pooled = {t: aggregate(v) for t, v in per_threshold.items()}
+    at50 = pooled[0.5]
+    return {
+        "precision": round(at50.precision, 4),
+        "recall": round(at50.recall, 4),
+        "f1": round(at50.f1, 4),
+        "mean_ap": round(float(np.mean([s.ap for s in pooled.values()])), 4),
+        "ap_at_0.75": round(pooled[0.75].ap, 4),
+        "mean_matched_iou": round(at50.mean_iou, 4),
+        "n_true": at50.n_true,
+        "n_pred": at50.n_pred,
+        "tp": at50.tp,
+        "fp": at50.fp,
+        "fn": at50.fn,
+        "splits": at50.splits,
+        "merges": at50.merges,
+    }

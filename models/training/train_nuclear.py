@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.normalize import normalize
-from consumers.processing.quality import DEFAULT_AP_THRESHOLDS, aggregate, score_thresholds
+from consumers.processing.quality import DEFAULT_AP_THRESHOLDS, score_thresholds, summary
 from kiosk.synthetic import MODEL_MPP, generate
 from models.training.targets import targets
 
@@ -192,20 +192,7 @@ def figures(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int
     for true, pred in pairs:
         for s in score_thresholds(true, pred):
             per_threshold.setdefault(s.iou_threshold, []).append(s)
-    pooled = {t: aggregate(v) for t, v in per_threshold.items()}
-    at50 = pooled[0.5]
-    return {
-        "precision": round(at50.precision, 4),
-        "recall": round(at50.recall, 4),
-        "f1": round(at50.f1, 4),
-        "mean_ap": round(float(np.mean([s.ap for s in pooled.values()])), 4),
-        "ap_at_0.75": round(pooled[0.75].ap, 4),
-        "mean_matched_iou": round(at50.mean_iou, 4),
-        "n_true": at50.n_true,
-        "n_pred": at50.n_pred,
-        "splits": at50.splits,
-        "merges": at50.merges,
-    }
+    return summary(per_threshold)
 
 
 def segment_all(maps: list[dict[str, np.ndarray]], params: dict[str, Any]) -> list[np.ndarray]:
