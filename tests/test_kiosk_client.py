@@ -4,8 +4,6 @@ images back from the bundled model."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -16,37 +14,7 @@ from kiosk.jobs import JOB_INDEX, JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.synthetic import generate
 from tests.conftest import RunningStack, ServiceGroup, start_stack
-from tests.support.kiosk_client import kiosk_client_python
-
-
-def run_kiosk_client(image: Path, job_type: str, url: str, out: Path, tmp_path: Path) -> dict:
-    """``python -m kiosk_client IMAGE -j TYPE -t HOST -U`` as its users run it; its summary."""
-    python = kiosk_client_python()
-    host = url.removeprefix("http://")
-    env = {
-        **os.environ,
-        "UPDATE_INTERVAL": "1",
-        "MANAGER_REFRESH_RATE": "1",
-        "OUTPUT_DIR": str(out),
-        "LOG_LEVEL": "DEBUG",
-    }
-    log = tmp_path / "kiosk-client.log"
-    with open(log, "wb") as sink:
-        client = subprocess.Popen(
-            [str(python), "-m", "kiosk_client", str(image), "-j", job_type, "-t", host, "-U"],
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            returncode = client.wait(180)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            returncode = None
-    lines = [line for line in log.read_text().splitlines() if "urllib3" not in line]
-    assert returncode == 0, "\n".join(lines[-40:])
-    return json.loads(next(out.glob("*jobs_*.json")).read_text())
+from tests.support.kiosk_client import kiosk_client_python, run_kiosk_client
 
 
 def test_kiosk_client_runs_a_job_end_to_end(stack: RunningStack, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from kiosk.jobs import JobField, Status
 from kiosk.queue import JobQueue, connect
 from tests.helpers import TIFF
 from tests.support.jobtypes import COMPLETIONS, PLUGINS
+from tests.support.kiosk_client import run_kiosk_client
 from tests.support.servers import free_port, wait_for
 from tests.support.services import REPO
 
@@ -171,7 +172,9 @@ def test_kiosk_up_serves_runs_jobs_and_stops_everything_on_ctrl_c(kiosk_up, tmp_
     )
 
 
-def test_kiosk_up_demo_segments_the_bundled_samples_with_the_bundled_model(kiosk_up) -> None:
+def test_kiosk_up_demo_segments_the_samples_and_kiosk_client_gets_labels_back(
+    kiosk_up, tmp_path: Path
+) -> None:
     stack = kiosk_up(
         args=("--demo",), KIOSK_QUEUES="segmentation", KIOSK_EMBEDDED_MODEL_SERVER="true"
     )
@@ -194,6 +197,14 @@ def test_kiosk_up_demo_segments_the_bundled_samples_with_the_bundled_model(kiosk
     assert labels.shape == (480, 640) and labels.max() > 20
     with zipfile.ZipFile(results / "plate_labels.zip") as archive:
         assert len(archive.namelist()) == 4
+    # The original kiosk-client, unchanged, against the same `kiosk up`.
+    out = tmp_path / "kiosk-client"
+    out.mkdir()
+    sample = REPO / "samples" / "nuclei-512.png"
+    (job,) = run_kiosk_client(sample, "segmentation", stack.url, out, tmp_path)["job_data"]
+    assert job["status"] == Status.DONE, job
+    (saved,) = out.glob("*_labels.tif")
+    assert tifffile.imread(saved).shape == (512, 512)
     assert stack.stop() == 0
     model_server_log = (stack.data_dir / "logs" / "model-server.log").read_text()
     assert "NuclearSegmentation" in model_server_log
