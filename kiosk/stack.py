@@ -465,7 +465,8 @@ def run_stack(settings: StackSettings, console: Console, demo: bool = False) -> 
                 running_demo.check()
             time.sleep(TICK)
         console.print(
-            "stopping: frontend, consumers (finishing or handing back jobs), janitor, Redis"
+            "stopping: frontend, consumers (finishing or handing back jobs), model server, "
+            "janitor, Redis"
         )
     except StackError as exc:
         if not signals.count:
