@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from google.protobuf import json_format, unknown_fields
 from google.protobuf.message import Message
 
 from kiosk.serving import methods
@@ -35,6 +34,7 @@ from kiosk.serving.client import (
 )
 from kiosk.serving.protos import tfserving_pb2 as pb
 from kiosk.serving.tensors import to_ndarray, to_tensor_proto
+from tests.support.protodesc import as_dict, unknown_field_paths
 from tests.support.services import REPO
 
 API_VERSION = "2.21.0"  # the release matching the TensorFlow in the project's environment
@@ -145,28 +145,6 @@ def client(official: Official) -> ServingClient:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def as_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-
-def unknown_field_paths(message: Message, path: str = "") -> list[str]:
-    """Where a parsed message holds fields its class does not know (recursively)."""
-    found = [path or "/"] if len(unknown_fields.UnknownFieldSet(message)) else []
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if isinstance(value, Message):
-            children = [("", value)]
-        elif hasattr(value, "items"):
-            children = list(value.items())
-        else:
-            children = list(enumerate(value))
-        for key, child in children:
-            if isinstance(child, Message):
-                found += unknown_field_paths(child, f"{path}/{field.name}[{key}]")
-    return found
 
 
 def decoded(described: dict[str, Any]) -> dict[str, np.ndarray]:

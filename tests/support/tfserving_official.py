@@ -30,8 +30,8 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_serving  # noqa: E402
-from google.protobuf import json_format, unknown_fields  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
+from protodesc import as_dict, unknown_field_paths  # noqa: E402 - a sibling; this runs as a script
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
 from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
@@ -255,24 +255,6 @@ def samples() -> dict[str, Message]:
 # -- describing messages -------------------------------------------------------------------
 
 
-def unknown_field_paths(message: Message, path: str = "") -> list[str]:
-    """Where a parsed message holds fields its class does not know (recursively)."""
-    found = [path or "/"] if len(unknown_fields.UnknownFieldSet(message)) else []
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if isinstance(value, Message):
-            children = [("", value)]
-        elif hasattr(value, "items"):
-            children = list(value.items())
-        else:
-            children = list(enumerate(value))
-        for key, child in children:
-            if isinstance(child, Message):
-                found += unknown_field_paths(child, f"{path}/{field.name}[{key}]")
-    return found
-
-
 def arrays_of(message: Message) -> dict[str, dict[str, Any]]:
     """Every tensor in a Predict message, decoded by TensorFlow itself."""
     tensors = getattr(message, "inputs", None) or getattr(message, "outputs", None) or {}
@@ -308,10 +290,6 @@ def describe(message: Message) -> dict[str, Any]:
     else:
         described["dict"] = as_dict(message)
     return described
-
-
-def as_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def b64(data: bytes) -> str:
