@@ -95,6 +95,38 @@ def memory_mib(pid: int) -> dict[str, float]:
     return values
 
 
+def process_tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``root`` and every process below it, by command
+    line (``python -m consumers segmentation`` ...), to show which service spent the CPU."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    stats: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        name = " ".join(a.decode(errors="replace") for a in argv[1:5] if a) or stat.split()[1]
+        stats[pid] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    totals: dict[str, float] = {}
+    for pid in tree & stats.keys():
+        name, seconds = stats[pid]
+        totals[name] = totals.get(name, 0.0) + seconds
+    return totals
+
+
 def mapped_files(pid: int, needle: str) -> list[str]:
     """Files mapped into a process whose path contains ``needle`` (e.g. a shared library)."""
     found = set()

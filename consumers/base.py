@@ -67,14 +67,24 @@ class Job:
         self._update = update
         self._on_stage = on_stage
         self.timings: dict[JobField, float] = {}
+        self._unwritten: dict[str, str] = {}
 
     def get(self, name: JobField, default: str = "") -> str:
         return self.fields.get(name) or default
 
     def update(self, **fields: object) -> None:
-        """Write fields to the job hash; raises :class:`JobLost` if the job is no longer ours."""
-        self._update(fields)
-        self.fields.update({k: str(v) for k, v in fields.items()})
+        """Write fields (and any held-back timings) to the job hash; raises :class:`JobLost` if
+        the job is no longer ours."""
+        written = {**self._unwritten, **{k: str(v) for k, v in fields.items()}}
+        self._update(written)
+        self._unwritten.clear()
+        self.fields.update(written)
+
+    def unwritten(self) -> dict[str, str]:
+        """Fields held back until the next write; the worker adds them to the job's settling."""
+        held, self._unwritten = self._unwritten, {}
+        self.fields.update(held)
+        return held
 
     def set_status(self, status: Status, progress: int | None = None) -> None:
         fields: dict[str, object] = {JobField.STATUS: status}
@@ -88,7 +98,8 @@ class Job:
     @contextmanager
     def stage(self, stage: Stage) -> Iterator[None]:
         """Show the stage's status while it runs; add its seconds to the stage's time field."""
-        self.set_status(stage.status)
+        if self.fields.get(JobField.STATUS) != stage.status:
+            self.set_status(stage.status)
         start = time.perf_counter()
         try:
             yield
@@ -102,14 +113,13 @@ class Job:
         self.record_times({stage: seconds})
 
     def record_times(self, seconds: Mapping[Stage, float]) -> None:
-        """:meth:`record_time` for several stages, in one write."""
-        fields = {}
+        """:meth:`record_time` for several stages. Times ride along with the next write (a
+        status change, or the job's settling), so timing a stage costs no Redis round trip."""
         for stage, spent in seconds.items():
             self._on_stage(stage, spent)
             total = self.timings.get(stage.time_field, 0.0) + spent
             self.timings[stage.time_field] = total
-            fields[stage.time_field] = f"{total:.6f}"
-        self.update(**fields)
+            self._unwritten[stage.time_field] = f"{total:.6f}"
 
     def download_input(self, directory: Path) -> Path:
         """Fetch the uploaded input into ``directory`` (the download stage)."""

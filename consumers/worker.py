@@ -210,13 +210,15 @@ class Worker:
         except JobError as exc:
             log.info("failed %s: %s", claim.key, exc)
             why = str(exc)
+            self._write_unwritten(claim, job)
             settled = self._settle(lambda: self.queue.fail(claim, self.consumer_id, why))
         except Exception as exc:
             log.exception("error in %s (attempt %d)", claim.key, claim.attempt)
             reason = f"{type(exc).__name__}: {exc}"
+            self._write_unwritten(claim, job)
             settled = self._settle(lambda: self.queue.retry(claim, self.consumer_id, reason))
         else:
-            settled = self._settle_result(claim, result, started)
+            settled = self._settle_result(claim, job.unwritten(), result, started)
             outcome = "waiting" if isinstance(result, Waiting) else "done"
         finally:
             self._current = None
@@ -229,14 +231,15 @@ class Worker:
             self._check_held = True
 
     def _settle_result(
-        self, claim: Claim, result: Result | Waiting, started: float
+        self, claim: Claim, unwritten: Mapping[str, str], result: Result | Waiting, started: float
     ) -> Settled | None:
         if isinstance(result, Waiting):
-            fields = dict(result.fields)
+            fields = {**unwritten, **result.fields}
             return self._settle(
                 lambda: self.queue.wait_for_children(claim, self.consumer_id, fields)
             )
         fields = {
+            **unwritten,
             JobField.OUTPUT_FILE_NAME: result.output_file_name,
             JobField.OUTPUT_URL: file_url(self.settings.public_url, result.output_file_name),
             JobField.TOTAL_JOBS: "1",
@@ -244,6 +247,16 @@ class Worker:
             **result.fields,
         }
         return self._settle(lambda: self.queue.finish(claim, self.consumer_id, fields))
+
+    def _write_unwritten(self, claim: Claim, job: Job) -> None:
+        """Keep the stage times of a job that failed: best effort, since failing comes first."""
+        unwritten = job.unwritten()
+        if not unwritten:
+            return
+        try:
+            self._update(claim, unwritten)
+        except (JobLost, redis.RedisError) as exc:
+            log.debug("stage times of %s not kept: %s", claim.key, exc)
 
     def _update(self, claim: Claim, fields: Mapping[str, object]) -> None:
         outcome = self.queue.update(claim, self.consumer_id, fields)

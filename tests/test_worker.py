@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumers.base import Job
 from consumers.metrics import ConsumerMetrics
 from consumers.worker import Worker
-from kiosk.jobs import JobField, Status
-from kiosk.queue import JobQueue
+from kiosk.jobs import JobField, Stages, Status
+from kiosk.queue import Claim, JobQueue
 from kiosk.settings import ConsumerSettings
 from kiosk.storage.local import LocalBucket
 from tests.helpers import submit_file
@@ -108,3 +109,38 @@ def test_stop_with_no_grace_hands_the_job_back(
     fields = queue.get(key)
     assert (fields[JobField.STATUS], fields[JobField.ATTEMPTS]) == (Status.NEW, "0")
     assert queue.redis.lrange("slow", 0, -1) == [key]
+
+
+def test_stage_times_ride_with_the_next_status_write() -> None:
+    writes: list[dict] = []
+    claim = Claim("echo:a.tif:0", "echo", {JobField.STATUS: Status.NEW})
+    job = Job(claim, bucket=None, update=lambda fields: writes.append(dict(fields)))  # type: ignore[arg-type]
+    with job.stage(Stages.DOWNLOAD):
+        pass
+    assert writes == [{JobField.STATUS: Status.STARTED}]
+    job.record_times({Stages.PREDICT: 0.5, Stages.POSTPROCESS: 0.25})
+    assert len(writes) == 1, "timing a stage costs no write of its own"
+    job.set_status(Status.SAVING_RESULTS)
+    assert writes[1][JobField.STATUS] == Status.SAVING_RESULTS
+    assert {JobField.DOWNLOAD_TIME, JobField.PREDICTION_TIME, JobField.POSTPROCESS_TIME} <= set(
+        writes[1]
+    )
+    with job.stage(Stages.UPLOAD):  # already showing saving-results: no write
+        pass
+    assert len(writes) == 2
+    assert set(job.unwritten()) == {JobField.UPLOAD_TIME}
+    assert job.unwritten() == {}
+
+
+def test_a_failed_job_keeps_the_times_of_its_stages(
+    queue: JobQueue, bucket: LocalBucket, settings: ConsumerSettings
+) -> None:
+    key = submit_file(queue, bucket, "echo", "bad.tif", data=b"CORRUPT image")
+    worker = Worker(Echo(settings, bucket), queue, "echo", settings)
+    thread = start(worker)
+    wait_for(lambda: queue.get(key)[JobField.STATUS] == Status.FAILED, 20, what="the job failed")
+    worker.stop(grace=5)
+    thread.join(10)
+    job = queue.get(key)
+    assert "corrupt" in job[JobField.REASON]
+    assert float(job[JobField.DOWNLOAD_TIME]) > 0
