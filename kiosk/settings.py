@@ -8,7 +8,7 @@ for the local stack. Nothing here connects to anything: services build their set
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -251,6 +251,69 @@ class JanitorSettings(CommonSettings):
     )
 
 
+class AutoscalerSettings(CommonSettings):
+    """The autoscaler (``python -m autoscaler``) and its metrics exporter; ``kiosk up`` runs the
+    same policy over local processes. Defaults are the paper's (REFERENCE §2)."""
+
+    service_name: ClassVar[str] = "autoscaler"
+
+    autoscaler_backend: Literal["kubernetes", "local"] = Field(
+        "kubernetes",
+        description="What the autoscaler scales: Deployments through the Kubernetes API, or "
+        "the processes of `kiosk up` (local).",
+    )
+    autoscaler_interval: float = Field(
+        5.0, gt=0, description="Seconds between the autoscaler's looks at the queues."
+    )
+    idle_grace: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds without work before the model server (and a queue's consumers) "
+        "scale to zero.",
+    )
+    consumer_target: float = Field(
+        0.15, gt=0, description="Target of the consumer metric (the paper's HPA target)."
+    )
+    consumer_ratio_limit: float = Field(
+        150,
+        gt=0,
+        description="Consumers per model server past which the consumer metric asks for fewer.",
+    )
+    gpu_target: float = Field(
+        70.0, gt=0, le=100, description="GPU utilisation (percent) model servers scale to."
+    )
+    scale_down_window: float = Field(
+        300.0, ge=0, description="Seconds of recommendations a scale-down takes the highest of."
+    )
+    max_model_servers: int = Field(
+        1, ge=1, description="Most model servers the local backend runs (cluster: the HPA's)."
+    )
+    max_consumers: int = Field(
+        0,
+        ge=0,
+        description="Most consumers per job type the local backend runs; 0: the CPU count.",
+    )
+    kubernetes_namespace: str = Field(
+        "", description="Namespace of the Deployments; empty: the autoscaler pod's own."
+    )
+    model_server_deployment: str = Field(
+        "tf-serving", description="Deployment of the model server (scaled 0<->1)."
+    )
+    consumer_deployment_prefix: str = Field(
+        "consumer-",
+        description="Consumer Deployments are PREFIX + queue (consumer-segmentation, "
+        "consumer-segmentation-zip).",
+    )
+    metrics_port: int = Field(
+        9102, ge=0, le=65535, description="Port of the autoscaler's Prometheus exporter (0: off)."
+    )
+    model_server_metrics_url: str = Field(
+        "",
+        description="Where the model server's Prometheus metrics are, for its busy ratio "
+        "(local stand-in for GPU utilisation); empty: not read.",
+    )
+
+
 class ModelServerSettings(CommonSettings):
     """The embedded model server (``kiosk serve``); models come from ``{bucket}/models/``."""
 
@@ -328,6 +391,7 @@ SERVICE_SETTINGS: tuple[type[CommonSettings], ...] = (
     FrontendSettings,
     ConsumerSettings,
     JanitorSettings,
+    AutoscalerSettings,
     ModelServerSettings,
     StackSettings,
 )
