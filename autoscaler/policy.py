@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kiosk.queue import QueueStats
+
 # ------------------------------------------------------------------------------ defaults
 
 IDLE_GRACE = 300.0  # seconds without demand before model servers (and consumers) go to 0
@@ -39,22 +41,12 @@ SCALE_UP_WINDOW = 0.0
 # ------------------------------------------------------------------------------ demand
 
 
-@dataclass(frozen=True)
-class QueueDemand:
-    """Items waiting on a queue and items held by its consumers (the processing lists)."""
-
-    queue: str
-    queued: int
-    in_flight: int
-
-    @property
-    def total(self) -> int:
-        return self.queued + self.in_flight
+QueueDemand = QueueStats  # a queue's queued and in-flight items; ``.demand`` is their sum
 
 
 def total_demand(queues: Iterable[QueueDemand]) -> int:
     """All work in the system: queued plus in flight, over every queue (zip queues included)."""
-    return sum(q.total for q in queues)
+    return sum(q.demand for q in queues)
 
 
 # ------------------------------------------------------------------------------ 0 <-> 1
@@ -216,10 +208,12 @@ class PolicyConfig:
 class PaperPolicy:
     """The paper's policy, every step of it in one place: 0<->1 for model servers and
     consumers, an HPA on GPU utilisation for model servers and one on the consumer metric per
-    queue. On a cluster only the 0<->1 steps run here; the HPAs are Kubernetes' own."""
+    queue. On a cluster only the 0<->1 steps run here (``hpas=False``): the HPAs are
+    Kubernetes' own, fed by the same arithmetic in Prometheus rules."""
 
-    def __init__(self, config: PolicyConfig | None = None) -> None:
+    def __init__(self, config: PolicyConfig | None = None, *, hpas: bool = True) -> None:
         self.config = c = config or PolicyConfig()
+        self.hpas = hpas
         self._last_work: dict[str, float] = {}  # queue (or "" for any) -> last time with demand
         self._gpu_hpa = Hpa(
             c.gpu_target,
@@ -232,12 +226,18 @@ class PaperPolicy:
         )
         self._consumer_hpas: dict[str, Hpa] = {}
 
+    def start(self, now: float, queues: Iterable[str]) -> None:
+        """A (re)started controller cannot know when work was last seen: count from now, so a
+        restart waits a whole idle grace before scaling anything to zero, never less."""
+        for name in ["", *queues]:
+            self._last_work.setdefault(name, now)
+
     def idle_for(self, queue: str, now: float) -> float:
         return now - self._last_work.get(queue, -math.inf)
 
     def _note_work(self, obs: Observation) -> None:
-        for name, demand in obs.queues.items():
-            if demand.total > 0:
+        for name, stats in obs.queues.items():
+            if stats.demand > 0:
                 self._last_work[name] = obs.now
                 self._last_work[""] = obs.now
 
@@ -253,7 +253,7 @@ class PaperPolicy:
             starting=starting,
             idle_grace=self.config.idle_grace,
         )
-        if replicas > 0 and obs.model_servers > 0 and not starting:
+        if self.hpas and replicas > 0 and obs.model_servers > 0 and not starting:
             replicas = self._gpu_hpa.desired(obs.now, replicas, obs.gpu_utilization)
         return replicas
 
@@ -262,17 +262,17 @@ class PaperPolicy:
         self._note_work(obs)
         servers = obs.model_servers if model_servers is None else model_servers
         out = {}
-        for name, demand in obs.queues.items():
+        for name, stats in obs.queues.items():
             current = obs.consumers.get(name, 0)
             replicas = zero_to_one(
                 current,
-                demand.total,
+                stats.demand,
                 self.idle_for(name, obs.now),
                 idle_grace=self.config.idle_grace,
             )
-            if replicas > 0 and current > 0:
+            if self.hpas and replicas > 0 and current > 0:
                 metric = consumer_metric(
-                    demand.total,
+                    stats.demand,
                     current,
                     servers,
                     obs.gpu_utilization,

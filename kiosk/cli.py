@@ -80,7 +80,13 @@ def up(
     queues: Annotated[
         str | None, typer.Option(help="Job types to run, comma-separated (KIOSK_QUEUES).")
     ] = None,
-    consumers: Annotated[int | None, typer.Option(help="Consumer processes per job type.")] = None,
+    consumers: Annotated[
+        int | None,
+        typer.Option(
+            help="Consumer processes per job type, and an always-on model server; "
+            "0 (the default): scale both with the work."
+        ),
+    ] = None,
     demo: Annotated[
         bool,
         typer.Option(help="Once up, segment the bundled sample images and zip (samples/)."),

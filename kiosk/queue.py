@@ -296,10 +296,13 @@ class Sweep:
 
 @dataclass(frozen=True)
 class QueueStats:
+    """A queue's load: items waiting, items held by consumers (the processing lists' lengths),
+    failed copies on its dead-letter list. Demand (queued + in flight) is what scaling uses."""
+
     queue: str
     queued: int
     in_flight: int
-    dead_letters: int
+    dead_letters: int = 0
 
     @property
     def demand(self) -> int:

@@ -304,8 +304,12 @@ class AutoscalerSettings(CommonSettings):
         description="Consumer Deployments are PREFIX + queue (consumer-segmentation, "
         "consumer-segmentation-zip).",
     )
-    metrics_port: int = Field(
-        9102, ge=0, le=65535, description="Port of the autoscaler's Prometheus exporter (0: off)."
+    exporter_port: int = Field(
+        9102,
+        ge=0,
+        le=65535,
+        description="Port of the autoscaler's Prometheus exporter: queue demand, consumers, "
+        "replicas, the consumer metric (0: off).",
     )
     model_server_metrics_url: str = Field(
         "",
@@ -368,7 +372,11 @@ class StackSettings(ListenSettings):
         description="Directory for the local stack's Redis data (AOF), bucket and logs.",
     )
     consumers_per_queue: int = Field(
-        1, ge=1, description="Consumer processes `kiosk up` starts for each job type."
+        0,
+        ge=0,
+        description="0: the autoscaler runs the model server and consumers as the work needs "
+        "them (model server from the first job until an idle grace, consumers up to "
+        "KIOSK_MAX_CONSUMERS). N: exactly N consumers per job type and an always-on model server.",
     )
     embedded_model_server: bool = Field(
         True,

@@ -43,7 +43,7 @@ CRASH_WINDOW = 60.0  # seconds
 MAX_CRASHES = 5  # in the window, before the stack gives up
 READY_TIMEOUT = 60.0
 MODEL_SERVER_READY_TIMEOUT = 180.0  # importing TensorFlow, loading and warming up models
-STOP_ORDER = ("frontend", "consumer", "model", "janitor", "redis")
+STOP_ORDER = ("frontend", "autoscaler", "consumer", "model", "janitor", "redis")
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 REDIS_INSTALL_HINT = (
@@ -279,6 +279,7 @@ def plan(
             "KIOSK_MODEL_SERVER_HTTP_PORT": str(http_port),
             "KIOSK_MODEL_CACHE_DIR": str(data_dir / "model-cache"),
         }
+    autoscaled = settings.consumers_per_queue == 0
     probe = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
     jobs = JobQueue(probe)
 
@@ -316,7 +317,9 @@ def plan(
         ),
         ServiceSpec("janitor", [python, "-m", "autoscaler.janitor"], env),
     ]
-    if settings.embedded_model_server:
+    if autoscaled:
+        specs.append(_autoscaler_spec(settings, env, data_dir, http_port))
+    elif settings.embedded_model_server:
         specs.append(
             ServiceSpec(
                 "model-server",
@@ -344,7 +347,7 @@ def plan(
         ),
     ]
     grace = ConsumerSettings().shutdown_grace
-    for job_type in settings.queues:
+    for job_type in settings.queues if not autoscaled else ():
         runs = [(job_type, i) for i in range(settings.consumers_per_queue)]
         for queue, index in [*runs, (zip_queue(job_type), 0)]:
             specs.append(
@@ -357,6 +360,36 @@ def plan(
                 )
             )
     return specs
+
+
+def _autoscaler_spec(
+    settings: StackSettings, env: dict[str, str], data_dir: Path, model_http_port: int
+) -> ServiceSpec:
+    """The autoscaler with its local backend: it starts the model server and consumers when
+    work arrives and stops them when it is done (``python -m autoscaler``)."""
+    metrics_port = free_port()
+    autoscaler_env = {
+        **env,
+        "KIOSK_AUTOSCALER_BACKEND": "local",
+        "KIOSK_DATA_DIR": str(data_dir),
+        "KIOSK_EXPORTER_PORT": str(metrics_port),
+        "KIOSK_MODEL_SERVER_METRICS_URL": (
+            f"http://127.0.0.1:{model_http_port}/monitoring/prometheus/metrics"
+            if settings.embedded_model_server
+            else ""
+        ),
+    }
+    autoscaler_env.setdefault("KIOSK_AUTOSCALER_INTERVAL", "1")
+    consumer = ConsumerSettings()
+    return ServiceSpec(
+        "autoscaler",
+        [sys.executable, "-m", "autoscaler"],
+        autoscaler_env,
+        ready=lambda pid: (
+            httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).status_code == 200
+        ),
+        stop_timeout=consumer.shutdown_grace + 10 + 30,  # consumers, then the model server
+    )
 
 
 def _client_host(host: str) -> str:
@@ -488,7 +521,12 @@ def _banner(
     queues = ", ".join(settings.queues)
     console.print(f"[bold green]Kiosk is running at {escape(url)}[/]")
     console.print(f"  API docs    {escape(url)}/docs")
-    if queues:
+    if queues and settings.consumers_per_queue == 0:
+        console.print(
+            f"  job types   {queues}: the model server and consumers start with the first job "
+            "and scale with the work"
+        )
+    elif queues:
         console.print(
             f"  job types   {queues} ({settings.consumers_per_queue} consumer each, "
             "plus one for zips)"

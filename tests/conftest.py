@@ -14,6 +14,7 @@ from kiosk.queue import JobQueue, connect
 from kiosk.settings import FrontendSettings
 from kiosk.storage.local import LocalBucket
 from tests.support.jobtypes import QUEUES
+from tests.support.kiosk_up import kiosk_up  # noqa: F401 - a fixture for every test module
 from tests.support.servers import GcsEmulator, RedisServer
 from tests.support.services import Service, service_env
 

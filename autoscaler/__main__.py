@@ -1,0 +1,135 @@
+"""``python -m autoscaler``: the controller loop with its metrics exporter.
+
+``KIOSK_AUTOSCALER_BACKEND=kubernetes`` (in the chart) scales Deployments 0<->1 and leaves 1->N
+to the HPAs; ``local`` (what ``kiosk up`` runs) owns the model server and consumer processes and
+runs the whole policy itself. SIGTERM or Ctrl-C stops it; the local backend first stops its
+consumers (each finishes or hands back its job), then the model server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from autoscaler.backends import Backend
+from autoscaler.controller import Controller
+from autoscaler.policy import PaperPolicy, PolicyConfig
+from kiosk.jobs import all_queues
+from kiosk.logs import setup_logging
+from kiosk.queue import JobQueue
+from kiosk.settings import AutoscalerSettings, ConsumerSettings, ModelServerSettings, StackSettings
+from kiosk.signals import StopSignals
+
+log = logging.getLogger("autoscaler")
+
+BUSY_RATIO = "kiosk_model_server_busy_ratio"
+# The autoscaler's own settings, not passed on to the processes it starts.
+AUTOSCALER_ONLY = ("KIOSK_AUTOSCALER_BACKEND",)
+
+
+def busy_ratio_reader(url: str):
+    """The model server's busy ratio (0..1) from its metrics page; None while it is down."""
+
+    def read() -> float | None:
+        try:
+            text = httpx.get(url, timeout=1).text
+        except httpx.HTTPError:
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == BUSY_RATIO:
+                    return float(sample.value)
+        return None
+
+    return read
+
+
+def policy_config(settings: AutoscalerSettings) -> PolicyConfig:
+    return PolicyConfig(
+        idle_grace=settings.idle_grace,
+        consumer_target=settings.consumer_target,
+        ratio_limit=settings.consumer_ratio_limit,
+        gpu_target=settings.gpu_target,
+        max_model_servers=settings.max_model_servers,
+        max_consumers=settings.max_consumers or os.cpu_count() or 1,
+        scale_down_window=settings.scale_down_window,
+    )
+
+
+def local_backend(settings: AutoscalerSettings, queue: JobQueue, queues: list[str]) -> Backend:
+    from autoscaler.backends.local import LocalBackend
+
+    stack = StackSettings()
+    server = ModelServerSettings()
+    health = (
+        f"http://127.0.0.1:{server.model_server_http_port}/healthz"
+        if stack.embedded_model_server
+        else None
+    )
+    return LocalBackend(
+        queue,
+        queues,
+        {k: v for k, v in os.environ.items() if k not in AUTOSCALER_ONLY},
+        Path(stack.data_dir) / "logs",
+        model_server_health_url=health,
+        stop_grace=ConsumerSettings().shutdown_grace,
+    )
+
+
+def kubernetes_backend(settings: AutoscalerSettings, queues: list[str]) -> Backend:
+    from autoscaler.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend.from_settings(settings, queues)
+
+
+def main() -> int:
+    settings = AutoscalerSettings()
+    setup_logging(settings.log_level, "autoscaler")
+    signals = StopSignals().install()
+    queue = JobQueue.from_settings(settings, retries=3)
+    queues = all_queues(settings.queues)
+    local = settings.autoscaler_backend == "local"
+    backend = (
+        local_backend(settings, queue, queues) if local else kubernetes_backend(settings, queues)
+    )
+    gpu = (
+        busy_ratio_reader(settings.model_server_metrics_url)
+        if settings.model_server_metrics_url
+        else lambda: None
+    )
+    controller = Controller(
+        backend,
+        queue,
+        queues,
+        PaperPolicy(policy_config(settings), hpas=local),
+        gpu_utilization=gpu,
+    )
+    if settings.exporter_port:
+        start_http_server(settings.exporter_port, registry=REGISTRY)
+    log.info(
+        "autoscaler (%s) watching %s every %.1fs; idle grace %.0fs",
+        settings.autoscaler_backend,
+        ", ".join(queues),
+        settings.autoscaler_interval,
+        settings.idle_grace,
+    )
+    try:
+        controller.run(settings.autoscaler_interval, lambda: signals.count > 0)
+    finally:
+        if local:
+            log.info("stopping consumers and the model server")
+            started = time.monotonic()
+            backend.stop_all()  # type: ignore[attr-defined]
+            log.info("stopped in %.1fs", time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

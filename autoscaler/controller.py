@@ -1,0 +1,97 @@
+"""The autoscaler's loop: look at the queues, ask the policy, tell the backend.
+
+Every ``autoscaler_interval`` seconds: queue stats from Redis, replicas from the backend, GPU
+utilisation (locally, the model server's busy ratio), then the policy's decision applied where
+it differs from what runs. On a cluster the policy does only the 0<->1 steps and HPAs do 1->N;
+locally it does both. A Redis or platform error skips one tick and nothing else: the next tick
+starts from what the platform reports, so neither errors nor restarts make replicas flap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import redis
+
+from autoscaler.backends import Backend, BackendError, Replicas
+from autoscaler.policy import Decision, Observation, PaperPolicy
+from kiosk.queue import JobQueue, QueueStats
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(
+        self,
+        backend: Backend,
+        queue: JobQueue,
+        queues: Sequence[str],
+        policy: PaperPolicy,
+        *,
+        gpu_utilization: Callable[[], float | None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.queue = queue
+        self.queues = list(queues)
+        self.policy = policy
+        self.gpu_utilization = gpu_utilization
+        self.clock = clock
+        self.last_stats: list[QueueStats] = []
+        self.last_replicas: Replicas | None = None
+        self.last_gpu: float | None = None
+        policy.start(clock(), self.queues)
+
+    def tick(self) -> Decision | None:
+        """One look and one decision; None when Redis or the platform did not answer."""
+        try:
+            stats = self.queue.stats(self.queues)
+            consumers = self.queue.live_consumers()
+            replicas = self.backend.replicas()
+        except (redis.RedisError, BackendError) as exc:
+            log.warning("cannot see the queues or replicas (%s); trying again next tick", exc)
+            return None
+        gpu = self.gpu_utilization()
+        self.last_stats, self.last_replicas, self.last_gpu = stats, replicas, gpu
+        observation = Observation(
+            now=self.clock(),
+            queues={s.queue: s for s in stats},
+            consumers=replicas.consumers,
+            model_servers=replicas.model_servers,
+            model_servers_ready=replicas.model_servers_ready,
+            gpu_utilization=100.0 * (gpu or 0.0),
+        )
+        decision = self.policy.decide(observation)
+        try:
+            self._apply(decision, replicas, consumers)
+        except BackendError as exc:
+            log.warning("scaling failed (%s); trying again next tick", exc)
+            return None
+        return decision
+
+    def _apply(self, decision: Decision, replicas: Replicas, consumers: dict[str, dict]) -> None:
+        if decision.model_servers != replicas.model_servers:
+            log.info("model servers %d -> %d", replicas.model_servers, decision.model_servers)
+            self.backend.scale_model_servers(decision.model_servers)
+        for queue_name, wanted in decision.consumers.items():
+            current = replicas.consumers.get(queue_name, 0)
+            if wanted == current:
+                continue
+            busy = {
+                str(info.get("host", ""))
+                for info in consumers.values()
+                if info.get("queue") == queue_name and info.get("job")
+            }
+            log.info("consumers of %s %d -> %d", queue_name, current, wanted)
+            self.backend.scale_consumers(queue_name, wanted, busy)
+
+    def run(self, interval: float, stopped: Callable[[], bool]) -> None:
+        """Tick every ``interval`` seconds until ``stopped()``."""
+        while not stopped():
+            started = self.clock()
+            self.tick()
+            deadline = started + interval
+            while not stopped() and self.clock() < deadline:
+                time.sleep(min(0.2, max(0.0, deadline - self.clock())))
