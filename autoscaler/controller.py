@@ -42,6 +42,7 @@ class Controller:
         self.last_stats: list[QueueStats] = []
         self.last_replicas: Replicas | None = None
         self.last_gpu: float | None = None
+        self._marked: dict[str, frozenset[str]] = {}  # queue -> busy hosts last marked
         policy.start(clock(), self.queues)
 
     def tick(self) -> Decision | None:
@@ -77,15 +78,18 @@ class Controller:
             self.backend.scale_model_servers(decision.model_servers)
         for queue_name, wanted in decision.consumers.items():
             current = replicas.consumers.get(queue_name, 0)
-            if wanted == current:
-                continue
-            busy = {
+            busy = frozenset(
                 str(info.get("host", ""))
                 for info in consumers.values()
                 if info.get("queue") == queue_name and info.get("job")
-            }
-            log.info("consumers of %s %d -> %d", queue_name, current, wanted)
-            self.backend.scale_consumers(queue_name, wanted, busy)
+            )
+            if wanted != current:
+                log.info("consumers of %s %d -> %d", queue_name, current, wanted)
+                self.backend.scale_consumers(queue_name, wanted, busy)
+            elif wanted > 1 and self._marked.get(queue_name) != busy:
+                # An HPA may scale these down between our ticks: keep busy ones marked.
+                self.backend.mark_deletion_costs(queue_name, busy)
+                self._marked[queue_name] = busy
 
     def run(self, interval: float, stopped: Callable[[], bool]) -> None:
         """Tick every ``interval`` seconds until ``stopped()``."""

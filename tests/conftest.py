@@ -15,6 +15,7 @@ from kiosk.settings import FrontendSettings
 from kiosk.storage.local import LocalBucket
 from tests.support.jobtypes import QUEUES
 from tests.support.kiosk_up import kiosk_up  # noqa: F401 - a fixture for every test module
+from tests.support.kube_emulator import cluster  # noqa: F401 - the Kubernetes API emulator
 from tests.support.servers import GcsEmulator, RedisServer
 from tests.support.services import Service, service_env
 

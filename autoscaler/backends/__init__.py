@@ -38,3 +38,8 @@ class Backend(Protocol):
         """Ask for ``replicas`` consumers of ``queue``. ``busy`` names the hosts (pod names
         on a cluster) whose consumer holds a job, so a scale-down removes idle ones first."""
         ...
+
+    def mark_deletion_costs(self, queue: str, busy: Collection[str]) -> int:
+        """Mark which of ``queue``'s consumers are busy so that any scale-down (an HPA's too)
+        removes idle ones first; returns how many were re-marked."""
+        ...

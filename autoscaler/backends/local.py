@@ -88,6 +88,10 @@ class LocalBackend:
     def scale_consumers(self, queue: str, replicas: int, busy: Collection[str] = ()) -> None:
         self._scale(queue, replicas, [sys.executable, "-m", "consumers", queue], busy)
 
+    def mark_deletion_costs(self, queue: str, busy: Collection[str]) -> int:
+        """Nothing to mark: this backend does every scale-down itself, idle consumers first."""
+        return 0
+
     # ------------------------------------------------------------------ shutdown
 
     def stop_all(self, timeout: float | None = None) -> None:
