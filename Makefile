@@ -1,12 +1,13 @@
 # Kiosk: `make run` starts the local stack, `make test` runs every test.
-# Both install what they need first (Python packages into .venv, redis-server from the OS).
+# Both install what they need first (Python packages into .venv, redis-server and, for the
+# tests, prometheus from the OS).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup system-deps run test lint format bench evaluate model samples protos clean
+.PHONY: help setup system-deps test-deps run test lint format bench evaluate model samples protos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,12 +21,15 @@ $(INSTALLED): pyproject.toml
 setup: system-deps $(INSTALLED) ## install Python packages (.venv) and redis-server
 
 system-deps: ## install redis-server if it is missing
-	@scripts/install-system-deps.sh
+	@scripts/install-system-deps.sh redis-server
+
+test-deps: ## install what the tests run beside Python (redis-server, prometheus) if missing
+	@scripts/install-system-deps.sh redis-server prometheus
 
 run: setup ## start the local stack at http://127.0.0.1:8080 and segment the samples (Ctrl-C stops it)
 	$(BIN)/kiosk up --demo
 
-test: setup lint ## lint, then run every test
+test: setup test-deps lint ## lint, then run every test
 	$(BIN)/pytest
 
 lint: $(INSTALLED) ## ruff: lint and format check
