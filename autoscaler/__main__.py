@@ -14,12 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-from prometheus_client import REGISTRY, start_http_server
-from prometheus_client.parser import text_string_to_metric_families
-
 from autoscaler.backends import Backend
 from autoscaler.controller import Controller
+from autoscaler.exporter import KioskCollector, busy_ratio_reader, serve_exporter
 from autoscaler.policy import PaperPolicy, PolicyConfig
 from kiosk.jobs import all_queues
 from kiosk.logs import setup_logging
@@ -29,26 +26,8 @@ from kiosk.signals import StopSignals
 
 log = logging.getLogger("autoscaler")
 
-BUSY_RATIO = "kiosk_model_server_busy_ratio"
 # The autoscaler's own settings, not passed on to the processes it starts.
 AUTOSCALER_ONLY = ("KIOSK_AUTOSCALER_BACKEND",)
-
-
-def busy_ratio_reader(url: str):
-    """The model server's busy ratio (0..1) from its metrics page; None while it is down."""
-
-    def read() -> float | None:
-        try:
-            text = httpx.get(url, timeout=1).text
-        except httpx.HTTPError:
-            return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == BUSY_RATIO:
-                    return float(sample.value)
-        return None
-
-    return read
 
 
 def policy_config(settings: AutoscalerSettings) -> PolicyConfig:
@@ -104,15 +83,13 @@ def main() -> int:
         if settings.model_server_metrics_url
         else lambda: None
     )
-    controller = Controller(
-        backend,
-        queue,
-        queues,
-        PaperPolicy(policy_config(settings), hpas=local),
-        gpu_utilization=gpu,
-    )
+    policy = PaperPolicy(policy_config(settings), hpas=local)
+    controller = Controller(backend, queue, queues, policy, gpu_utilization=gpu)
     if settings.exporter_port:
-        start_http_server(settings.exporter_port, registry=REGISTRY)
+        collector = KioskCollector(
+            queue, queues, lambda: controller.last_replicas, lambda: controller.last_gpu
+        )
+        serve_exporter(settings.exporter_port, collector)
     log.info(
         "autoscaler (%s) watching %s every %.1fs; idle grace %.0fs",
         settings.autoscaler_backend,

@@ -54,7 +54,7 @@ class Controller:
         except (redis.RedisError, BackendError) as exc:
             log.warning("cannot see the queues or replicas (%s); trying again next tick", exc)
             return None
-        gpu = self.gpu_utilization()
+        gpu = self._read_gpu()
         self.last_stats, self.last_replicas, self.last_gpu = stats, replicas, gpu
         observation = Observation(
             now=self.clock(),
@@ -71,6 +71,14 @@ class Controller:
             log.warning("scaling failed (%s); trying again next tick", exc)
             return None
         return decision
+
+    def _read_gpu(self) -> float | None:
+        """GPU utilisation 0..1, or None while nothing reports one (no model server yet)."""
+        try:
+            return self.gpu_utilization()
+        except Exception as exc:  # a metrics page that is down or garbled: count it as unknown
+            log.debug("no GPU utilisation this tick (%s)", exc)
+            return None
 
     def _apply(self, decision: Decision, replicas: Replicas, consumers: dict[str, dict]) -> None:
         if decision.model_servers != replicas.model_servers:

@@ -24,17 +24,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kiosk.queue import QueueStats
+from kiosk.settings import AutoscalerSettings
 
 # ------------------------------------------------------------------------------ defaults
 
-IDLE_GRACE = 300.0  # seconds without demand before model servers (and consumers) go to 0
-CONSUMER_TARGET = 0.15  # the consumer metric's HPA target
-CONSUMER_RATIO_LIMIT = 150  # consumers per model server past which the metric says "shrink"
+_DEFAULTS = AutoscalerSettings.model_fields  # the paper's numbers have one home: the settings
+
+IDLE_GRACE: float = _DEFAULTS["idle_grace"].default  # seconds without demand before going to 0
+CONSUMER_TARGET: float = _DEFAULTS["consumer_target"].default  # the consumer metric's target
+CONSUMER_RATIO_LIMIT: float = _DEFAULTS["consumer_ratio_limit"].default  # consumers per server
 OVERLOADED_FRACTION = 0.75  # the "too much work" regime reports 0.75 * target (= 0.1125)
-GPU_TARGET = 70.0  # GPU utilisation (percent) the model-server HPA aims for
+GPU_TARGET: float = _DEFAULTS["gpu_target"].default  # GPU utilisation (percent) to aim for
 HPA_TOLERANCE = 0.1  # HPA ignores metric/target ratios within 10 % of 1
 HPA_SYNC = 15.0  # seconds between HPA evaluations
-SCALE_DOWN_WINDOW = 300.0  # HPA scale-down stabilisation window (seconds)
+SCALE_DOWN_WINDOW: float = _DEFAULTS["scale_down_window"].default  # HPA stabilisation (s)
 SCALE_UP_WINDOW = 0.0
 
 
@@ -257,10 +260,11 @@ class PaperPolicy:
             replicas = self._gpu_hpa.desired(obs.now, replicas, obs.gpu_utilization)
         return replicas
 
-    def consumers(self, obs: Observation, model_servers: int | None = None) -> dict[str, int]:
-        """Per queue: 0<->1 by that queue's demand, then the consumer-metric HPA."""
+    def consumers(self, obs: Observation) -> dict[str, int]:
+        """Per queue: 0<->1 by that queue's demand, then the consumer-metric HPA, which counts
+        ready model servers (as the Prometheus rule does: a starting one takes no requests)."""
         self._note_work(obs)
-        servers = obs.model_servers if model_servers is None else model_servers
+        servers = obs.model_servers_ready
         out = {}
         for name, stats in obs.queues.items():
             current = obs.consumers.get(name, 0)
@@ -296,5 +300,182 @@ class PaperPolicy:
         return out
 
     def decide(self, obs: Observation) -> Decision:
+        return Decision(self.model_servers(obs), self.consumers(obs))
+
+
+# ------------------------------------------------------------------------------ a backlog policy
+
+
+@dataclass(frozen=True)
+class BacklogConfig:
+    """``BacklogPolicy``'s settings beyond ``PolicyConfig``: what one model server can do and
+    how much work justifies one more."""
+
+    images_per_server_s: float = 7.5  # one model server's inference speed (paper: 5-10)
+    gpu_target: float = 90.0  # utilisation (percent) the server count is planned for
+    min_backlog_per_server: float = 300.0  # seconds of work that justify one more server
+    consumer_cycle_s: float = 3.0  # prior for a consumer's seconds per image, until measured
+    consumer_headroom: float = 1.25  # consumers are cheap next to an underfed GPU
+    measure_below: float = 80.0  # measure the cycle only while GPUs have headroom (percent)
+    rate_window: float = 60.0  # seconds: time constant of the smoothed rates
+    zip_suffix: str = "-zip"
+    images_per_zip: int = 100  # a zip item is worth this many images downstream
+    zips_per_consumer: float = 2.0
+
+
+class BacklogPolicy:
+    """Size model servers from the work there is, and consumers from what the servers can take.
+
+    The paper's policy only learns that it needs more GPUs once the ones it has are busy, and
+    while any is still starting (2-4 min on a cluster) it does not scale again, so a big
+    submission climbs 1 -> 2 -> 3 -> 5 -> 8 one cold start at a time. Its consumer metric
+    targets 85 % GPU utilisation (it shrinks consumers once idle GPU < 15 %), and because a
+    saturated GPU reads as "no idle GPU" (metric 0) its HPA cuts consumers to the minimum
+    after the 5-min window, starves the GPUs and grows them back: a saw-tooth.
+
+    Here, every sync:
+
+    * **model servers** = the most of: the smoothed arrival rate over what one server does
+      at ``gpu_target``; the backlog (queued + in flight, zips counted as their images) over
+      ``min_backlog_per_server`` seconds of one server's work; and the paper's own
+      utilisation rule (``ready * util / target``) as a floor. All servers for a backlog are
+      asked for at once (HPA rate limits apply), also while earlier ones are starting; a
+      starting server is never taken away (kserve#1247).
+    * **consumers** of an image queue = what keeps the planned servers fed:
+      ``servers * speed * cycle * headroom`` (Little's law), ``cycle`` being a consumer's
+      seconds per image, measured as in-flight / served while work waits on the queue and the
+      GPUs are below ``measure_below`` (so queueing at the GPU does not inflate it), and never
+      more than the images there are (its zip queue's counted in). Zip queues get one
+      consumer per ``zips_per_consumer`` items.
+    * 0 <-> 1 and the idle grace are ``zero_to_one``'s, and every count goes through an
+      ``Hpa`` (target 1 on wanted/current), so scale-down stabilisation, tolerance and rate
+      limits are Kubernetes'. On a cluster this is an HPA on an External metric (the wanted
+      count, AverageValue 1) fed by the same arithmetic.
+
+    The arrival rate is d(images)/dt plus what the GPUs served (util * ready * speed), so it
+    needs the servers' speed (``images_per_server_s``); a wrong value is corrected by the
+    utilisation floor and the backlog term.
+    """
+
+    def __init__(
+        self, config: PolicyConfig | None = None, backlog: BacklogConfig | None = None
+    ) -> None:
+        self.config = c = config or PolicyConfig()
+        self.backlog = backlog or BacklogConfig()
+        self._last_work: dict[str, float] = {}
+        self._servers_hpa = Hpa(1.0, self._behavior(c.max_model_servers), c.tolerance)
+        self._consumer_hpas: dict[str, Hpa] = {}
+        self._previous: tuple[float, float] | None = None  # (now, images in the system)
+        self.arrival_rate = 0.0  # images/s, smoothed
+        self.cycle_s = self.backlog.consumer_cycle_s
+
+    def _behavior(self, max_replicas: int) -> HpaBehavior:
+        return HpaBehavior(
+            max_replicas=max_replicas,
+            scale_down_window=self.config.scale_down_window,
+            period=self.config.hpa_period,
+        )
+
+    def idle_for(self, queue: str, now: float) -> float:
+        return now - self._last_work.get(queue, -math.inf)
+
+    def _is_zip(self, queue: str) -> bool:
+        return queue.endswith(self.backlog.zip_suffix)
+
+    def images(self, queues: Iterable[QueueDemand]) -> float:
+        """Work in the system in images: a zip item counts as ``images_per_zip``."""
+        per_zip = self.backlog.images_per_zip
+        return float(sum(q.demand * (per_zip if self._is_zip(q.queue) else 1) for q in queues))
+
+    def _served(self, obs: Observation) -> float:
+        """Images/s the ready model servers inferred over the last interval."""
+        busy = min(max(obs.gpu_utilization, 0.0), 100.0) / 100.0
+        return busy * obs.model_servers_ready * self.backlog.images_per_server_s
+
+    def _learn(self, obs: Observation) -> None:
+        """Update the smoothed arrival rate and the consumer cycle time."""
+        b = self.backlog
+        images = self.images(obs.queues.values())
+        served = self._served(obs)
+        if self._previous is not None:
+            then, before = self._previous
+            dt = obs.now - then
+            if dt > 0:
+                weight = 1.0 - math.exp(-dt / b.rate_window)
+                arrived = max(0.0, (images - before) / dt + served)
+                self.arrival_rate += weight * (arrived - self.arrival_rate)
+                work = [q for q in obs.queues.values() if not self._is_zip(q.queue)]
+                waiting = sum(q.queued for q in work)
+                held = sum(q.in_flight for q in work)
+                if waiting > 0 and held > 0 and 5.0 < obs.gpu_utilization < b.measure_below:
+                    self.cycle_s += weight * (held / served - self.cycle_s)
+        self._previous = (obs.now, images)
+
+    def servers_wanted(self, obs: Observation) -> int:
+        """Model servers for the work in sight (at least 1; at most the configured maximum)."""
+        b = self.backlog
+        speed = b.images_per_server_s
+        by_rate = self.arrival_rate / (speed * b.gpu_target / 100.0)
+        by_backlog = self.images(obs.queues.values()) / (speed * b.min_backlog_per_server)
+        by_util = obs.model_servers_ready * obs.gpu_utilization / b.gpu_target
+        wanted = math.ceil(max(by_rate, by_backlog, by_util, 1.0) - 1e-9)
+        return min(wanted, self.config.max_model_servers)
+
+    def model_servers(self, obs: Observation) -> int:
+        demand = total_demand(obs.queues.values())
+        if demand > 0:
+            self._last_work[""] = obs.now
+        starting = obs.model_servers_ready < obs.model_servers
+        replicas = zero_to_one(
+            obs.model_servers,
+            demand,
+            self.idle_for("", obs.now),
+            starting=starting,
+            idle_grace=self.config.idle_grace,
+        )
+        if replicas <= 0:
+            return 0
+        wanted = self.servers_wanted(obs)
+        if starting:
+            wanted = max(wanted, obs.model_servers)
+        return self._servers_hpa.desired(obs.now, replicas, wanted / replicas)
+
+    def consumers_wanted(self, obs: Observation, name: str, servers: int) -> int:
+        """Consumers one queue needs now (before the HPA's stabilisation and limits)."""
+        b = self.backlog
+        stats = obs.queues[name]
+        if self._is_zip(name):
+            wanted = math.ceil(stats.demand / b.zips_per_consumer)
+        else:
+            upstream = obs.queues.get(name + b.zip_suffix)
+            images = stats.demand + (upstream.demand * b.images_per_zip if upstream else 0)
+            feed = servers * b.images_per_server_s * self.cycle_s * b.consumer_headroom
+            wanted = min(math.ceil(feed), images)
+        return max(1, min(wanted, self.config.max_consumers))
+
+    def consumers(self, obs: Observation, model_servers: int | None = None) -> dict[str, int]:
+        servers = obs.model_servers if model_servers is None else model_servers
+        out = {}
+        for name, stats in obs.queues.items():
+            upstream = obs.queues.get(name + self.backlog.zip_suffix)
+            work = stats.demand + (upstream.demand if upstream and not self._is_zip(name) else 0)
+            if work > 0:
+                self._last_work[name] = obs.now
+            current = obs.consumers.get(name, 0)
+            replicas = zero_to_one(
+                current, work, self.idle_for(name, obs.now), idle_grace=self.config.idle_grace
+            )
+            if replicas > 0 and work > 0:
+                hpa = self._consumer_hpas.setdefault(
+                    name,
+                    Hpa(1.0, self._behavior(self.config.max_consumers), self.config.tolerance),
+                )
+                wanted = self.consumers_wanted(obs, name, servers)
+                replicas = hpa.desired(obs.now, replicas, wanted / replicas)
+            out[name] = replicas
+        return out
+
+    def decide(self, obs: Observation) -> Decision:
+        self._learn(obs)
         servers = self.model_servers(obs)
         return Decision(servers, self.consumers(obs, servers))

@@ -6,6 +6,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
+# In the default registry (what KIOSK_METRICS_PORT serves) because the job type that retries,
+# segmentation, counts its own retries and has no handle on the worker's ConsumerMetrics.
+PREDICT_RETRIES = Counter(
+    "kiosk_consumer_predict_retries_total",
+    "Predict calls re-sent to the model server after RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED "
+    "or UNAVAILABLE.",
+    ["queue"],
+)
+
 
 class ConsumerMetrics:
     """Counters and histograms, labelled by queue, that the worker feeds. The process's

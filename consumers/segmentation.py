@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from consumers.base import Consumer, Job, JobError, Result
+from consumers.metrics import PREDICT_RETRIES
 from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import Predict, segment
 from kiosk import imaging
@@ -57,6 +58,8 @@ class SegmentationConsumer(Consumer):
                 nonlocal retries
                 prediction = self._predict(model, version, batch)
                 retries += prediction.retries
+                if prediction.retries:
+                    PREDICT_RETRIES.labels(job.queue).inc(prediction.retries)
                 return _foreground_only(prediction.outputs)
 
             for index, frame in enumerate(pixels):
