@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kiosk.jobs import job_type_of, zip_queue
 from kiosk.queue import QueueStats
 from kiosk.settings import AutoscalerSettings
 
@@ -207,6 +208,40 @@ class PolicyConfig:
     scale_down_window: float = SCALE_DOWN_WINDOW
     hpa_period: float = HPA_SYNC
 
+    def hpa(self, target: float, max_replicas: int) -> Hpa:
+        """An HPA with these settings' tolerance and stabilisation."""
+        behavior = HpaBehavior(
+            max_replicas=max_replicas,
+            scale_down_window=self.scale_down_window,
+            period=self.hpa_period,
+        )
+        return Hpa(target, behavior, self.tolerance)
+
+
+class IdleClock:
+    """When work was last seen: per pipeline (a job type's queue and its zip queue together,
+    since a zip queue that fans out faster than zips arrive looks empty at most looks while its
+    images are still being worked on) and for the whole system (key "")."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def start(self, now: float, queues: Iterable[str]) -> None:
+        """A (re)started controller cannot know when work was last seen: count from now, so a
+        restart waits a whole idle grace before scaling anything to zero, never less."""
+        for name in ["", *(job_type_of(q) for q in queues)]:
+            self._last.setdefault(name, now)
+
+    def note(self, obs: Observation) -> None:
+        for name, stats in obs.queues.items():
+            if stats.demand > 0:
+                self._last[job_type_of(name)] = obs.now
+                self._last[""] = obs.now
+
+    def idle_for(self, queue: str, now: float) -> float:
+        """Seconds since the pipeline of ``queue`` had work ("" for any queue)."""
+        return now - self._last.get(job_type_of(queue), -math.inf)
+
 
 class PaperPolicy:
     """The paper's policy, every step of it in one place: 0<->1 for model servers and
@@ -217,89 +252,60 @@ class PaperPolicy:
     def __init__(self, config: PolicyConfig | None = None, *, hpas: bool = True) -> None:
         self.config = c = config or PolicyConfig()
         self.hpas = hpas
-        self._last_work: dict[str, float] = {}  # queue (or "" for any) -> last time with demand
-        self._gpu_hpa = Hpa(
-            c.gpu_target,
-            HpaBehavior(
-                max_replicas=c.max_model_servers,
-                scale_down_window=c.scale_down_window,
-                period=c.hpa_period,
-            ),
-            c.tolerance,
-        )
+        self.idle = IdleClock()
+        self._gpu_hpa = c.hpa(c.gpu_target, c.max_model_servers)
         self._consumer_hpas: dict[str, Hpa] = {}
 
     def start(self, now: float, queues: Iterable[str]) -> None:
-        """A (re)started controller cannot know when work was last seen: count from now, so a
-        restart waits a whole idle grace before scaling anything to zero, never less."""
-        for name in ["", *queues]:
-            self._last_work.setdefault(name, now)
-
-    def idle_for(self, queue: str, now: float) -> float:
-        return now - self._last_work.get(queue, -math.inf)
-
-    def _note_work(self, obs: Observation) -> None:
-        for name, stats in obs.queues.items():
-            if stats.demand > 0:
-                self._last_work[name] = obs.now
-                self._last_work[""] = obs.now
+        self.idle.start(now, queues)
 
     def model_servers(self, obs: Observation) -> int:
-        """0<->1 by demand, then the GPU-utilisation HPA while at least one is up."""
-        self._note_work(obs)
-        demand = total_demand(obs.queues.values())
+        """0<->1 by demand, then the GPU-utilisation HPA while at least one is asked for (as
+        Kubernetes' HPA, it keeps scaling while earlier replicas are still starting)."""
         starting = obs.model_servers_ready < obs.model_servers
         replicas = zero_to_one(
             obs.model_servers,
-            demand,
-            self.idle_for("", obs.now),
+            total_demand(obs.queues.values()),
+            self.idle.idle_for("", obs.now),
             starting=starting,
             idle_grace=self.config.idle_grace,
         )
-        if self.hpas and replicas > 0 and obs.model_servers > 0 and not starting:
+        if self.hpas and replicas > 0 and obs.model_servers > 0:
             replicas = self._gpu_hpa.desired(obs.now, replicas, obs.gpu_utilization)
+            if starting:
+                replicas = max(replicas, obs.model_servers)  # never drop one still starting
         return replicas
 
     def consumers(self, obs: Observation) -> dict[str, int]:
         """Per queue: 0<->1 by that queue's demand, then the consumer-metric HPA, which counts
         ready model servers (as the Prometheus rule does: a starting one takes no requests)."""
-        self._note_work(obs)
-        servers = obs.model_servers_ready
         out = {}
         for name, stats in obs.queues.items():
             current = obs.consumers.get(name, 0)
             replicas = zero_to_one(
                 current,
                 stats.demand,
-                self.idle_for(name, obs.now),
+                self.idle.idle_for(name, obs.now),
                 idle_grace=self.config.idle_grace,
             )
             if self.hpas and replicas > 0 and current > 0:
                 metric = consumer_metric(
                     stats.demand,
                     current,
-                    servers,
+                    obs.model_servers_ready,
                     obs.gpu_utilization,
                     target=self.config.consumer_target,
                     ratio_limit=self.config.ratio_limit,
                 )
-                hpa = self._consumer_hpas.setdefault(
-                    name,
-                    Hpa(
-                        self.config.consumer_target,
-                        HpaBehavior(
-                            max_replicas=self.config.max_consumers,
-                            scale_down_window=self.config.scale_down_window,
-                            period=self.config.hpa_period,
-                        ),
-                        self.config.tolerance,
-                    ),
+                hpa = self._consumer_hpas.get(name) or self._consumer_hpas.setdefault(
+                    name, self.config.hpa(self.config.consumer_target, self.config.max_consumers)
                 )
                 replicas = hpa.desired(obs.now, replicas, metric)
             out[name] = replicas
         return out
 
     def decide(self, obs: Observation) -> Decision:
+        self.idle.note(obs)
         return Decision(self.model_servers(obs), self.consumers(obs))
 
 
@@ -314,11 +320,10 @@ class BacklogConfig:
     images_per_server_s: float = 7.5  # one model server's inference speed (paper: 5-10)
     gpu_target: float = 90.0  # utilisation (percent) the server count is planned for
     min_backlog_per_server: float = 300.0  # seconds of work that justify one more server
-    consumer_cycle_s: float = 3.0  # prior for a consumer's seconds per image, until measured
+    consumer_cycle_s: float = 1.0  # prior, low on purpose: too few consumers get measured
     consumer_headroom: float = 1.25  # consumers are cheap next to an underfed GPU
-    measure_below: float = 80.0  # measure the cycle only while GPUs have headroom (percent)
+    measure_below: float = 90.0  # measure the cycle only while GPUs have headroom (percent)
     rate_window: float = 60.0  # seconds: time constant of the smoothed rates
-    zip_suffix: str = "-zip"
     images_per_zip: int = 100  # a zip item is worth this many images downstream
     zips_per_consumer: float = 2.0
 
@@ -343,10 +348,11 @@ class BacklogPolicy:
       starting server is never taken away (kserve#1247).
     * **consumers** of an image queue = what keeps the planned servers fed:
       ``servers * speed * cycle * headroom`` (Little's law), ``cycle`` being a consumer's
-      seconds per image, measured as in-flight / served while work waits on the queue and the
-      GPUs are below ``measure_below`` (so queueing at the GPU does not inflate it), and never
-      more than the images there are (its zip queue's counted in). Zip queues get one
-      consumer per ``zips_per_consumer`` items.
+      seconds per image, measured as in-flight / served while at least as much work waits on
+      the queue as consumers hold (consumers set the pace, not arrivals) and the GPUs are below
+      ``measure_below`` (queueing at the GPU does not inflate it), and never more than the
+      images there are (its zip queue's counted in). Zip queues get one consumer per
+      ``zips_per_consumer`` items; a queue and its zip queue are idle only together.
     * 0 <-> 1 and the idle grace are ``zero_to_one``'s, and every count goes through an
       ``Hpa`` (target 1 on wanted/current), so scale-down stabilisation, tolerance and rate
       limits are Kubernetes'. On a cluster this is an HPA on an External metric (the wanted
@@ -362,30 +368,28 @@ class BacklogPolicy:
     ) -> None:
         self.config = c = config or PolicyConfig()
         self.backlog = backlog or BacklogConfig()
-        self._last_work: dict[str, float] = {}
-        self._servers_hpa = Hpa(1.0, self._behavior(c.max_model_servers), c.tolerance)
+        self.idle = IdleClock()
+        self._servers_hpa = c.hpa(1.0, c.max_model_servers)
         self._consumer_hpas: dict[str, Hpa] = {}
         self._previous: tuple[float, float] | None = None  # (now, images in the system)
         self.arrival_rate = 0.0  # images/s, smoothed
+        self.utilization = 0.0  # percent, smoothed
         self.cycle_s = self.backlog.consumer_cycle_s
 
-    def _behavior(self, max_replicas: int) -> HpaBehavior:
-        return HpaBehavior(
-            max_replicas=max_replicas,
-            scale_down_window=self.config.scale_down_window,
-            period=self.config.hpa_period,
-        )
+    def start(self, now: float, queues: Iterable[str]) -> None:
+        self.idle.start(now, queues)
 
-    def idle_for(self, queue: str, now: float) -> float:
-        return now - self._last_work.get(queue, -math.inf)
-
-    def _is_zip(self, queue: str) -> bool:
-        return queue.endswith(self.backlog.zip_suffix)
+    def pipeline_demand(self, obs: Observation, queue: str) -> int:
+        """Items on a queue and on the other queue of its pipeline: a zip queue whose zips are
+        fanned out faster than they arrive is seen empty at most syncs while its images are
+        still being worked on, so idleness is judged for the pipeline as a whole."""
+        base = job_type_of(queue)
+        return sum(q.demand for name, q in obs.queues.items() if job_type_of(name) == base)
 
     def images(self, queues: Iterable[QueueDemand]) -> float:
         """Work in the system in images: a zip item counts as ``images_per_zip``."""
         per_zip = self.backlog.images_per_zip
-        return float(sum(q.demand * (per_zip if self._is_zip(q.queue) else 1) for q in queues))
+        return float(sum(q.demand * (per_zip if _is_zip(q.queue) else 1) for q in queues))
 
     def _served(self, obs: Observation) -> float:
         """Images/s the ready model servers inferred over the last interval."""
@@ -404,10 +408,12 @@ class BacklogPolicy:
                 weight = 1.0 - math.exp(-dt / b.rate_window)
                 arrived = max(0.0, (images - before) / dt + served)
                 self.arrival_rate += weight * (arrived - self.arrival_rate)
-                work = [q for q in obs.queues.values() if not self._is_zip(q.queue)]
+                self.utilization += weight * (obs.gpu_utilization - self.utilization)
+                work = [q for q in obs.queues.values() if not _is_zip(q.queue)]
                 waiting = sum(q.queued for q in work)
                 held = sum(q.in_flight for q in work)
-                if waiting > 0 and held > 0 and 5.0 < obs.gpu_utilization < b.measure_below:
+                backlogged = waiting >= held > 0  # consumers, not arrivals, set the pace
+                if backlogged and 5.0 < obs.gpu_utilization < b.measure_below:
                     self.cycle_s += weight * (held / served - self.cycle_s)
         self._previous = (obs.now, images)
 
@@ -417,19 +423,17 @@ class BacklogPolicy:
         speed = b.images_per_server_s
         by_rate = self.arrival_rate / (speed * b.gpu_target / 100.0)
         by_backlog = self.images(obs.queues.values()) / (speed * b.min_backlog_per_server)
-        by_util = obs.model_servers_ready * obs.gpu_utilization / b.gpu_target
+        by_util = obs.model_servers_ready * self.utilization / b.gpu_target
         wanted = math.ceil(max(by_rate, by_backlog, by_util, 1.0) - 1e-9)
         return min(wanted, self.config.max_model_servers)
 
     def model_servers(self, obs: Observation) -> int:
         demand = total_demand(obs.queues.values())
-        if demand > 0:
-            self._last_work[""] = obs.now
         starting = obs.model_servers_ready < obs.model_servers
         replicas = zero_to_one(
             obs.model_servers,
             demand,
-            self.idle_for("", obs.now),
+            self.idle.idle_for("", obs.now),
             starting=starting,
             idle_grace=self.config.idle_grace,
         )
@@ -444,10 +448,10 @@ class BacklogPolicy:
         """Consumers one queue needs now (before the HPA's stabilisation and limits)."""
         b = self.backlog
         stats = obs.queues[name]
-        if self._is_zip(name):
+        if _is_zip(name):
             wanted = math.ceil(stats.demand / b.zips_per_consumer)
         else:
-            upstream = obs.queues.get(name + b.zip_suffix)
+            upstream = obs.queues.get(zip_queue(name))
             images = stats.demand + (upstream.demand * b.images_per_zip if upstream else 0)
             feed = servers * b.images_per_server_s * self.cycle_s * b.consumer_headroom
             wanted = min(math.ceil(feed), images)
@@ -456,19 +460,15 @@ class BacklogPolicy:
     def consumers(self, obs: Observation, model_servers: int | None = None) -> dict[str, int]:
         servers = obs.model_servers if model_servers is None else model_servers
         out = {}
-        for name, stats in obs.queues.items():
-            upstream = obs.queues.get(name + self.backlog.zip_suffix)
-            work = stats.demand + (upstream.demand if upstream and not self._is_zip(name) else 0)
-            if work > 0:
-                self._last_work[name] = obs.now
+        for name in obs.queues:
+            work = self.pipeline_demand(obs, name)
             current = obs.consumers.get(name, 0)
             replicas = zero_to_one(
-                current, work, self.idle_for(name, obs.now), idle_grace=self.config.idle_grace
+                current, work, self.idle.idle_for(name, obs.now), idle_grace=self.config.idle_grace
             )
             if replicas > 0 and work > 0:
-                hpa = self._consumer_hpas.setdefault(
-                    name,
-                    Hpa(1.0, self._behavior(self.config.max_consumers), self.config.tolerance),
+                hpa = self._consumer_hpas.get(name) or self._consumer_hpas.setdefault(
+                    name, self.config.hpa(1.0, self.config.max_consumers)
                 )
                 wanted = self.consumers_wanted(obs, name, servers)
                 replicas = hpa.desired(obs.now, replicas, wanted / replicas)
@@ -476,6 +476,11 @@ class BacklogPolicy:
         return out
 
     def decide(self, obs: Observation) -> Decision:
+        self.idle.note(obs)
         self._learn(obs)
         servers = self.model_servers(obs)
         return Decision(servers, self.consumers(obs, servers))
+
+
+def _is_zip(queue: str) -> bool:
+    return queue != job_type_of(queue)

@@ -1,0 +1,23 @@
+"""A discrete-event simulation of a Kiosk cluster that runs the real ``autoscaler.policy`` code
+on simulated time: uploads, consumers, model servers on GPU nodes, start-up delays,
+preemptions, the cluster autoscaler, prices. ``python -m benchmark.cluster_sim`` runs the
+paper's grid; ``simulate(Scenario(...))`` runs one scenario.
+
+Modules, one job each: ``model`` (scenario, cluster, stage times, prices, and every assumption),
+``events`` (the engine), ``workload`` (uploads), ``work`` (consumers and GPUs), ``cluster``
+(nodes, pods, the cluster autoscaler), ``run`` (the policy loop), ``report`` (table, JSON, plots).
+"""
+
+from benchmark.simulator.model import ClusterParams, DataCosts, Scenario, StageTimes, Workload
+from benchmark.simulator.run import Result, Simulation, simulate
+
+__all__ = [
+    "ClusterParams",
+    "DataCosts",
+    "Result",
+    "Scenario",
+    "Simulation",
+    "StageTimes",
+    "Workload",
+    "simulate",
+]
