@@ -256,5 +256,3 @@ def cluster() -> Iterator[Cluster]:
         client.close()
     box["loop"].call_soon_threadsafe(box["stop"].set)
     thread.join(10)
-
-
