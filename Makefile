@@ -23,8 +23,8 @@ setup: system-deps $(INSTALLED) ## install Python packages (.venv) and redis-ser
 system-deps: ## install redis-server if it is missing
 	@scripts/install-system-deps.sh redis-server
 
-test-deps: ## install what the tests run beside Python (redis-server, prometheus) if missing
-	@scripts/install-system-deps.sh redis-server prometheus
+test-deps: ## install what the tests run beside Python (redis-server, prometheus, chromium) if missing
+	@scripts/install-system-deps.sh redis-server prometheus chromium
 
 run: setup ## start the local stack at http://127.0.0.1:8080 and segment the samples (Ctrl-C stops it)
 	$(BIN)/kiosk up --demo
@@ -48,6 +48,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.deep_watershed
 	$(BIN)/python -m benchmark.zip_throughput
 	$(BIN)/python -m benchmark.consumer_memory
+	$(BIN)/python -m benchmark.cluster_sim
 
 evaluate: setup ## segmentation quality, model vs classical baseline, generated and real nuclei
 	$(BIN)/python -m consumers.evaluate
