@@ -13,9 +13,11 @@ memory (no Redis, HTTP, zip, TIFF or uploads). Everything Kiosk adds is the diff
 
     overhead = (end-to-end - alone) / end-to-end        (target: < 0.10)
 
-Each side is warmed up first (a small zip through the stack; one image per worker alone).
+Each side is warmed up first (a small zip through the stack; one image per worker alone) and
+run ``--repeats`` times; the figures are medians (the runs are kept in the JSON), since a
+2-core machine shared with the OS varies by 10-20 % from run to run.
 
-    python -m benchmark.zip_throughput [--images 100] [--size 512] [--consumers 1,2]
+    python -m benchmark.zip_throughput [--images 100] [--size 512] [--consumers 1,2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import multiprocessing as mp
+import statistics
 import tempfile
 import time
 import zipfile
@@ -183,6 +186,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--consumers", default="1,2", help="segmentation consumers, e.g. 1,2")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each side; medians are reported"
+    )
     add_model_args(parser)
     args = parser.parse_args()
     model_path = check_model(args.models_dir)
@@ -191,41 +197,53 @@ def main() -> None:
     images = [im for im, _ in generated_images(args.images, args.size, SEED_BASE)]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        plate = Path(tmp) / "plate.zip"
-        zip_bytes = write_zip(plate, images)
+        plates = [
+            (Path(tmp) / f"plate-{r}.zip", f"plate{r}") for r in range(args.repeats)
+        ]  # one folder per run, so each run's children can be told apart
+        zip_bytes = 0
+        for plate, folder in plates:
+            zip_bytes = write_zip(plate, images, folder=folder)
         for n in counts:
             with model_server(args.models_dir) as server:
-                alone_s, alone_stages = alone(server.target, images, n)
-            print(f"{n} worker(s) alone: {alone_s:.2f} s", flush=True)
+                alone_runs = [alone(server.target, images, n) for _ in range(args.repeats)]
+            alone_s = statistics.median(seconds for seconds, _ in alone_runs)
+            alone_stages = alone_runs[-1][1]
+            print(f"{n} worker(s) alone: {[round(s, 2) for s, _ in alone_runs]} s", flush=True)
             warm = Path(tmp) / f"warmup-{n}.zip"
             warm_images = generated_images(2 * n, args.size, WARMUP_SEED_BASE)
             write_zip(warm, [im for im, _ in warm_images], folder="warmup")
+            runs = []
             with kiosk_up(args.models_dir, consumers=n) as stack, KioskClient(stack.url) as client:
                 run_zip(client, warm)
-                cpu_before = process_tree_cpu(stack.process.pid)
-                e2e = run_zip(client, plate)
-                cpu = cpu_spent(cpu_before, process_tree_cpu(stack.process.pid))
-                result = client.download(e2e["job"]["id"], Path(tmp) / f"result-{n}")
-                where = breakdown(client, e2e["job"], "plate")
+                for plate, folder in plates:
+                    cpu_before = process_tree_cpu(stack.process.pid)
+                    e2e = run_zip(client, plate)
+                    e2e["cpu"] = cpu_spent(cpu_before, process_tree_cpu(stack.process.pid))
+                    e2e["where"] = breakdown(client, e2e["job"], folder)
+                    runs.append(e2e)
+                result = client.download(runs[-1]["job"]["id"], Path(tmp) / f"result-{n}")
             with zipfile.ZipFile(result) as archive:
                 labels = [name for name in archive.namelist() if name.endswith("_labels.tif")]
             if len(labels) != args.images:
                 raise RuntimeError(f"expected {args.images} label images, the result has {labels}")
-            seconds = e2e["seconds"]
-            print(f"{n} consumer(s) end to end: {seconds:.2f} s", flush=True)
+            seconds = statistics.median(run["seconds"] for run in runs)
+            print(f"{n} consumer(s) end to end: {[round(r['seconds'], 2) for r in runs]} s")
+            last = runs[-1]
             results.append(
                 {
                     "consumers": n,
                     "end_to_end_seconds": round(seconds, 3),
-                    "upload_seconds": round(e2e["upload_seconds"], 3),
+                    "end_to_end_runs": [round(run["seconds"], 3) for run in runs],
+                    "upload_seconds": round(last["upload_seconds"], 3),
                     "alone_seconds": round(alone_s, 3),
+                    "alone_runs": [round(seconds, 3) for seconds, _ in alone_runs],
                     "end_to_end_images_per_s": round(args.images / seconds, 3),
                     "alone_images_per_s": round(args.images / alone_s, 3),
                     "overhead_fraction": round((seconds - alone_s) / seconds, 4),
                     "alone_mean_seconds": alone_stages,
-                    "parent_timings": e2e["job"].get("timings", {}),
-                    "cpu_seconds_by_service": cpu,
-                    **where,
+                    "parent_timings": last["job"].get("timings", {}),
+                    "cpu_seconds_by_service": last["cpu"],
+                    **last["where"],
                 }
             )
 

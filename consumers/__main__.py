@@ -39,6 +39,11 @@ def return_large_buffers_to_the_os() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m consumers", description=__doc__)
     parser.add_argument("queue", help="queue to consume: a job type, or TYPE-zip")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that the queue's job type can be loaded (exit 2 with why if not)",
+    )
     args = parser.parse_args(argv)
 
     settings = ConsumerSettings()
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownJobType, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    if args.check:
+        return 0
 
     queue = JobQueue.from_settings(settings, socket_timeout=settings.claim_timeout + 10)
     consumer = consumer_cls(settings, open_bucket(settings.bucket), queue)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from frontend.deps import Services
 from frontend.errors import install_error_handlers
@@ -14,6 +18,21 @@ from kiosk.settings import FrontendSettings
 from kiosk.storage import Bucket, open_bucket
 
 REDIS_RETRIES = 3  # a request waits a few seconds for Redis, then gets 503
+STATIC_DIR = Path(__file__).parent / "static"  # the web portal: plain HTML, CSS and JS
+
+
+def wants_html(request: Request) -> bool:
+    """Browsers name text/html first; kiosk-client and scripts send */* or nothing, and a
+    client that names application/json at least as high gets the JSON it asked for."""
+    weights: dict[str, float] = {}
+    for part in request.headers.get("accept", "").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = next((p[2:] for p in params if p.startswith("q=")), "1")
+        try:
+            weights[media.lower()] = float(q)
+        except ValueError:
+            continue
+    return weights.get("text/html", 0) > weights.get("application/json", 0)
 
 
 def create_app(
@@ -41,10 +60,19 @@ def create_app(
     for router in (legacy.health, legacy.router, v1.health, v1.router, files.router):
         app.include_router(router)
 
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
     # kiosk-client GETs "/" and takes the URL it ends on, after redirects, as the API's base:
-    # the root must answer in place.
+    # the root must answer in place. Browsers get the portal there, everyone else the JSON.
     @app.get("/", include_in_schema=False)
-    def index() -> dict[str, str]:
-        return {"service": "Kiosk", "version": __version__, "api": v1.PREFIX, "docs": "/docs"}
+    def index(request: Request) -> Response:
+        if wants_html(request):
+            return FileResponse(
+                STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache", "Vary": "Accept"}
+            )
+        return JSONResponse(
+            {"service": "Kiosk", "version": __version__, "api": v1.PREFIX, "docs": "/docs"},
+            headers={"Vary": "Accept"},
+        )
 
     return app

@@ -187,7 +187,7 @@ def _corrupt(name: str | None, kind: FileKind, err: BaseException) -> CorruptIma
 
 
 def _tiff_info(tif: tifffile.TiffFile, name: str | None, size: int) -> ImageInfo:
-    if not tif.series:
+    if not tif.series or not tif.series[0].shape or 0 in tif.series[0].shape:
         raise CorruptImage(
             f"{_describe(name)} is a TIFF without any image in it; it may be damaged: "
             "export it again and upload it."

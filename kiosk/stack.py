@@ -392,6 +392,24 @@ def _autoscaler_spec(
     )
 
 
+def _job_types_that_cannot_start(settings: StackSettings, env: dict[str, str]) -> str:
+    """What the consumers of the configured job types would say if they could not start
+    (an unknown job type, a plugin that does not import); empty when they all can."""
+    problems = []
+    for job_type in settings.queues:
+        check = subprocess.run(
+            [sys.executable, "-m", "consumers", job_type, "--check"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check.returncode != 0:
+            lines = (check.stdout + check.stderr).strip().splitlines()
+            problems.append(f"consumer-{job_type} cannot start: " + " ".join(lines[-3:]))
+    return "\n".join(problems)
+
+
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
@@ -485,6 +503,11 @@ def run_stack(settings: StackSettings, console: Console, demo: bool = False) -> 
                     spec.ready = None
     code = 0
     running_demo: Demo | None = None
+    if settings.consumers_per_queue == 0:  # consumers start later: find a broken job type now
+        broken = _job_types_that_cannot_start(settings, specs[0].env)
+        if broken:
+            console.print(f"[bold red]error:[/] {escape(broken)}")
+            return 1
     try:
         for spec in specs:
             supervisor.start(spec)

@@ -332,6 +332,12 @@ def test_empty_file_is_refused():
         read_image(b"", name="e.tif")
 
 
+def test_a_tiff_header_without_an_image_is_reported_as_corrupt():
+    header_only = b"II*\x00\x08\x00\x00\x00" + b"\x00" * 56
+    with pytest.raises(CorruptImage, match="TIFF without any image"):
+        read_image(header_only, name="broken.tif")
+
+
 def test_too_many_pixels_is_refused_with_size_and_limit():
     raw = tiff_bytes(np.zeros((300, 400), np.uint8))
     with pytest.raises(ImageTooLarge) as err:

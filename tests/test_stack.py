@@ -185,7 +185,16 @@ def test_kiosk_up_refuses_a_port_in_use(tmp_path) -> None:
 
 
 def test_kiosk_up_stops_at_once_when_a_job_type_cannot_start(tmp_path) -> None:
-    run = kiosk_up_refusing(tmp_path, free_port(), KIOSK_QUEUES="echo")  # no plugin for it
+    run = kiosk_up_refusing(
+        tmp_path, free_port(), KIOSK_QUEUES="echo", KIOSK_CONSUMERS_PER_QUEUE="1"
+    )  # no plugin for it
     assert run.returncode == 1
     assert "consumer-echo-0 exited with code 2 while starting" in run.stdout
+    assert "no consumer serves queue 'echo'" in run.stdout
+
+
+def test_an_autoscaled_kiosk_up_refuses_a_job_type_that_cannot_start(tmp_path) -> None:
+    run = kiosk_up_refusing(tmp_path, free_port(), KIOSK_QUEUES="echo")  # consumers start later
+    assert run.returncode == 1
+    assert "consumer-echo cannot start" in run.stdout
     assert "no consumer serves queue 'echo'" in run.stdout

@@ -18,6 +18,7 @@ from frontend.errors import ApiError
 from frontend.routes.files import file_response
 from frontend.submission import check_job_type, create_job
 from frontend.uploads import FILE_FIELD, receive_upload
+from kiosk.filetypes import ACCEPTED, EXTENSIONS
 from kiosk.jobs import (
     FINAL_STATUSES,
     OUTPUT_PREFIX,
@@ -279,6 +280,22 @@ def job_types(services: ServicesDep) -> dict[str, list[str]]:
     return {"job_types": list(services.settings.queues)}
 
 
+class Limits(BaseModel):
+    max_upload_bytes: int = Field(description="Largest file one upload may be.")
+    extensions: list[str] = Field(description="File name endings accepted, e.g. '.tif'.")
+    accepted: str = Field(description="The accepted kinds, in words.")
+
+
+@router.get("/limits")
+def limits(services: ServicesDep) -> Limits:
+    """What an upload may be, so a client (the web portal) refuses a file before sending it."""
+    return Limits(
+        max_upload_bytes=services.settings.max_upload_bytes,
+        extensions=list(EXTENSIONS),
+        accepted=ACCEPTED,
+    )
+
+
 @router.get("/queues")
 def queues(services: ServicesDep) -> list[QueueOut]:
     """Jobs waiting, in flight and dead-lettered, per queue (zip queues included)."""
@@ -320,11 +337,16 @@ def list_jobs(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
     status: Annotated[str | None, Query(description="Only jobs with this status.")] = None,
     job_type: Annotated[str | None, Query()] = None,
+    parent: Annotated[
+        str | None, Query(description="A zip job's id: only its images' jobs, in the zip's order.")
+    ] = None,
 ) -> JobList:
     """Jobs, newest first. A filtered page may hold fewer than ``limit`` jobs while
-    ``next_cursor`` still leads to older ones."""
+    ``next_cursor`` still leads to older ones. With ``parent``: a zip's jobs, in its order."""
     if status is not None and status not in set(Status):
         raise ApiError(422, f"unknown status {status!r}: use one of {', '.join(Status)}")
+    if parent is not None:
+        return _children_page(services, parent, limit, cursor, status, job_type)
     position = _position(cursor) if cursor else None
     jobs: list[JobOut] = []
     scanned, exhausted = 0, False
@@ -350,6 +372,33 @@ def list_jobs(
                     break
     more = not exhausted and position is not None
     return JobList(jobs=jobs, next_cursor=_cursor(position) if more else None)
+
+
+def _children_page(
+    services: Services,
+    parent: str,
+    limit: int,
+    cursor: str | None,
+    status: str | None,
+    job_type: str | None,
+) -> JobList:
+    """A zip's child jobs, read from the parent's list of them (exact, unlike scanning the
+    index); the cursor is an offset into that list."""
+    keys = [k for k in _load(services, parent).fields.get(JobField.CHILDREN, "").split(",") if k]
+    if cursor is not None and not cursor.isdigit():
+        raise ApiError(422, f"invalid cursor {cursor!r}: pass the next_cursor of a listing")
+    start = int(cursor or 0)
+    page = keys[start : start + limit]
+    jobs = []
+    for key, fields in zip(page, services.queue.get_many(page), strict=True):
+        view = JobView(key, fields)
+        wanted = (not status or view.status == status) and (
+            not job_type or view.job_type == job_type
+        )
+        if fields and wanted:
+            jobs.append(JobOut.of(view))
+    end = start + len(page)
+    return JobList(jobs=jobs, next_cursor=str(end) if end < len(keys) else None)
 
 
 @router.get("/jobs/{job_id:path}/result")
