@@ -23,8 +23,8 @@ setup: system-deps $(INSTALLED) ## install Python packages (.venv) and redis-ser
 system-deps: ## install redis-server if it is missing
 	@scripts/install-system-deps.sh redis-server
 
-test-deps: ## install what the tests run beside Python (redis-server, prometheus, chromium) if missing
-	@scripts/install-system-deps.sh redis-server prometheus chromium
+test-deps: ## install what the tests run beside Python (redis-server, prometheus, chromium, shellcheck) if missing
+	@scripts/install-system-deps.sh redis-server prometheus chromium shellcheck
 
 run: setup ## start the local stack at http://127.0.0.1:8080 and segment the samples (Ctrl-C stops it)
 	$(BIN)/kiosk up --demo
@@ -35,6 +35,7 @@ test: setup test-deps lint ## lint, then run every test
 lint: $(INSTALLED) ## ruff: lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile.consumer Dockerfile.autoscaler
 
 format: $(INSTALLED) ## ruff: fix what can be fixed, format
 	$(BIN)/ruff check --fix .
