@@ -17,7 +17,7 @@ import redis
 
 from autoscaler.backends import Backend, BackendError, Replicas
 from autoscaler.policy import Decision, Observation, PaperPolicy
-from kiosk.queue import JobQueue, QueueStats
+from kiosk.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ class Controller:
         self.policy = policy
         self.gpu_utilization = gpu_utilization
         self.clock = clock
-        self.last_stats: list[QueueStats] = []
         self.last_replicas: Replicas | None = None
         self.last_gpu: float | None = None
         self._marked: dict[str, frozenset[str]] = {}  # queue -> busy hosts last marked
@@ -55,7 +54,7 @@ class Controller:
             log.warning("cannot see the queues or replicas (%s); trying again next tick", exc)
             return None
         gpu = self._read_gpu()
-        self.last_stats, self.last_replicas, self.last_gpu = stats, replicas, gpu
+        self.last_replicas, self.last_gpu = replicas, gpu
         observation = Observation(
             now=self.clock(),
             queues={s.queue: s for s in stats},

@@ -128,16 +128,16 @@ def hpa_proposal(
 
 @dataclass(frozen=True)
 class HpaBehavior:
-    """An autoscaling/v2 HPA's ``behavior``, with Kubernetes' defaults."""
+    """An autoscaling/v2 HPA's ``behavior``, with Kubernetes' defaults. The rate limits apply
+    per evaluation: call :meth:`Hpa.desired` once per HPA sync (``HPA_SYNC``)."""
 
     min_replicas: int = 1
     max_replicas: int = 10
     scale_up_window: float = SCALE_UP_WINDOW
     scale_down_window: float = SCALE_DOWN_WINDOW
-    scale_up_pods: int = 4  # per period, or...
+    scale_up_pods: int = 4  # per evaluation, or...
     scale_up_percent: float = 100.0  # ... this share of the current replicas, whichever is more
     scale_down_percent: float = 100.0
-    period: float = HPA_SYNC
 
 
 @dataclass
@@ -206,14 +206,12 @@ class PolicyConfig:
     max_model_servers: int = 1
     max_consumers: int = 4  # per queue
     scale_down_window: float = SCALE_DOWN_WINDOW
-    hpa_period: float = HPA_SYNC
 
     def hpa(self, target: float, max_replicas: int) -> Hpa:
         """An HPA with these settings' tolerance and stabilisation."""
         behavior = HpaBehavior(
             max_replicas=max_replicas,
             scale_down_window=self.scale_down_window,
-            period=self.hpa_period,
         )
         return Hpa(target, behavior, self.tolerance)
 

@@ -41,7 +41,6 @@ class _Group:
     stopping: list[tuple[Supervised, float]] = field(default_factory=list)  # (child, kill at)
     crashes: deque[float] = field(default_factory=deque)
     paused_until: float = 0.0
-    started: int = 0  # processes started, ever
 
 
 class LocalBackend:
@@ -117,7 +116,6 @@ class LocalBackend:
         self._reap()
         now = self._clock()
         while len(group.running) < replicas and now >= group.paused_until:
-            group.started += 1
             child = Supervised(ServiceSpec(self._name(kind), argv, self.env), self.log_dir)
             child.start()
             group.running.append(child)

@@ -42,7 +42,6 @@ def policy_config(scenario: Scenario) -> PolicyConfig:
     return PolicyConfig(
         max_model_servers=scenario.gpus,
         max_consumers=scenario.consumer_cap,
-        hpa_period=scenario.cluster.hpa_sync,
     )
 
 
