@@ -86,9 +86,7 @@ class Controller:
         for queue_name, wanted in decision.consumers.items():
             current = replicas.consumers.get(queue_name, 0)
             busy = frozenset(
-                str(info.get("host", ""))
-                for info in consumers.values()
-                if info.get("queue") == queue_name and info.get("job")
+                beat.host for beat in consumers.values() if beat.queue == queue_name and beat.busy
             )
             if wanted != current:
                 log.info("consumers of %s %d -> %d", queue_name, current, wanted)

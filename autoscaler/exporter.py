@@ -19,12 +19,11 @@ zeros.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from threading import Thread
 from typing import TypeVar
@@ -53,7 +52,7 @@ from kiosk.jobs import (
     parse_processing_list,
 )
 from kiosk.logs import setup_logging
-from kiosk.queue import JobQueue
+from kiosk.queue import Heartbeat, JobQueue
 from kiosk.settings import AutoscalerSettings
 from kiosk.signals import StopSignals
 
@@ -120,30 +119,16 @@ def read_queues(queue: JobQueue, queues: Sequence[str]) -> dict[str, QueueReadin
         in_flight[name] += int(length)
     consumers = dict.fromkeys(queues, 0)
     busy = dict.fromkeys(queues, 0)
-    for info in _heartbeats(replies[-1] if beats else []):
-        name = info.get("queue")
-        if name in known:
-            consumers[name] += 1
-            busy[name] += 1 if info.get("job") else 0
+    for beat in map(Heartbeat.from_json, replies[-1] if beats else []):
+        if beat is not None and beat.queue in known:
+            consumers[beat.queue] += 1
+            busy[beat.queue] += beat.busy
     return {
         name: QueueReading(
             int(queued[name]), in_flight[name], int(dead[name]), consumers[name], busy[name]
         )
         for name in queues
     }
-
-
-def _heartbeats(values: Iterable[str | None]) -> Iterator[dict]:
-    """What live consumers last reported; expired (None) and unreadable values are skipped."""
-    for value in values:
-        if not value:
-            continue
-        try:
-            info = json.loads(value)
-        except ValueError:
-            continue
-        if isinstance(info, dict):
-            yield info
 
 
 class KioskCollector(Collector):

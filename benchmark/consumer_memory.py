@@ -126,7 +126,7 @@ def main() -> None:
             queue = JobQueue(connect(redis_server.url))
             pid = consumer.pid
             wait_for(
-                lambda: any(c.get("pid") == pid for c in queue.live_consumers().values()),
+                lambda: any(beat.pid == pid for beat in queue.live_consumers().values()),
                 60,
                 0.1,
                 "the consumer's first heartbeat",

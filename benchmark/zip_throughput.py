@@ -13,11 +13,13 @@ memory (no Redis, HTTP, zip, TIFF or uploads). Everything Kiosk adds is the diff
 
     overhead = (end-to-end - alone) / end-to-end        (target: < 0.10)
 
-Each side is warmed up first (a small zip through the stack; one image per worker alone) and
-run ``--repeats`` times; the figures are medians (the runs are kept in the JSON), since a
-2-core machine shared with the OS varies by 10-20 % from run to run.
+Each side is warmed up first (a small zip through the stack; one image per worker alone), then
+the two sides take turns ``--repeats`` times, so that a slow spell of the machine falls on both;
+the figures are medians (the runs are kept in the JSON), since a 2-core machine shared with the
+OS varies by 10-20 % from run to run. Both model servers stay up throughout; the idle one costs
+nothing.
 
-    python -m benchmark.zip_throughput [--images 100] [--size 512] [--consumers 1,2] [--repeats 3]
+    python -m benchmark.zip_throughput [--images 100] [--size 512] [--consumers 1,2] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--consumers", default="1,2", help="segmentation consumers, e.g. 1,2")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="runs of each side; medians are reported"
+        "--repeats", type=int, default=5, help="runs of each side; medians are reported"
     )
     add_model_args(parser)
     args = parser.parse_args()
@@ -204,30 +206,37 @@ def main() -> None:
         for plate, folder in plates:
             zip_bytes = write_zip(plate, images, folder=folder)
         for n in counts:
-            with model_server(args.models_dir) as server:
-                alone_runs = [alone(server.target, images, n) for _ in range(args.repeats)]
-            alone_s = statistics.median(seconds for seconds, _ in alone_runs)
-            alone_stages = alone_runs[-1][1]
-            print(f"{n} worker(s) alone: {[round(s, 2) for s, _ in alone_runs]} s", flush=True)
             warm = Path(tmp) / f"warmup-{n}.zip"
             warm_images = generated_images(2 * n, args.size, WARMUP_SEED_BASE)
             write_zip(warm, [im for im, _ in warm_images], folder="warmup")
-            runs = []
-            with kiosk_up(args.models_dir, consumers=n) as stack, KioskClient(stack.url) as client:
+            alone_runs, runs = [], []
+            with (
+                model_server(args.models_dir) as server,
+                kiosk_up(args.models_dir, consumers=n) as stack,
+                KioskClient(stack.url) as client,
+            ):
                 run_zip(client, warm)
+                # The two sides take turns, so a slow spell of the machine hits both alike.
                 for plate, folder in plates:
+                    alone_runs.append(alone(server.target, images, n))
                     cpu_before = process_tree_cpu(stack.process.pid)
                     e2e = run_zip(client, plate)
                     e2e["cpu"] = cpu_spent(cpu_before, process_tree_cpu(stack.process.pid))
                     e2e["where"] = breakdown(client, e2e["job"], folder)
                     runs.append(e2e)
+                    print(
+                        f"{n} consumer(s): alone {alone_runs[-1][0]:.2f} s, "
+                        f"end to end {e2e['seconds']:.2f} s",
+                        flush=True,
+                    )
                 result = client.download(runs[-1]["job"]["id"], Path(tmp) / f"result-{n}")
+            alone_s = statistics.median(seconds for seconds, _ in alone_runs)
+            alone_stages = alone_runs[-1][1]
             with zipfile.ZipFile(result) as archive:
                 labels = [name for name in archive.namelist() if name.endswith("_labels.tif")]
             if len(labels) != args.images:
                 raise RuntimeError(f"expected {args.images} label images, the result has {labels}")
             seconds = statistics.median(run["seconds"] for run in runs)
-            print(f"{n} consumer(s) end to end: {[round(r['seconds'], 2) for r in runs]} s")
             last = runs[-1]
             results.append(
                 {

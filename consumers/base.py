@@ -42,6 +42,18 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Finish:
+    """The rest of a job once the model is done with it (writing and uploading its outputs).
+
+    A job type that returns one lets its consumer keep the model server busy: the worker runs
+    ``run`` on a second thread while it claims and predicts the next job. One job finishes at
+    a time, so a consumer holds at most two jobs.
+    """
+
+    run: Callable[[], Result]
+
+
+@dataclass(frozen=True)
 class Waiting:
     """A zip parent whose children are queued: it waits in ``waiting`` without holding this
     consumer, and comes back to the queue when its last child ends."""
@@ -147,6 +159,13 @@ class Job:
             self.bucket.upload_file(path, key)
         return key
 
+    def put_output(self, file_name: str, data: bytes) -> str:
+        """Store a result held in memory (the saving-results stage); returns its key."""
+        key = self.output_key(file_name)
+        with self.stage(Stages.UPLOAD):
+            self.bucket.put_bytes(key, data)
+        return key
+
 
 class Consumer(ABC):
     """A job type. One instance serves one queue for the life of its process."""
@@ -164,5 +183,5 @@ class Consumer(ABC):
         """Prepare once before the first claim (connect to a model server, warm up)."""
 
     @abstractmethod
-    def process(self, job: Job) -> Result | Waiting:
-        """Do the work of one job."""
+    def process(self, job: Job) -> Result | Finish | Waiting:
+        """Do the work of one job (or its model part, leaving a :class:`Finish`)."""

@@ -44,18 +44,18 @@ class ConsumerMetrics:
         )
         self.busy = Gauge(
             "kiosk_consumer_busy",
-            "1 while the consumer holds a job, 0 while it waits for one.",
+            "Jobs the consumer holds: 0 while it waits for one, 2 while one job finishes "
+            "(writes its outputs) and the next predicts.",
             ["queue"],
             registry=registry,
         )
 
-    def claimed(self, queue: str) -> None:
-        self.busy.labels(queue).set(1)
+    def holding(self, queue: str, jobs: int) -> None:
+        self.busy.labels(queue).set(jobs)
 
     def stage_timed(self, queue: str, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(queue, stage).observe(seconds)
 
     def settled(self, queue: str, outcome: str, seconds: float) -> None:
-        self.busy.labels(queue).set(0)
         self.jobs.labels(queue, outcome).inc()
         self.job_seconds.labels(queue).observe(seconds)

@@ -3,6 +3,8 @@
 Each frame of the image (a 2D image is one frame; a z-stack or time series is one per plane)
 goes through :func:`consumers.processing.pipeline.segment`: normalise, rescale to the model's
 microns per pixel, tile, Predict over gRPC in batches, untile, deep watershed, restore the size.
+The label TIFF and the overlay preview are written and uploaded as the job's
+:class:`~consumers.base.Finish`, while the consumer already predicts its next job.
 The job's ``dimension_order``, ``channels``, ``scale``, ``model_name`` and ``model_version`` are
 honoured; anything wrong with them, or with the file, fails the job at once with a reason that
 says what to do. Model-server trouble that may pass (unavailable, busy, timeouts) is retried.
@@ -18,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from consumers.base import Consumer, Job, JobError, Result
+from consumers.base import Consumer, Finish, Job, JobError, Result
 from consumers.metrics import PREDICT_RETRIES
 from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import Predict, segment
@@ -43,61 +45,73 @@ class SegmentationConsumer(Consumer):
     def setup(self) -> None:
         self.client = ServingClient.from_settings(self.settings)
 
-    def process(self, job: Job) -> Result:
+    def process(self, job: Job) -> Finish:
         model, version = self._model(job)
         image_mpp = self._scale(job)
         with tempfile.TemporaryDirectory() as tmp:
             path = job.download_input(Path(tmp))
             with job.stage(Stages.PREPROCESS):
                 loaded = self._open(job, path)
-            pixels = loaded.pixels
-            labels = np.zeros(pixels.shape[:3], dtype=np.int32)
-            retries = 0
+        pixels = loaded.pixels
+        labels = np.zeros(pixels.shape[:3], dtype=np.int32)
+        retries = 0
 
-            def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
-                nonlocal retries
-                prediction = self._predict(model, version, batch)
-                retries += prediction.retries
-                if prediction.retries:
-                    PREDICT_RETRIES.labels(job.queue).inc(prediction.retries)
-                return _foreground_only(prediction.outputs)
+        def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
+            nonlocal retries
+            prediction = self._predict(model, version, batch)
+            retries += prediction.retries
+            if prediction.retries:
+                PREDICT_RETRIES.labels(job.queue).inc(prediction.retries)
+            return _foreground_only(prediction.outputs)
 
-            for index, frame in enumerate(pixels):
-                timings: dict[str, float] = {}
-                progress = _TileProgress(job, index, len(pixels))
-                labels[index] = segment(
-                    frame,
-                    progress.wrap(predict),
-                    image_mpp=image_mpp,
-                    model_mpp=self.settings.model_mpp,
-                    tile_size=self.settings.tile_size,
-                    batch_size=self.settings.predict_batch_size,
-                    normalize_method=self.settings.normalization,
-                    timings=timings,
-                    progress=progress,
-                )
-                job.record_times(
-                    {
-                        stage: sum(timings.get(name, 0.0) for name in names)
-                        for stage, names in STAGE_TIMINGS.items()
-                    }
-                )
-            stem = PurePosixPath(job.get(JobField.ORIGINAL_NAME, "image")).stem or "image"
-            label_path = Path(tmp) / f"{stem}_labels.tif"
-            preview_path = Path(tmp) / f"{stem}_overlay.png"
-            with job.stage(Stages.POSTPROCESS):
-                axes = _label_axes(loaded.frame_axes, labels)
-                imaging.write_labels_tiff(label_path, labels if axes else labels[0], axes=axes)
-                preview_path.write_bytes(overlay_png(pixels[0], labels[0]))
-            output = job.upload_output(label_path)
-            preview = job.upload_output(preview_path)
+        for index, frame in enumerate(pixels):
+            timings: dict[str, float] = {}
+            progress = _TileProgress(job, index, len(pixels))
+            labels[index] = segment(
+                frame,
+                progress.wrap(predict),
+                image_mpp=image_mpp,
+                model_mpp=self.settings.model_mpp,
+                tile_size=self.settings.tile_size,
+                batch_size=self.settings.predict_batch_size,
+                normalize_method=self.settings.normalization,
+                timings=timings,
+                progress=progress,
+            )
+            job.record_times(
+                {
+                    stage: sum(timings.get(name, 0.0) for name in names)
+                    for stage, names in STAGE_TIMINGS.items()
+                }
+            )
+        fields = {
+            JobField.PREDICT_RETRIES: str(retries),
+            JobField.DIM_ORDER: loaded.dimension_order,
+            JobField.SCALE: f"{image_mpp:g}",
+        }
+        return Finish(lambda: self._save(job, loaded, labels, fields))
+
+    def _save(
+        self,
+        job: Job,
+        loaded: imaging.LoadedImage,
+        labels: np.ndarray,
+        fields: Mapping[str, str],
+    ) -> Result:
+        """The label TIFF and the overlay preview, encoded and uploaded: the job's finish,
+        which runs while the consumer's next job predicts."""
+        stem = PurePosixPath(job.get(JobField.ORIGINAL_NAME, "image")).stem or "image"
+        with job.stage(Stages.POSTPROCESS):
+            axes = _label_axes(loaded.frame_axes, labels)
+            label_tiff = imaging.encode_labels_tiff(labels if axes else labels[0], axes=axes)
+            preview_png = overlay_png(loaded.pixels[0], labels[0])
+        output = job.put_output(f"{stem}_labels.tif", label_tiff)
+        preview = job.put_output(f"{stem}_overlay.png", preview_png)
         return Result(
             output,
             {
-                JobField.PREDICT_RETRIES: str(retries),
+                **fields,
                 JobField.PREVIEW_URL: file_url(self.settings.public_url, preview),
-                JobField.DIM_ORDER: loaded.dimension_order,
-                JobField.SCALE: f"{image_mpp:g}",
                 JobField.OBJECTS: str(_count_objects(labels)),
             },
         )

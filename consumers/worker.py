@@ -1,19 +1,22 @@
 """A consumer's job lifecycle, in one file: claim, heartbeat, work, settle, shut down.
 
-Two threads. The *main* thread supervises: it takes signals, sends heartbeats and enforces the
-shutdown grace. The *jobs* thread claims one job at a time, runs the job type's ``process`` and
-settles the outcome:
+The *main* thread supervises: it takes signals, sends heartbeats and enforces the shutdown
+grace. The *jobs* thread claims one job at a time, runs the job type's ``process`` and settles
+the outcome:
 
     done      -> finish: status done, output_url, timings; the hash gets its finished TTL
+    Finish    -> the rest of the job (its outputs) runs on a *finishing* thread, settled there
+                 like a result, while the jobs thread claims and predicts the next job
     Waiting   -> park: status waiting, off this consumer's list (a zip parent's children run)
     JobError  -> fail now: status failed with the message as ``reason``, a dead-letter copy
     other     -> retry: queued again, or failed once ``max_attempts`` are used up
     JobLost   -> nothing: the job was deleted, or the janitor gave it to another consumer
 
-On SIGTERM (or SIGINT) the jobs thread stops claiming; a job in progress gets
-``shutdown_grace`` seconds to finish, after which the main thread hands it back to the front of
-its queue without counting the attempt, and the process exits. A second signal hands back at
-once. Lost Redis connections are waited out; nothing is dropped while Redis is away. The
+One job finishes at a time, so a consumer holds at most two jobs: one predicting, one
+finishing. On SIGTERM (or SIGINT) the jobs thread stops claiming; the jobs in hand get
+``shutdown_grace`` seconds to finish, after which the main thread hands them back to the front
+of their queue without counting the attempt, and the process exits. A second signal hands back
+at once. Lost Redis connections are waited out; nothing is dropped while Redis is away. The
 supervisor talks to Redis through its own client that gives up quickly (``control``), so a
 consumer told to stop while Redis is down still stops.
 """
@@ -31,10 +34,10 @@ from collections.abc import Callable, Mapping
 import redis
 from prometheus_client import CollectorRegistry
 
-from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting
+from consumers.base import Consumer, Finish, Job, JobError, JobLost, Result, Waiting
 from consumers.metrics import ConsumerMetrics
 from kiosk.jobs import JobField, Stage, file_url
-from kiosk.queue import Claim, JobQueue, Outcome, Settled
+from kiosk.queue import Claim, Heartbeat, JobQueue, Outcome, Settled
 from kiosk.settings import ConsumerSettings
 from kiosk.signals import StopSignals
 
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 SUPERVISOR_TICK = 0.25  # seconds between the main thread's checks
 IDLE_EXIT_MARGIN = 5.0  # beyond claim_timeout, before a stopping idle consumer stops waiting
 MAX_BACKOFF = 10.0
+FINISHING_NICENESS = 10  # added to the finishing thread's nice value
 
 
 def new_consumer_id() -> str:
@@ -72,7 +76,9 @@ class Worker:
         self._deadline: float | None = None
         self._stop_asked: float | None = None
         self._signals = StopSignals()
-        self._current: Claim | None = None
+        self._in_hand: dict[str, Claim] = {}  # claimed and not yet settled, by job key
+        self._in_hand_lock = threading.Lock()
+        self._finishing: threading.Thread | None = None
         self._check_held = True
         self._stranded = False  # a hand-back failed: leave the heartbeat to lapse
 
@@ -99,11 +105,11 @@ class Worker:
             if not jobs.is_alive():
                 break
             if self._deadline is not None and now >= self._deadline:
-                self._hand_back_current()
+                self._hand_back_in_hand()
                 break
             if (
                 self._stop_asked is not None
-                and self._current is None
+                and not self._claims()
                 and (now - self._stop_asked > idle_exit_after)
             ):
                 log.warning("the jobs thread is stuck waiting for Redis; stopping without it")
@@ -114,33 +120,50 @@ class Worker:
         self._shutdown()
 
     def stop(self, grace: float) -> None:
-        """Stop claiming; a job in progress has ``grace`` seconds before it is handed back."""
+        """Stop claiming; the jobs in hand have ``grace`` seconds before they are handed back."""
         if not self._stopping.is_set():
-            log.info("stopping: no new claims; %.0fs for the job in progress", grace)
+            log.info("stopping: no new claims; %.0fs for the jobs in hand", grace)
             self._stop_asked = time.monotonic()
         self._stopping.set()
         deadline = time.monotonic() + grace
         self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
 
     def _beat(self) -> None:
-        current = self._current
-        info = {
-            "queue": self.queue_name,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "job": current.key if current else "",
-            "stopping": self._stopping.is_set(),
-        }
+        beat = Heartbeat(
+            queue=self.queue_name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            jobs=tuple(claim.key for claim in self._claims()),
+            stopping=self._stopping.is_set(),
+        )
         try:
-            self.control.heartbeat(self.consumer_id, self.settings.heartbeat_ttl, info)
+            self.control.heartbeat(self.consumer_id, self.settings.heartbeat_ttl, beat)
         except redis.RedisError as exc:
             log.warning("heartbeat failed (%s); retrying next beat", exc)
 
-    def _hand_back_current(self) -> None:
-        claim = self._current
-        if claim is None:
-            return
+    def _claims(self) -> list[Claim]:
+        with self._in_hand_lock:
+            return list(self._in_hand.values())
+
+    def _hold(self, claim: Claim) -> None:
+        with self._in_hand_lock:
+            self._in_hand[claim.key] = claim
+            self.metrics.holding(self.queue_name, len(self._in_hand))
+
+    def _release(self, claim: Claim) -> int:
+        """Forget a settled claim; how many are still in hand."""
+        with self._in_hand_lock:
+            self._in_hand.pop(claim.key, None)
+            self.metrics.holding(self.queue_name, len(self._in_hand))
+            return len(self._in_hand)
+
+    def _hand_back_in_hand(self) -> None:
+        for claim in self._claims():
+            self._hand_back(claim)
+
+    def _hand_back(self, claim: Claim) -> None:
         settled = self._settle(lambda: self.control.hand_back(claim, self.consumer_id), retries=3)
+        self._release(claim)
         if settled and settled.outcome is Outcome.APPLIED:
             log.info("handed back %s unfinished; its attempt does not count", claim.key)
             self.metrics.settled(self.queue_name, "handed_back", 0.0)
@@ -173,16 +196,17 @@ class Worker:
                 continue
             if claim is None:
                 continue
-            self._current = claim  # at once: the supervisor hands back what is current
+            self._hold(claim)  # at once: the supervisor hands back what is in hand
             if self._stopping.is_set():
-                self._hand_back_current()
-                self._current = None
+                self._hand_back(claim)
                 break
             self._process(claim)
+        self._wait_for_finishing()
 
     def _next_claim(self) -> Claim | None:
         if self._check_held:
-            held = self.queue.held(self.queue_name, self.consumer_id)
+            in_hand = {claim.key for claim in self._claims()}
+            held = self.queue.held(self.queue_name, self.consumer_id, skip=in_hand)
             self._check_held = False
             if held is not None:
                 log.info("resuming %s, already in this consumer's list", held.key)
@@ -193,16 +217,45 @@ class Worker:
         return claim
 
     def _process(self, claim: Claim) -> None:
-        self._current = claim
-        self.metrics.claimed(self.queue_name)
         started = time.perf_counter()
         log.info("claimed %s (attempt %d)", claim.key, claim.attempt)
         job = Job(claim, self.consumer.bucket, lambda f: self._update(claim, f), self._on_stage)
+        finish = self._attempt(claim, job, started, lambda: self.consumer.process(job))
+        if finish is not None:
+            self._wait_for_finishing()  # one job finishing at a time
+            self._finishing = threading.Thread(
+                target=self._finish,
+                args=(claim, job, started, finish),
+                name=f"finishing-{self.queue_name}",
+                daemon=True,  # a stuck upload must not keep a stopped consumer alive
+            )
+            self._finishing.start()
+
+    def _finish(self, claim: Claim, job: Job, started: float, finish: Finish) -> None:
+        _lower_thread_priority()
+        self._attempt(claim, job, started, lambda: _result_of(finish))
+
+    def _wait_for_finishing(self) -> None:
+        if self._finishing is not None:
+            self._finishing.join()
+            self._finishing = None
+
+    def _attempt(
+        self,
+        claim: Claim,
+        job: Job,
+        started: float,
+        work: Callable[[], Result | Finish | Waiting],
+    ) -> Finish | None:
+        """Run ``work`` for a held job and settle what it ends with; a :class:`Finish` is
+        returned unsettled, for the caller to run."""
         settled: Settled | None = None
         job_lost: JobLost | None = None
         outcome = ""
         try:
-            result = self.consumer.process(job)
+            result = work()
+            if isinstance(result, Finish):
+                return result
         except JobLost as exc:
             log.warning("abandoned %s: %s", claim.key, exc)
             job_lost = exc
@@ -220,15 +273,15 @@ class Worker:
         else:
             settled = self._settle_result(claim, job.unwritten(), result, started)
             outcome = "waiting" if isinstance(result, Waiting) else "done"
-        finally:
-            self._current = None
+        still_in_hand = self._release(claim)
         if settled is None or settled.outcome is not Outcome.APPLIED:
             outcome = _outcome_name(settled)
         if settled and settled.outcome is Outcome.LOST and job_lost is None:
             log.warning("%s was taken over by another consumer; result discarded", claim.key)
         self.metrics.settled(self.queue_name, outcome, time.perf_counter() - started)
-        if settled and settled.still_held:
-            self._check_held = True
+        if settled and settled.still_held > still_in_hand:
+            self._check_held = True  # something in our list that no thread is working on
+        return None
 
     def _settle_result(
         self, claim: Claim, unwritten: Mapping[str, str], result: Result | Waiting, started: float
@@ -282,6 +335,23 @@ class Worker:
                 log.warning("Redis unavailable (%s); settling again in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+
+
+def _lower_thread_priority() -> None:
+    """Let a finishing job fill idle CPU rather than slow the next job's prediction (on this
+    machine's model server, on the local stack) or its post-processing. Linux only: there a
+    thread's id takes a nice value of its own."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FINISHING_NICENESS)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: run as is
+        log.debug("finishing thread keeps its priority (%s)", exc)
+
+
+def _result_of(finish: Finish) -> Result:
+    result = finish.run()
+    if not isinstance(result, Result):  # settling anything else would leave the job held
+        raise TypeError(f"a Finish must end in a Result, not {type(result).__name__}")
+    return result
 
 
 def _outcome_name(settled: Settled | None) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 import redis
@@ -322,6 +322,42 @@ class Claim:
         return int(self.fields.get(JobField.ATTEMPTS, "1") or 1)
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a live consumer says about itself, under its heartbeat key until the TTL lapses."""
+
+    queue: str
+    host: str = ""
+    pid: int = 0
+    jobs: tuple[str, ...] = ()  # the jobs it holds: one predicting, perhaps one finishing
+    stopping: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "jobs": list(self.jobs)})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Heartbeat | None:
+        """None for an expired or unreadable value, so one bad key cannot hide the rest."""
+        try:
+            info = json.loads(text) if text else None
+        except ValueError:
+            return None
+        if not isinstance(info, dict) or not isinstance(info.get("queue"), str):
+            return None
+        jobs = info.get("jobs")
+        return cls(
+            queue=info["queue"],
+            host=str(info.get("host", "")),
+            pid=int(info.get("pid") or 0),
+            jobs=tuple(str(j) for j in jobs) if isinstance(jobs, list) else (),
+            stopping=bool(info.get("stopping", False)),
+        )
+
+
 def _flat(fields: Mapping[str, object]) -> list[str]:
     out: list[str] = []
     for name, value in fields.items():
@@ -404,10 +440,12 @@ class JobQueue:
         key = self.redis.blmove(queue, held, timeout, src="RIGHT", dest="LEFT")
         return self._started(key, queue, consumer_id) if key else None
 
-    def held(self, queue: str, consumer_id: str) -> Claim | None:
-        """A job already in this consumer's list: one whose claim reply was lost to a
-        connection error, or left when Redis restarted from an older AOF point."""
-        key = self.redis.lindex(processing_list(queue, consumer_id), -1)
+    def held(self, queue: str, consumer_id: str, skip: Collection[str] = ()) -> Claim | None:
+        """The oldest job in this consumer's list that it is not working on (``skip``): one
+        whose claim reply was lost to a connection error, or left when Redis restarted from an
+        older AOF point."""
+        keys = self.redis.lrange(processing_list(queue, consumer_id), 0, -1)
+        key = next((key for key in reversed(keys) if key not in skip), None)
         return self._started(key, queue, consumer_id) if key else None
 
     def _started(self, key: str, queue: str, consumer_id: str) -> Claim | None:
@@ -419,20 +457,17 @@ class JobQueue:
             return None
         return Claim(key, queue, dict(zip(flat[::2], flat[1::2], strict=True)))
 
-    def heartbeat(self, consumer_id: str, ttl: float, info: Mapping[str, object]) -> None:
-        self.redis.set(heartbeat_key(consumer_id), json.dumps(dict(info)), px=int(ttl * 1000))
+    def heartbeat(self, consumer_id: str, ttl: float, beat: Heartbeat) -> None:
+        self.redis.set(heartbeat_key(consumer_id), beat.to_json(), px=int(ttl * 1000))
 
-    def live_consumers(self) -> dict[str, dict]:
+    def live_consumers(self) -> dict[str, Heartbeat]:
         """Consumers with a current heartbeat: id -> what they last reported."""
         keys = list(self.redis.scan_iter(match=heartbeat_key("*"), count=500))
         if not keys:
             return {}
         prefix = len(heartbeat_key(""))
-        return {
-            key[prefix:]: json.loads(value)
-            for key, value in zip(keys, self.redis.mget(keys), strict=True)
-            if value
-        }
+        beats = zip(keys, map(Heartbeat.from_json, self.redis.mget(keys)), strict=True)
+        return {key[prefix:]: beat for key, beat in beats if beat is not None}
 
     def stop_heartbeat(self, consumer_id: str) -> None:
         self.redis.delete(heartbeat_key(consumer_id))

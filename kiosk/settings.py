@@ -153,6 +153,13 @@ class PredictSettings(CommonSettings):
         description="Largest gRPC message sent or received (gRPC's default of 4 MiB is less "
         "than one 1024x1024 float32 tensor).",
     )
+    grpc_channel_max_age: float = Field(
+        120.0,
+        ge=0,
+        description="Seconds a gRPC channel to the model server is used before a fresh one "
+        "resolves the target again, so that calls reach model servers the HPA added behind a "
+        "`dns:///` target; 0 keeps one channel for the life of the process.",
+    )
 
 
 class ConsumerSettings(PredictSettings):
@@ -172,8 +179,8 @@ class ConsumerSettings(PredictSettings):
     shutdown_grace: float = Field(
         20.0,
         ge=0,
-        description="Seconds a consumer given SIGTERM may spend finishing its job before it "
-        "hands the job back.",
+        description="Seconds a consumer given SIGTERM may spend finishing the jobs it holds "
+        "before it hands them back.",
     )
     job_type_plugins: Annotated[tuple[str, ...], NoDecode] = Field(
         (),

@@ -285,7 +285,7 @@ def plan(
 
     def heartbeating(pid: int) -> bool:
         """A consumer is ready once it heartbeats: it does so before its first claim."""
-        return any(info.get("pid") == pid for info in jobs.live_consumers().values())
+        return any(beat.pid == pid for beat in jobs.live_consumers().values())
 
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from kiosk.queue import JobQueue
 from kiosk.settings import FrontendSettings
 from kiosk.storage.local import LocalBucket
 from tests.helpers import PNG, TIFF, zip_bytes
+from tests.support.jobtypes import QUEUES
 
 
 def upload(api: TestClient, name: str = "cells.tif", data: bytes = TIFF, path: str = "/api/upload"):
@@ -192,8 +193,8 @@ def test_expire_of_a_missing_job_is_404_with_value_zero(api: TestClient) -> None
 
 
 def test_jobtypes_lists_the_configured_queues(api: TestClient) -> None:
-    assert api.get("/api/jobtypes").json() == {"jobTypes": ["echo", "slow", "fails"]}
-    assert api.get("/api/jobtypes/").json() == {"jobTypes": ["echo", "slow", "fails"]}
+    assert api.get("/api/jobtypes").json() == {"jobTypes": QUEUES.split(",")}
+    assert api.get("/api/jobtypes/").json() == {"jobTypes": QUEUES.split(",")}
 
 
 def test_models_lists_names_and_versions_in_the_bucket(

@@ -7,10 +7,11 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from kiosk.jobs import JOB_INDEX, JobField, Status
+from kiosk.jobs import JOB_INDEX, JobField, Status, all_queues
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
 from tests.helpers import TIFF, zip_bytes
+from tests.support.jobtypes import QUEUES
 
 
 def create(api: TestClient, name: str = "cells.tif", data: bytes = TIFF, **options: str):
@@ -196,7 +197,7 @@ def test_queue_stats_count_waiting_and_running_jobs(api: TestClient, queue: JobQ
     queue.claim("echo", "c1", 1)
     stats = {q["queue"]: q for q in api.get("/api/v1/queues").json()}
     assert (stats["echo"]["queued"], stats["echo"]["in_flight"]) == (2, 1)
-    assert set(stats) == {"echo", "echo-zip", "slow", "slow-zip", "fails", "fails-zip"}
+    assert set(stats) == set(all_queues(QUEUES.split(",")))
 
 
 def test_files_outside_uploads_and_output_are_not_served(

@@ -408,8 +408,11 @@ def test_settings_configmap_is_valid_for_every_service(
     deployments = {d["metadata"]["name"] for d in chart.of_kind("Deployment")}
     assert autoscaler.model_server_deployment in deployments
     services = {s["metadata"]["name"]: s for s in chart.of_kind("Service")}
-    host, port = consumer.model_server.rsplit(":", 1)
-    assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+    model_server = re.fullmatch(
+        rf"dns:///([^.]+)\.{NAMESPACE}\.svc\.[a-z.]+:(\d+)", consumer.model_server
+    )
+    assert model_server, consumer.model_server
+    assert int(model_server[2]) in {p["port"] for p in services[model_server[1]]["spec"]["ports"]}
     redis = re.fullmatch(r"redis://([^:/]+):(\d+)/0", consumer.redis_url)
     assert redis, consumer.redis_url
     assert int(redis[2]) in {p["port"] for p in services[redis[1]]["spec"]["ports"]}
@@ -486,6 +489,29 @@ def test_tf_serving_runs_on_the_gpu_pool_from_zero(chart: Rendered) -> None:
     assert metric["external"]["metric"] == {"name": GPU_EXTERNAL}
     assert metric["external"]["target"]["type"] == "Value"
     assert quantity(metric["external"]["target"]["value"]) == pytest.approx(GPU_TARGET / 100)
+
+
+def test_consumers_spread_calls_over_every_tf_serving_pod(chart: Rendered) -> None:
+    """A ClusterIP Service balances connections, not calls: each consumer's one HTTP/2
+    connection would stick to one pod. Consumers resolve a headless Service instead
+    (round_robin over its pods), and TF Serving ends connections so new pods are found."""
+    m = chart.values["modelServer"]
+    headless = chart.get("Service", f"{m['name']}-grpc")["spec"]
+    assert headless["clusterIP"] == "None"
+    assert [p["port"] for p in headless["ports"]] == [m["grpcPort"]]
+    tf_pods = pod_labels(chart)[m["name"]]
+    assert matches({"matchLabels": headless["selector"]}, tf_pods)
+    settings = chart.get("ConfigMap", f"{RELEASE}-settings")["data"]
+    fqdn = f"{m['name']}-grpc.{NAMESPACE}.svc.{chart.values['clusterDomain']}"
+    assert settings["KIOSK_MODEL_SERVER"] == f"dns:///{fqdn}:{m['grpcPort']}"
+    args = chart.get("Deployment", m["name"])["spec"]["template"]["spec"]["containers"][0]["args"]
+    (grpc_args,) = [a for a in args if a.startswith("--grpc_channel_arguments=")]
+    assert grpc_args.split("=", 1)[1].split(",") == [
+        f"grpc.max_connection_age_ms={m['maxConnectionAgeSeconds'] * 1000}",
+        f"grpc.max_connection_age_grace_ms={m['maxConnectionAgeGraceSeconds'] * 1000}",
+    ]
+    timeout = float(chart.values["settings"].get("KIOSK_PREDICT_TIMEOUT", 60))
+    assert m["maxConnectionAgeGraceSeconds"] >= timeout, "a Predict in flight may finish"
 
 
 def test_tf_serving_model_config_parses_as_the_official_proto() -> None:

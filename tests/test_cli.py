@@ -12,6 +12,7 @@ from kiosk.cli import app, result_name
 from kiosk.queue import JobQueue
 from tests.conftest import RunningStack, ServiceGroup, start_stack
 from tests.helpers import PNG, TIFF, zip_bytes
+from tests.support.jobtypes import QUEUES
 
 runner = CliRunner()
 
@@ -102,7 +103,7 @@ def test_an_unreachable_kiosk_is_reported_plainly() -> None:
 
 
 def test_job_types_are_listed(stack: RunningStack) -> None:
-    assert kiosk(stack.url, "job-types").output.split() == ["echo", "slow", "fails"]
+    assert kiosk(stack.url, "job-types").output.split() == QUEUES.split(",")
 
 
 def test_result_names_keep_the_input_name_and_never_collide() -> None:

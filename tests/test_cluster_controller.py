@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from autoscaler.controller import Controller
 from autoscaler.policy import PaperPolicy, PolicyConfig
-from kiosk.queue import JobQueue
+from kiosk.queue import Heartbeat, JobQueue
 from kiosk.storage.local import LocalBucket
 from tests.helpers import submit_file
 from tests.support.kube_emulator import QUEUES, Cluster
@@ -93,7 +93,7 @@ def test_busy_consumers_are_marked_so_an_hpa_scale_down_takes_idle_ones(
     queue.heartbeat(
         "pod-b-consumer",
         30,
-        {"queue": "segmentation", "host": "consumer-segmentation-b", "job": key},
+        Heartbeat("segmentation", host="consumer-segmentation-b", jobs=(key,)),
     )
     controller(cluster, queue, Clock()).tick()
     assert int(cluster.cost("consumer-segmentation-b")) > int(

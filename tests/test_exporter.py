@@ -20,7 +20,7 @@ from autoscaler.backends import BackendError, Replicas
 from autoscaler.exporter import KioskCollector, busy_ratio_reader, serve_exporter
 from autoscaler.policy import consumer_metric
 from kiosk.jobs import JobRequest, all_queues, creation_fields, heartbeat_key, new_job_key
-from kiosk.queue import JobQueue, connect
+from kiosk.queue import Heartbeat, JobQueue, connect
 from kiosk.stack import free_port
 from tests.support.servers import RedisServer, wait_for
 
@@ -36,8 +36,7 @@ def submit(queue: JobQueue, job_type: str, name: str = "a.tif") -> str:
 
 
 def beat(queue: JobQueue, consumer_id: str, queue_name: str, job: str = "") -> None:
-    info = {"queue": queue_name, "host": "test", "pid": 1, "job": job, "stopping": False}
-    queue.heartbeat(consumer_id, 60, info)
+    queue.heartbeat(consumer_id, 60, Heartbeat(queue_name, "test", 1, (job,) if job else ()))
 
 
 def scrape(collector: KioskCollector) -> dict[tuple[str, frozenset], float]:

@@ -47,7 +47,7 @@ class ConsumerCounts(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             live = self.queue.live_consumers().values()
-            self.samples.append(Counter(info.get("queue") for info in live))
+            self.samples.append(Counter(beat.queue for beat in live))
             time.sleep(0.2)
 
     def most(self, queue: str) -> int:

@@ -19,13 +19,9 @@ def backend(queue: JobQueue, env: dict[str, str], tmp_path: Path) -> LocalBacken
     )
 
 
-def consumers_of(queue: JobQueue, name: str) -> dict[int, str]:
-    """pid -> the job it holds ("" when idle), from the consumers' heartbeats."""
-    return {
-        info["pid"]: info.get("job", "")
-        for info in queue.live_consumers().values()
-        if info.get("queue") == name
-    }
+def consumers_of(queue: JobQueue, name: str) -> dict[int, tuple[str, ...]]:
+    """pid -> the jobs it holds (none when idle), from the consumers' heartbeats."""
+    return {beat.pid: beat.jobs for beat in queue.live_consumers().values() if beat.queue == name}
 
 
 def test_a_scale_down_stops_the_idle_consumer_and_keeps_the_busy_one(
@@ -37,11 +33,11 @@ def test_a_scale_down_stops_the_idle_consumer_and_keeps_the_busy_one(
         wait_for(lambda: len(consumers_of(queue, "slow")) == 2, 30, what="two consumers")
         key = submit_file(queue, bucket, "slow", "cells.tif")
         wait_for(
-            lambda: key in consumers_of(queue, "slow").values(),
+            lambda: (key,) in consumers_of(queue, "slow").values(),
             30,
             what="a consumer to take the job",
         )
-        busy = next(pid for pid, job in consumers_of(queue, "slow").items() if job == key)
+        busy = next(pid for pid, jobs in consumers_of(queue, "slow").items() if key in jobs)
 
         local.scale_consumers("slow", 1)
 
@@ -65,7 +61,7 @@ def test_stopping_a_busy_consumer_lets_it_finish_its_job(
     try:
         local.scale_consumers("slow", 1)
         key = submit_file(queue, bucket, "slow", "cells.tif")
-        wait_for(lambda: key in consumers_of(queue, "slow").values(), 30, what="the job taken")
+        wait_for(lambda: (key,) in consumers_of(queue, "slow").values(), 30, what="the job taken")
         local.scale_consumers("slow", 0)
         wait_for(
             lambda: queue.get(key)[JobField.STATUS] == Status.DONE,

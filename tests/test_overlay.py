@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from consumers.processing.overlay import label_colours, overlay_png, overlay_rgb, to_uint8
@@ -73,3 +74,15 @@ def test_multichannel_image_shows_the_chosen_channel():
     image, labels = square_scene()
     stack = np.stack([np.zeros_like(image), image], axis=-1)
     assert overlay_rgb(stack, labels, channel=1)[35, 50].max() == 255
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_images_stretch_as_their_float_values_do(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    top = 200 if dtype == np.uint8 else 4000
+    image = rng.integers(10, top, size=(300, 200)).astype(dtype)
+    by_table, by_float = to_uint8(image), to_uint8(image.astype(np.float32))
+    assert by_table.dtype == np.uint8 and by_table.shape == image.shape
+    assert np.abs(by_table.astype(int) - by_float.astype(int)).max() <= 1
+    assert by_table.min() == 0 and by_table.max() == 255
+    assert to_uint8(np.full((4, 4), 7, dtype)).max() == 0, "a flat image is black, not noise"

@@ -30,7 +30,7 @@ from autoscaler.backends import Replicas
 from autoscaler.exporter import KioskCollector, serve_exporter
 from autoscaler.policy import CONSUMER_TARGET, OVERLOADED_FRACTION, consumer_metric
 from kiosk.jobs import JobRequest, all_queues, creation_fields, new_job_key
-from kiosk.queue import JobQueue
+from kiosk.queue import Heartbeat, JobQueue
 from kiosk.stack import free_port
 from tests.support.servers import wait_for
 
@@ -229,15 +229,14 @@ def submit(queue: JobQueue, job_type: str, name: str) -> str:
 
 
 def beat(queue: JobQueue, consumer_id: str, queue_name: str) -> None:
-    info = {"queue": queue_name, "host": "test", "pid": 1, "job": "", "stopping": False}
-    queue.heartbeat(consumer_id, 120, info)
+    queue.heartbeat(consumer_id, 120, Heartbeat(queue_name, "test", 1))
 
 
 def policy(queue: JobQueue, view: View) -> dict[str, float]:
     """The Python policy on the same inputs, read through the queue API (not the exporter):
     demand = queued + in flight, consumers = replicas where the backend reports them, else live
     heartbeats, ready model servers, GPU percent (0 without a reading)."""
-    beats = [info.get("queue") for info in queue.live_consumers().values()]
+    beats = [beat.queue for beat in queue.live_consumers().values()]
     gpu = view.gpu_ratio()
     return {
         s.queue: consumer_metric(

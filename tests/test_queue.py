@@ -13,10 +13,11 @@ from kiosk.jobs import (
     Status,
     creation_fields,
     dead_letter_list,
+    heartbeat_key,
     new_job_key,
     processing_list,
 )
-from kiosk.queue import JobQueue, Outcome
+from kiosk.queue import Heartbeat, JobQueue, Outcome
 
 
 def submit(queue: JobQueue, job_type: str = "echo", name: str = "a.tif") -> str:
@@ -155,7 +156,7 @@ def test_hand_back_returns_to_the_front_without_counting_the_attempt(queue: JobQ
 
 def test_janitor_requeues_only_consumers_without_a_heartbeat(queue: JobQueue) -> None:
     a, b = submit(queue, name="a.tif"), submit(queue, name="b.tif")
-    queue.heartbeat("alive", ttl=30, info={})
+    queue.heartbeat("alive", ttl=30, beat=Heartbeat("echo"))
     queue.claim("echo", "alive", 1)
     queue.claim("echo", "dead", 1)
     sweeps = queue.requeue_lapsed(["echo"])
@@ -196,6 +197,28 @@ def test_a_job_stranded_in_its_own_list_is_resumed(queue: JobQueue) -> None:
     queue.redis.lmove("echo", processing_list("echo", "c1"), "RIGHT", "LEFT")  # lost reply
     held = queue.held("echo", "c1")
     assert held is not None and held.key == key and held.attempt == 1
+
+
+def test_a_stranded_job_is_found_beside_the_jobs_a_consumer_is_working_on(
+    queue: JobQueue,
+) -> None:
+    submit(queue, name="a.tif")
+    working = queue.claim("echo", "c1", 1)
+    stranded = submit(queue, name="b.tif")
+    queue.redis.lmove("echo", processing_list("echo", "c1"), "RIGHT", "LEFT")  # lost reply
+    assert working is not None
+    held = queue.held("echo", "c1", skip={working.key})
+    assert held is not None and held.key == stranded
+    assert queue.held("echo", "c1", skip={working.key, stranded}) is None
+
+
+def test_heartbeats_round_trip_and_unreadable_ones_are_skipped(queue: JobQueue) -> None:
+    beat = Heartbeat("echo", host="pod-a", pid=7, jobs=("echo:a", "echo:b"), stopping=True)
+    queue.heartbeat("c1", 30, beat)
+    queue.redis.set(heartbeat_key("garbled"), "{not json", ex=30)
+    queue.redis.set(heartbeat_key("no-queue"), '{"pid": 3}', ex=30)
+    assert queue.live_consumers() == {"c1": beat}
+    assert beat.busy and not Heartbeat("echo").busy
 
 
 def test_stats_count_queued_in_flight_and_dead_letters(queue: JobQueue) -> None:

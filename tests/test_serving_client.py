@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from kiosk.serving import client as client_module
 from kiosk.serving import methods
 from kiosk.serving.client import (
     InvalidRequest,
@@ -288,6 +289,69 @@ def test_clients_made_in_parallel_share_one_channel(server: ModelServer) -> None
         channels = list(pool.map(lambda _: client_for(server.target).channel, range(32)))
     assert len({id(channel) for channel in channels}) == 1
     assert get_channel(server.target) is channels[0]  # default options, same key
+
+
+def test_calls_are_spread_over_every_address_the_target_resolves_to() -> None:
+    servers = [ModelServer().start() for _ in range(2)]
+    try:
+        # What a dns:/// name of a headless Service gives: several addresses for one target.
+        target = "ipv4:" + ",".join(server.target for server in servers)
+        client = client_for(target)
+        for _ in range(20):
+            client.predict("double", {"image": np.ones((1, 2, 2, 1), np.float32)})
+        shares = [server.calls["Predict"] for server in servers]
+        assert sum(shares) == 20 and min(shares) >= 5, shares  # pick_first: [20, 0]
+    finally:
+        for server in servers:
+            server.stop()
+        close_channels()
+
+
+def test_an_old_channel_is_renewed_and_closed_once_its_last_call_ends(
+    server: ModelServer,
+) -> None:
+    client = client_for(server.target, channel_max_age=0.3)
+    image = np.ones((1, 2, 2, 1), np.float32)
+    old = client.channel
+    server.delays.append(1.0)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(client.predict, "double", {"image": image})
+        time.sleep(0.5)  # the slow call is in flight on a channel now past its age
+        client.predict("double", {"image": image})
+        renewed = client.channel
+        assert renewed is not old
+        np.testing.assert_array_equal(slow.result(10).outputs["doubled"], image * 2)
+    with pytest.raises(ValueError, match="closed channel"):
+        old.unary_unary(methods.PREDICT)(b"")  # closed once the slow call ended
+
+
+def test_a_target_unavailable_for_long_is_resolved_again_on_fresh_channels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client_module, "RENEW_WHILE_UNAVAILABLE_S", 0.5)
+    opened: list[str] = []
+    original = client_module.Connection.__init__
+
+    def counting(self: client_module.Connection, target: str, options: tuple) -> None:
+        opened.append(target)
+        original(self, target, options)
+
+    monkeypatch.setattr(client_module.Connection, "__init__", counting)
+    port = free_port()
+    late: list[ModelServer] = []
+    starter = threading.Timer(2.0, lambda: late.append(ModelServer(port).start()))
+    starter.start()
+    try:
+        result = client_for(f"127.0.0.1:{port}", cold_start_wait=30.0, backoff_cap=0.2).predict(
+            "double", {"image": np.ones((1, 2, 2, 1), np.float32)}
+        )
+        assert result.retries >= 1
+        assert len(opened) >= 3, f"one channel per half second unavailable, got {len(opened)}"
+    finally:
+        starter.join()
+        for server in late:
+            server.stop()
+        close_channels()
 
 
 # -- retries -------------------------------------------------------------------------------

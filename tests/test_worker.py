@@ -11,12 +11,12 @@ from prometheus_client import CollectorRegistry
 from consumers.base import Job
 from consumers.metrics import ConsumerMetrics
 from consumers.worker import Worker
-from kiosk.jobs import JobField, Stages, Status
+from kiosk.jobs import JobField, Stages, Status, processing_list
 from kiosk.queue import Claim, JobQueue
 from kiosk.settings import ConsumerSettings
 from kiosk.storage.local import LocalBucket
 from tests.helpers import submit_file
-from tests.support.jobtypes import Echo, Slow
+from tests.support.jobtypes import EVENTS, Echo, FinishesBehind, Slow
 from tests.support.servers import wait_for
 
 
@@ -144,3 +144,116 @@ def test_a_failed_job_keeps_the_times_of_its_stages(
     job = queue.get(key)
     assert "corrupt" in job[JobField.REASON]
     assert float(job[JobField.DOWNLOAD_TIME]) > 0
+
+
+# ---------------------------------------------------------------------- finishing behind
+
+
+def events(queue: JobQueue) -> list[str]:
+    return queue.redis.lrange(EVENTS, 0, -1)
+
+
+def behind_worker(queue: JobQueue, bucket: LocalBucket, settings: ConsumerSettings, **kw) -> Worker:
+    return Worker(FinishesBehind(settings, bucket), queue, "behind", settings, **kw)
+
+
+def test_the_next_job_runs_while_the_last_one_finishes(
+    queue: JobQueue,
+    bucket: LocalBucket,
+    settings: ConsumerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_FINISH_SECONDS", "1")
+    registry = CollectorRegistry()
+    first, second = (submit_file(queue, bucket, "behind", f"{i}.tif") for i in range(2))
+    worker = behind_worker(queue, bucket, settings, metrics=ConsumerMetrics(registry))
+    thread = start(worker)
+    most_held = 0
+
+    def both_done() -> bool:
+        nonlocal most_held
+        beats = queue.live_consumers().values()
+        most_held = max([most_held, *(len(beat.jobs) for beat in beats)])
+        return all(queue.get(k)[JobField.STATUS] == Status.DONE for k in (first, second))
+
+    wait_for(both_done, 20, interval=0.05, what="both jobs done")
+    worker.stop(grace=5)
+    thread.join(10)
+    log = events(queue)
+    assert log.index(f"process {second}") < log.index(f"finished {first}"), log
+    assert log.index(f"finished {first}") < log.index(f"finish {second}"), "one finish at a time"
+    assert most_held == 2, "the heartbeat lists both jobs while they overlap"
+    assert sample(registry, "kiosk_consumer_jobs_total", queue="behind", outcome="done") == 2
+    assert sample(registry, "kiosk_consumer_busy", queue="behind") == 0
+    for key in (first, second):
+        job = queue.get(key)
+        assert job[JobField.OUTPUT_FILE_NAME].endswith("result.bin")
+        assert float(job[JobField.UPLOAD_TIME]) > 0, "the finish's stage times are kept"
+
+
+def test_stop_with_no_grace_hands_back_the_finishing_job_and_the_next(
+    queue: JobQueue,
+    bucket: LocalBucket,
+    settings: ConsumerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_FINISH_SECONDS", "30")
+    keys = [submit_file(queue, bucket, "behind", f"{i}.tif") for i in range(3)]
+    worker = behind_worker(queue, bucket, settings)
+    thread = start(worker)
+    # The first job finishes (slowly); the second is processed and waits its turn to finish.
+    wait_for(lambda: f"process {keys[1]}" in events(queue), 20, what="the second job taken")
+    worker.stop(grace=0)
+    thread.join(10)
+    assert not thread.is_alive()
+    for key in keys:
+        fields = queue.get(key)
+        assert (fields[JobField.STATUS], fields[JobField.ATTEMPTS]) == (Status.NEW, "0"), key
+    assert sorted(queue.redis.lrange("behind", 0, -1)) == sorted(keys)
+
+
+def test_stopping_lets_the_finishing_job_complete_within_the_grace(
+    queue: JobQueue,
+    bucket: LocalBucket,
+    settings: ConsumerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_FINISH_SECONDS", "1")
+    key = submit_file(queue, bucket, "behind")
+    worker = behind_worker(queue, bucket, settings)
+    thread = start(worker)
+    wait_for(lambda: f"finish {key}" in events(queue), 20, what="the finish started")
+    worker.stop(grace=10)
+    thread.join(15)
+    assert not thread.is_alive()
+    assert queue.get(key)[JobField.STATUS] == Status.DONE
+
+
+@pytest.mark.parametrize(
+    ("marker", "attempts", "why"),
+    [
+        (b"FINISH-FAILS", "1", "unusable: submit it again"),
+        (b"FINISH-CRASHES", "3", "simulated crash while finishing (gave up after 3 of 3"),
+    ],
+)
+def test_an_error_while_finishing_settles_the_job_like_one_in_process(
+    queue: JobQueue,
+    bucket: LocalBucket,
+    settings: ConsumerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    marker: bytes,
+    attempts: str,
+    why: str,
+) -> None:
+    """A user's error fails at once; any other error is retried until attempts run out."""
+    monkeypatch.setenv("TEST_FINISH_SECONDS", "0")
+    key = submit_file(queue, bucket, "behind", data=marker)
+    worker = behind_worker(queue, bucket, settings)
+    thread = start(worker)
+    wait_for(lambda: queue.get(key)[JobField.STATUS] == Status.FAILED, 20, what="the job failed")
+    worker.stop(grace=0)
+    thread.join(10)
+    job = queue.get(key)
+    assert why in job[JobField.REASON]
+    assert job[JobField.ATTEMPTS] == attempts
+    assert queue.redis.llen(processing_list("behind", worker.consumer_id)) == 0

@@ -141,9 +141,7 @@ class LocalBackend:
     def _removal_order(self, children: list[Supervised]) -> list[Supervised]:
         """Idle consumers first (by their heartbeats), newest first among equals."""
         try:
-            holding = {
-                info.get("pid") for info in self.queue.live_consumers().values() if info.get("job")
-            }
+            holding = {beat.pid for beat in self.queue.live_consumers().values() if beat.busy}
         except Exception as exc:  # Redis down: no way to tell, newest first
             log.warning("cannot tell busy consumers from idle ones (%s)", exc)
             holding = set()

@@ -5,6 +5,12 @@ Why it looks the way it does:
 * One channel per target and options, shared by every client in the process: a channel is a
   connection pool with its own reconnect logic, and opening one per call costs a TCP (and
   HTTP/2) handshake per image.
+* Calls are spread over every address the target resolves to (``round_robin``), so a
+  ``dns:///`` target naming a headless Service reaches every model-server pod. gRPC resolves a
+  name again only when a connection breaks, so a channel is renewed once it is
+  ``channel_max_age`` seconds old, and while UNAVAILABLE lasts: pods the HPA added (or the
+  first pod after 0 -> 1) are found within that time. A renewed channel is closed once the
+  last call that started on it ends.
 * Message limits are raised: gRPC's 4 MiB default is smaller than one 1024x1024 float32 tensor.
 * Tensors travel as ``tensor_content`` (see :mod:`kiosk.serving.tensors`).
 * Every call has a deadline. RESOURCE_EXHAUSTED (GPU memory, queue full) and DEADLINE_EXCEEDED are
@@ -21,7 +27,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -133,35 +140,110 @@ def channel_options(
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        ("grpc.lb_policy_name", "round_robin"),
     )
 
 
-_channels: dict[tuple[int, str, tuple[tuple[str, Any], ...]], grpc.Channel] = {}
-_channels_lock = threading.Lock()
+# Renew a channel at most this often while its target answers UNAVAILABLE: a fresh channel
+# resolves the name at once, where gRPC's own re-resolution backs off up to two minutes.
+RENEW_WHILE_UNAVAILABLE_S = 5.0
+
+_ChannelKey = tuple[int, str, tuple[tuple[str, Any], ...]]
+
+
+class Connection:
+    """One channel and its method callables, with a count of the calls using it, so that a
+    renewed channel is closed only once its last call has ended."""
+
+    def __init__(self, target: str, options: tuple[tuple[str, Any], ...]) -> None:
+        self.channel = grpc.insecure_channel(target, options=list(options))
+        self.calls = {
+            path: self.channel.unary_unary(
+                path,
+                request_serializer=request.SerializeToString,
+                response_deserializer=response.FromString,
+            )
+            for path, (request, response) in methods.METHODS.items()
+        }
+        self.opened_at = time.monotonic()
+        self.in_flight = 0
+        self.retired = False
+
+
+class _Channels:
+    """The process's connections, one current per target and options."""
+
+    def __init__(self) -> None:
+        self._current: dict[_ChannelKey, Connection] = {}
+        self._lock = threading.Lock()
+
+    def current(
+        self, target: str, options: Iterable[tuple[str, Any]], max_age: float = 0.0
+    ) -> Connection:
+        """The current connection, opened on first use or when older than ``max_age`` s
+        (0: never renewed)."""
+        with self._lock:
+            return self._current_locked(target, tuple(sorted(options)), max_age)
+
+    @contextmanager
+    def use(
+        self, target: str, options: Iterable[tuple[str, Any]], max_age: float = 0.0
+    ) -> Iterator[Connection]:
+        """The current connection, counted as in use until the block ends."""
+        with self._lock:
+            connection = self._current_locked(target, tuple(sorted(options)), max_age)
+            connection.in_flight += 1
+        try:
+            yield connection
+        finally:
+            with self._lock:
+                connection.in_flight -= 1
+                if connection.retired and connection.in_flight == 0:
+                    connection.channel.close()
+
+    def renew(self, connection: Connection) -> None:
+        """Stop handing out ``connection``: the next call opens a fresh channel."""
+        with self._lock:
+            self._retire(connection)
+
+    def close_all(self) -> None:
+        with self._lock:
+            for key in [key for key in self._current if key[0] == os.getpid()]:
+                self._retire(self._current[key], force=True)
+
+    def _current_locked(
+        self, target: str, options: tuple[tuple[str, Any], ...], max_age: float
+    ) -> Connection:
+        # Keyed by process id too: a gRPC channel must not be used across a fork.
+        key = (os.getpid(), target, options)
+        connection = self._current.get(key)
+        if connection is not None and 0 < max_age <= time.monotonic() - connection.opened_at:
+            self._retire(connection)
+            connection = None
+        if connection is None:
+            connection = self._current[key] = Connection(target, options)
+        return connection
+
+    def _retire(self, connection: Connection, force: bool = False) -> None:
+        """Close now if unused (or ``force``), else when its last call ends."""
+        connection.retired = True
+        for key in [key for key, c in self._current.items() if c is connection]:
+            del self._current[key]
+        if force or connection.in_flight == 0:
+            connection.channel.close()
+
+
+_channels = _Channels()
 
 
 def get_channel(target: str, options: Iterable[tuple[str, Any]] | None = None) -> grpc.Channel:
-    """The process's one channel to ``target`` with ``options``, opened on first use.
-
-    Keyed by process id as well: a gRPC channel must not be used across ``fork``.
-    """
-    opts = tuple(sorted(options if options is not None else channel_options()))
-    key = (os.getpid(), target, opts)
-    with _channels_lock:
-        channel = _channels.get(key)
-        if channel is None:
-            channel = _channels[key] = grpc.insecure_channel(target, options=list(opts))
-        return channel
+    """The process's current channel to ``target`` with ``options``, opened on first use."""
+    return _channels.current(target, options if options is not None else channel_options()).channel
 
 
 def close_channels() -> None:
     """Close every cached channel of this process (at shutdown, or between tests)."""
-    with _channels_lock:
-        pid = os.getpid()
-        mine = [key for key in _channels if key[0] == pid]
-        channels = [_channels.pop(key) for key in mine]
-    for channel in channels:
-        channel.close()
+    _channels.close_all()
 
 
 def backoff_delay(
@@ -373,7 +455,7 @@ def _version_text(version: int | None) -> str:
 class ServingClient:
     """Predict, GetModelMetadata and GetModelStatus against one model server.
 
-    Thread-safe; cheap to construct (the channel is shared, see :func:`get_channel`).
+    Thread-safe; cheap to construct (channels are shared, see :func:`get_channel`).
     """
 
     def __init__(
@@ -388,11 +470,13 @@ class ServingClient:
         backoff_base: float = 0.25,
         backoff_cap: float = 10.0,
         latest_metadata_ttl: float = 60.0,
+        channel_max_age: float = 0.0,
     ) -> None:
         """``models_location`` (e.g. ``gs://bucket/models``) only makes errors more helpful.
 
         Metadata of an explicit version never changes and is kept; that of the latest version
         is kept ``latest_metadata_ttl`` seconds, since a new version may be deployed.
+        ``channel_max_age`` > 0 renews the channel that often (see the module docstring).
         """
         self.target = target
         self.timeout = timeout
@@ -403,15 +487,8 @@ class ServingClient:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.latest_metadata_ttl = latest_metadata_ttl
-        self.channel = get_channel(target, channel_options(max_message_bytes))
-        self._calls = {
-            path: self.channel.unary_unary(
-                path,
-                request_serializer=request.SerializeToString,
-                response_deserializer=response.FromString,
-            )
-            for path, (request, response) in methods.METHODS.items()
-        }
+        self.channel_max_age = channel_max_age
+        self._options = channel_options(max_message_bytes)
         self._metadata: dict[tuple[str, int | None], tuple[float, ModelMetadata]] = {}
         self._lock = threading.Lock()
 
@@ -423,12 +500,18 @@ class ServingClient:
             "retries": settings.predict_retries,
             "cold_start_wait": settings.cold_start_wait,
             "max_message_bytes": settings.grpc_max_message_bytes,
+            "channel_max_age": settings.grpc_channel_max_age,
             "models_location": f"{settings.bucket.rstrip('/')}/models",
         }
         return cls(settings.model_server, **{**options, **overrides})
 
     def __repr__(self) -> str:
         return f"ServingClient({self.target!r}, timeout={self.timeout})"
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel the next call goes out on."""
+        return _channels.current(self.target, self._options, self.channel_max_age).channel
 
     # -- the three methods ---------------------------------------------------------------
 
@@ -589,17 +672,23 @@ class ServingClient:
 
         Returns the response and how many times the request was re-sent.
         """
-        call = self._calls[path]
         timeout = self.timeout if timeout is None else timeout
         max_retries = self.retries if retries is None else retries
         wait = self.cold_start_wait if cold_start_wait is None else cold_start_wait
         resent = busy = unavailable = 0
         unavailable_since: float | None = None
+        renewed = time.monotonic()
         while True:
-            try:
-                return call(request, timeout=timeout), resent
-            except grpc.RpcError as error:
-                code, details = error.code(), error.details() or ""
+            with _channels.use(self.target, self._options, self.channel_max_age) as connection:
+                try:
+                    return connection.calls[path](request, timeout=timeout), resent
+                except grpc.RpcError as error:
+                    code, details = error.code(), error.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE and (
+                time.monotonic() - renewed >= RENEW_WHILE_UNAVAILABLE_S
+            ):
+                _channels.renew(connection)  # resolve the target afresh
+                renewed = time.monotonic()
             if code in _RETRIED and "larger than max" not in details:
                 if busy >= max_retries:
                     raise self._error(path, code, details, model, version, resent, timeout, wait)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import redis
 
-from consumers.base import Consumer, Job, JobError, Result
+from consumers.base import Consumer, Finish, Job, JobError, Result
 from kiosk.jobs import Stages
 
 COMPLETIONS = "test:completions"
+EVENTS = "test:events"
 
 
 class Echo(Consumer):
@@ -58,8 +59,38 @@ class Fails(Echo):
         raise RuntimeError("simulated failure: this job type always fails")
 
 
+class FinishesBehind(Echo):
+    """Leaves its upload to a :class:`Finish` that takes TEST_FINISH_SECONDS (default 1), and
+    logs what it does in ``test:events`` (``process <key>``, ``finish <key>``, ``finished
+    <key>``). A job whose input holds ``FINISH-FAILS`` fails in its finish; ``FINISH-CRASHES``
+    raises a plain error there (retried)."""
+
+    def process(self, job: Job) -> Finish:
+        self._redis.rpush(EVENTS, f"process {job.key}")
+        with tempfile.TemporaryDirectory() as tmp:
+            data = job.download_input(Path(tmp)).read_bytes()
+        return Finish(lambda: self._finish(job, data))
+
+    def _finish(self, job: Job, data: bytes) -> Result:
+        self._redis.rpush(EVENTS, f"finish {job.key}")
+        time.sleep(float(os.environ.get("TEST_FINISH_SECONDS", "1")))
+        if b"FINISH-FAILS" in data:
+            raise JobError("the finish found the result unusable: submit it again")
+        if b"FINISH-CRASHES" in data:
+            raise RuntimeError("simulated crash while finishing")
+        key = job.put_output("result.bin", data)
+        self._redis.hincrby(COMPLETIONS, job.key, 1)
+        self._redis.rpush(EVENTS, f"finished {job.key}")
+        return Result(key)
+
+
 PLUGINS = ",".join(
     f"{name}=tests.support.jobtypes:{cls.__name__}"
-    for name, cls in {"echo": Echo, "slow": Slow, "fails": Fails}.items()
+    for name, cls in {
+        "echo": Echo,
+        "slow": Slow,
+        "fails": Fails,
+        "behind": FinishesBehind,
+    }.items()
 )
-QUEUES = "echo,slow,fails"
+QUEUES = "echo,slow,fails,behind"
