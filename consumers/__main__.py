@@ -20,18 +20,27 @@ from kiosk.storage import open_bucket
 
 log = logging.getLogger("consumers")
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 8 * 1024 * 1024
+ARENA_MAX = 1
 
 
-def return_large_buffers_to_the_os() -> None:
-    """glibc raises its mmap threshold each time a large buffer is freed, so image-sized arrays
-    end up on the heap and a consumer's memory climbs job after job. A fixed threshold keeps
-    buffers over 8 MiB in their own mappings, which go back to the OS when freed."""
+def keep_memory_flat() -> None:
+    """Two glibc habits make a consumer's memory climb job after job:
+
+    - it raises its mmap threshold each time a large buffer is freed, so image-sized arrays end
+      up on the heap; a fixed threshold keeps buffers over 8 MiB in their own mappings, which go
+      back to the OS when freed;
+    - it gives each thread an arena of its own, so what the thread that finishes one job frees
+      is not reused by the thread predicting the next; one arena is shared instead.
+    """
     if not sys.platform.startswith("linux"):
         return
     try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_ARENA_MAX, ARENA_MAX)
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         log.debug("mallopt unavailable; memory may grow between jobs")
 
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = ConsumerSettings()
     setup_logging(settings.log_level, f"consumer[{args.queue}]")
-    return_large_buffers_to_the_os()
+    keep_memory_flat()
     if job_type_of(args.queue) not in settings.queues:
         log.error(
             "queue %r is not among KIOSK_QUEUES (%s); add its job type there",

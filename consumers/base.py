@@ -7,6 +7,7 @@ outcome; a job type only turns one :class:`Job` into a :class:`Result`, raising
 
 from __future__ import annotations
 
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -133,20 +134,30 @@ class Job:
             self.timings[stage.time_field] = total
             self._unwritten[stage.time_field] = f"{total:.6f}"
 
-    def download_input(self, directory: Path) -> Path:
-        """Fetch the uploaded input into ``directory`` (the download stage)."""
+    @contextmanager
+    def input_file(self) -> Iterator[Path]:
+        """The uploaded input as a local file, for reading only (the download stage): the
+        bucket's own file when the bucket is a directory (the local stack), else a copy in a
+        temporary directory that goes when the block ends."""
         key = self.get(JobField.INPUT_FILE_NAME)
         if not key:
             raise JobError("the job names no input file (input_file_name is empty)")
-        dest = directory / PurePosixPath(key).name
-        with self.stage(Stages.DOWNLOAD):
-            try:
-                self.bucket.download_file(key, dest)
-            except ObjectNotFound as exc:
-                raise JobError(
-                    f"the input file {key!r} is not in the bucket; upload it again"
-                ) from exc
-        return dest
+        missing = JobError(f"the input file {key!r} is not in the bucket; upload it again")
+        local = self.bucket.local_path(key)
+        if local is not None:
+            with self.stage(Stages.DOWNLOAD):
+                if not local.is_file():
+                    raise missing
+            yield local
+            return
+        with tempfile.TemporaryDirectory(prefix="kiosk-input-") as tmp:
+            dest = Path(tmp) / PurePosixPath(key).name
+            with self.stage(Stages.DOWNLOAD):
+                try:
+                    self.bucket.download_file(key, dest)
+                except ObjectNotFound as exc:
+                    raise missing from exc
+            yield dest
 
     def output_key(self, file_name: str) -> str:
         """Where a result file of this job goes in the bucket."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
@@ -48,10 +47,8 @@ class SegmentationConsumer(Consumer):
     def process(self, job: Job) -> Finish:
         model, version = self._model(job)
         image_mpp = self._scale(job)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = job.download_input(Path(tmp))
-            with job.stage(Stages.PREPROCESS):
-                loaded = self._open(job, path)
+        with job.input_file() as path, job.stage(Stages.PREPROCESS):
+            loaded = self._open(job, path)
         pixels = loaded.pixels
         labels = np.zeros(pixels.shape[:3], dtype=np.int32)
         retries = 0

@@ -192,8 +192,7 @@ class ZipConsumer(Consumer):
     def _fan_out(self, job: Job) -> Result | Waiting:
         queue = self._require_queue()
         job_type = job_type_of(job.queue)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = job.download_input(Path(tmp))
+        with job.input_file() as path:
             with job.stage(Stages.PREPROCESS):
                 archive = _open_zip(path, job.get(JobField.ORIGINAL_NAME))
                 entries, skipped = plan_entries(

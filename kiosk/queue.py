@@ -349,11 +349,13 @@ class Heartbeat:
         if not isinstance(info, dict) or not isinstance(info.get("queue"), str):
             return None
         jobs = info.get("jobs")
+        if not isinstance(jobs, list):  # a consumer from before "jobs": one job or ""
+            jobs = [info["job"]] if info.get("job") else []
         return cls(
             queue=info["queue"],
             host=str(info.get("host", "")),
             pid=int(info.get("pid") or 0),
-            jobs=tuple(str(j) for j in jobs) if isinstance(jobs, list) else (),
+            jobs=tuple(str(j) for j in jobs),
             stopping=bool(info.get("stopping", False)),
         )
 

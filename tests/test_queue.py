@@ -219,6 +219,8 @@ def test_heartbeats_round_trip_and_unreadable_ones_are_skipped(queue: JobQueue) 
     queue.redis.set(heartbeat_key("no-queue"), '{"pid": 3}', ex=30)
     assert queue.live_consumers() == {"c1": beat}
     assert beat.busy and not Heartbeat("echo").busy
+    older = Heartbeat.from_json('{"queue": "echo", "pid": 5, "job": "echo:a"}')
+    assert older == Heartbeat("echo", pid=5, jobs=("echo:a",)), "a rolling upgrade reads both"
 
 
 def test_stats_count_queued_in_flight_and_dead_letters(queue: JobQueue) -> None:

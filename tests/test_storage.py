@@ -111,3 +111,28 @@ def test_safe_key_accepts_ordinary_nested_keys() -> None:
 def test_unknown_bucket_schemes_get_a_clear_error() -> None:
     with pytest.raises(ValueError, match="file://DIRECTORY"):
         open_bucket("s3://bucket")
+
+
+def test_a_job_reads_its_input_in_place_or_from_a_copy_that_goes_afterwards(
+    any_bucket: Bucket,
+) -> None:
+    from consumers.base import Job, JobError
+    from kiosk.jobs import JobField
+    from kiosk.queue import Claim
+
+    any_bucket.put_bytes("uploads/a.tif", b"image bytes")
+    fields = {JobField.INPUT_FILE_NAME: "uploads/a.tif"}
+    job = Job(Claim("echo:a.tif:0", "echo", fields), any_bucket, update=lambda _: None)
+    with job.input_file() as path:
+        assert path.read_bytes() == b"image bytes"
+    in_place = any_bucket.local_path("uploads/a.tif") == path
+    assert path.exists() == in_place, "a copy is removed; the bucket's own file is kept"
+    assert JobField.DOWNLOAD_TIME in job.unwritten()
+
+    gone = Job(
+        Claim("echo:b.tif:0", "echo", {JobField.INPUT_FILE_NAME: "uploads/b.tif"}),
+        any_bucket,
+        update=lambda _: None,
+    )
+    with pytest.raises(JobError, match="not in the bucket; upload it again"), gone.input_file():
+        pass

@@ -226,6 +226,8 @@ class _Channels:
 
     def _retire(self, connection: Connection, force: bool = False) -> None:
         """Close now if unused (or ``force``), else when its last call ends."""
+        if connection.retired and not force:
+            return
         connection.retired = True
         for key in [key for key, c in self._current.items() if c is connection]:
             del self._current[key]

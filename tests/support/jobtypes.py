@@ -7,9 +7,7 @@ count), so tests can tell how many times the work of a job was really done.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import redis
 
@@ -30,8 +28,7 @@ class Echo(Consumer):
         """Subclasses add their behaviour here."""
 
     def process(self, job: Job) -> Result:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = job.download_input(Path(tmp))
+        with job.input_file() as path:
             if b"CORRUPT" in path.read_bytes()[:64]:
                 raise JobError(f"{job.get('original_name')} is corrupt: export it again")
             with job.stage(Stages.PREDICT):
@@ -67,8 +64,8 @@ class FinishesBehind(Echo):
 
     def process(self, job: Job) -> Finish:
         self._redis.rpush(EVENTS, f"process {job.key}")
-        with tempfile.TemporaryDirectory() as tmp:
-            data = job.download_input(Path(tmp)).read_bytes()
+        with job.input_file() as path:
+            data = path.read_bytes()
         return Finish(lambda: self._finish(job, data))
 
     def _finish(self, job: Job, data: bytes) -> Result:
