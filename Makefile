@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup system-deps test-deps run test lint format bench evaluate model samples protos clean
+.PHONY: help setup system-deps test-deps run test lint format bench evaluate model samples protos settings-table clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,13 +52,16 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.cluster_sim
 
 evaluate: setup ## segmentation quality, model vs classical baseline, generated and real nuclei
-	$(BIN)/python -m consumers.evaluate
+	$(BIN)/python -m evaluation
 
 model: $(INSTALLED) ## retrain the bundled nuclear model into models/NuclearSegmentation (~20 min on 2 cores)
 	$(BIN)/python -m models.training.train_nuclear --out models/NuclearSegmentation
 
 samples: $(INSTALLED) ## regenerate the sample images in samples/ (same seeds, same images)
-	$(BIN)/python -m kiosk.samples
+	$(BIN)/python -m local.samples
+
+settings-table: $(INSTALLED) ## write README's settings table from the settings classes (services and job types)
+	$(BIN)/python scripts/settings_table.py
 
 protos: $(INSTALLED) ## regenerate kiosk/serving/protos from tfserving.proto
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. kiosk/serving/protos/tfserving.proto

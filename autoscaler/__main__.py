@@ -18,7 +18,7 @@ from autoscaler.backends import Backend
 from autoscaler.controller import Controller
 from autoscaler.exporter import KioskCollector, busy_ratio_reader, serve_exporter
 from autoscaler.policy import PaperPolicy, PolicyConfig
-from kiosk.jobs import all_queues
+from kiosk.keys import all_queues
 from kiosk.logs import setup_logging
 from kiosk.queue import JobQueue
 from kiosk.settings import AutoscalerSettings, ConsumerSettings, ModelServerSettings, StackSettings

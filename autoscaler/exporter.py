@@ -44,7 +44,7 @@ from prometheus_client.registry import Collector
 
 from autoscaler.backends import Replicas
 from autoscaler.policy import CONSUMER_TARGET, consumer_metric
-from kiosk.jobs import (
+from kiosk.keys import (
     PROCESSING_PREFIX,
     all_queues,
     dead_letter_list,
@@ -71,7 +71,7 @@ CONSUMER_METRIC = "kiosk_consumer_metric"
 EXPORTER_UP = "kiosk_exporter_up"
 SCRAPE_ERRORS = "kiosk_exporter_scrape_errors"  # exposed as ..._total
 SCRAPE_SECONDS = "kiosk_exporter_scrape_duration_seconds"
-# What the model server exports (kiosk.serving.server.metrics): the local GPU stand-in.
+# What the model server exports (model_server.metrics): the local GPU stand-in.
 BUSY_RATIO = "kiosk_model_server_busy_ratio"
 
 SCAN_COUNT = 1000  # keys per SCAN step: fewer round trips on a large keyspace

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kiosk.jobs import job_type_of, zip_queue
+from kiosk.keys import job_type_of, zip_queue
 from kiosk.queue import QueueStats
 from kiosk.settings import AutoscalerSettings
 

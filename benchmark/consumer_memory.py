@@ -36,8 +36,9 @@ from benchmark.support import (
     memory_mib,
     model_server,
 )
-from consumers.evaluate import REPO
-from kiosk.jobs import JobRequest, creation_fields, new_job_key, upload_key
+from evaluation import REPO
+from kiosk.jobs import JobRequest, creation_fields
+from kiosk.keys import new_job_key, upload_key
 from kiosk.queue import JobQueue, connect
 from kiosk.storage.local import LocalBucket
 from tests.support.servers import RedisServer, wait_for

@@ -25,12 +25,14 @@ import numpy as np
 
 from benchmark.report import median, save, table
 from benchmark.support import MODEL, add_model_args, check_model, generated_images, model_server
-from consumers.evaluate import PipelineConfig, ServedModel
-from consumers.processing.baseline import classical_segment
 from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.normalize import normalize
 from consumers.processing.pipeline import predict_maps
-from consumers.processing.quality import score
+from consumers.segmentation import NUCLEAR_MODEL
+from evaluation.baseline import classical_segment
+from evaluation.quality import score
+from evaluation.report import PipelineConfig
+from evaluation.served import ServedModel
 
 SEED_BASE = 700_000
 
@@ -47,7 +49,9 @@ def timed(fn: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]
 
 def heads(maps: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inner, outer, foreground) planes from the model's heads."""
-    return maps["inner_distance"][..., 0], maps["outer_distance"][..., 0], maps["fgbg"][..., -1]
+    inner, outer, fg = NUCLEAR_MODEL.heads.planes(maps)
+    assert fg is not None
+    return inner, outer, fg
 
 
 def ideal_maps(labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -55,10 +59,11 @@ def ideal_maps(labels: np.ndarray) -> dict[str, np.ndarray]:
 
     t = targets(labels)
     fg = t[..., 2:3]
+    names = NUCLEAR_MODEL.heads
     return {
-        "inner_distance": t[..., 0:1],
-        "outer_distance": t[..., 1:2],
-        "fgbg": np.concatenate([1 - fg, fg], -1),
+        names.inner: t[..., 0:1],
+        names.outer: t[..., 1:2],
+        names.foreground: np.concatenate([1 - fg, fg], -1),
     }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from benchmark.report import median, percentile, save, table
-from kiosk.jobs import JobField, Status
+from kiosk.keys import JobField, Status
 from kiosk.queue import JobQueue, connect
 from tests.support import services
 from tests.support.servers import RedisServer, wait_for

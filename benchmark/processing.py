@@ -21,14 +21,14 @@ import tifffile
 from scipy import ndimage as ndi
 
 from benchmark.report import median, save, table
-from consumers.processing.baseline import classical_segment
+from consumers.imaging import encode_labels_tiff, read_image
 from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import segment
-from consumers.processing.quality import average_precision, score
 from consumers.processing.rescale import rescale_to_model, restore_labels
 from consumers.processing.tiling import extract_tiles, plan_tiles, untile
-from kiosk.imaging import encode_labels_tiff, read_image
-from kiosk.synthetic import generate
+from evaluation.baseline import classical_segment
+from evaluation.quality import average_precision, score
+from evaluation.synthetic import generate
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:

@@ -20,16 +20,8 @@ from pathlib import Path
 import redis
 
 from benchmark.report import median, save, table
-from kiosk.jobs import (
-    JOB_INDEX,
-    JobField,
-    JobRequest,
-    Status,
-    creation_fields,
-    new_job_key,
-    now_iso,
-    processing_list,
-)
+from kiosk.jobs import JobRequest, creation_fields, now_iso
+from kiosk.keys import JOB_INDEX, JobField, Status, new_job_key, processing_list
 from kiosk.queue import JobQueue, connect
 from tests.support.servers import RedisServer
 

@@ -3,7 +3,7 @@
 
 Why here: deep_watershed, zip_throughput and consumer_memory all need the real model behind a
 real model server, and the same way of saying "no model yet" when it is missing. The model
-server is the one the evaluation command starts (consumers.evaluate.embedded_model_server).
+server is the one the evaluation command starts (evaluation.served.embedded_model_server).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from consumers.evaluate import BUNDLED_MODELS, REPO, ModelServer, embedded_model_server, free_port
-from kiosk.synthetic import generate
+from evaluation import REPO
+from evaluation.served import BUNDLED_MODELS, ModelServer, embedded_model_server
+from evaluation.synthetic import generate
+from kiosk.processes import free_port
 
 __all__ = [
     "MODEL",
@@ -76,7 +78,7 @@ def model_server(models_dir: Path, model: str = MODEL) -> Iterator[ModelServer]:
 def generated_images(
     count: int, size: int, seed_base: int, **kwargs: Any
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image, labels) pairs from kiosk.synthetic, as a camera gives them (uint16).
+    """(image, labels) pairs from evaluation.synthetic, as a camera gives them (uint16).
 
     ``kwargs`` go to ``generate``; fixing ``coverage`` and ``mean_diameter`` keeps the work
     per megapixel comparable between image sizes.
@@ -157,7 +159,7 @@ def kiosk_up(
     queues: str = "segmentation",
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[KioskUp]:
-    """`python -m kiosk up` with the embedded model server, in a temp data directory.
+    """`python -m local up` with the embedded model server, in a temp data directory.
 
     Yields once it says it is running (every service started and ready); stops it as Ctrl-C
     does (SIGINT), which stops the services in order.
@@ -173,7 +175,7 @@ def kiosk_up(
             "KIOSK_MODELS_DIR": str(models_dir),
             **(extra_env or {}),
         }
-        argv = [sys.executable, "-m", "kiosk", "up", "--port", str(port)]
+        argv = [sys.executable, "-m", "local", "up", "--port", str(port)]
         argv += ["--data-dir", str(data_dir), "--queues", queues, "--consumers", str(consumers)]
         log_path = Path(tmp) / "kiosk-up.log"
         with open(log_path, "wb") as log:

@@ -1,7 +1,7 @@
 """A zip of 100 images through the whole local stack, against the model's own work on them.
 
 The end-to-end figure: a zip of ``--images`` generated 512x512 uint16 TIFFs (about 50 MiB,
-stored uncompressed) is submitted over HTTP (kiosk.client.KioskClient) to a real `kiosk up`
+stored uncompressed) is submitted over HTTP (local.client.KioskClient) to a real `kiosk up`
 (Redis with its append-only file, janitor, the embedded model server with the bundled model,
 frontend, segmentation consumers and the zip consumer), timed from the start of the upload to
 the parent job's ``done`` (fan-out, every child segmented, results zipped).
@@ -48,7 +48,7 @@ from benchmark.support import (
     model_server,
     process_tree_cpu,
 )
-from kiosk.client import KioskClient
+from local.client import KioskClient
 
 SEED_BASE = 600_000
 WARMUP_SEED_BASE = 650_000
@@ -98,18 +98,23 @@ def _alone_worker(
     target: str, images: list[np.ndarray], ready: Any, start: Any, results: Any
 ) -> None:
     """Segment ``images`` as the consumer would, minus everything around the pipeline."""
-    from consumers.evaluate import PipelineConfig, ServedModel
     from consumers.processing.pipeline import segment
+    from evaluation.report import PipelineConfig
+    from evaluation.served import ServedModel
 
     config = PipelineConfig.from_settings()
     predict = ServedModel(target, MODEL)
 
+    heads = config.contract.heads
+
     def run(image: np.ndarray, timings: dict[str, float] | None = None) -> None:
         segment(
             image,
-            predict,
+            lambda batch: heads.foreground_only(predict(batch)),
             image_mpp=config.model_mpp,
             model_mpp=config.model_mpp,
+            size_multiple=config.contract.size_multiple,
+            postprocess=config.contract.postprocess,
             tile_size=config.tile_size,
             batch_size=config.batch_size,
             normalize_method=config.normalization,

@@ -12,7 +12,7 @@ from prometheus_client import start_http_server
 from consumers.metrics import ConsumerMetrics
 from consumers.registry import UnknownJobType, resolve
 from consumers.worker import Worker
-from kiosk.jobs import job_type_of
+from kiosk.keys import job_type_of
 from kiosk.logs import setup_logging
 from kiosk.queue import JobQueue
 from kiosk.settings import ConsumerSettings

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
-from kiosk.jobs import JobField, Stage, Stages, Status, output_prefix
+from kiosk.jobs import Stage, Stages
+from kiosk.keys import JobField, Status, output_prefix
 from kiosk.queue import Claim, JobQueue, Outcome
-from kiosk.settings import ConsumerSettings
+from kiosk.settings import ConsumerSettings, JobTypeSettings
 from kiosk.storage import Bucket, ObjectNotFound
 
 
@@ -179,14 +180,24 @@ class Job:
 
 
 class Consumer(ABC):
-    """A job type. One instance serves one queue for the life of its process."""
+    """A job type. One instance serves one queue for the life of its process.
+
+    ``settings`` are every consumer's (Redis, model server, heartbeats); ``job_settings`` are
+    the job type's own, of its ``settings_class``, read from ``KIOSK_*`` when not given.
+    """
 
     job_type: ClassVar[str] = ""
+    settings_class: ClassVar[type[JobTypeSettings]] = JobTypeSettings
 
     def __init__(
-        self, settings: ConsumerSettings, bucket: Bucket, queue: JobQueue | None = None
+        self,
+        settings: ConsumerSettings,
+        bucket: Bucket,
+        queue: JobQueue | None = None,
+        job_settings: JobTypeSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.job_settings = job_settings or self.settings_class()
         self.bucket = bucket
         self.queue = queue  # for job types that create jobs (the zip fan-out)
 

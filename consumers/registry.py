@@ -10,8 +10,8 @@ import importlib
 from collections.abc import Iterable
 
 from consumers.base import Consumer
-from kiosk.jobs import job_type_of
-from kiosk.settings import ZIP_SUFFIX
+from kiosk.keys import ZIP_SUFFIX, job_type_of
+from kiosk.settings import JobTypeSettings
 
 BUILTIN: dict[str, str] = {"segmentation": "consumers.segmentation:SegmentationConsumer"}
 # Every job type's zips are split by the same fan-out consumer.
@@ -59,3 +59,15 @@ def resolve(queue: str, plugins: Iterable[str] = ()) -> type[Consumer]:
             "add one with KIOSK_JOB_TYPE_PLUGINS=NAME=module:Class"
         )
     return load(known[queue])
+
+
+def job_type_settings(plugins: Iterable[str] = ()) -> list[type[JobTypeSettings]]:
+    """The settings classes job types declare (built-in, the zip consumer's, plugins'), once
+    each, for the README's table and for checks."""
+    targets = [*BUILTIN.values(), ZIP_CONSUMER, *parse_plugins(plugins).values()]
+    classes: list[type[JobTypeSettings]] = []
+    for target in targets:
+        cls = load(target).settings_class
+        if cls is not JobTypeSettings and cls not in classes:
+            classes.append(cls)
+    return classes

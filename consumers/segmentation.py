@@ -16,20 +16,35 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import ClassVar, cast
 
 import numpy as np
+from pydantic import Field
 
+from consumers import imaging
 from consumers.base import Consumer, Finish, Job, JobError, Result
 from consumers.metrics import PREDICT_RETRIES
+from consumers.processing.contract import ModelContract
 from consumers.processing.overlay import overlay_png
-from consumers.processing.pipeline import Predict, segment
-from kiosk import imaging
-from kiosk.jobs import JobField, Stage, Stages, Status, file_url
-from kiosk.serving.client import InvalidRequest, ModelNotFound, PredictError, ServingClient
+from consumers.processing.pipeline import Predict, segment_frames
+from kiosk.jobs import Stage, Stages
+from kiosk.keys import JobField, Status, file_url
+from kiosk.serving.client import (
+    InvalidRequest,
+    ModelNotFound,
+    PredictError,
+    Prediction,
+    ServingClient,
+)
+from kiosk.settings import JobTypeSettings
 
 log = logging.getLogger(__name__)
 
-MODEL_INPUT = "image"
+NUCLEAR_MODEL = ModelContract(name="NuclearSegmentation", mpp=0.65, size_multiple=16)
+"""The bundled nuclear model (models/NuclearSegmentation): input ``image``, float32
+(batch, y, x, 1); heads ``inner_distance``, ``outer_distance`` and ``fgbg`` (softmax, channel 1
+the foreground); trained on nuclei at 0.65 um/px."""
+
 # The pipeline's timings (see consumers.processing.pipeline.STAGES) as the job's time fields.
 STAGE_TIMINGS: dict[Stage, tuple[str, ...]] = {
     Stages.PREPROCESS: ("normalize", "rescale", "tile"),
@@ -38,20 +53,54 @@ STAGE_TIMINGS: dict[Stage, tuple[str, ...]] = {
 }
 
 
+class SegmentationSettings(JobTypeSettings):
+    """The segmentation job type's own settings."""
+
+    service_name: ClassVar[str] = "segmentation"
+
+    segmentation_model: str = Field(
+        NUCLEAR_MODEL.name,
+        description="Model the segmentation job type runs when a job names none.",
+    )
+    segmentation_model_version: int = Field(
+        0, ge=0, description="Version of that model (0: the newest the model server has)."
+    )
+    tile_size: int = Field(
+        512, ge=64, description="Side of the square tiles large images are cut into, in pixels."
+    )
+    predict_batch_size: int = Field(4, ge=1, description="Tiles sent in one Predict call.")
+    normalization: str = Field(
+        "percentile",
+        pattern="^(percentile|clahe)$",
+        description="How images are normalised before the model: percentile or clahe.",
+    )
+    max_image_pixels: int = Field(
+        8192 * 8192,
+        ge=1,
+        description="Largest image plane (height x width) a segmentation job takes; larger ones "
+        "fail with a message before they are decoded.",
+    )
+
+
 class SegmentationConsumer(Consumer):
     job_type = "segmentation"
+    settings_class = SegmentationSettings
+    contract: ClassVar[ModelContract] = NUCLEAR_MODEL
 
     def setup(self) -> None:
         self.client = ServingClient.from_settings(self.settings)
+
+    @property
+    def options(self) -> SegmentationSettings:
+        return cast(SegmentationSettings, self.job_settings)
 
     def process(self, job: Job) -> Finish:
         model, version = self._model(job)
         image_mpp = self._scale(job)
         with job.input_file() as path, job.stage(Stages.PREPROCESS):
             loaded = self._open(job, path)
-        pixels = loaded.pixels
-        labels = np.zeros(pixels.shape[:3], dtype=np.int32)
         retries = 0
+        heads = self.contract.heads
 
         def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
             nonlocal retries
@@ -59,28 +108,27 @@ class SegmentationConsumer(Consumer):
             retries += prediction.retries
             if prediction.retries:
                 PREDICT_RETRIES.labels(job.queue).inc(prediction.retries)
-            return _foreground_only(prediction.outputs)
+            return heads.foreground_only(prediction.outputs)
 
-        for index, frame in enumerate(pixels):
-            timings: dict[str, float] = {}
-            progress = _TileProgress(job, index, len(pixels))
-            labels[index] = segment(
-                frame,
-                progress.wrap(predict),
-                image_mpp=image_mpp,
-                model_mpp=self.settings.model_mpp,
-                tile_size=self.settings.tile_size,
-                batch_size=self.settings.predict_batch_size,
-                normalize_method=self.settings.normalization,
-                timings=timings,
-                progress=progress,
-            )
-            job.record_times(
+        progress = _TileProgress(job, len(loaded.pixels))
+        labels = segment_frames(
+            loaded.pixels,
+            progress.wrap(predict),
+            image_mpp=image_mpp,
+            model_mpp=self.contract.mpp,
+            size_multiple=self.contract.size_multiple,
+            tile_size=self.options.tile_size,
+            batch_size=self.options.predict_batch_size,
+            normalize_method=self.options.normalization,
+            postprocess=self.contract.postprocess,
+            progress=progress,
+            frame_done=lambda index, timings: job.record_times(
                 {
                     stage: sum(timings.get(name, 0.0) for name in names)
                     for stage, names in STAGE_TIMINGS.items()
                 }
-            )
+            ),
+        )
         fields = {
             JobField.PREDICT_RETRIES: str(retries),
             JobField.DIM_ORDER: loaded.dimension_order,
@@ -116,9 +164,9 @@ class SegmentationConsumer(Consumer):
     # ------------------------------------------------------------------ job options
 
     def _model(self, job: Job) -> tuple[str, int | None]:
-        name = job.get(JobField.MODEL_NAME) or self.settings.segmentation_model
+        name = job.get(JobField.MODEL_NAME) or self.options.segmentation_model
         version_text = job.get(JobField.MODEL_VERSION) or str(
-            self.settings.segmentation_model_version
+            self.options.segmentation_model_version
         )
         try:
             version = int(version_text)
@@ -133,7 +181,7 @@ class SegmentationConsumer(Consumer):
         """Microns per pixel of the input: the job's ``scale``, else the model's own."""
         text = job.get(JobField.SCALE).strip()
         if not text:
-            return self.settings.model_mpp
+            return self.contract.mpp
         try:
             value = float(text)
         except ValueError:
@@ -141,7 +189,7 @@ class SegmentationConsumer(Consumer):
         if not (math.isfinite(value) and 0.01 <= value <= 100):
             raise JobError(
                 f"scale {text!r} is not a pixel size: give microns per pixel between 0.01 and "
-                f"100 (the model works at {self.settings.model_mpp} um/px), or leave it empty"
+                f"100 (the model works at {self.contract.mpp} um/px), or leave it empty"
             )
         return value
 
@@ -154,16 +202,17 @@ class SegmentationConsumer(Consumer):
                 dimension_order=job.get(JobField.DIMENSION_ORDER) or "infer",
                 channels=job.get(JobField.CHANNELS) or None,
                 required_channels=1,
-                max_pixels=self.settings.max_image_pixels,
+                max_pixels=self.options.max_image_pixels,
             )
         except imaging.ImageError as exc:
             raise JobError(str(exc)) from exc
 
     # ------------------------------------------------------------------ model server
 
-    def _predict(self, model: str, version: int | None, batch: np.ndarray):
+    def _predict(self, model: str, version: int | None, batch: np.ndarray) -> Prediction:
         try:
-            return self.client.predict(model, {MODEL_INPUT: batch}, version=version, check=True)
+            inputs = {self.contract.input: batch}
+            return self.client.predict(model, inputs, version=version, check=True)
         except (ModelNotFound, InvalidRequest) as exc:
             raise JobError(str(exc)) from exc
         except PredictError as exc:
@@ -173,12 +222,11 @@ class SegmentationConsumer(Consumer):
 
 
 class _TileProgress:
-    """Shows the pipeline's progress on the job: predicting from the first tile sent, progress
-    by tiles done, post-processing once the last tile is back."""
+    """Shows the pipeline's progress on the job: predicting from a frame's first tile sent,
+    progress by tiles done over all frames, post-processing once a frame's last tile is back."""
 
-    def __init__(self, job: Job, frame: int, frames: int) -> None:
+    def __init__(self, job: Job, frames: int) -> None:
         self.job = job
-        self.frame = frame
         self.frames = frames
         self.predicting = False
 
@@ -191,22 +239,13 @@ class _TileProgress:
 
         return wrapped
 
-    def __call__(self, done: int, total: int) -> None:
-        progress = int(90 * (self.frame + done / total) / self.frames)
+    def __call__(self, frame: int, done: int, total: int) -> None:
+        progress = int(90 * (frame + done / total) / self.frames)
         if done == total:  # one write for both
             self.job.set_status(Status.POST_PROCESSING, progress)
+            self.predicting = False
         else:
             self.job.set_progress(progress)
-
-
-def _foreground_only(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keep only the foreground channel of a two-channel softmax: the background channel is its
-    complement, and blending it back over a large image would cost a full-size buffer."""
-    kept = dict(outputs)
-    fgbg = kept.get("fgbg")
-    if fgbg is not None and fgbg.ndim == 4 and fgbg.shape[-1] == 2:
-        kept["fgbg"] = fgbg[..., 1:]
-    return kept
 
 
 def _label_axes(frame_axes: str, labels: np.ndarray) -> str | None:

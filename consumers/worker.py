@@ -36,7 +36,8 @@ from prometheus_client import CollectorRegistry
 
 from consumers.base import Consumer, Finish, Job, JobError, JobLost, Result, Waiting
 from consumers.metrics import ConsumerMetrics
-from kiosk.jobs import JobField, Stage, file_url
+from kiosk.jobs import Stage
+from kiosk.keys import JobField, file_url
 from kiosk.queue import Claim, Heartbeat, JobQueue, Outcome, Settled
 from kiosk.settings import ConsumerSettings
 from kiosk.signals import StopSignals

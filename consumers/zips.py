@@ -24,40 +24,21 @@ import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import ClassVar, cast
+
+from pydantic import Field
 
 from consumers.base import Consumer, Job, JobError, Result, Waiting
 from kiosk.filetypes import FileKind, kind_from_name, sniff
-from kiosk.jobs import (
-    UPLOAD_PREFIX,
-    JobField,
-    JobView,
-    Stages,
-    Status,
-    clean_name,
-    job_type_of,
-    now_iso,
-    parse_job_key,
-)
+from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
+from kiosk.keys import UPLOAD_PREFIX, JobField, Status, clean_name, job_type_of, parse_job_key
 from kiosk.queue import JobQueue
+from kiosk.settings import GIB, JobTypeSettings
 
 IMAGE_KINDS = frozenset({FileKind.TIFF, FileKind.PNG, FileKind.JPEG})
 COPY_CHUNK = 1024 * 1024
-# Fields a child inherits from its parent: the options the user chose for the whole zip.
-INHERITED = (
-    JobField.MODEL_NAME,
-    JobField.MODEL_VERSION,
-    JobField.PREPROCESS_FUNCTION,
-    JobField.POSTPROCESS_FUNCTION,
-    JobField.CUTS,
-    JobField.SCALE,
-    JobField.LABEL,
-    JobField.DIMENSION_ORDER,
-    JobField.CHANNELS,
-    JobField.SEGMENTATION_TYPE,
-    JobField.IDENTITY_UPLOAD,
-)
 
 
 @dataclass(frozen=True)
@@ -170,8 +151,28 @@ def result_name(original_name: str, output_key: str, taken: set[str]) -> str:
     return name
 
 
+class ZipSettings(JobTypeSettings):
+    """Limits on what a zip may hold, checked from its directory before anything is unpacked."""
+
+    service_name: ClassVar[str] = "zips"
+
+    max_zip_entries: int = Field(
+        10000, ge=1, description="Most entries a zip may hold; larger zips are refused."
+    )
+    max_zip_entry_bytes: int = Field(
+        GIB, ge=1, description="Largest unpacked image in a zip; larger entries are refused."
+    )
+    max_zip_total_bytes: int = Field(
+        64 * GIB,
+        ge=1,
+        description="Most bytes a zip may unpack to, all entries together (zip-bomb guard).",
+    )
+
+
 class ZipConsumer(Consumer):
     """Serves ``TYPE-zip`` queues for every job type."""
+
+    settings_class = ZipSettings
 
     def process(self, job: Job) -> Result | Waiting:
         if self._children_ended(job):
@@ -192,14 +193,15 @@ class ZipConsumer(Consumer):
     def _fan_out(self, job: Job) -> Result | Waiting:
         queue = self._require_queue()
         job_type = job_type_of(job.queue)
+        limits = cast(ZipSettings, self.job_settings)
         with job.input_file() as path:
             with job.stage(Stages.PREPROCESS):
                 archive = _open_zip(path, job.get(JobField.ORIGINAL_NAME))
                 entries, skipped = plan_entries(
                     archive.infolist(),
-                    max_entries=self.settings.max_zip_entries,
-                    max_entry_bytes=self.settings.max_zip_entry_bytes,
-                    max_total_bytes=self.settings.max_zip_total_bytes,
+                    max_entries=limits.max_zip_entries,
+                    max_entry_bytes=limits.max_zip_entry_bytes,
+                    max_total_bytes=limits.max_zip_total_bytes,
                 )
             if not entries:
                 listed = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5]) or "it is empty"
@@ -251,18 +253,8 @@ class ZipConsumer(Consumer):
         except (_BadEntry, zipfile.BadZipFile, EOFError, OSError) as exc:
             self._record_failed_child(queue, job, job_type, key, entry, upload, str(exc))
             return
-        fields = {
-            **{name: job.get(name) for name in INHERITED},
-            JobField.ORIGINAL_NAME: clean_name(entry.name),
-            JobField.INPUT_FILE_NAME: upload,
-            JobField.URL: "",
-            JobField.STATUS: Status.NEW,
-            JobField.CREATED_AT: now_iso(),
-            JobField.UPDATED_AT: now_iso(),
-            JobField.PROGRESS: "0",
-            JobField.ATTEMPTS: "0",
-            JobField.PARENT: job.key,
-        }
+        request = self._child_request(job, job_type, entry, upload)
+        fields = creation_fields(request, job.get(JobField.IDENTITY_UPLOAD))
         queue.submit(job_type, key, fields)
 
     def _record_failed_child(
@@ -278,18 +270,22 @@ class ZipConsumer(Consumer):
         """An entry that cannot be read still counts as a child: it is created failed, so the
         parent's count of ended children stays right and the reason is listed."""
         self.bucket.delete(upload)
-        now = now_iso()
-        fields = {
-            JobField.ORIGINAL_NAME: clean_name(entry.name),
-            JobField.INPUT_FILE_NAME: "",
+        request = self._child_request(job, job_type, entry, "")
+        fields = creation_fields(request, job.get(JobField.IDENTITY_UPLOAD))
+        fields |= {
             JobField.STATUS: Status.FAILED,
             JobField.REASON: f"could not read {entry.name!r} from the zip: {why}",
-            JobField.CREATED_AT: now,
-            JobField.UPDATED_AT: now,
-            JobField.FINISHED_AT: now,
-            JobField.PARENT: job.key,
+            JobField.FINISHED_AT: fields[JobField.CREATED_AT],
         }
         queue.submit_ended_child(job_type, key, fields)
+
+    @staticmethod
+    def _child_request(job: Job, job_type: str, entry: Entry, upload: str) -> JobRequest:
+        """The parent's request (model, scale, channels, ...) for one image of the zip."""
+        inherited = JobRequest.of_job(job_type, job.fields)
+        return replace(
+            inherited, original_name=entry.name, input_file_name=upload, url="", parent=job.key
+        )
 
     # ------------------------------------------------------------------ fan-in
 

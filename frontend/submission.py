@@ -7,7 +7,8 @@ import socket
 from frontend.deps import Services
 from frontend.errors import ApiError
 from kiosk.filetypes import FileKind, check_name
-from kiosk.jobs import UPLOAD_PREFIX, JobRequest, creation_fields, new_job_key
+from kiosk.jobs import JobRequest, creation_fields
+from kiosk.keys import UPLOAD_PREFIX, new_job_key
 from kiosk.storage import safe_key
 
 

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from frontend.errors import ApiError
 from kiosk.filetypes import SNIFF_BYTES, FileKind, check_content, check_name
-from kiosk.jobs import clean_name, upload_key
+from kiosk.keys import clean_name, upload_key
 from kiosk.storage import Bucket, BucketWriter
 
 log = logging.getLogger(__name__)

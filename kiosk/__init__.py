@@ -1,4 +1,5 @@
-"""Kiosk's shared core: settings, the job record, the queue protocol, storage, the CLI.
+"""Kiosk's shared core: settings, names and the job record, the queue protocol and its janitor,
+storage, the model server's wire protocol and client, process supervision.
 
 Imported by every service; imports none of them, and never TensorFlow.
 """

@@ -8,6 +8,7 @@ to heartbeat) therefore cannot finish the job a second time; it is told it lost 
 
 The scripts touch job hashes named inside lists they read. That is fine on a single Redis
 (standalone or with replicas), which is what Kiosk runs; it would not be on Redis Cluster.
+The scripts take every field and status name from :mod:`kiosk.keys` (see :func:`render_lua`).
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from enum import Enum
+from string import Template
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
-from kiosk.jobs import (
+from kiosk.jobs import now_iso, parse_iso
+from kiosk.keys import (
     JOB_INDEX,
     PROCESSING_PREFIX,
     JobField,
     Status,
     dead_letter_list,
     heartbeat_key,
-    now_iso,
-    parse_iso,
     parse_processing_list,
     processing_list,
 )
@@ -58,6 +60,19 @@ def connect(url: str, *, retries: int = 30, socket_timeout: float | None = 10.0)
 
 
 # ----------------------------------------------------------------------------- Lua
+# The scripts name job-hash fields and statuses as $FIELD_* and $STATUS_* (the members of
+# JobField and Status), so the names have one home; render_lua fills them in, and a name that
+# does not exist fails at import rather than in Redis.
+
+LUA_NAMES = {f"FIELD_{field.name}": field.value for field in JobField} | {
+    f"STATUS_{status.name}": status.value for status in Status
+}
+
+
+def render_lua(source: str) -> str:
+    """A script with the names of :mod:`kiosk.keys` filled in."""
+    return Template(source).substitute(LUA_NAMES)
+
 
 _HELPERS = """
 local function hash_to_table(flat)
@@ -78,12 +93,13 @@ end
 -- where a zip consumer assembles the results. `exact`: only on the increment that completes it,
 -- so the parent is queued once whichever of "last child ends" and "parent parks" comes last.
 local function release_parent(parent, now, exact)
-  local f = redis.call('HMGET', parent, 'total_jobs', 'children:done', 'children:failed', 'status')
+  local f = redis.call('HMGET', parent, '$FIELD_TOTAL_JOBS', '$FIELD_CHILDREN_DONE',
+                       '$FIELD_CHILDREN_FAILED', '$FIELD_STATUS')
   local total = tonumber(f[1] or '')
-  if not total or total < 1 or f[4] ~= 'waiting' then return end
+  if not total or total < 1 or f[4] ~= '$STATUS_WAITING' then return end
   local ended = tonumber(f[2] or '0') + tonumber(f[3] or '0')
-  redis.call('HSET', parent, 'updated_at', now,
-             'progress', tostring(math.min(99, math.floor(100 * ended / total))))
+  redis.call('HSET', parent, '$FIELD_UPDATED_AT', now,
+             '$FIELD_PROGRESS', tostring(math.min(99, math.floor(100 * ended / total))))
   if ended == total or (not exact and ended > total) then
     redis.call('RPUSH', string.match(parent, '^([^:]+):'), parent)
   end
@@ -91,7 +107,7 @@ end
 
 -- a child job just ended (done or failed): count it on its zip parent
 local function child_ended(key, field, now)
-  local parent = redis.call('HGET', key, 'parent')
+  local parent = redis.call('HGET', key, '$FIELD_PARENT')
   if not parent or parent == '' or not is_hash(parent) then return end
   redis.call('HINCRBY', parent, field, 1)
   release_parent(parent, now, true)
@@ -99,9 +115,9 @@ end
 
 -- mark failed, keep a copy on the dead-letter list, give the hash its finished TTL
 local function fail_job(key, dlq, now, ttl, reason, dlq_max)
-  redis.call('HSET', key, 'status', 'failed', 'reason', reason,
-             'finished_at', now, 'updated_at', now)
-  child_ended(key, 'children:failed', now)
+  redis.call('HSET', key, '$FIELD_STATUS', '$STATUS_FAILED', '$FIELD_REASON', reason,
+             '$FIELD_FINISHED_AT', now, '$FIELD_UPDATED_AT', now)
+  child_ended(key, '$FIELD_CHILDREN_FAILED', now)
   local entry = cjson.encode({key = key, failed_at = now, reason = reason,
                               fields = hash_to_table(redis.call('HGETALL', key))})
   redis.call('LPUSH', dlq, entry)
@@ -126,14 +142,14 @@ if not is_hash(KEYS[1]) then
   redis.call('LREM', KEYS[2], 1, KEYS[1])
   return false
 end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'done' or status == 'failed' then
+local status = redis.call('HGET', KEYS[1], '$FIELD_STATUS')
+if status == '$STATUS_DONE' or status == '$STATUS_FAILED' then
   redis.call('LREM', KEYS[2], 1, KEYS[1])
   return false
 end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'started', 'updated_at', ARGV[1],
-           'updated_by', ARGV[2], 'identity_started', ARGV[2])
+redis.call('HINCRBY', KEYS[1], '$FIELD_ATTEMPTS', 1)
+redis.call('HSET', KEYS[1], '$FIELD_STATUS', '$STATUS_STARTED', '$FIELD_UPDATED_AT', ARGV[1],
+           '$FIELD_UPDATED_BY', ARGV[2], '$FIELD_IDENTITY_STARTED', ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 """
 
@@ -144,7 +160,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('LREM', KEYS[2], 1, KEYS[1])
   return 0
 end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], '$FIELD_UPDATED_AT', ARGV[1], unpack(ARGV, 2))
 return 1
 """
 
@@ -152,11 +168,11 @@ return 1
 _FINISH = """
 if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'updated_at', ARGV[1], unpack(ARGV, 4))
-if ARGV[3] == 'done' then
-  redis.call('HSET', KEYS[1], 'finished_at', ARGV[1], 'progress', '100')
+redis.call('HSET', KEYS[1], '$FIELD_STATUS', ARGV[3], '$FIELD_UPDATED_AT', ARGV[1], unpack(ARGV, 4))
+if ARGV[3] == '$STATUS_DONE' then
+  redis.call('HSET', KEYS[1], '$FIELD_FINISHED_AT', ARGV[1], '$FIELD_PROGRESS', '100')
   expire_if_unset(KEYS[1], ARGV[2])
-  child_ended(KEYS[1], 'children:done', ARGV[1])
+  child_ended(KEYS[1], '$FIELD_CHILDREN_DONE', ARGV[1])
 end
 return {1, redis.call('LLEN', KEYS[2])}
 """
@@ -167,7 +183,7 @@ _SUBMIT_ENDED_CHILD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
-child_ended(KEYS[1], 'children:failed', ARGV[2])
+child_ended(KEYS[1], '$FIELD_CHILDREN_FAILED', ARGV[2])
 return 1
 """
 
@@ -177,8 +193,8 @@ return 1
 _WAIT = """
 if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
-redis.call('HSET', KEYS[1], 'status', 'waiting', 'attempts', '0', 'updated_at', ARGV[1],
-           unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], '$FIELD_STATUS', '$STATUS_WAITING', '$FIELD_ATTEMPTS', '0',
+           '$FIELD_UPDATED_AT', ARGV[1], unpack(ARGV, 2))
 release_parent(KEYS[1], ARGV[1], false)
 return {1, redis.call('LLEN', KEYS[2])}
 """
@@ -189,9 +205,9 @@ _DELETE = """
 redis.call('LREM', KEYS[2], 0, KEYS[1])
 redis.call('ZREM', KEYS[3], KEYS[1])
 if not is_hash(KEYS[1]) then return redis.call('DEL', KEYS[1]) end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'done' and status ~= 'failed' then
-  child_ended(KEYS[1], 'children:failed', ARGV[1])
+local status = redis.call('HGET', KEYS[1], '$FIELD_STATUS')
+if status ~= '$STATUS_DONE' and status ~= '$STATUS_FAILED' then
+  child_ended(KEYS[1], '$FIELD_CHILDREN_FAILED', ARGV[1])
 end
 return redis.call('DEL', KEYS[1])
 """
@@ -208,14 +224,15 @@ return {1, redis.call('LLEN', KEYS[2])}
 _RETRY = """
 if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local attempts = tonumber(redis.call('HGET', KEYS[1], '$FIELD_ATTEMPTS') or '0')
 local max = tonumber(ARGV[5])
 if attempts >= max then
   fail_job(KEYS[1], KEYS[4], ARGV[1], ARGV[2],
            ARGV[3] .. ' (gave up after ' .. attempts .. ' of ' .. max .. ' attempts)', ARGV[4])
   return {2, redis.call('LLEN', KEYS[2])}
 end
-redis.call('HSET', KEYS[1], 'status', 'new', 'last_error', ARGV[3], 'updated_at', ARGV[1])
+redis.call('HSET', KEYS[1], '$FIELD_STATUS', '$STATUS_NEW', '$FIELD_LAST_ERROR', ARGV[3],
+           '$FIELD_UPDATED_AT', ARGV[1])
 redis.call('LPUSH', KEYS[3], KEYS[1])
 return {1, redis.call('LLEN', KEYS[2])}
 """
@@ -224,10 +241,10 @@ return {1, redis.call('LLEN', KEYS[2])}
 _HAND_BACK = """
 if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
-if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
-  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+if tonumber(redis.call('HGET', KEYS[1], '$FIELD_ATTEMPTS') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], '$FIELD_ATTEMPTS', -1)
 end
-redis.call('HSET', KEYS[1], 'status', 'new', 'updated_at', ARGV[1])
+redis.call('HSET', KEYS[1], '$FIELD_STATUS', '$STATUS_NEW', '$FIELD_UPDATED_AT', ARGV[1])
 redis.call('RPUSH', KEYS[3], KEYS[1])
 return {1, redis.call('LLEN', KEYS[2])}
 """
@@ -240,18 +257,19 @@ local requeued, failed, dropped = 0, 0, 0
 local max = tonumber(ARGV[4])
 local key = redis.call('RPOP', KEYS[1])
 while key do
-  local status = is_hash(key) and redis.call('HGET', key, 'status')
-  if not status or status == 'done' or status == 'failed' then
+  local status = is_hash(key) and redis.call('HGET', key, '$FIELD_STATUS')
+  if not status or status == '$STATUS_DONE' or status == '$STATUS_FAILED' then
     dropped = dropped + 1
   else
-    local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
+    local attempts = tonumber(redis.call('HGET', key, '$FIELD_ATTEMPTS') or '0')
     local why = 'consumer ' .. ARGV[5] .. ' stopped responding during attempt ' .. attempts
     if attempts >= max then
       fail_job(key, KEYS[4], ARGV[1], ARGV[2],
                why .. ' (gave up after ' .. attempts .. ' of ' .. max .. ' attempts)', ARGV[3])
       failed = failed + 1
     else
-      redis.call('HSET', key, 'status', 'new', 'last_error', why, 'updated_at', ARGV[1])
+      redis.call('HSET', key, '$FIELD_STATUS', '$STATUS_NEW', '$FIELD_LAST_ERROR', why,
+                 '$FIELD_UPDATED_AT', ARGV[1])
       redis.call('RPUSH', KEYS[3], key)
       requeued = requeued + 1
     end
@@ -391,7 +409,10 @@ class JobQueue:
         self.max_attempts = max_attempts
         self.finished_ttl = finished_ttl
         self.dead_letter_max = dead_letter_max
-        register = client.register_script
+
+        def register(source: str) -> Script:
+            return client.register_script(render_lua(source))
+
         self._submit = register(_SUBMIT)
         self._start = register(_HELPERS + _START)
         self._update = register(_UPDATE)

@@ -2,38 +2,22 @@
 
 One class per service; fields every service needs live in :class:`CommonSettings`. Defaults work
 for the local stack. Nothing here connects to anything: services build their settings in ``main``.
-``python -m kiosk.settings`` prints the README's settings table from these classes.
+Job types declare their own settings (:class:`JobTypeSettings`) beside themselves.
+:func:`settings_table` renders the README's table (``make settings-table`` writes it).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kiosk.keys import validate_queue_name
+
 ENV_PREFIX = "KIOSK_"
 GIB = 1024**3
-
-QUEUE_NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,62}"  # also how kiosk.jobs parses job keys
-_QUEUE_NAME = re.compile(rf"^{QUEUE_NAME_PATTERN}$")
-RESERVED_QUEUE_NAMES = frozenset({"kiosk"})
-ZIP_SUFFIX = "-zip"
-
-
-def validate_queue_name(name: str) -> str:
-    """Refuse names that would collide with the key layout in :mod:`kiosk.jobs`."""
-    if not _QUEUE_NAME.match(name):
-        raise ValueError(
-            f"invalid job type {name!r}: use lower-case letters, digits, '.', '_' or '-' "
-            "(at most 63 characters, starting with a letter or digit)"
-        )
-    if name in RESERVED_QUEUE_NAMES or name.startswith("processing-") or name.endswith(ZIP_SUFFIX):
-        raise ValueError(
-            f"invalid job type {name!r}: 'kiosk', 'processing-*' and '*{ZIP_SUFFIX}' are reserved"
-        )
-    return name
 
 
 def _split_csv(value: Any) -> Any:
@@ -190,45 +174,6 @@ class ConsumerSettings(PredictSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port for the consumer's Prometheus metrics (0: off)."
     )
-    segmentation_model: str = Field(
-        "NuclearSegmentation",
-        description="Model the segmentation job type runs when a job names none.",
-    )
-    segmentation_model_version: int = Field(
-        0, ge=0, description="Version of that model (0: the newest the model server has)."
-    )
-    model_mpp: float = Field(
-        0.65,
-        gt=0,
-        description="Microns per pixel the segmentation model works at; a job's `scale` "
-        "(microns per pixel of its image) rescales the image to it.",
-    )
-    tile_size: int = Field(
-        512, ge=64, description="Side of the square tiles large images are cut into, in pixels."
-    )
-    predict_batch_size: int = Field(4, ge=1, description="Tiles sent in one Predict call.")
-    normalization: str = Field(
-        "percentile",
-        pattern="^(percentile|clahe)$",
-        description="How images are normalised before the model: percentile or clahe.",
-    )
-    max_image_pixels: int = Field(
-        8192 * 8192,
-        ge=1,
-        description="Largest image plane (height x width) a consumer takes; larger ones fail "
-        "with a message before they are decoded.",
-    )
-    max_zip_entries: int = Field(
-        10000, ge=1, description="Most entries a zip may hold; larger zips are refused."
-    )
-    max_zip_entry_bytes: int = Field(
-        GIB, ge=1, description="Largest unpacked image in a zip; larger entries are refused."
-    )
-    max_zip_total_bytes: int = Field(
-        64 * GIB,
-        ge=1,
-        description="Most bytes a zip may unpack to, all entries together (zip-bomb guard).",
-    )
 
     @field_validator("job_type_plugins", mode="before")
     @classmethod
@@ -246,8 +191,16 @@ class ConsumerSettings(PredictSettings):
         return value
 
 
+class JobTypeSettings(BaseSettings):
+    """Settings a job type declares for itself (its consumer's ``settings_class``), read from
+    ``KIOSK_*`` like a service's; ``service_name`` is the job type's name in the README."""
+
+    service_name: ClassVar[str] = "job type"
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+
 class JanitorSettings(CommonSettings):
-    """The janitor (``python -m autoscaler.janitor``)."""
+    """The janitor (``python -m kiosk.janitor``)."""
 
     service_name: ClassVar[str] = "janitor"
 
@@ -412,10 +365,16 @@ SERVICE_SETTINGS: tuple[type[CommonSettings], ...] = (
 )
 
 
-def settings_table() -> str:
-    """The README's settings table, one row per environment variable."""
+def settings_table(job_types: Sequence[type[JobTypeSettings]] = ()) -> str:
+    """The README's settings table, one row per environment variable: the services', with the
+    job types' own after the consumers'."""
+    classes: list[type[CommonSettings] | type[JobTypeSettings]] = [CommonSettings]
+    for cls in SERVICE_SETTINGS:
+        classes.append(cls)
+        if cls is ConsumerSettings:
+            classes += job_types
     rows: dict[str, tuple[str, str, list[str]]] = {}
-    for cls in (CommonSettings, *SERVICE_SETTINGS):
+    for cls in classes:
         service = cls.service_name
         for name, field in cls.model_fields.items():
             if cls is not CommonSettings and name in CommonSettings.model_fields:
@@ -438,7 +397,3 @@ def _format_default(value: Any) -> str:
     if isinstance(value, tuple):
         return f"`{','.join(value)}`" if value else "(empty)"
     return f"`{value}`"
-
-
-if __name__ == "__main__":
-    print(settings_table(), end="")

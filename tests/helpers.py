@@ -19,7 +19,8 @@ def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) 
 
 def submit_file(queue, bucket, job_type: str, name: str = "cells.tif", data: bytes = TIFF) -> str:
     """Queue a job the way the frontend does: file in uploads/, hash and list entry in Redis."""
-    from kiosk.jobs import JobRequest, creation_fields, new_job_key, upload_key
+    from kiosk.jobs import JobRequest, creation_fields
+    from kiosk.keys import new_job_key, upload_key
 
     key = upload_key(name)
     bucket.put_bytes(key, data)

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from frontend.app import create_app
-from kiosk.jobs import JobField, Status
+from kiosk.keys import JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.settings import FrontendSettings
 from kiosk.storage.local import LocalBucket

@@ -7,7 +7,7 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from kiosk.jobs import JOB_INDEX, JobField, Status, all_queues
+from kiosk.keys import JOB_INDEX, JobField, Status, all_queues
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
 from tests.helpers import TIFF, zip_bytes

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from consumers.processing.baseline import classical_segment
-from consumers.processing.quality import aggregate, score
-from kiosk.synthetic import generate
+from evaluation.baseline import classical_segment
+from evaluation.quality import aggregate, score
+from evaluation.synthetic import generate
 
 
 def discs(centres, radius, shape=(128, 128)):

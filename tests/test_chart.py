@@ -44,7 +44,7 @@ from autoscaler.rules import (
     ITEMS_RULE,
     RULES_FILE,
 )
-from kiosk.jobs import all_queues
+from kiosk.keys import all_queues
 from kiosk.settings import AutoscalerSettings, ConsumerSettings, FrontendSettings, JanitorSettings
 
 ROOT = Path(__file__).resolve().parents[1]

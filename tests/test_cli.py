@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kiosk.cli import app, result_name
 from kiosk.queue import JobQueue
+from local.cli import app, result_name
 from tests.conftest import RunningStack, ServiceGroup, start_stack
 from tests.helpers import PNG, TIFF, zip_bytes
 from tests.support.jobtypes import QUEUES

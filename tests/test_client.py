@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from kiosk.client import _attachment_name
+from local.client import _attachment_name
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
-from kiosk.jobs import JobField, Status, dead_letter_list, heartbeat_key
+from kiosk.keys import JobField, Status, dead_letter_list, heartbeat_key
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
 from tests.conftest import ServiceGroup

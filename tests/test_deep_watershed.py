@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from consumers.processing.deep_watershed import deep_watershed
-from kiosk.synthetic import generate
+from evaluation.synthetic import generate
 from models.training.targets import fgbg, inner_distance, outer_distance, targets
 
 

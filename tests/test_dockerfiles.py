@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from kiosk.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = {
@@ -214,7 +215,7 @@ def test_the_build_checks_import_what_the_chart_runs(image):
     text = DOCKERFILES[image].read_text()
     chart_modules = {
         "consumer": ["consumers.__main__", "frontend.app"],
-        "autoscaler": ["autoscaler.__main__", "autoscaler.janitor"],
+        "autoscaler": ["autoscaler.__main__", "kiosk.janitor"],
     }[image]
     for module in chart_modules:
         assert f"import {module}" in text or f", {module}" in text
@@ -311,12 +312,6 @@ def http_server() -> Iterator[tuple[int, list[str]]]:
     server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_check(image: str, tmp_path: Path, pid1: list[str], env: dict[str, str]) -> int:
     """The image's health check with PID 1's command line as given (a file stands in for
     /proc/1/cmdline) and the container's environment."""
@@ -362,5 +357,5 @@ def test_autoscaler_image_checks_the_exporter_but_not_the_janitor(tmp_path, http
     assert seen == ["/metrics"]
     closed = {"KIOSK_EXPORTER_PORT": str(free_port())}
     assert run_check("autoscaler", tmp_path, autoscaler, closed) != 0
-    janitor = ["python", "-m", "autoscaler.janitor"]
+    janitor = ["python", "-m", "kiosk.janitor"]
     assert run_check("autoscaler", tmp_path, janitor, closed) == 0

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from consumers import evaluate
-from consumers.evaluate import EvaluationError, dsb2018_dataset, extract_members, prepare_dsb2018
+from evaluation import EvaluationError, datasets
+from evaluation.datasets import dsb2018_dataset, extract_members, prepare_dsb2018
+from evaluation.report import main as run_evaluation
+from evaluation.served import BUNDLED_MODELS
 
-MODELS_DIR = evaluate.BUNDLED_MODELS
+MODELS_DIR = BUNDLED_MODELS
 MODEL = "NuclearSegmentation"
 
 
@@ -24,7 +26,7 @@ def test_evaluation_runs_the_served_model_and_beats_the_baseline_on_synthetic_im
 ) -> None:
     out = tmp_path / "evaluation.json"
     argv = ["--datasets", "synthetic", "--limit", "2", "--synthetic-size", "384"]
-    code = evaluate.main([*argv, "--models-dir", str(MODELS_DIR), "--out", str(out)])
+    code = run_evaluation([*argv, "--models-dir", str(MODELS_DIR), "--out", str(out)])
 
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -67,8 +69,8 @@ def _fake_stardist_wheel(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, 
         for name, data in members.items():
             archive.writestr(name, data)
     digests = {
-        "img2d.tif": evaluate.sha256_of(members["stardist/data/images/img2d.tif"]),
-        "mask2d.tif": evaluate.sha256_of(members["stardist/data/images/mask2d.tif"]),
+        "img2d.tif": datasets.sha256_of(members["stardist/data/images/img2d.tif"]),
+        "mask2d.tif": datasets.sha256_of(members["stardist/data/images/mask2d.tif"]),
     }
     return image, mask, digests
 
@@ -85,7 +87,7 @@ def test_the_dsb_image_is_extracted_from_a_cached_wheel_checked_and_kept(tmp_pat
     np.testing.assert_array_equal(sample.truth, mask)
     assert sample.truth.dtype == np.int32
     assert dataset.image_mpp is None and 0.65 in dataset.sweep
-    folder = cache / evaluate.DSB_DIR
+    folder = cache / datasets.DSB_DIR
     assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "img2d.tif", "mask2d.tif"]
     assert "CC0" in (folder / "README.txt").read_text()
 
@@ -98,7 +100,7 @@ def test_a_wheel_whose_files_differ_from_the_known_ones_is_refused(tmp_path: Pat
     _fake_stardist_wheel(wheel)
     with pytest.raises(EvaluationError, match="SHA-256"):
         extract_members(
-            wheel, evaluate.STARDIST_MEMBERS, tmp_path / "out", evaluate.STARDIST_SHA256
+            wheel, datasets.STARDIST_MEMBERS, tmp_path / "out", datasets.STARDIST_SHA256
         )
     assert not (tmp_path / "out" / "img2d.tif").exists()
     with pytest.raises(EvaluationError, match="has no stardist/data/images/missing"):

@@ -19,9 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from autoscaler.backends import BackendError, Replicas
 from autoscaler.exporter import KioskCollector, busy_ratio_reader, serve_exporter
 from autoscaler.policy import consumer_metric
-from kiosk.jobs import JobRequest, all_queues, creation_fields, heartbeat_key, new_job_key
+from kiosk.jobs import JobRequest, creation_fields
+from kiosk.keys import all_queues, heartbeat_key, new_job_key
+from kiosk.processes import free_port
 from kiosk.queue import Heartbeat, JobQueue, connect
-from kiosk.stack import free_port
 from tests.support.servers import RedisServer, wait_for
 
 JOB_TYPES = ("segmentation", "tracking")

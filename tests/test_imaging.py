@@ -11,8 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from kiosk.filetypes import FileKind, UnsupportedFile
-from kiosk.imaging import (
+from consumers.imaging import (
     ChannelError,
     CorruptImage,
     DimensionOrderError,
@@ -32,6 +31,7 @@ from kiosk.imaging import (
     write_labels_tiff,
     write_png,
 )
+from kiosk.filetypes import FileKind, UnsupportedFile
 
 
 def tiff_bytes(array: np.ndarray, **kwargs) -> bytes:

@@ -7,23 +7,22 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kiosk.jobs import (
+from kiosk.jobs import JobRequest, creation_fields, now_iso
+from kiosk.keys import (
     JobField,
-    JobRequest,
     Status,
     clean_name,
-    creation_fields,
     file_url,
     is_job_key,
     new_job_key,
-    now_iso,
     parse_job_key,
     parse_processing_list,
     processing_list,
     queue_for,
     upload_key,
+    validate_queue_name,
 )
-from kiosk.settings import CommonSettings, validate_queue_name
+from kiosk.settings import CommonSettings
 
 
 def test_job_key_has_the_original_layout_queue_name_uuid4() -> None:

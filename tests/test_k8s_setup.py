@@ -566,7 +566,7 @@ def known_metrics() -> set[str]:
     sources = [
         ROOT / "autoscaler" / "exporter.py",
         ROOT / "consumers" / "metrics.py",
-        ROOT / "kiosk" / "serving" / "server" / "metrics.py",
+        ROOT / "model_server" / "metrics.py",
     ]
     names: set[str] = set()
     for source in sources:

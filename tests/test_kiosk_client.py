@@ -9,10 +9,10 @@ from pathlib import Path
 
 import tifffile
 
-from consumers.processing.quality import score
-from kiosk.jobs import JOB_INDEX, JobField, Status
+from evaluation.quality import score
+from evaluation.synthetic import generate
+from kiosk.keys import JOB_INDEX, JobField, Status
 from kiosk.queue import JobQueue
-from kiosk.synthetic import generate
 from tests.conftest import RunningStack, ServiceGroup, start_stack
 from tests.support.kiosk_client import kiosk_client_python, run_kiosk_client
 

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from kiosk.jobs import JobField, Status
+from kiosk.keys import JobField, Status
 from kiosk.queue import JobQueue
 from tests.conftest import ServiceGroup, start_stack
 from tests.helpers import TIFF

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import tifffile
 
-from kiosk.client import KioskClient
+from evaluation.synthetic import generate
 from kiosk.queue import JobQueue, connect
-from kiosk.synthetic import generate
+from local.client import KioskClient
 from tests.support.servers import wait_for
 
 IDLE_GRACE = 4.0
@@ -55,7 +55,7 @@ class ConsumerCounts(threading.Thread):
 
 
 def model_server_up(stack) -> bool:
-    return any("kiosk.serving.server" in cmd for cmd in stack.descendants().values())
+    return any("model_server" in cmd for cmd in stack.descendants().values())
 
 
 def test_the_model_server_starts_with_work_and_consumers_follow_the_queue(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoscaler.backends.local import LocalBackend
-from kiosk.jobs import JobField, Status
+from kiosk.keys import JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
 from tests.helpers import submit_file

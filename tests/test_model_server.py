@@ -30,16 +30,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kiosk.serving import methods
 from kiosk.serving.protos import tfserving_pb2 as pb
-from kiosk.serving.server import manager as manager_module
-from kiosk.serving.server.batching import Batcher, BatcherClosed
-from kiosk.serving.server.errors import ServingError
-from kiosk.serving.server.health import HealthCheckRequest, HealthCheckResponse
-from kiosk.serving.server.manager import ModelManager, State
-from kiosk.serving.server.metrics import BusyTracker, ServerMetrics
-from kiosk.serving.server.repository import ModelRepository
-from kiosk.serving.server.signatures import batch_items, check_inputs, warmup_inputs
 from kiosk.serving.tensors import to_ndarray, to_tensor_proto
 from kiosk.storage.local import LocalBucket
+from model_server import manager as manager_module
+from model_server.batching import Batcher, BatcherClosed
+from model_server.errors import ServingError
+from model_server.health import HealthCheckRequest, HealthCheckResponse
+from model_server.manager import ModelManager, State
+from model_server.metrics import BusyTracker, ServerMetrics
+from model_server.repository import ModelRepository
+from model_server.signatures import batch_items, check_inputs, warmup_inputs
 from tests.support.servers import free_port, wait_for
 from tests.support.services import REPO, Service
 from tests.support.tiny_models import KERAS_BIAS, KERAS_CHANNELS, KERAS_SCALE
@@ -482,7 +482,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
         "KIOSK_MODEL_CACHE_DIR": str(root / "cache"),
         "KIOSK_LOG_LEVEL": "INFO",
     }
-    args = ["-m", "kiosk", "serve", "--port", str(port), "--http-port", str(http_port)]
+    args = ["-m", "local", "serve", "--port", str(port), "--http-port", str(http_port)]
     args += ["--bucket", f"file://{root}"]
     service = Service("model-server", args, env, root / "logs")
     running = ModelServer(root, service, port, http_port)
@@ -721,14 +721,14 @@ def test_new_versions_are_picked_up_and_broken_ones_reported(model_server: Model
 
 def test_kiosk_serve_help_does_not_import_tensorflow() -> None:
     code = (
-        "import sys; from typer.testing import CliRunner; from kiosk.cli import app; "
+        "import sys; from typer.testing import CliRunner; from local.cli import app; "
         "result = CliRunner().invoke(app, ['serve', '--help']); "
         "assert result.exit_code == 0 and '--http-port' in result.output, result.output; "
         "assert 'tensorflow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
     result = subprocess.run(
-        [sys.executable, "-m", "kiosk.serving.server", "--help"],
+        [sys.executable, "-m", "model_server", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -21,10 +21,10 @@ from consumers.processing.pipeline import (
     segment,
     segment_frames,
 )
-from consumers.processing.quality import score
 from consumers.processing.rescale import restore_labels
 from consumers.processing.tiling import plan_tiles
-from kiosk.synthetic import generate
+from evaluation.quality import score
+from evaluation.synthetic import generate
 
 
 def standin_model(inner_sigma: float = 4.0, outer_sigma: float = 1.0):

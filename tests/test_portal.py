@@ -18,10 +18,10 @@ import tifffile
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from kiosk.jobs import JobField
+from evaluation.synthetic import generate
+from kiosk.keys import JobField
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
-from kiosk.synthetic import generate
 from tests.helpers import PNG, TIFF, submit_file
 from tests.support.kiosk_up import KioskUp
 from tests.support.services import REPO

@@ -29,9 +29,10 @@ from autoscaler import rules
 from autoscaler.backends import Replicas
 from autoscaler.exporter import KioskCollector, serve_exporter
 from autoscaler.policy import CONSUMER_TARGET, OVERLOADED_FRACTION, consumer_metric
-from kiosk.jobs import JobRequest, all_queues, creation_fields, new_job_key
+from kiosk.jobs import JobRequest, creation_fields
+from kiosk.keys import all_queues, new_job_key
+from kiosk.processes import free_port
 from kiosk.queue import Heartbeat, JobQueue
-from kiosk.stack import free_port
 from tests.support.servers import wait_for
 
 JOB_TYPES = ("segmentation", "tracking")

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from consumers.processing.quality import (
+from evaluation.quality import (
     Scores,
     aggregate,
     average_precision,
@@ -212,7 +212,7 @@ def test_float_label_images_with_integer_values_are_accepted():
 
 
 def test_dense_and_sorted_pair_counting_agree(monkeypatch):
-    import consumers.processing.quality as quality
+    import evaluation.quality as quality
 
     truth = grid_of_objects(20, seed=1)
     pred = np.roll(truth, 3, axis=1)

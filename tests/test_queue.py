@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from kiosk.jobs import (
+from kiosk import queue as queue_module
+from kiosk.jobs import JobRequest, creation_fields
+from kiosk.keys import (
     JOB_INDEX,
     JobField,
-    JobRequest,
     Status,
-    creation_fields,
     dead_letter_list,
     heartbeat_key,
     new_job_key,
     processing_list,
 )
-from kiosk.queue import Heartbeat, JobQueue, Outcome
+from kiosk.queue import Heartbeat, JobQueue, Outcome, render_lua
 
 
 def submit(queue: JobQueue, job_type: str = "echo", name: str = "a.tif") -> str:
@@ -299,3 +300,24 @@ def test_get_refuses_keys_that_are_not_hashes(queue: JobQueue, kind: str) -> Non
         queue.redis.lpush("x", "1")
     assert queue.get("x") is None
     assert queue.get_fields("x", ["status"]) is None
+
+
+def test_lua_scripts_take_every_field_and_status_name_from_the_one_home() -> None:
+    names = {f.value for f in JobField} | {s.value for s in Status}
+    sources = {
+        name: value
+        for name, value in vars(queue_module).items()
+        if name.startswith("_") and name.isupper() and isinstance(value, str)
+    }
+    assert len(sources) >= 10
+    for name, source in sources.items():
+        literals = set(re.findall(r"'([^'$]*)'", source))
+        assert not literals & names, f"{name} spells {literals & names} instead of $FIELD_/$STATUS_"
+        rendered = queue_module.render_lua(source)
+        assert "$" not in rendered
+
+
+def test_render_lua_refuses_a_name_that_is_not_a_field_or_status() -> None:
+    assert render_lua("redis.call('HGET', KEYS[1], '$FIELD_STATUS')").endswith("'status')")
+    with pytest.raises(KeyError):
+        render_lua("redis.call('HGET', KEYS[1], '$FIELD_STATUSS')")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kiosk.jobs import JobField, Status, parse_processing_list
+from kiosk.keys import JobField, Status, parse_processing_list
 from kiosk.queue import JobQueue, connect
 from kiosk.storage.local import LocalBucket
 from tests.conftest import ServiceGroup

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from consumers.processing.quality import score
-from kiosk.jobs import JobField, JobRequest, creation_fields, new_job_key, upload_key
+from evaluation.quality import score
+from evaluation.synthetic import generate
+from kiosk.jobs import JobRequest, creation_fields
+from kiosk.keys import JobField, new_job_key, upload_key
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
-from kiosk.synthetic import generate
 from tests.conftest import ServiceGroup
 from tests.helpers import zip_bytes
 from tests.support import services

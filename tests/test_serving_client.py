@@ -3,7 +3,6 @@ can be told to fail, to be slow, or to start late."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter
@@ -14,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
+from kiosk.processes import free_port
 from kiosk.serving import client as client_module
 from kiosk.serving import methods
 from kiosk.serving.client import (
@@ -199,12 +199,6 @@ def server() -> Iterator[ModelServer]:
 def client_for(target: str, **options: object) -> ServingClient:
     fast = {"timeout": 5.0, "retries": 3, "cold_start_wait": 5.0, "backoff_base": 0.01}
     return ServingClient(target, **{**fast, "backoff_cap": 0.1, **options})  # type: ignore[arg-type]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- tensors -------------------------------------------------------------------------------

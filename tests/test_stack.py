@@ -12,9 +12,9 @@ from pathlib import Path
 
 import tifffile
 
-from kiosk.client import KioskClient
-from kiosk.jobs import JobField, Status
+from kiosk.keys import JobField, Status
 from kiosk.queue import JobQueue, connect
+from local.client import KioskClient
 from tests.helpers import TIFF
 from tests.support.jobtypes import COMPLETIONS
 from tests.support.kiosk_client import run_kiosk_client
@@ -38,7 +38,7 @@ def test_kiosk_up_serves_runs_jobs_and_stops_everything_on_ctrl_c(kiosk_up, tmp_
         for cmd in children.values()
     )
     assert kinds == [
-        "autoscaler.janitor",
+        "kiosk.janitor",
         "consumers echo",
         "consumers echo-zip",
         "consumers slow",
@@ -152,7 +152,7 @@ def kiosk_up_refusing(tmp_path: Path, port: int, **env: str) -> subprocess.Compl
         [
             sys.executable,
             "-m",
-            "kiosk",
+            "local",
             "up",
             "--port",
             str(port),

@@ -117,7 +117,7 @@ def test_a_job_reads_its_input_in_place_or_from_a_copy_that_goes_afterwards(
     any_bucket: Bucket,
 ) -> None:
     from consumers.base import Job, JobError
-    from kiosk.jobs import JobField
+    from kiosk.keys import JobField
     from kiosk.queue import Claim
 
     any_bucket.put_bytes("uploads/a.tif", b"image bytes")

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.measure import label as connected_components
 
-from kiosk.synthetic import MODEL_MPP, generate
+from evaluation.synthetic import MODEL_MPP, generate
 
 SEEDS = range(12)
 

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 from consumers.base import Job
 from consumers.metrics import ConsumerMetrics
 from consumers.worker import Worker
-from kiosk.jobs import JobField, Stages, Status, processing_list
+from kiosk.jobs import Stages
+from kiosk.keys import JobField, Status, processing_list
 from kiosk.queue import Claim, JobQueue
 from kiosk.settings import ConsumerSettings
 from kiosk.storage.local import LocalBucket

@@ -11,7 +11,7 @@ import pytest
 
 from consumers.base import Job, JobError, Waiting
 from consumers.zips import ZipConsumer, plan_entries, result_name, unsafe_name
-from kiosk.jobs import JobField, Status
+from kiosk.keys import JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.settings import ConsumerSettings
 from kiosk.storage.local import LocalBucket

@@ -134,7 +134,7 @@ class KubernetesBackend:
                 ) from exc
         namespace = settings.kubernetes_namespace or _default_namespace(in_cluster, namespace_file)
         if queues is None:
-            from kiosk.jobs import all_queues
+            from kiosk.keys import all_queues
 
             queues = all_queues(settings.queues)
         api = k8s.ApiClient(configuration)

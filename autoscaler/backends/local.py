@@ -4,8 +4,8 @@ The autoscaler process owns them, so on one machine the model server idles to ze
 grow under load up to a cap that fits the machine, with the same policy a cluster runs. A
 scale-down sends SIGTERM, idle consumers first (a consumer then finishes or hands back its job);
 one still running after its grace is killed, and the janitor gives its job back. A process that
-keeps dying is not restarted in a loop: after ``MAX_CRASHES`` in ``CRASH_WINDOW`` seconds its
-kind waits ``CRASH_PAUSE`` before the next start.
+keeps dying is not restarted in a loop: once its kind's :class:`~kiosk.processes.CrashWindow` is
+exhausted, the kind waits ``CRASH_PAUSE`` seconds before the next start.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +21,12 @@ from pathlib import Path
 import httpx
 
 from autoscaler.backends import Replicas
+from kiosk.processes import CrashWindow, ServiceSpec, Supervised
 from kiosk.queue import JobQueue
-from kiosk.stack import ServiceSpec, Supervised
 
 log = logging.getLogger(__name__)
 
 MODEL_SERVER = "model-server"
-CRASH_WINDOW = 60.0
-MAX_CRASHES = 5
 CRASH_PAUSE = 30.0
 
 
@@ -39,12 +36,12 @@ class _Group:
 
     running: list[Supervised] = field(default_factory=list)
     stopping: list[tuple[Supervised, float]] = field(default_factory=list)  # (child, kill at)
-    crashes: deque[float] = field(default_factory=deque)
+    crashes: CrashWindow = field(default_factory=CrashWindow)
     paused_until: float = 0.0
 
 
 class LocalBackend:
-    """Starts and stops ``python -m kiosk.serving.server`` and ``python -m consumers QUEUE``."""
+    """Starts and stops ``python -m model_server`` and ``python -m consumers QUEUE``."""
 
     def __init__(
         self,
@@ -82,7 +79,7 @@ class LocalBackend:
     def scale_model_servers(self, replicas: int) -> None:
         if self.health_url is None:  # a model server of the user's own: nothing to run
             return
-        self._scale(MODEL_SERVER, replicas, [sys.executable, "-m", "kiosk.serving.server"], ())
+        self._scale(MODEL_SERVER, replicas, [sys.executable, "-m", "model_server"], ())
 
     def scale_consumers(self, queue: str, replicas: int, busy: Collection[str] = ()) -> None:
         self._scale(queue, replicas, [sys.executable, "-m", "consumers", queue], busy)
@@ -154,22 +151,20 @@ class LocalBackend:
                 group.running.remove(child)
                 self._ready.discard(child.pid or -1)
                 child.wait(0)
-                group.crashes.append(now)
-                while group.crashes and now - group.crashes[0] > CRASH_WINDOW:
-                    group.crashes.popleft()
+                group.crashes.record(now)
                 log.warning(
                     "%s exited with code %s; last lines:\n%s",
                     child.spec.name,
-                    child.process.returncode if child.process else "?",
+                    child.returncode,
                     child.tail(5),
                 )
-                if len(group.crashes) >= MAX_CRASHES:
+                if group.crashes.exhausted:
                     group.paused_until = now + CRASH_PAUSE
                     log.error(
                         "%s died %d times in %.0fs; not starting another for %.0fs (log: %s)",
                         kind,
-                        len(group.crashes),
-                        CRASH_WINDOW,
+                        group.crashes.count,
+                        group.crashes.window,
                         CRASH_PAUSE,
                         child.log_path,
                     )

@@ -16,8 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from consumers.imaging import encode_png
 from consumers.processing.rescale import resize_image, restore_labels
-from kiosk.imaging import encode_png
 
 __all__ = ["inner_boundaries", "label_colours", "overlay_png", "overlay_rgb", "to_uint8"]
 

@@ -7,8 +7,8 @@ Why one function: the consumer (with a gRPC model client as `predict`), the eval
 and the tests (with a stand-in model) must run exactly the same maths, so tiling or rescaling
 cannot silently differ between what is measured and what is served. No TensorFlow here: the
 model is any callable that maps a float32 batch (n, ty, tx, C) to named output maps
-(n, ty, tx, K), e.g. {"inner_distance": (n,t,t,1), "outer_distance": (n,t,t,1),
-"fgbg": (n,t,t,2)}.
+(n, ty, tx, K), by default a deep-watershed model's heads (:class:`~.contract.Heads`).
+Stacks and time series go through :func:`segment_frames`, the one per-frame loop.
 
 Timings per stage (seconds) go into a caller's dict, and tile progress to a callback, so the
 consumer can record them on the job without this module knowing about jobs.
@@ -19,15 +19,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from functools import partial
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from consumers.processing.contract import Heads
 from consumers.processing.rescale import rescale_to_model, restore_labels
 from consumers.processing.tiling import Untiler, extract_tiles, iter_batches, plan_tiles
 
 __all__ = [
-    "NUCLEAR_MODEL_MPP",
     "STAGES",
     "Postprocess",
     "Predict",
@@ -40,9 +42,8 @@ __all__ = [
 Predict = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 Postprocess = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 Progress = Callable[[int, int], None]
-
-#: Microns per pixel of the images the nuclear model was trained on (the original's default).
-NUCLEAR_MODEL_MPP = 0.65
+FrameProgress = Callable[[int, int, int], None]
+"""(frame index, tiles done in the frame, tiles in the frame)."""
 
 #: Keys written to `timings`, in pipeline order ("predict" is time inside the model callable;
 #: "tile" covers extracting tiles and blending predictions back).
@@ -59,19 +60,12 @@ def _timed(timings: MutableMapping[str, float] | None, stage: str) -> Iterator[N
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def default_postprocess(maps: Mapping[str, np.ndarray], **kwargs: float) -> NDArray[np.int32]:
-    """Deep watershed on the nuclear model's heads (fgbg channel 1 is the foreground).
+def default_postprocess(maps: Mapping[str, np.ndarray], **kwargs: Any) -> NDArray[np.int32]:
+    """Deep watershed on a deep-watershed model's heads (DeepCell's names).
 
     Keyword arguments go to `deep_watershed` (radius, maxima_threshold, interior_threshold...).
     """
-    from consumers.processing.deep_watershed import deep_watershed  # a sibling's module
-
-    fgbg = maps.get("fgbg")
-    if fgbg is not None:
-        fgbg = fgbg[..., -1] if fgbg.ndim == 3 else fgbg  # softmax: last channel is foreground
-    return deep_watershed(
-        maps["inner_distance"][..., 0], maps["outer_distance"][..., 0], fgbg, **kwargs
-    )
+    return Heads().postprocess(maps, **kwargs)
 
 
 def _as_yxc(image: np.ndarray) -> np.ndarray:
@@ -151,7 +145,7 @@ def segment(
     predict: Predict,
     *,
     image_mpp: float | None = None,
-    model_mpp: float | None = NUCLEAR_MODEL_MPP,
+    model_mpp: float | None = None,
     tile_size: int = 512,
     overlap: int | None = None,
     stride_ratio: float = 0.75,
@@ -206,13 +200,15 @@ def segment_frames(
     predict: Predict,
     *,
     timings: MutableMapping[str, float] | None = None,
-    progress: Progress | None = None,
-    **kwargs,
+    progress: FrameProgress | None = None,
+    frame_done: Callable[[int, Mapping[str, float]], None] | None = None,
+    **kwargs: Any,
 ) -> NDArray[np.int32]:
-    """`segment` each plane of a (frames, Y, X, C) stack: (frames, Y, X) labels.
+    """`segment` each plane of a (frames, Y, X[, C]) stack: (frames, Y, X) labels.
 
-    Labels are numbered per frame (each frame's objects start at 1), as tracking expects;
-    `timings` sums over frames and `progress` counts frames.
+    Labels are numbered per frame (each frame's objects start at 1), as tracking expects.
+    `timings` sums over frames; `progress` gets (frame, tiles done, tiles); `frame_done` gets
+    each frame's index and its own timings once its labels are in.
     """
     frames = np.asarray(frames)
     if frames.ndim == 3:
@@ -221,7 +217,12 @@ def segment_frames(
         raise ValueError(f"expected a (frames, Y, X, C) stack, got shape {frames.shape}")
     out = np.zeros(frames.shape[:3], np.int32)
     for i, frame in enumerate(frames):
-        out[i] = segment(frame, predict, timings=timings, **kwargs)
-        if progress is not None:
-            progress(i + 1, len(frames))
+        frame_timings: dict[str, float] = {}
+        tiles = None if progress is None else partial(progress, i)
+        out[i] = segment(frame, predict, timings=frame_timings, progress=tiles, **kwargs)
+        if timings is not None:
+            for stage, seconds in frame_timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+        if frame_done is not None:
+            frame_done(i, frame_timings)
     return out

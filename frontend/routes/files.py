@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from frontend.deps import ServicesDep, require_token
 from frontend.errors import ApiError
-from kiosk.jobs import FILES_PATH, OUTPUT_PREFIX, UPLOAD_PREFIX
+from kiosk.keys import FILES_PATH, OUTPUT_PREFIX, UPLOAD_PREFIX
 from kiosk.storage import Bucket, ObjectNotFound, safe_key
 
 SERVED_PREFIXES = (UPLOAD_PREFIX, OUTPUT_PREFIX)

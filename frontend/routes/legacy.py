@@ -19,7 +19,8 @@ from frontend.deps import ServicesDep, require_token
 from frontend.errors import ApiError
 from frontend.submission import create_job
 from frontend.uploads import receive_upload
-from kiosk.jobs import MODELS_PREFIX, JobField, JobRequest, file_url, is_job_key
+from kiosk.jobs import JobRequest
+from kiosk.keys import MODELS_PREFIX, JobField, file_url, is_job_key
 
 MAX_EXPIRE = 30 * 86400
 

@@ -19,12 +19,11 @@ from frontend.routes.files import file_response
 from frontend.submission import check_job_type, create_job
 from frontend.uploads import FILE_FIELD, receive_upload
 from kiosk.filetypes import ACCEPTED, EXTENSIONS
-from kiosk.jobs import (
+from kiosk.jobs import JobRequest, JobView
+from kiosk.keys import (
     FINAL_STATUSES,
     OUTPUT_PREFIX,
     JobField,
-    JobRequest,
-    JobView,
     Status,
     all_queues,
     file_url,

@@ -6,9 +6,10 @@ and the SavedModel is a few hundred kB. Four 2x downsamplings reach a 1/16 grid 
 receptive field (well over 100 px) spans a clump of 30 px nuclei; skips carry the fine detail
 back, and a last full-resolution step sees the input again to place boundaries to the pixel.
 
-Heads (the names the serving signature exposes):
-- ``inner_distance`` (linear, 1 channel), ``outer_distance`` (linear, 1 channel),
-- ``fgbg`` (softmax over 2 channels; channel 1 is the foreground).
+Its signature is the segmentation job type's contract (``consumers.segmentation.NUCLEAR_MODEL``):
+input ``image`` [b, H, W, 1]; heads ``inner_distance`` (linear, 1 channel), ``outer_distance``
+(linear, 1 channel) and ``fgbg`` (softmax over 2 channels; channel 1 is the foreground), under
+whatever names the contract gives them.
 """
 
 from __future__ import annotations
@@ -19,13 +20,21 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-__all__ = ["OUTPUT_NAMES", "SIZE_MULTIPLE", "build_model", "export_saved_model"]
+from consumers.segmentation import NUCLEAR_MODEL as CONTRACT
 
-OUTPUT_NAMES = ("inner_distance", "outer_distance", "fgbg")
+__all__ = ["CONTRACT", "OUTPUT_NAMES", "SIZE_MULTIPLE", "build_model", "export_saved_model"]
+
+HEADS = CONTRACT.heads
+OUTPUT_NAMES = HEADS.names
 WIDTHS = (16, 32, 64, 96, 128)
 """Channels at 1/2, 1/4, 1/8, 1/16 of the input (and the 1/16 bottleneck's second block)."""
 SIZE_MULTIPLE = 2 ** (len(WIDTHS) - 1)
 """Height and width must be multiples of this (four 2x downsamplings)."""
+if CONTRACT.size_multiple != SIZE_MULTIPLE:
+    raise ImportError(
+        f"the network needs multiples of {SIZE_MULTIPLE}; the contract says "
+        f"{CONTRACT.size_multiple}"
+    )
 
 
 class Upsample2x(layers.Layer):
@@ -60,7 +69,7 @@ def _pointwise(x: keras.KerasTensor, width: int, name: str) -> keras.KerasTensor
 
 def build_model(widths: tuple[int, ...] = WIDTHS) -> keras.Model:
     """A fully convolutional model: image [b, H, W, 1] -> dict of the three heads."""
-    image = keras.Input(shape=(None, None, 1), name="image")
+    image = keras.Input(shape=(None, None, CONTRACT.input_channels), name=CONTRACT.input)
     # 1/2: strided full 3x3 conv (one input channel, so it is cheap).
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem")(image)
     x = _bn_relu(x, "stem")
@@ -84,16 +93,16 @@ def build_model(widths: tuple[int, ...] = WIDTHS) -> keras.Model:
     x = _pointwise(x, 8, "mix0")
     x = layers.DepthwiseConv2D(3, padding="same", name="refine_dw")(x)
     x = layers.ReLU(name="refine_relu")(x)
-    inner = layers.Conv2D(1, 1, name="inner_distance")(x)
-    outer = layers.Conv2D(1, 1, name="outer_distance")(x)
-    fg_logits = layers.Conv2D(2, 1, name="fgbg_logits")(x)
-    fgbg = layers.Softmax(axis=-1, name="fgbg")(fg_logits)
-    outputs = {"inner_distance": inner, "outer_distance": outer, "fgbg": fgbg}
+    inner = layers.Conv2D(1, 1, name=HEADS.inner)(x)
+    outer = layers.Conv2D(1, 1, name=HEADS.outer)(x)
+    fg_logits = layers.Conv2D(2, 1, name=f"{HEADS.foreground}_logits")(x)
+    fgbg = layers.Softmax(axis=-1, name=HEADS.foreground)(fg_logits)
+    outputs = {HEADS.inner: inner, HEADS.outer: outer, HEADS.foreground: fgbg}
     return keras.Model(image, outputs, name="nuclear_deep_watershed")
 
 
 def export_saved_model(model: keras.Model, path: Path) -> None:
-    """Write a TF Serving SavedModel: signature ``serving_default``, input ``image``."""
+    """Write a TF Serving SavedModel: signature ``serving_default``, the contract's input."""
     archive = keras.export.ExportArchive()
     archive.track(model)
 
@@ -105,7 +114,11 @@ def export_saved_model(model: keras.Model, path: Path) -> None:
         name="serving_default",
         fn=serve,
         input_signature=[
-            tf.TensorSpec(shape=(None, None, None, 1), dtype=tf.float32, name="image")
+            tf.TensorSpec(
+                shape=(None, None, None, CONTRACT.input_channels),
+                dtype=tf.float32,
+                name=CONTRACT.input,
+            )
         ],
     )
     archive.write_out(str(path), verbose=False)
@@ -117,14 +130,18 @@ def check_signature(path: Path) -> dict[str, object]:
     signature = loaded.signatures["serving_default"]
     _, inputs = signature.structured_input_signature
     outputs = signature.structured_outputs
-    if set(inputs) != {"image"}:
-        raise AssertionError(f"serving_default inputs are {sorted(inputs)}, expected ['image']")
+    if set(inputs) != {CONTRACT.input}:
+        raise AssertionError(f"serving_default inputs are {sorted(inputs)}, not {CONTRACT.input}")
     if set(outputs) != set(OUTPUT_NAMES):
         raise AssertionError(f"serving_default outputs are {sorted(outputs)}, not {OUTPUT_NAMES}")
-    spec = inputs["image"]
-    if spec.dtype != tf.float32 or spec.shape.rank != 4 or spec.shape[-1] != 1:
+    spec = inputs[CONTRACT.input]
+    if (
+        spec.dtype != tf.float32
+        or spec.shape.rank != 4
+        or spec.shape[-1] != CONTRACT.input_channels
+    ):
         raise AssertionError(f"unexpected input spec {spec}")
-    channels = {"inner_distance": 1, "outer_distance": 1, "fgbg": 2}
+    channels = {HEADS.inner: 1, HEADS.outer: 1, HEADS.foreground: 2}
     for name, want in channels.items():
         out = outputs[name]
         if out.dtype != tf.float32 or out.shape.rank != 4 or out.shape[-1] != want:

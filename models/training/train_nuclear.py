@@ -1,9 +1,10 @@
 """Train, tune, export and document the bundled nuclear segmentation model.
 
 Why a script in the repository: the committed SavedModel must be reproducible from a seed on a
-laptop CPU. It trains on procedurally generated images (kiosk.synthetic, exact labels), feeds the
-network exactly what serving feeds it (consumers.processing.normalize), tunes deep_watershed on
-held-out images, then scores a second held-out set with the *exported* SavedModel and writes:
+laptop CPU. It trains on procedurally generated images (evaluation.synthetic, exact labels),
+feeds the network exactly what serving feeds it (consumers.processing.normalize), tunes
+deep_watershed on held-out images, then scores a second held-out set with the *exported*
+SavedModel and writes:
 
     {out}/1/                  the SavedModel (TF Serving layout, signature serving_default)
     {out}/training.json       settings, library versions, wall time, validation figures
@@ -32,9 +33,12 @@ from scipy import ndimage as ndi
 
 from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.normalize import normalize
-from consumers.processing.quality import DEFAULT_AP_THRESHOLDS, score_thresholds, summary
-from kiosk.synthetic import MODEL_MPP, generate
+from consumers.segmentation import NUCLEAR_MODEL as CONTRACT
+from evaluation.quality import DEFAULT_AP_THRESHOLDS, score_thresholds, summary
+from evaluation.synthetic import generate
 from models.training.targets import targets
+
+HEADS = CONTRACT.heads
 
 # Seed ranges kept apart so training, tuning and reported figures never share an image.
 TRAIN_SEED_BASE = 1_000_000
@@ -172,9 +176,9 @@ class Pool:
             xs[b], ys[b] = x, y
         fg = ys[..., 2:3]
         return xs, {
-            "inner_distance": ys[..., 0:1],
-            "outer_distance": ys[..., 1:2],
-            "fgbg": np.concatenate([1.0 - fg, fg], axis=-1),
+            HEADS.inner: ys[..., 0:1],
+            HEADS.outer: ys[..., 1:2],
+            HEADS.foreground: np.concatenate([1.0 - fg, fg], axis=-1),
         }
 
 
@@ -197,7 +201,7 @@ def figures(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int
 
 def segment_all(maps: list[dict[str, np.ndarray]], params: dict[str, Any]) -> list[np.ndarray]:
     return [
-        deep_watershed(m["inner_distance"], m["outer_distance"], m["fgbg"], **params) for m in maps
+        deep_watershed(m[HEADS.inner], m[HEADS.outer], m[HEADS.foreground], **params) for m in maps
     ]
 
 
@@ -283,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         warmup_target=args.lr,
         warmup_steps=args.steps // 20,
     )
-    loss_weights = {"inner_distance": 1.0, "outer_distance": 1.0, "fgbg": 0.2}
+    loss_weights = {HEADS.inner: 1.0, HEADS.outer: 1.0, HEADS.foreground: 0.2}
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss={"inner_distance": "mse", "outer_distance": "mse", "fgbg": "categorical_crossentropy"},
+        loss={HEADS.inner: "mse", HEADS.outer: "mse", HEADS.foreground: "categorical_crossentropy"},
         loss_weights=loss_weights,
     )
     log(f"model: {model.count_params()} parameters")
@@ -323,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         x = normalize(image)[None, ..., None]
         out = serve(image=tf.constant(x))
         return {
-            "inner_distance": out["inner_distance"].numpy()[0, ..., 0],
-            "outer_distance": out["outer_distance"].numpy()[0, ..., 0],
-            "fgbg": out["fgbg"].numpy()[0, ..., 1],
+            HEADS.inner: out[HEADS.inner].numpy()[0, ..., 0],
+            HEADS.outer: out[HEADS.outer].numpy()[0, ..., 0],
+            HEADS.foreground: out[HEADS.foreground].numpy()[0, ..., HEADS.foreground_channel],
         }
 
     tune_maps = [predict(img) for img, _ in tune_set]
@@ -342,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         out = serve(image=tf.constant(normalize(img, "clahe")[None, ..., None]))
         clahe_pred.append(
             deep_watershed(
-                out["inner_distance"].numpy()[0, ..., 0],
-                out["outer_distance"].numpy()[0, ..., 0],
-                out["fgbg"].numpy()[0, ..., 1],
+                out[HEADS.inner].numpy()[0, ..., 0],
+                out[HEADS.outer].numpy()[0, ..., 0],
+                out[HEADS.foreground].numpy()[0, ..., HEADS.foreground_channel],
                 **params,
             )
         )
@@ -356,11 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     for size in (512, 1024):
         x = tf.constant(np.random.default_rng(0).random((1, size, size, 1), dtype=np.float32))
         for _ in range(3):
-            serve(image=x)["fgbg"].numpy()
+            serve(**{CONTRACT.input: x})[HEADS.foreground].numpy()
         runs = []
         for _ in range(7):
             t = time.perf_counter()
-            serve(image=x)["fgbg"].numpy()
+            serve(**{CONTRACT.input: x})[HEADS.foreground].numpy()
             runs.append(time.perf_counter() - t)
         timings[f"{size}x{size}"] = round(1000 * float(np.median(runs)), 1)
     log(f"inference ms (median of 7, {args.threads} threads): {timings}")
@@ -374,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "saved_model_bytes": int(size_bytes),
         "signature": {"name": "serving_default", **signature},
         "size_multiple": SIZE_MULTIPLE,
-        "model_mpp": MODEL_MPP,
+        "model_mpp": CONTRACT.mpp,
         "normalization": {
             "function": "consumers.processing.normalize.normalize",
             "method": "percentile",
@@ -389,9 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         "training": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "loss": {
-                "inner_distance": "mse",
-                "outer_distance": "mse",
-                "fgbg": "categorical_crossentropy",
+                HEADS.inner: "mse",
+                HEADS.outer: "mse",
+                HEADS.foreground: "categorical_crossentropy",
             },
             "loss_weights": loss_weights,
             "optimizer": "Adam, linear warm-up (5%) then cosine decay to 1% of lr",
@@ -407,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "validation": {
             "data": f"{args.val_images} generated {args.val_size}x{args.val_size} images per set "
-            "(kiosk.synthetic, held-out seeds); thresholds tuned on 'tune', "
+            "(evaluation.synthetic, held-out seeds); thresholds tuned on 'tune', "
             "figures reported on 'test'",
             "iou_thresholds_for_mean_ap": [float(t) for t in DEFAULT_AP_THRESHOLDS],
             "tune": tune_fig,
@@ -453,7 +457,7 @@ def model_card(r: dict[str, Any]) -> str:
 
 Nuclear instance segmentation for 2-D fluorescence images (DAPI/Hoechst-like): a deep-watershed
 model in the style of DeepCell's nuclear model, trained from scratch on procedurally generated
-images (`kiosk/synthetic.py`). Every figure and setting is in `training.json`.
+images (`evaluation/synthetic.py`). Every figure and setting is in `training.json`.
 
 ## Contract
 - TF Serving SavedModel in `1/`, signature `serving_default`.

@@ -1,4 +1,4 @@
-"""`python -m kiosk up` as a real process for tests: start, look inside, stop like Ctrl-C."""
+"""`python -m local up` as a real process for tests: start, look inside, stop like Ctrl-C."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def logged_at(log: Path, text: str) -> datetime:
 
 
 class KioskUp:
-    """`python -m kiosk up` on a free port with its own data directory."""
+    """`python -m local up` on a free port with its own data directory."""
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class KioskUp:
             [
                 sys.executable,
                 "-m",
-                "kiosk",
+                "local",
                 "up",
                 "--port",
                 str(self.port),

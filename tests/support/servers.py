@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from kiosk.stack import free_port
+from kiosk.processes import free_port
 
 
 def wait_for(

@@ -91,7 +91,7 @@ def consumer(queue: str, env: dict[str, str], log_dir: Path, index: int = 0) -> 
 
 
 def janitor(env: dict[str, str], log_dir: Path) -> Service:
-    return Service("janitor", ["-m", "autoscaler.janitor"], env, log_dir)
+    return Service("janitor", ["-m", "kiosk.janitor"], env, log_dir)
 
 
 def with_public_url(env: dict[str, str]) -> dict[str, str]:
@@ -122,8 +122,8 @@ def model_server(
 ) -> tuple[Service, str]:
     """The embedded model server serving the bundled models (or ``models``) from its own
     bucket; returns it and its gRPC target once /healthz says every model is loaded."""
-    from kiosk.stack import BUNDLED_MODELS, install_models
     from kiosk.storage.local import LocalBucket
+    from local.stack import BUNDLED_MODELS, install_models
 
     install_models(models or BUNDLED_MODELS, LocalBucket(bucket_dir))
     grpc_port, http_port = free_port(), free_port()
@@ -135,7 +135,7 @@ def model_server(
         "KIOSK_MODEL_SERVER_PORT": str(grpc_port),
         "KIOSK_MODEL_SERVER_HTTP_PORT": str(http_port),
     }
-    service = Service("model-server", ["-m", "kiosk.serving.server"], env, log_dir)
+    service = Service("model-server", ["-m", "model_server"], env, log_dir)
 
     def healthy() -> bool:
         if not service.alive():

@@ -29,10 +29,10 @@ import grpc
 import numpy as np
 
 from kiosk.serving.protos import tfserving_pb2 as pb
-from kiosk.serving.server.batching import Batcher
-from kiosk.serving.server.errors import ServingError, as_serving_error
-from kiosk.serving.server.metrics import ServerMetrics
-from kiosk.serving.server.repository import Fingerprint, Listing, ModelRepository
+from model_server.batching import Batcher
+from model_server.errors import ServingError, as_serving_error
+from model_server.metrics import ServerMetrics
+from model_server.repository import Fingerprint, Listing, ModelRepository
 
 log = logging.getLogger(__name__)
 

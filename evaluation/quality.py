@@ -325,3 +325,10 @@ def summary(per_threshold: Mapping[float, Sequence[Scores]]) -> dict[str, float 
         "splits": at50.splits,
         "merges": at50.merges,
     }
+
+
+def median_area(labels: np.ndarray) -> float:
+    """Median object area in pixels (0 without objects)."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.median(areas)) if areas.size else 0.0

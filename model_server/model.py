@@ -18,8 +18,8 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kiosk.serving.protos import tfserving_pb2 as pb
-from kiosk.serving.server.errors import ServingError
-from kiosk.serving.server.signatures import warmup_inputs
+from model_server.errors import ServingError
+from model_server.signatures import warmup_inputs
 
 log = logging.getLogger(__name__)
 

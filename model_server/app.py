@@ -20,17 +20,17 @@ from typing import Any
 import grpc
 
 from kiosk.logs import setup_logging
-from kiosk.serving.server.health import health_handler
-from kiosk.serving.server.http import HttpEndpoint
-from kiosk.serving.server.manager import ModelManager, Servable
-from kiosk.serving.server.metrics import ServerMetrics
-from kiosk.serving.server.repository import ModelRepository
-from kiosk.serving.server.service import ModelServerService
 from kiosk.settings import ModelServerSettings
 from kiosk.signals import StopSignals
 from kiosk.storage import open_bucket
+from model_server.health import health_handler
+from model_server.http import HttpEndpoint
+from model_server.manager import ModelManager, Servable
+from model_server.metrics import ServerMetrics
+from model_server.repository import ModelRepository
+from model_server.service import ModelServerService
 
-log = logging.getLogger("kiosk.serving.server")
+log = logging.getLogger("model_server")
 
 STOP_GRACE = 10.0  # seconds requests in flight get to finish after SIGTERM
 TICK = 0.2
@@ -131,20 +131,20 @@ def serve(settings: ModelServerSettings, signals: StopSignals | None = None) -> 
 
 
 def _import_tensorflow() -> None:
-    from kiosk.serving.server.model import log_devices
+    from model_server.model import log_devices
 
     log_devices()
 
 
 def _load_servable(path: Path) -> Servable:
-    from kiosk.serving.server.model import load_servable
+    from model_server.model import load_servable
 
     return load_servable(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kiosk.serving.server",
+        prog="python -m model_server",
         description="Serve SavedModels from {bucket}/models/NAME/VERSION/ over TF Serving's "
         "gRPC API. Every option defaults to its KIOSK_* environment variable.",
     )

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 
 from kiosk.serving.protos import tfserving_pb2 as pb
-from kiosk.serving.server.errors import ServingError
 from kiosk.serving.tensors import numpy_dtype, shape_of, to_ndarray
+from model_server.errors import ServingError
 
 WARMUP_SIZE = 64  # an unknown dimension in the warm-up input (1 for the batch dimension)
 

@@ -22,9 +22,9 @@ from urllib.parse import unquote
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kiosk.serving.server.errors import ServingError
-from kiosk.serving.server.manager import ModelManager
-from kiosk.serving.server.metrics import ServerMetrics
+from model_server.errors import ServingError
+from model_server.manager import ModelManager
+from model_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ Everything but ``up`` talks to the HTTP API, so it works the same against a remo
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,9 +29,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kiosk.client import DEFAULT_URL, KioskClient, KioskError
 from kiosk.filetypes import ACCEPTED, UnsupportedFile, check_name, kind_from_name
-from kiosk.jobs import Status
+from kiosk.keys import Status
+from local.client import DEFAULT_URL, KioskClient, KioskError
 
 app = typer.Typer(
     help="Kiosk: deep-learning segmentation of microscopy images, on one machine or a cluster.",
@@ -94,7 +96,7 @@ def up(
 ) -> None:
     """Start the local stack (Redis, model server, frontend, consumers, janitor) until Ctrl-C."""
     from kiosk.settings import StackSettings
-    from kiosk.stack import run_stack
+    from local.stack import run_stack
 
     overrides: dict[str, Any] = {
         "host": host,
@@ -128,17 +130,16 @@ def serve(
     ] = None,
 ) -> None:
     """Serve SavedModels over TF Serving's gRPC API until Ctrl-C (needs TensorFlow)."""
-    # Imported here: the server pulls in TensorFlow, which no other command needs.
-    from kiosk.serving.server.app import serve as run_server
-    from kiosk.serving.server.app import settings_from
-
-    try:
-        settings = settings_from(
-            host=host, port=port, http_port=http_port, bucket=bucket, models=models
-        )
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
-    raise typer.Exit(run_server(settings))
+    # The model server is its own service (python -m model_server); this process becomes it,
+    # so signals and the exit status are the server's own.
+    options = {"--host": host, "--port": port, "--http-port": http_port}
+    options |= {"--bucket": bucket, "--models": models}
+    argv = [sys.executable, "-m", "model_server"]
+    argv += [
+        str(part) for name, value in options.items() if value is not None for part in (name, value)
+    ]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 # ----------------------------------------------------------------------------- submit

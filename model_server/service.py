@@ -16,12 +16,12 @@ import grpc
 
 from kiosk.serving import methods
 from kiosk.serving.protos import tfserving_pb2 as pb
-from kiosk.serving.server.batching import BatcherClosed
-from kiosk.serving.server.errors import ServingError, as_serving_error
-from kiosk.serving.server.manager import LoadedVersion, ModelManager
-from kiosk.serving.server.metrics import ServerMetrics
-from kiosk.serving.server.signatures import batch_items, check_inputs, check_output_filter
 from kiosk.serving.tensors import to_tensor_proto
+from model_server.batching import BatcherClosed
+from model_server.errors import ServingError, as_serving_error
+from model_server.manager import LoadedVersion, ModelManager
+from model_server.metrics import ServerMetrics
+from model_server.signatures import batch_items, check_inputs, check_output_filter
 
 log = logging.getLogger(__name__)
 

@@ -17,31 +17,25 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import httpx
 import redis
 from rich.console import Console
 from rich.markup import escape
 
-from kiosk.jobs import MODELS_PREFIX, zip_queue
+from kiosk.keys import MODELS_PREFIX, zip_queue
+from kiosk.processes import ServiceSpec, Supervised, free_port, port_in_use
 from kiosk.queue import JobQueue
 from kiosk.settings import ConsumerSettings, StackSettings
 from kiosk.signals import StopSignals
 from kiosk.storage import Bucket, open_bucket
 
 TICK = 0.25
-CRASH_WINDOW = 60.0  # seconds
-MAX_CRASHES = 5  # in the window, before the stack gives up
-READY_TIMEOUT = 60.0
 MODEL_SERVER_READY_TIMEOUT = 180.0  # importing TensorFlow, loading and warming up models
 STOP_ORDER = ("frontend", "autoscaler", "consumer", "model", "janitor", "redis")
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -55,69 +49,6 @@ REDIS_INSTALL_HINT = (
 
 class StackError(RuntimeError):
     pass
-
-
-@dataclass
-class ServiceSpec:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    ready: Callable[[int], bool] | None = None  # given the child's pid
-    stop_timeout: float = 15.0
-    ready_timeout: float = READY_TIMEOUT
-
-
-class Supervised:
-    """One child process, its output appended to ``{log_dir}/{name}.log``."""
-
-    def __init__(self, spec: ServiceSpec, log_dir: Path) -> None:
-        self.spec = spec
-        self.log_path = log_dir / f"{spec.name}.log"
-        self.process: subprocess.Popen | None = None
-        self.crashes: deque[float] = deque()
-        self.restart_at: float | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            self.spec.argv,
-            env=self.spec.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.restart_at = None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            self.process.send_signal(sig)
-
-    def wait(self, timeout: float) -> None:
-        if self.process is None:
-            return
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        if self._log:
-            self._log.close()
-            self._log = None
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
 
 
 class Supervisor:
@@ -155,19 +86,17 @@ class Supervisor:
             if child.alive():
                 continue
             if child.restart_at is None:
-                child.crashes.append(now)
-                while child.crashes and now - child.crashes[0] > CRASH_WINDOW:
-                    child.crashes.popleft()
-                if len(child.crashes) >= MAX_CRASHES:
+                child.crashes.record(now)
+                if child.crashes.exhausted:
                     raise StackError(
-                        f"{child.spec.name} died {len(child.crashes)} times in "
-                        f"{CRASH_WINDOW:.0f}s; last lines:\n{child.tail()}"
+                        f"{child.spec.name} died {child.crashes.count} times in "
+                        f"{child.crashes.window:.0f}s; last lines:\n{child.tail()}"
                     )
-                delay = min(2 ** (len(child.crashes) - 1), 30)
+                delay = child.crashes.restart_delay()
                 child.restart_at = now + delay
                 self.console.print(
-                    f"[yellow]{child.spec.name} exited with code {child.process.returncode}; "
-                    f"restarting in {delay}s[/] (log: {escape(str(child.log_path))})"
+                    f"[yellow]{child.spec.name} exited with code {child.returncode}; "
+                    f"restarting in {delay:.0f}s[/] (log: {escape(str(child.log_path))})"
                 )
             elif now >= child.restart_at:
                 child.wait(0)
@@ -206,22 +135,6 @@ def _quietly(check: Callable[[], bool]) -> bool:
         return bool(check())
     except Exception:
         return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def install_models(source: Path, bucket: Bucket) -> list[str]:
@@ -315,7 +228,7 @@ def plan(
             ready=lambda pid: probe.ping(),
             stop_timeout=60,
         ),
-        ServiceSpec("janitor", [python, "-m", "autoscaler.janitor"], env),
+        ServiceSpec("janitor", [python, "-m", "kiosk.janitor"], env),
     ]
     if autoscaled:
         specs.append(_autoscaler_spec(settings, env, data_dir, http_port))
@@ -323,7 +236,7 @@ def plan(
         specs.append(
             ServiceSpec(
                 "model-server",
-                [python, "-m", "kiosk.serving.server"],
+                [python, "-m", "model_server"],
                 env,
                 ready=lambda pid: (
                     httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200
@@ -425,7 +338,7 @@ class Demo:
             [
                 sys.executable,
                 "-m",
-                "kiosk",
+                "local",
                 "--url",
                 url,
                 "submit",

@@ -5,7 +5,7 @@ in ``processing-{queue}:{consumer}`` with no heartbeat. Each sweep moves such jo
 front of their queue in one atomic step (or fails them once their attempts are used up), and
 now and then drops index entries of jobs that have expired.
 
-``python -m autoscaler.janitor`` runs it until SIGTERM or Ctrl-C.
+``python -m kiosk.janitor`` runs it until SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 import redis
 
-from kiosk.jobs import all_queues
+from kiosk.keys import all_queues
 from kiosk.logs import setup_logging
 from kiosk.queue import JobQueue, Sweep
 from kiosk.settings import JanitorSettings

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
-from kiosk.jobs import FINAL_STATUSES
+from kiosk.keys import FINAL_STATUSES
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 CHUNK = 1024 * 1024

@@ -14,8 +14,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from kiosk.stack import SAMPLES
-from kiosk.synthetic import generate
+from evaluation.synthetic import generate
+from local.stack import SAMPLES
 
 # (file name, height, width, seed): one large enough to be tiled, one not square.
 IMAGES = (

@@ -1,0 +1,87 @@
+"""What a deep-watershed model takes and gives: the one description that the job type serving
+it, the pipeline, evaluation and training all read.
+
+A job type declares its model's :class:`ModelContract` beside itself (the segmentation job
+type: ``consumers.segmentation.NUCLEAR_MODEL``). Training exports a SavedModel whose signature
+uses these names; the consumer sends its input under ``input`` and reads the heads by name; the
+pipeline rescales to ``mpp`` and pads tiles to ``size_multiple``; post-processing finds the
+three maps through :class:`Heads`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["Heads", "ModelContract"]
+
+
+@dataclass(frozen=True)
+class Heads:
+    """The output heads of a deep-watershed model; the defaults are DeepCell's names."""
+
+    inner: str = "inner_distance"
+    """(1 channel) peaks at each object's centre: one marker per object."""
+    outer: str = "outer_distance"
+    """(1 channel) distance to the object's own boundary: the watershed's landscape."""
+    foreground: str = "fgbg"
+    """(2 channels) softmax over background and foreground."""
+    foreground_channel: int = 1
+    """The foreground's channel in :attr:`foreground`."""
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        return (self.inner, self.outer, self.foreground)
+
+    def foreground_only(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Keep only the foreground channel of a batch's (n, y, x, 2) softmax: the background is
+        its complement, and blending it back over a large image would cost a full-size buffer."""
+        kept = dict(outputs)
+        fg = kept.get(self.foreground)
+        if fg is not None and fg.ndim == 4 and fg.shape[-1] == 2:
+            c = self.foreground_channel
+            kept[self.foreground] = fg[..., c : c + 1]
+        return kept
+
+    def planes(
+        self, maps: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(inner, outer, foreground or None) as (y, x) planes from blended (y, x, K) maps,
+        with or without :meth:`foreground_only` applied before blending."""
+        fg = maps.get(self.foreground)
+        if fg is not None and fg.ndim == 3:
+            fg = fg[..., self.foreground_channel if fg.shape[-1] == 2 else 0]
+        return maps[self.inner][..., 0], maps[self.outer][..., 0], fg
+
+    def postprocess(self, maps: Mapping[str, np.ndarray], **params: Any) -> NDArray[np.int32]:
+        """Deep watershed on the heads; ``params`` go to ``deep_watershed``."""
+        from consumers.processing.deep_watershed import deep_watershed  # a sibling's module
+
+        return deep_watershed(*self.planes(maps), **params)
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """A model's signature and the pixel size it learned at."""
+
+    name: str
+    """The model's name in the bucket (``models/{name}/{version}/``): the job type's default."""
+    mpp: float
+    """Microns per pixel of the images the model learned from; a job's ``scale`` rescales to it."""
+    input: str = "image"
+    """The signature's one input: float32 (batch, y, x, input_channels)."""
+    input_channels: int = 1
+    heads: Heads = field(default_factory=Heads)
+    size_multiple: int = 16
+    """Height and width the network takes must be multiples of this (its downsampling)."""
+    postprocessing: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """``deep_watershed`` settings tuned for this model (empty: the function's defaults)."""
+
+    def postprocess(self, maps: Mapping[str, np.ndarray]) -> NDArray[np.int32]:
+        """Labels from blended heads, with this model's post-processing settings."""
+        return self.heads.postprocess(maps, **self.postprocessing)

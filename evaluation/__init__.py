@@ -1,0 +1,11 @@
+"""Offline evaluation: generated images with exact ground truth (:mod:`.synthetic`), object
+quality metrics (:mod:`.quality`), a classical baseline (:mod:`.baseline`) and the quality report
+(``python -m evaluation``). Used by training and benchmarks; no service imports it."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class EvaluationError(RuntimeError):
+    """Something the evaluation needs is missing or broken; the message says what to do."""

@@ -1,0 +1,5 @@
+import sys
+
+from evaluation.report import main
+
+sys.exit(main())

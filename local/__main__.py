@@ -1,0 +1,5 @@
+"""``python -m local``: the same as the ``kiosk`` command."""
+
+from local.cli import main
+
+main()
