@@ -32,9 +32,10 @@ run: setup ## start the local stack at http://127.0.0.1:8080 and segment the sam
 test: setup test-deps lint ## lint, then run every test
 	$(BIN)/pytest
 
-lint: $(INSTALLED) ## ruff: lint and format check
+lint: $(INSTALLED) ## ruff (lint, format check), mypy (types of every runtime package), hadolint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.consumer Dockerfile.autoscaler
 
 format: $(INSTALLED) ## ruff: fix what can be fixed, format

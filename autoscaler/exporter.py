@@ -167,9 +167,9 @@ class KioskCollector(Collector):
 
     # ------------------------------------------------------------------ the families
 
-    def _families(self) -> dict[str, Metric]:
+    def _families(self) -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         """Empty families, for ``describe`` and as the containers ``collect`` fills."""
-        families: list[Metric] = [
+        families: list[GaugeMetricFamily | CounterMetricFamily] = [
             GaugeMetricFamily(
                 QUEUE_ITEMS,
                 "Jobs on a queue: state=queued wait on the queue's list, state=in_flight are "

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 import tifffile
@@ -284,7 +284,7 @@ def _pil_open(fh: BinaryIO, name: str | None, kind: FileKind) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(_Borrowed(fh))
+            return Image.open(cast(BinaryIO, _Borrowed(fh)))  # a file object in all but name
     except Image.DecompressionBombError as err:
         raise ImageTooLarge(
             f"{_describe(name)} is far too large to decode safely ({err}). "

@@ -129,7 +129,7 @@ class SegmentationConsumer(Consumer):
                 }
             ),
         )
-        fields = {
+        fields: dict[str, str] = {
             JobField.PREDICT_RETRIES: str(retries),
             JobField.DIM_ORDER: loaded.dimension_order,
             JobField.SCALE: f"{image_mpp:g}",

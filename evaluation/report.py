@@ -354,7 +354,7 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
     served = served_postprocessing(config.contract)
     tuned = trained_postprocessing(args.models_dir, model)
     differs = tuned is not None and any(served.get(k) != v for k, v in tuned.items())
-    if differs:
+    if tuned is not None and differs:
         # What the consumer serves (deep_watershed's defaults) is the headline; the settings
         # tuned for this model are shown beside it until the defaults are updated to match.
         methods["model+tuned-postprocess"] = model_segmenter(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
@@ -22,6 +23,9 @@ from frontend.errors import ApiError
 from kiosk.filetypes import SNIFF_BYTES, FileKind, check_content, check_name
 from kiosk.keys import clean_name, upload_key
 from kiosk.storage import Bucket, BucketWriter
+
+if TYPE_CHECKING:  # the package declares its callback table for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +68,11 @@ class _Events:
     def __init__(self) -> None:
         self.items: list[tuple[str, bytes]] = []
 
-    def callbacks(self) -> dict[str, Callable]:
-        def record(kind: str) -> Callable:
+    def callbacks(self) -> MultipartCallbacks:
+        def record(kind: str) -> Callable[[], None]:
             return lambda: self.items.append((kind, b""))
 
-        def record_data(kind: str) -> Callable:
+        def record_data(kind: str) -> Callable[[bytes, int, int], None]:
             return lambda data, start, end: self.items.append((kind, bytes(data[start:end])))
 
         return {

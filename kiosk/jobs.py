@@ -99,7 +99,9 @@ _REQUEST_FIELDS: dict[str, JobField] = {
 def creation_fields(request: JobRequest, identity: str) -> dict[str, str]:
     """The fields a new job starts with: the request, status ``new``, no attempts yet."""
     now = now_iso()
-    fields = {field: getattr(request, name) for name, field in _REQUEST_FIELDS.items()}
+    fields: dict[str, str] = {
+        field: getattr(request, name) for name, field in _REQUEST_FIELDS.items()
+    }
     if not request.parent:
         del fields[JobField.PARENT]
     return {
@@ -129,6 +131,11 @@ class JobView:
     def job_type(self) -> str:
         parsed = parse_job_key(self.key)
         return parsed.job_type if parsed else ""
+
+    @property
+    def queue(self) -> str:
+        parsed = parse_job_key(self.key)
+        return parsed.queue if parsed else ""
 
     @property
     def progress(self) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from enum import Enum
 from string import Template
+from typing import cast
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -460,14 +461,16 @@ class JobQueue:
     def claim(self, queue: str, consumer_id: str, timeout: float) -> Claim | None:
         """Block up to ``timeout`` s for a job; move it into this consumer's processing list."""
         held = processing_list(queue, consumer_id)
-        key = self.redis.blmove(queue, held, timeout, src="RIGHT", dest="LEFT")
+        # BLMOVE takes fractional seconds; redis-py's hint says int.
+        moved = self.redis.blmove(queue, held, timeout, src="RIGHT", dest="LEFT")  # type: ignore[arg-type]
+        key = cast("str | None", moved)
         return self._started(key, queue, consumer_id) if key else None
 
     def held(self, queue: str, consumer_id: str, skip: Collection[str] = ()) -> Claim | None:
         """The oldest job in this consumer's list that it is not working on (``skip``): one
         whose claim reply was lost to a connection error, or left when Redis restarted from an
         older AOF point."""
-        keys = self.redis.lrange(processing_list(queue, consumer_id), 0, -1)
+        keys = cast(list[str], self.redis.lrange(processing_list(queue, consumer_id), 0, -1))
         key = next((key for key in reversed(keys) if key not in skip), None)
         return self._started(key, queue, consumer_id) if key else None
 
@@ -485,11 +488,12 @@ class JobQueue:
 
     def live_consumers(self) -> dict[str, Heartbeat]:
         """Consumers with a current heartbeat: id -> what they last reported."""
-        keys = list(self.redis.scan_iter(match=heartbeat_key("*"), count=500))
+        keys = [str(key) for key in self.redis.scan_iter(match=heartbeat_key("*"), count=500)]
         if not keys:
             return {}
         prefix = len(heartbeat_key(""))
-        beats = zip(keys, map(Heartbeat.from_json, self.redis.mget(keys)), strict=True)
+        values = cast(list[str | None], self.redis.mget(keys))
+        beats = zip(keys, map(Heartbeat.from_json, values), strict=True)
         return {key[prefix:]: beat for key, beat in beats if beat is not None}
 
     def stop_heartbeat(self, consumer_id: str) -> None:
@@ -600,7 +604,7 @@ class JobQueue:
         """Drop index entries whose job hash has expired or been deleted."""
         removed, start = 0, 0
         while True:
-            keys = self.redis.zrange(JOB_INDEX, start, start + batch - 1)
+            keys = cast(list[str], self.redis.zrange(JOB_INDEX, start, start + batch - 1))
             if not keys:
                 return removed
             with self.redis.pipeline(transaction=False) as pipe:
@@ -651,8 +655,11 @@ class JobQueue:
         found: list[tuple[str, float]] = []
         offset = 0
         while len(found) < limit:
-            batch = self.redis.zrevrangebyscore(
-                JOB_INDEX, top, "-inf", start=offset, num=limit, withscores=True
+            batch = cast(
+                list[tuple[str, float]],
+                self.redis.zrevrangebyscore(
+                    JOB_INDEX, top, "-inf", start=offset, num=limit, withscores=True
+                ),
             )
             if not batch:
                 break

@@ -369,9 +369,9 @@ def settings_table(job_types: Sequence[type[JobTypeSettings]] = ()) -> str:
     """The README's settings table, one row per environment variable: the services', with the
     job types' own after the consumers'."""
     classes: list[type[CommonSettings] | type[JobTypeSettings]] = [CommonSettings]
-    for cls in SERVICE_SETTINGS:
-        classes.append(cls)
-        if cls is ConsumerSettings:
+    for service_cls in SERVICE_SETTINGS:
+        classes.append(service_cls)
+        if service_cls is ConsumerSettings:
             classes += job_types
     rows: dict[str, tuple[str, str, list[str]]] = {}
     for cls in classes:

@@ -63,15 +63,16 @@ class Supervisor:
         self.children.append(child)
         child.start()
         deadline = time.monotonic() + spec.ready_timeout
+        ready, pid = spec.ready, child.pid
         while True:
             if self.signals.count:
                 raise StackError("interrupted while starting")
             if not child.alive():
                 raise StackError(
-                    f"{spec.name} exited with code {child.process.returncode} while starting:\n"
+                    f"{spec.name} exited with code {child.returncode} while starting:\n"
                     f"{child.tail()}\n(full log: {child.log_path})"
                 )
-            if spec.ready is None or _quietly(lambda: spec.ready(child.pid)):
+            if ready is None or (pid is not None and _quietly(lambda: ready(pid))):
                 return child
             if time.monotonic() > deadline:
                 raise StackError(
@@ -140,7 +141,7 @@ def _quietly(check: Callable[[], bool]) -> bool:
 def install_models(source: Path, bucket: Bucket) -> list[str]:
     """Copy model versions (``{Name}/{version}/...``) missing from the bucket's ``models/``;
     versions already there are left alone, so a model a user replaced stays theirs."""
-    installed = []
+    installed: list[str] = []
     if not source.is_dir():
         return installed
     for version_dir in sorted(p for p in source.glob("*/*") if p.is_dir() and p.name.isdigit()):

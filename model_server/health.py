@@ -8,6 +8,7 @@ that ever be installed. Watch is not offered (answered UNIMPLEMENTED by gRPC its
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -19,7 +20,7 @@ SERVING, NOT_SERVING = 1, 2
 KNOWN_SERVICES = frozenset({"", methods.PREDICTION_SERVICE, methods.MODEL_SERVICE})
 
 
-def _messages() -> tuple[type, type]:
+def _messages() -> tuple[type[Any], type[Any]]:  # classes built at run time: no static fields
     file = descriptor_pb2.FileDescriptorProto(
         name="kiosk/grpc_health_v1.proto", package="grpc.health.v1", syntax="proto3"
     )

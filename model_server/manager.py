@@ -45,8 +45,13 @@ Arrays = dict[str, np.ndarray]
 class Servable(Protocol):
     """A loaded, warmed-up model version (see :mod:`.model`)."""
 
-    signature_defs: Mapping[str, pb.SignatureDef]  # every signature, as metadata shows them
-    runnable: frozenset[str]  # the signatures Predict may call
+    @property
+    def signature_defs(self) -> Mapping[str, pb.SignatureDef]:
+        """Every signature, as metadata shows them."""
+
+    @property
+    def runnable(self) -> frozenset[str]:
+        """The signatures Predict may call."""
 
     def run(self, signature: str, inputs: Arrays) -> Arrays: ...
 

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -106,7 +106,12 @@ class ModelServerService:
                 continue
         if future is None:
             raise ServingError(grpc.StatusCode.UNAVAILABLE, f"{spec.name} is being reloaded")
-        context.add_callback(future.cancel)
+        pending = future
+
+        def cancel() -> None:  # the client went away: drop the request from the batch
+            pending.cancel()
+
+        context.add_callback(cancel)
         try:
             outputs = future.result(timeout=context.time_remaining())
         except TimeoutError:
@@ -160,7 +165,8 @@ class ModelServerService:
                 version=status.version, state=pb.ModelVersionStatus.State.Value(status.state.value)
             )
             if status.error is not None:
-                entry.status.error_code = status.error.code.value[0]
+                # gRPC and TensorFlow number their status codes alike.
+                entry.status.error_code = cast("pb.ErrorCode", status.error.code.value[0])
                 entry.status.error_message = status.error.message
         return response
 

@@ -38,3 +38,26 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_are_read_without_connecting_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KIOSK_REDIS_URL", "redis://nowhere.invalid:1/0")
     assert FrontendSettings().redis_url == "redis://nowhere.invalid:1/0"
+
+
+def test_a_plugin_job_type_declares_settings_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kiosk.storage import open_bucket
+    from tests.support.jobtypes import Tagged, TaggedSettings
+
+    monkeypatch.setenv("KIOSK_TAG", "blue")
+    consumer = Tagged(ConsumerSettings(), open_bucket(f"file://{tmp_path}"))
+    assert isinstance(consumer.job_settings, TaggedSettings)
+    assert consumer.job_settings.tag == "blue"
+    plugin = "tagged=tests.support.jobtypes:Tagged"
+    assert TaggedSettings in job_type_settings([plugin])
+    table = settings_table(job_type_settings([plugin]))
+    assert "| `KIOSK_TAG` | `untagged` | tagged |" in table
+    assert "`KIOSK_TAG`" not in settings_table(job_type_settings())
+
+
+def test_job_type_settings_are_not_consumer_settings() -> None:
+    assert not {"tile_size", "max_zip_entries", "segmentation_model"} & set(
+        ConsumerSettings.model_fields
+    )

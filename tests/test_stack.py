@@ -38,12 +38,12 @@ def test_kiosk_up_serves_runs_jobs_and_stops_everything_on_ctrl_c(kiosk_up, tmp_
         for cmd in children.values()
     )
     assert kinds == [
-        "kiosk.janitor",
         "consumers echo",
         "consumers echo-zip",
         "consumers slow",
         "consumers slow-zip",
         "frontend",
+        "kiosk.janitor",
         "redis",
     ]
     assert (stack.data_dir / "redis" / "appendonlydir").is_dir()

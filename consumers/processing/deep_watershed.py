@@ -102,7 +102,7 @@ def deep_watershed(
     markers, n_markers = ndi.label(peaks, structure=np.ones((3, 3), bool))
     if n_markers == 0:
         return np.zeros(inner.shape, dtype=np.int32)
-    labels = _grow(outer, markers, n_markers, mask)
+    labels = _grow(outer, markers.astype(np.int32, copy=False), n_markers, mask)
     if small_objects_threshold > 0:
         sizes = np.bincount(labels.ravel())
         too_small = sizes < small_objects_threshold

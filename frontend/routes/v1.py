@@ -28,7 +28,6 @@ from kiosk.keys import (
     all_queues,
     file_url,
     is_job_key,
-    parse_job_key,
 )
 
 PREFIX = "/api/v1"
@@ -370,7 +369,7 @@ def list_jobs(
                 if len(jobs) == limit:
                     break
     more = not exhausted and position is not None
-    return JobList(jobs=jobs, next_cursor=_cursor(position) if more else None)
+    return JobList(jobs=jobs, next_cursor=_cursor(position) if more and position else None)
 
 
 def _children_page(
@@ -429,7 +428,7 @@ def get_job(job_id: str, services: ServicesDep) -> JobOut:
 def delete_job(job_id: str, services: ServicesDep) -> Response:
     """Delete a job: out of its queue if waiting; a consumer working on it stops."""
     view = _load(services, job_id)
-    services.queue.delete(job_id, parse_job_key(job_id).queue)
+    services.queue.delete(job_id, view.queue)
     output = view.fields.get(JobField.OUTPUT_FILE_NAME, "")
     if output.startswith(OUTPUT_PREFIX):
         services.bucket.delete(output)

@@ -131,7 +131,7 @@ class PredictTimeout(PredictError):
 
 def channel_options(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-) -> tuple[tuple[str, int], ...]:
+) -> tuple[tuple[str, int | str], ...]:
     """The options every Kiosk channel is opened with."""
     return (
         ("grpc.max_send_message_length", max_message_bytes),

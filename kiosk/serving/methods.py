@@ -6,6 +6,8 @@ generated service stubs would carry the wrong path; client and server both use t
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 from kiosk.serving.protos import tfserving_pb2 as pb
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
@@ -19,7 +21,7 @@ GET_MODEL_STATUS = f"/{MODEL_SERVICE}/GetModelStatus"
 SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 
 # (path, request message, response message) for every method Kiosk speaks.
-METHODS: dict[str, tuple[type, type]] = {
+METHODS: dict[str, tuple[type[Message], type[Message]]] = {
     PREDICT: (pb.PredictRequest, pb.PredictResponse),
     GET_MODEL_METADATA: (pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
     GET_MODEL_STATUS: (pb.GetModelStatusRequest, pb.GetModelStatusResponse),

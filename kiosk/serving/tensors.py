@@ -7,11 +7,13 @@ any TensorFlow Serving reply (or an old client's request) is understood.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from kiosk.serving.protos import tfserving_pb2 as pb
 
-_DTYPES: dict[int, np.dtype] = {
+_DTYPES: dict[pb.DataType, np.dtype] = {
     pb.DT_FLOAT: np.dtype("<f4"),
     pb.DT_DOUBLE: np.dtype("<f8"),
     pb.DT_HALF: np.dtype("<f2"),
@@ -25,7 +27,9 @@ _DTYPES: dict[int, np.dtype] = {
     pb.DT_UINT64: np.dtype("<u8"),
     pb.DT_BOOL: np.dtype("?"),
 }
-_DATA_TYPES: dict[str, int] = {dtype.str.lstrip("<|"): code for code, dtype in _DTYPES.items()}
+_DATA_TYPES: dict[str, pb.DataType] = {
+    dtype.str.lstrip("<|"): code for code, dtype in _DTYPES.items()
+}
 
 # The repeated field that carries each dtype when tensor_content is empty.
 _VALUE_FIELDS: dict[int, str] = {
@@ -48,7 +52,7 @@ class UnsupportedTensor(ValueError):
     """A dtype Kiosk does not carry (strings, complex, resources)."""
 
 
-def data_type(dtype: np.dtype | type) -> int:
+def data_type(dtype: np.dtype | type) -> pb.DataType:
     """The TensorFlow DataType code of a numpy dtype."""
     key = np.dtype(dtype).str.lstrip("<>|=")
     try:
@@ -62,7 +66,7 @@ def data_type(dtype: np.dtype | type) -> int:
 def numpy_dtype(code: int) -> np.dtype:
     """The numpy dtype of a TensorFlow DataType code."""
     try:
-        return _DTYPES[code]
+        return _DTYPES[cast(pb.DataType, code)]  # a DataType is its int code
     except KeyError:
         name = pb.DataType.Name(code) if code in pb.DataType.values() else str(code)
         raise UnsupportedTensor(f"tensor type {name} is not supported") from None

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import time
+from typing import ClassVar, cast
 
 import redis
+from pydantic import Field
 
 from consumers.base import Consumer, Finish, Job, JobError, Result
 from kiosk.jobs import Stages
+from kiosk.settings import JobTypeSettings
 
 COMPLETIONS = "test:completions"
 EVENTS = "test:events"
@@ -79,6 +82,26 @@ class FinishesBehind(Echo):
         self._redis.hincrby(COMPLETIONS, job.key, 1)
         self._redis.rpush(EVENTS, f"finished {job.key}")
         return Result(key)
+
+
+class TaggedSettings(JobTypeSettings):
+    """A plugin job type's own settings, read from KIOSK_* like the built-in ones."""
+
+    service_name: ClassVar[str] = "tagged"
+
+    tag: str = Field("untagged", description="Text the tagged job type writes into its results.")
+
+
+class Tagged(Echo):
+    """Echoes its input with its ``tag`` setting in front."""
+
+    settings_class = TaggedSettings
+
+    def process(self, job: Job) -> Result:
+        with job.input_file() as path:
+            data = path.read_bytes()
+        tag = cast(TaggedSettings, self.job_settings).tag
+        return Result(job.put_output("tagged.bin", tag.encode() + data))
 
 
 PLUGINS = ",".join(
