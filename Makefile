@@ -1,21 +1,49 @@
 # Kiosk: `make run` starts the local stack, `make test` runs every test.
-# Both install what they need first (Python packages into .venv, redis-server and, for the
-# tests, prometheus from the OS).
+# Both install what they need first (Python packages into .venv, exactly the versions in
+# requirements/all.txt; redis-server and, for the tests, prometheus from the OS).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+SYNCED := $(VENV)/.synced
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup system-deps test-deps run test lint format bench evaluate model samples protos settings-table clean
+# The locks (make lock): requirements/all.txt is what .venv gets (the runtime packages, the
+# serve and dev extras); requirements/runtime.txt, what the images get (no extras, the same
+# versions). Both for CPython 3.11 on x86_64 Linux (glibc 2.28 or newer), with hashes.
+LOCK_PYTHON := 3.11
+LOCK_PLATFORM := x86_64-manylinux_2_28
+LOCK_INDEX := https://pypi.org/simple
+# uv reads no uv.toml (--no-config), none of the variables that would add indexes or change the
+# resolution, and never pip's configuration: the locks are what PyPI gives for pyproject.toml.
+LOCK_ENV := env -u UV_CONFIG_FILE -u UV_INDEX -u UV_EXTRA_INDEX_URL -u UV_FIND_LINKS \
+	-u UV_CONSTRAINT -u UV_OVERRIDE -u UV_EXCLUDE_NEWER -u UV_PRERELEASE -u UV_RESOLUTION \
+	-u UV_INDEX_STRATEGY -u UV_NO_BINARY -u UV_ONLY_BINARY -u UV_NO_BUILD -u UV_TORCH_BACKEND
+UV_COMPILE := $(LOCK_ENV) $(BIN)/uv --no-config pip compile --quiet --generate-hashes \
+	--python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) \
+	--default-index $(LOCK_INDEX) --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+# $(call compile,LOCK,ARGS): uv starts from the lock's pins and writes a copy in .venv, which
+# replaces the lock only if it differs (an unchanged lock keeps its date: nothing reinstalls).
+compile = cp requirements/$(1) $(VENV)/$(1) && $(UV_COMPILE) $(2) -o $(VENV)/$(1) \
+	&& { cmp -s $(VENV)/$(1) requirements/$(1) || cp $(VENV)/$(1) requirements/$(1); }
+
+.PHONY: help setup system-deps test-deps run test lint format lock bench evaluate model samples protos settings-table clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
+# The locked set, hashes checked (pip and setuptools included), then Kiosk itself on top:
+# without dependencies, built by the locked setuptools. pip check fails when pyproject.toml asks
+# for something the lock lacks (run make lock).
+$(SYNCED): requirements/all.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[serve,dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/all.txt
+	touch $@
+
+$(INSTALLED): $(SYNCED) pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(BIN)/python -m pip check || { echo "pyproject.toml asks for packages that" \
+		"requirements/all.txt lacks: run make lock" >&2; exit 1; }
 	touch $@
 
 setup: system-deps $(INSTALLED) ## install Python packages (.venv) and redis-server
@@ -41,6 +69,10 @@ lint: $(INSTALLED) ## ruff (lint, format check), mypy (types of every runtime pa
 format: $(INSTALLED) ## ruff: fix what can be fixed, format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+lock: $(SYNCED) ## refresh requirements/*.txt from pyproject.toml (UPGRADE=1: newest of everything)
+	$(call compile,all.txt,pyproject.toml requirements/build.in --extra serve --extra dev)
+	$(call compile,runtime.txt,pyproject.toml requirements/build.in -c requirements/all.txt)
 
 bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.queue_throughput

