@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +38,9 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageSequence
 
+from kiosk import options
 from kiosk.filetypes import ACCEPTED, FileKind, UnsupportedFile, sniff
+from kiosk.options import AXIS_LETTERS
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -72,10 +73,7 @@ Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
 #: (about 0.25 GiB each) within a consumer's memory. Configure it per deployment.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
-#: Letters a dimension_order may use. S (samples) is another name for C.
-AXIS_LETTERS = "BTZCSYX"
-_CHANNEL_AXES = "CS"
-_INFER = {"", "INFER", "AUTO"}
+_CHANNEL_AXES = "CS"  # S (samples) is another name for C
 
 
 class ImageError(ValueError):
@@ -502,30 +500,15 @@ def _from_file_axes(axes: str) -> str:
 
 
 def _normalise_order(dimension_order: str | None) -> str | None:
-    """Upper-cased order, or None for "infer"."""
-    if dimension_order is None:
-        return None
-    order = re.sub(r"[\s,]", "", str(dimension_order)).upper()
-    return None if order in _INFER else order
+    """Upper-cased order, or None for "infer"; letters checked (not yet against a shape)."""
+    try:
+        return options.parse_dimension_order(dimension_order)
+    except options.OptionError as exc:
+        raise DimensionOrderError(str(exc)) from None
 
 
 def _validate_order(order: str, shape: tuple[int, ...], name: str | None) -> None:
-    bad = sorted(set(order) - set(AXIS_LETTERS))
-    if bad:
-        raise DimensionOrderError(
-            f"dimension_order {order!r} uses unknown axis letter(s) {', '.join(bad)}; use letters "
-            f"from {AXIS_LETTERS} (T time, Z depth, C channel, Y, X, B batch), e.g. 'CYX'."
-        )
-    for letter in "YX":
-        if order.count(letter) != 1:
-            raise DimensionOrderError(
-                f"dimension_order {order!r} must name exactly one {letter} axis, e.g. 'YXC'."
-            )
-    repeated = sorted({a for a in order if order.count(a) > 1})
-    if repeated:
-        raise DimensionOrderError(
-            f"dimension_order {order!r} repeats axis {', '.join(repeated)}; name each axis once."
-        )
+    _normalise_order(order)
     if len(order) != len(shape):
         dims = "x".join(map(str, shape))
         raise DimensionOrderError(
@@ -607,30 +590,10 @@ def to_canonical(array: np.ndarray, order: str) -> np.ndarray:
 
 def parse_channels(channels: str | Sequence[int] | None) -> tuple[int, ...] | None:
     """The job's `channels` ("0", "1,2", "", None, or a list of ints) as indices; None = all."""
-    if channels is None:
-        return None
-    if isinstance(channels, str):
-        text = channels.strip().strip("[]()")
-        if not text:
-            return None
-        parts = [p for p in re.split(r"[\s,;]+", text) if p]
-        try:
-            picked = tuple(int(p) for p in parts)
-        except ValueError:
-            raise ChannelError(
-                f"channels {channels!r} is not a list of channel indices; pass numbers counted "
-                "from 0, separated by commas, e.g. '0' or '1,2'."
-            ) from None
-    else:
-        picked = tuple(int(c) for c in channels)
-    if not picked:
-        return None
-    negative = [c for c in picked if c < 0]
-    if negative:
-        raise ChannelError(
-            f"channels {channels!r} has negative index {negative[0]}; channels count from 0."
-        )
-    return picked
+    try:
+        return options.parse_channels(channels)
+    except options.OptionError as exc:
+        raise ChannelError(str(exc)) from None
 
 
 def select_channels(

@@ -13,7 +13,6 @@ says what to do. Model-server trouble that may pass (unavailable, busy, timeouts
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import ClassVar, cast
@@ -29,6 +28,7 @@ from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import Predict, segment_frames
 from kiosk.jobs import Stage, Stages
 from kiosk.keys import JobField, Status, file_url
+from kiosk.options import OptionError, parse_scale
 from kiosk.serving.client import (
     InvalidRequest,
     ModelNotFound,
@@ -179,19 +179,11 @@ class SegmentationConsumer(Consumer):
 
     def _scale(self, job: Job) -> float:
         """Microns per pixel of the input: the job's ``scale``, else the model's own."""
-        text = job.get(JobField.SCALE).strip()
-        if not text:
-            return self.contract.mpp
         try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and 0.01 <= value <= 100):
-            raise JobError(
-                f"scale {text!r} is not a pixel size: give microns per pixel between 0.01 and "
-                f"100 (the model works at {self.contract.mpp} um/px), or leave it empty"
-            )
-        return value
+            scale = parse_scale(job.get(JobField.SCALE))
+        except OptionError as exc:
+            raise JobError(f"{exc} (the model works at {self.contract.mpp} um/px)") from None
+        return self.contract.mpp if scale is None else scale
 
     def _open(self, job: Job, path: Path) -> imaging.LoadedImage:
         name = job.get(JobField.ORIGINAL_NAME) or path.name

@@ -38,7 +38,7 @@ from consumers.base import Consumer, Finish, Job, JobError, JobLost, Result, Wai
 from consumers.metrics import ConsumerMetrics
 from kiosk.jobs import Stage
 from kiosk.keys import JobField, file_url
-from kiosk.queue import Claim, Heartbeat, JobQueue, Outcome, Settled
+from kiosk.queue import Claim, Heartbeat, JobQueue, Liveness, Outcome, Settled
 from kiosk.settings import ConsumerSettings
 from kiosk.signals import StopSignals
 
@@ -129,7 +129,7 @@ class Worker:
         deadline = time.monotonic() + grace
         self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
 
-    def _beat(self) -> None:
+    def _liveness(self) -> Liveness:
         beat = Heartbeat(
             queue=self.queue_name,
             host=socket.gethostname(),
@@ -137,8 +137,12 @@ class Worker:
             jobs=tuple(claim.key for claim in self._claims()),
             stopping=self._stopping.is_set(),
         )
+        return Liveness(beat, self.settings.heartbeat_ttl)
+
+    def _beat(self) -> None:
+        alive = self._liveness()
         try:
-            self.control.heartbeat(self.consumer_id, self.settings.heartbeat_ttl, beat)
+            self.control.heartbeat(self.consumer_id, alive.ttl, alive.beat)
         except redis.RedisError as exc:
             log.warning("heartbeat failed (%s); retrying next beat", exc)
 
@@ -207,12 +211,16 @@ class Worker:
     def _next_claim(self) -> Claim | None:
         if self._check_held:
             in_hand = {claim.key for claim in self._claims()}
-            held = self.queue.held(self.queue_name, self.consumer_id, skip=in_hand)
+            held = self.queue.held(
+                self.queue_name, self.consumer_id, skip=in_hand, alive=self._liveness()
+            )
             self._check_held = False
             if held is not None:
                 log.info("resuming %s, already in this consumer's list", held.key)
                 return held
-        claim = self.queue.claim(self.queue_name, self.consumer_id, self.settings.claim_timeout)
+        claim = self.queue.claim(
+            self.queue_name, self.consumer_id, self.settings.claim_timeout, self._liveness()
+        )
         if claim is None:
             self._check_held = True  # idle: a cheap look for anything stranded in our list
         return claim

@@ -9,6 +9,7 @@ from frontend.errors import ApiError
 from kiosk.filetypes import FileKind, check_name
 from kiosk.jobs import JobRequest, creation_fields
 from kiosk.keys import UPLOAD_PREFIX, new_job_key
+from kiosk.options import OptionError, check_options
 from kiosk.storage import safe_key
 
 
@@ -47,9 +48,18 @@ def check_input(services: Services, key: str) -> FileKind:
     return kind
 
 
+def check_job_options(scale: str = "", channels: str = "", dimension_order: str = "") -> None:
+    """The job options every job type reads, checked as the consumers will read them."""
+    try:
+        check_options(scale, channels, dimension_order)
+    except OptionError as exc:
+        raise ApiError(422, f"invalid job options: {exc}") from None
+
+
 def create_job(services: Services, request: JobRequest) -> str:
     """Check a request and queue it; returns the new job's key."""
     check_job_type(services, request.job_type)
+    check_job_options(request.scale, request.channels, request.dimension_order)
     check_input(services, request.input_file_name)
     key = new_job_key(request.queue, request.original_name)
     services.queue.submit(request.queue, key, creation_fields(request, socket.gethostname()))

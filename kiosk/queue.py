@@ -23,6 +23,7 @@ from typing import cast
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.retry import Retry
 
@@ -379,6 +380,14 @@ class Heartbeat:
         )
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """A consumer's heartbeat and how long it lives, written with its claims."""
+
+    beat: Heartbeat
+    ttl: float
+
+
 def _flat(fields: Mapping[str, object]) -> list[str]:
     out: list[str] = []
     for name, value in fields.items():
@@ -458,18 +467,38 @@ class JobQueue:
 
     # ------------------------------------------------------------------ consumers
 
-    def claim(self, queue: str, consumer_id: str, timeout: float) -> Claim | None:
-        """Block up to ``timeout`` s for a job; move it into this consumer's processing list."""
+    def claim(
+        self, queue: str, consumer_id: str, timeout: float, alive: Liveness | None = None
+    ) -> Claim | None:
+        """Block up to ``timeout`` s for a job; move it into this consumer's processing list.
+
+        With ``alive`` (the consumer's heartbeat and its TTL), the heartbeat is written in the
+        same round trip, just before the move: the janitor, which gives back the jobs of
+        consumers without a heartbeat, can then never take a job its live consumer just
+        claimed, even when the heartbeat was lost (a Redis restart) and the consumer's own
+        beat has not come round yet. The TTL must outlast ``timeout``.
+        """
         held = processing_list(queue, consumer_id)
-        # BLMOVE takes fractional seconds; redis-py's hint says int.
-        moved = self.redis.blmove(queue, held, timeout, src="RIGHT", dest="LEFT")  # type: ignore[arg-type]
-        key = cast("str | None", moved)
+        with self.redis.pipeline(transaction=False) as pipe:
+            if alive is not None:
+                self._beat(pipe, consumer_id, alive)
+            # BLMOVE takes fractional seconds; redis-py's hint says int.
+            pipe.blmove(queue, held, timeout, src="RIGHT", dest="LEFT")  # type: ignore[arg-type]
+            key = cast("str | None", pipe.execute()[-1])
         return self._started(key, queue, consumer_id) if key else None
 
-    def held(self, queue: str, consumer_id: str, skip: Collection[str] = ()) -> Claim | None:
+    def held(
+        self,
+        queue: str,
+        consumer_id: str,
+        skip: Collection[str] = (),
+        alive: Liveness | None = None,
+    ) -> Claim | None:
         """The oldest job in this consumer's list that it is not working on (``skip``): one
         whose claim reply was lost to a connection error, or left when Redis restarted from an
-        older AOF point."""
+        older AOF point. ``alive`` refreshes the heartbeat first, as in :meth:`claim`."""
+        if alive is not None:
+            self._beat(self.redis, consumer_id, alive)
         keys = cast(list[str], self.redis.lrange(processing_list(queue, consumer_id), 0, -1))
         key = next((key for key in reversed(keys) if key not in skip), None)
         return self._started(key, queue, consumer_id) if key else None
@@ -484,7 +513,11 @@ class JobQueue:
         return Claim(key, queue, dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def heartbeat(self, consumer_id: str, ttl: float, beat: Heartbeat) -> None:
-        self.redis.set(heartbeat_key(consumer_id), beat.to_json(), px=int(ttl * 1000))
+        self._beat(self.redis, consumer_id, Liveness(beat, ttl))
+
+    @staticmethod
+    def _beat(client: redis.Redis | Pipeline, consumer_id: str, alive: Liveness) -> None:
+        client.set(heartbeat_key(consumer_id), alive.beat.to_json(), px=int(alive.ttl * 1000))
 
     def live_consumers(self) -> dict[str, Heartbeat]:
         """Consumers with a current heartbeat: id -> what they last reported."""

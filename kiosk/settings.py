@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kiosk.keys import validate_queue_name
@@ -189,6 +189,16 @@ class ConsumerSettings(PredictSettings):
                 f"heartbeat_ttl ({value}) must be longer than heartbeat_interval ({interval})"
             )
         return value
+
+    @model_validator(mode="after")
+    def _ttl_outlives_a_claim(self) -> ConsumerSettings:
+        """A claim writes the heartbeat before it blocks: it must still live when a job comes."""
+        if self.heartbeat_ttl <= self.claim_timeout:
+            raise ValueError(
+                f"heartbeat_ttl ({self.heartbeat_ttl}) must be longer than claim_timeout "
+                f"({self.claim_timeout})"
+            )
+        return self
 
 
 class JobTypeSettings(BaseSettings):

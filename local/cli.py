@@ -31,6 +31,7 @@ from rich.table import Table
 
 from kiosk.filetypes import ACCEPTED, UnsupportedFile, check_name, kind_from_name
 from kiosk.keys import Status
+from kiosk.options import OptionError, check_options
 from local.client import DEFAULT_URL, KioskClient, KioskError
 
 app = typer.Typer(
@@ -213,6 +214,10 @@ def submit(
 ) -> None:
     """Upload images or zips and create a job for each; optionally wait and download."""
     target: Target = ctx.obj
+    try:
+        check_options(scale, channels, dimension_order)
+    except OptionError as exc:
+        raise fail(str(exc), 2) from None
     files, refused, skipped = collect_files(paths)
     for path, why in refused:
         errors.print(f"[red]refused[/] {escape(str(path))}: {escape(why)}")

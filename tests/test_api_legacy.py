@@ -136,6 +136,20 @@ def test_zip_jobs_wait_on_the_zip_queue_of_their_job_type(api: TestClient, queue
             "not a supported file type",
         ),
         ({"jobType": "echo"}, 422, "imageName"),
+        (
+            {"jobType": "echo", "imageName": "a.tif", "dataRescale": "inf"},
+            422,
+            "scale 'inf' is not a pixel size",
+        ),
+        (
+            {
+                "jobType": "echo",
+                "imageName": "a.tif",
+                "jobForm": {"dimensionOrder": "YY", "selectedChannels": [-1]},
+            },
+            422,
+            "channels count from 0. dimension_order 'YY' must name exactly one Y axis",
+        ),
     ],
 )
 def test_bad_predict_requests_get_a_clear_message(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from kiosk.keys import JOB_INDEX
 from kiosk.queue import JobQueue
 from local.cli import app, result_name
 from tests.conftest import RunningStack, ServiceGroup, start_stack
@@ -118,3 +119,11 @@ def test_result_names_keep_the_input_name_and_never_collide() -> None:
     assert (
         result_name(Path("a.tif"), "http://h/files/output/3/a_labels.tif", taken) == "a_labels.tif"
     )
+
+
+def test_submit_refuses_a_bad_option_before_uploading(stack: RunningStack, images: Path) -> None:
+    jobs_before = stack.queue.redis.zcard(JOB_INDEX)
+    result = kiosk(stack.url, "submit", str(images), "-j", "echo", "--scale", "inf")
+    assert result.exit_code == 2
+    assert "scale 'inf' is not a pixel size" in result.output
+    assert stack.queue.redis.zcard(JOB_INDEX) == jobs_before

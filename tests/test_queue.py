@@ -18,7 +18,7 @@ from kiosk.keys import (
     new_job_key,
     processing_list,
 )
-from kiosk.queue import Heartbeat, JobQueue, Outcome, render_lua
+from kiosk.queue import Heartbeat, JobQueue, Liveness, Outcome, render_lua
 
 
 def submit(queue: JobQueue, job_type: str = "echo", name: str = "a.tif") -> str:
@@ -321,3 +321,37 @@ def test_render_lua_refuses_a_name_that_is_not_a_field_or_status() -> None:
     assert render_lua("redis.call('HGET', KEYS[1], '$FIELD_STATUS')").endswith("'status')")
     with pytest.raises(KeyError):
         render_lua("redis.call('HGET', KEYS[1], '$FIELD_STATUSS')")
+
+
+def test_a_claim_writes_the_heartbeat_so_the_janitor_cannot_take_a_job_just_claimed(
+    queue: JobQueue,
+) -> None:
+    key = submit(queue)
+    queue.stop_heartbeat("c1")  # as after a Redis restart that lost the heartbeat
+    alive = Liveness(Heartbeat(queue="echo", pid=1), ttl=20.0)
+    claim = queue.claim("echo", "c1", 1, alive)
+    assert claim is not None and claim.key == key
+    # the janitor sweeps before the consumer's own heartbeat comes round: nothing to take
+    assert queue.requeue_lapsed(["echo"]) == []
+    assert queue.redis.lrange(processing_list("echo", "c1"), 0, -1) == [key]
+    assert queue.redis.hget(key, JobField.ATTEMPTS) == "1"
+    assert queue.redis.pttl(heartbeat_key("c1")) > 15_000
+
+
+def test_without_its_heartbeat_a_claimed_job_goes_back_to_the_queue(queue: JobQueue) -> None:
+    """The race the heartbeat written with each claim closes: a claim alone leaves the job to
+    the janitor until the consumer's next beat."""
+    key = submit(queue)
+    assert queue.claim("echo", "c1", 1) is not None
+    sweeps = queue.requeue_lapsed(["echo"])
+    assert [s.requeued for s in sweeps] == [1]
+    assert queue.redis.lrange("echo", 0, -1) == [key]
+
+
+def test_resuming_a_stranded_job_refreshes_the_heartbeat_first(queue: JobQueue) -> None:
+    key = submit(queue)
+    queue.redis.lmove("echo", processing_list("echo", "c1"), "RIGHT", "LEFT")
+    alive = Liveness(Heartbeat(queue="echo"), ttl=20.0)
+    claim = queue.held("echo", "c1", alive=alive)
+    assert claim is not None and claim.key == key
+    assert queue.requeue_lapsed(["echo"]) == []

@@ -61,3 +61,9 @@ def test_job_type_settings_are_not_consumer_settings() -> None:
     assert not {"tile_size", "max_zip_entries", "segmentation_model"} & set(
         ConsumerSettings.model_fields
     )
+
+
+def test_a_heartbeat_must_outlive_a_claims_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSK_CLAIM_TIMEOUT", "30")
+    with pytest.raises(ValidationError, match="must be longer than claim_timeout"):
+        ConsumerSettings()

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from frontend.deps import Services, ServicesDep, require_token
 from frontend.errors import ApiError
 from frontend.routes.files import file_response
-from frontend.submission import check_job_type, create_job
+from frontend.submission import check_job_options, check_job_type, create_job
 from frontend.uploads import FILE_FIELD, receive_upload
 from kiosk.filetypes import ACCEPTED, EXTENSIONS
 from kiosk.jobs import JobRequest, JobView
@@ -58,18 +58,6 @@ class JobOptions(BaseModel):
     label: str = Field("", description="Data label (DeepCell's dataLabel).")
     preprocess: str = Field("", description="Pre-processing function name.")
     postprocess: str = Field("", description="Post-processing function name.")
-
-    @field_validator("scale")
-    @classmethod
-    def _positive_number(cls, value: str) -> str:
-        if value:
-            try:
-                number = float(value)
-            except ValueError:
-                raise ValueError("must be a number of microns per pixel, e.g. 0.65") from None
-            if not number > 0:
-                raise ValueError("must be greater than 0")
-        return value
 
     @field_validator("model")
     @classmethod
@@ -305,8 +293,14 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
     """Upload a file and create its job in one request (multipart: ``file`` + options)."""
 
     def before_file(fields: dict[str, str]) -> None:
+        """Refuse what the fields sent ahead of the file already show to be wrong."""
         if "job_type" in fields:
             check_job_type(services, fields["job_type"])
+        check_job_options(
+            fields.get("scale", "").strip(),
+            fields.get("channels", "").strip(),
+            fields.get("dimension_order", "").strip(),
+        )
 
     received = await receive_upload(
         request, services.bucket, services.settings.max_upload_bytes, before_file

@@ -1,0 +1,64 @@
+"""Job options are checked one way for both APIs, the CLI and the consumers."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiosk.options import (
+    OptionError,
+    check_options,
+    parse_channels,
+    parse_dimension_order,
+    parse_scale,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("", None), ("  ", None), ("0.65", 0.65), ("1e-2", 0.01), ("100", 100.0)]
+)
+def test_a_scale_is_microns_per_pixel_or_nothing(text: str, expected: float | None) -> None:
+    assert parse_scale(text) == expected
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e-9", "0", "-1", "101", "big"])
+def test_a_scale_that_is_no_pixel_size_is_refused_with_the_range(text: str) -> None:
+    with pytest.raises(OptionError, match=rf"scale '{text}' is not a pixel size.*0.01 to 100"):
+        parse_scale(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", None), ("0", (0,)), ("1,2", (1, 2)), ("[0, 2]", (0, 2)), ("1; 3", (1, 3))],
+)
+def test_channels_are_indices_counted_from_zero(text: str, expected: tuple | None) -> None:
+    assert parse_channels(text) == expected
+
+
+@pytest.mark.parametrize(("text", "words"), [("red", "not a list"), ("1,-2", "negative index")])
+def test_bad_channels_are_refused(text: str, words: str) -> None:
+    with pytest.raises(OptionError, match=words):
+        parse_channels(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("", None), ("infer", None), ("cyx", "CYX"), ("T, Z, Y, X", "TZYX")]
+)
+def test_a_dimension_order_is_upper_case_axis_letters(text: str, expected: str | None) -> None:
+    assert parse_dimension_order(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("QYX", "unknown axis letter"), ("ZCY", "exactly one X"), ("YYX", "exactly one Y")],
+)
+def test_a_bad_dimension_order_is_refused(text: str, words: str) -> None:
+    with pytest.raises(OptionError, match=words):
+        parse_dimension_order(text)
+
+
+def test_every_bad_option_is_named_at_once() -> None:
+    with pytest.raises(OptionError) as raised:
+        check_options("nan", "x", "QYX")
+    message = str(raised.value)
+    assert "scale 'nan'" in message and "channels 'x'" in message and "letter(s) Q" in message
+    check_options("0.65", "0", "YX")  # good options pass
