@@ -9,9 +9,11 @@ type, cut short, client gone) aborts the write, so no partial object is left beh
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
@@ -60,6 +62,29 @@ def _too_large(name: str, limit: int) -> ApiError:
         "(KIOSK_MAX_UPLOAD_BYTES): split the images across several zips, or ask the "
         "operator to raise the limit",
     )
+
+
+_EXTENDED_FILENAME = re.compile(r"""(?:^|;)\s*filename\*\s*=\s*([^;]+)""", re.I)
+
+
+def part_file_name(disposition: str, plain: bytes | None) -> str | None:
+    """A part's file name as the user gave it: RFC 5987's ``filename*=UTF-8''...`` when sent
+    (it wins, as RFC 6266 says), else ``filename``, which browsers, curl and httpx send as raw
+    UTF-8 (read as latin-1 when it is not valid UTF-8, so no byte is lost)."""
+    extended = _EXTENDED_FILENAME.search(disposition)
+    if extended:
+        charset, _, rest = extended.group(1).strip().strip('"').partition("'")
+        _language, _, encoded = rest.partition("'")
+        try:
+            return unquote(encoded, encoding=charset or "utf-8", errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            pass  # a charset we cannot read: fall back to the plain name
+    if plain is None:
+        return None
+    try:
+        return plain.decode("utf-8")
+    except UnicodeDecodeError:
+        return plain.decode("latin-1")
 
 
 class _Events:
@@ -128,8 +153,10 @@ class _Receiver:
         elif kind == "header_value":
             self.header_value += data
         elif kind == "header_end":
+            # Kept byte for byte (latin-1 maps each byte to one character): a file name may be
+            # raw UTF-8, which is only decoded once it has been taken out of the header.
             self.headers[self.header_name.decode("latin-1").lower()] = self.header_value.decode(
-                "utf-8", "replace"
+                "latin-1"
             )
             self.header_name, self.header_value = b"", b""
         elif kind == "headers_finished":
@@ -142,9 +169,10 @@ class _Receiver:
             self.ended = True
 
     async def _start_part(self) -> None:
-        _, params = parse_options_header(self.headers.get("content-disposition", ""))
+        disposition = self.headers.get("content-disposition", "")
+        _, params = parse_options_header(disposition)
         name = params.get(b"name", b"").decode("utf-8", "replace")
-        filename = params.get(b"filename")
+        filename = part_file_name(disposition, params.get(b"filename"))
         if filename is None:
             if len(self.fields) >= MAX_FIELDS:
                 raise ApiError(400, f"too many form fields (at most {MAX_FIELDS})")
@@ -155,7 +183,7 @@ class _Receiver:
         if self.seen_file:
             raise ApiError(400, "send one file per request; zip several images into one .zip")
         self.seen_file = True
-        self.file_name = clean_name(filename.decode("utf-8", "replace").replace("\\", "/"))
+        self.file_name = clean_name(filename.replace("\\", "/"))
         self.file_name = self.file_name.rsplit("/", 1)[-1]
         check_name(self.file_name)
         if self.before_file is not None:

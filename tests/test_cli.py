@@ -127,3 +127,18 @@ def test_submit_refuses_a_bad_option_before_uploading(stack: RunningStack, image
     assert result.exit_code == 2
     assert "scale 'inf' is not a pixel size" in result.output
     assert stack.queue.redis.zcard(JOB_INDEX) == jobs_before
+
+
+def test_submit_names_results_after_inputs_in_any_script(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    folder = tmp_path / "named"
+    folder.mkdir()
+    for name in ("Zelle µm.tif", "細胞.tif"):
+        (folder / name).write_bytes(TIFF + name.encode())
+    out = tmp_path / "named-results"
+    result = kiosk(stack.url, "submit", str(folder), "-j", "echo", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["Zelle µm_result.tif", "細胞_result.tif"]
+    assert (out / "細胞_result.tif").read_bytes() == TIFF + "細胞.tif".encode()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import Iterator
 from pathlib import PurePosixPath
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, StreamingResponse
@@ -47,10 +48,19 @@ def file_response(bucket: Bucket, key: str) -> Response:
                 yield chunk
 
     size = bucket.size(key)
-    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    headers = {"Content-Disposition": content_disposition(name)}
     if size is not None:
         headers["Content-Length"] = str(size)
     return StreamingResponse(chunks(), media_type=media_type, headers=headers)
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with the file's name: an ASCII stand-in for old clients, and the name
+    itself (RFC 6266 ``filename*``) for every other, whatever its script."""
+    fallback = name.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+    if fallback == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def get_file(key: str, services: ServicesDep) -> Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -314,12 +315,22 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
     except BaseException:
         await run_in_threadpool(services.bucket.delete, received.key)
         raise
-    view = await run_in_threadpool(_load, services, key)
-    return JSONResponse(
-        JobOut.of(view).model_dump(),
-        status_code=201,
-        headers={"Location": f"{PREFIX}/jobs/{key}"},
-    )
+    try:
+        view = await run_in_threadpool(_load, services, key)
+        return JSONResponse(
+            JobOut.of(view).model_dump(),
+            status_code=201,
+            headers={"Location": job_path(key)},
+        )
+    except BaseException:  # no error answer may leave a job behind: the client would retry
+        await run_in_threadpool(services.queue.delete, key, job_request.queue)
+        await run_in_threadpool(services.bucket.delete, received.key)
+        raise
+
+
+def job_path(key: str) -> str:
+    """The job's URL path: its id escaped, so spaces, '%', '#' and any script survive."""
+    return f"{PREFIX}/jobs/{quote(key, safe=':')}"
 
 
 @router.get("/jobs")
