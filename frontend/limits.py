@@ -1,10 +1,12 @@
-"""A cap on request bodies outside the upload routes, which stream and limit their own.
-
-Starlette reads a JSON body whole before parsing it, so without a cap one large POST to
-/api/predict could take all the frontend's memory.
+"""Limits on request bodies: a cap on their size outside the upload routes, which stream and
+limit their own (Starlette reads a JSON body whole before parsing it, so without a cap one large
+POST to /api/predict could take all the frontend's memory), and a limit on how long any body
+may send nothing.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,3 +58,66 @@ class BodyLimit:
             status_code=413,
         )
         await response(scope, receive, send)
+
+
+class BodyIdleTimeout:
+    """A request whose body sends nothing for ``timeout`` seconds is answered 408 and dropped.
+
+    Without it a client that trickles (or stalls) holds a connection, and for an upload a
+    half-written file, for as long as it likes. Only the wait for body bytes is timed: once the
+    body has ended, a handler waiting for the client to go away waits as long as it needs. The
+    handler sees the client leave (``http.disconnect``), so an upload removes what it wrote.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+        timed_out = False
+        started = False
+
+        async def timed() -> Message:
+            nonlocal body_done, timed_out
+            if timed_out:
+                return {"type": "http.disconnect"}
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                timed_out = True
+                if not started:
+                    await self._refuse(scope, send)
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def unless_timed_out(message: Message) -> None:
+            nonlocal started
+            if timed_out:
+                return
+            started = True
+            await send(message)
+
+        await self.app(scope, timed, unless_timed_out)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        response = JSONResponse(
+            {
+                "message": f"the request body sent nothing for {self.timeout:g} s: send it "
+                "again over a steadier connection"
+            },
+            status_code=408,
+            headers={"Connection": "close"},
+        )
+
+        async def no_body() -> Message:
+            return {"type": "http.disconnect"}
+
+        await response(scope, no_body, send)

@@ -107,6 +107,12 @@ class FrontendSettings(ListenSettings):
     default_expire: int = Field(
         3600, ge=1, description="Seconds used by /api/redis/expire when expireIn is missing."
     )
+    body_idle_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request body may send nothing before the request is answered "
+        "408 and dropped (an upload removes what it wrote).",
+    )
 
 
 class PredictSettings(CommonSettings):
