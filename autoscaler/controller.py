@@ -1,9 +1,10 @@
 """The autoscaler's loop: look at the queues, ask the policy, tell the backend.
 
 Every ``autoscaler_interval`` seconds: queue stats from Redis, replicas from the backend, GPU
-utilisation (locally, the model server's busy ratio), then the policy's decision applied where
-it differs from what runs. On a cluster the policy does only the 0<->1 steps and HPAs do 1->N;
-locally it does both. A Redis or platform error skips one tick and nothing else: the next tick
+utilisation (locally, the model server's busy ratio), then the decision of the policy (any
+:class:`~autoscaler.policy.ScalingPolicy`) applied where it differs from what runs. Which steps
+are the policy's is the policy's business: the paper policy on a cluster does only 0<->1 and
+leaves 1->N to the HPAs. A Redis or platform error skips one tick and nothing else: the next tick
 starts from what the platform reports, so neither errors nor restarts make replicas flap.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 import redis
 
 from autoscaler.backends import Backend, BackendError, Replicas
-from autoscaler.policy import Decision, Observation, PaperPolicy
+from autoscaler.policy import Decision, Observation, ScalingPolicy
 from kiosk.queue import JobQueue
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Controller:
         backend: Backend,
         queue: JobQueue,
         queues: Sequence[str],
-        policy: PaperPolicy,
+        policy: ScalingPolicy,
         *,
         gpu_utilization: Callable[[], float | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
