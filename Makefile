@@ -83,6 +83,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.zip_throughput
 	$(BIN)/python -m benchmark.consumer_memory
 	$(BIN)/python -m benchmark.cluster_sim
+	$(BIN)/python -m benchmark.scaling_policies
 
 evaluate: setup ## segmentation quality, model vs classical baseline, generated and real nuclei
 	$(BIN)/python -m evaluation

@@ -1,9 +1,11 @@
 """``python -m autoscaler``: the controller loop with its metrics exporter.
 
-``KIOSK_AUTOSCALER_BACKEND=kubernetes`` (in the chart) scales Deployments 0<->1 and leaves 1->N
-to the HPAs; ``local`` (what ``kiosk up`` runs) owns the model server and consumer processes and
-runs the whole policy itself. SIGTERM or Ctrl-C stops it; the local backend first stops its
-consumers (each finishes or hands back its job), then the model server.
+``KIOSK_AUTOSCALER_BACKEND=kubernetes`` (in the chart) scales Deployments; ``local`` (what
+``kiosk up`` runs) owns the model server and consumer processes. ``KIOSK_SCALING_POLICY`` picks
+the policy (``autoscaler.policy.policy_from_settings``): ``paper`` leaves 1->N to the HPAs on a
+cluster and runs all of it locally; ``backlog`` sets every count itself on both. SIGTERM or
+Ctrl-C stops it; the local backend first stops its consumers (each finishes or hands back its
+job), then the model server.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from autoscaler.backends import Backend
 from autoscaler.controller import Controller
 from autoscaler.exporter import KioskCollector, busy_ratio_reader, serve_exporter
-from autoscaler.policy import PaperPolicy, PolicyConfig
+from autoscaler.policy import policy_from_settings
 from kiosk.keys import all_queues
 from kiosk.logs import setup_logging
 from kiosk.queue import JobQueue
@@ -28,18 +30,6 @@ log = logging.getLogger("autoscaler")
 
 # The autoscaler's own settings, not passed on to the processes it starts.
 AUTOSCALER_ONLY = ("KIOSK_AUTOSCALER_BACKEND",)
-
-
-def policy_config(settings: AutoscalerSettings) -> PolicyConfig:
-    return PolicyConfig(
-        idle_grace=settings.idle_grace,
-        consumer_target=settings.consumer_target,
-        ratio_limit=settings.consumer_ratio_limit,
-        gpu_target=settings.gpu_target,
-        max_model_servers=settings.max_model_servers,
-        max_consumers=settings.max_consumers or os.cpu_count() or 1,
-        scale_down_window=settings.scale_down_window,
-    )
 
 
 def local_backend(settings: AutoscalerSettings, queue: JobQueue, queues: list[str]) -> Backend:
@@ -83,16 +73,18 @@ def main() -> int:
         if settings.model_server_metrics_url
         else lambda: None
     )
-    policy = PaperPolicy(policy_config(settings), hpas=local)
-    controller = Controller(backend, queue, queues, policy, gpu_utilization=gpu)
+    controller = Controller(
+        backend, queue, queues, policy_from_settings(settings), gpu_utilization=gpu
+    )
     if settings.exporter_port:
         collector = KioskCollector(
             queue, queues, lambda: controller.last_replicas, lambda: controller.last_gpu
         )
         serve_exporter(settings.exporter_port, collector)
     log.info(
-        "autoscaler (%s) watching %s every %.1fs; idle grace %.0fs",
+        "autoscaler (%s backend, %s policy) watching %s every %.1fs; idle grace %.0fs",
         settings.autoscaler_backend,
+        settings.scaling_policy,
         ", ".join(queues),
         settings.autoscaler_interval,
         settings.idle_grace,

@@ -1,9 +1,10 @@
 """The autoscaler's loop: look at the queues, ask the policy, tell the backend.
 
 Every ``autoscaler_interval`` seconds: queue stats from Redis, replicas from the backend, GPU
-utilisation (locally, the model server's busy ratio), then the policy's decision applied where
-it differs from what runs. On a cluster the policy does only the 0<->1 steps and HPAs do 1->N;
-locally it does both. A Redis or platform error skips one tick and nothing else: the next tick
+utilisation (locally, the model server's busy ratio), then the decision of the policy (any
+:class:`~autoscaler.policy.ScalingPolicy`) applied where it differs from what runs. Which steps
+are the policy's is the policy's business: the paper policy on a cluster does only 0<->1 and
+leaves 1->N to the HPAs. A Redis or platform error skips one tick and nothing else: the next tick
 starts from what the platform reports, so neither errors nor restarts make replicas flap.
 """
 
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
 from autoscaler.backends import Backend, BackendError, Replicas
-from autoscaler.policy import Decision, Observation, PaperPolicy
-from kiosk.queue import JobQueue
+from autoscaler.policy import Decision, Observation, ScalingPolicy
+from kiosk.queue import Heartbeat, JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Controller:
         backend: Backend,
         queue: JobQueue,
         queues: Sequence[str],
-        policy: PaperPolicy,
+        policy: ScalingPolicy,
         *,
         gpu_utilization: Callable[[], float | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
@@ -79,7 +80,9 @@ class Controller:
             log.debug("no GPU utilisation this tick (%s)", exc)
             return None
 
-    def _apply(self, decision: Decision, replicas: Replicas, consumers: dict[str, dict]) -> None:
+    def _apply(
+        self, decision: Decision, replicas: Replicas, consumers: Mapping[str, Heartbeat]
+    ) -> None:
         if decision.model_servers != replicas.model_servers:
             log.info("model servers %d -> %d", replicas.model_servers, decision.model_servers)
             self.backend.scale_model_servers(decision.model_servers)

@@ -1,15 +1,21 @@
-"""Scaling policy as pure functions of what the queues, consumers and GPUs look like now.
+"""Scaling policies as pure functions of what the queues, consumers and GPUs look like now.
 
-One definition serves three places: the local controller (``kiosk up``), the Kubernetes
-controller (the 0<->1 steps; HPAs do 1->N on a cluster with the same arithmetic in Prometheus
-recording rules, ``autoscaler/rules``) and the cluster simulator, which runs this code on
-simulated time. Nothing here reads a clock: callers pass ``now``.
+A policy is anything with the :class:`ScalingPolicy` interface: ``start`` once, then ``decide``
+on every :class:`Observation`. Two implement it, :class:`PaperPolicy` and :class:`BacklogPolicy`,
+and ``KIOSK_SCALING_POLICY`` picks one (:func:`policy_from_settings`, the one place settings
+become a policy). The same code serves three places: the local controller (``kiosk up``), the
+Kubernetes controller and the cluster simulator, which runs it on simulated time. Nothing here
+reads a clock: callers pass ``now``.
 
 The paper's policy (REFERENCE §2):
 
 * model servers 0->1 when there is work, back to 0 after an idle grace; 1->N by an HPA on GPU
   utilisation (target 70 %);
 * consumers by an HPA on the three-regime consumer metric (target 0.15).
+
+On a cluster the paper policy does only the 0<->1 steps and Kubernetes' HPAs do 1->N, with the
+same arithmetic in Prometheus recording rules (``autoscaler/rules``). The backlog policy sets
+every count itself, on a cluster too.
 
 Two of the original's defects are fixed here: demand counts in-flight items (the lengths of the
 processing lists) and zip queues, and consumers also go to zero when there is no work (the
@@ -19,9 +25,11 @@ original kept one of each per queue forever).
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kiosk.keys import job_type_of, zip_queue
 from kiosk.queue import QueueStats
@@ -192,20 +200,57 @@ class Observation:
 
 @dataclass(frozen=True)
 class Decision:
+    """Replicas wanted: model servers, and consumers per queue."""
+
     model_servers: int
     consumers: dict[str, int]
 
 
+class ScalingPolicy(Protocol):
+    """What the controller (and the simulator) drives. ``start`` once with the time and the
+    queues it will see, then ``decide`` on every observation; the clock is always passed in."""
+
+    def start(self, now: float, queues: Iterable[str]) -> None:
+        """Begin counting idleness from ``now`` (a restarted controller knows nothing older)."""
+        ...
+
+    def decide(self, obs: Observation) -> Decision:
+        """The replicas wanted, given what runs now."""
+        ...
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
+    """Settings both policies share. Built from the environment only by :meth:`from_settings`."""
+
     idle_grace: float = IDLE_GRACE
     consumer_target: float = CONSUMER_TARGET
     ratio_limit: float = CONSUMER_RATIO_LIMIT
     gpu_target: float = GPU_TARGET
     tolerance: float = HPA_TOLERANCE
     max_model_servers: int = 1
-    max_consumers: int = 4  # per queue
+    max_consumers: int = 4  # per queue, unless the queue is in max_consumers_by_queue
+    max_consumers_by_queue: Mapping[str, int] = field(default_factory=dict)
     scale_down_window: float = SCALE_DOWN_WINDOW
+
+    @classmethod
+    def from_settings(cls, settings: AutoscalerSettings) -> PolicyConfig:
+        """The autoscaler's settings as a policy's configuration: the one place they are read
+        (``max_consumers`` 0 means the CPU count)."""
+        return cls(
+            idle_grace=settings.idle_grace,
+            consumer_target=settings.consumer_target,
+            ratio_limit=settings.consumer_ratio_limit,
+            gpu_target=settings.gpu_target,
+            max_model_servers=settings.max_model_servers,
+            max_consumers=settings.max_consumers or os.cpu_count() or 1,
+            max_consumers_by_queue=dict(settings.max_consumers_by_queue),
+            scale_down_window=settings.scale_down_window,
+        )
+
+    def max_consumers_of(self, queue: str) -> int:
+        """Most consumers ``queue`` may have."""
+        return self.max_consumers_by_queue.get(queue, self.max_consumers)
 
     def hpa(self, target: float, max_replicas: int) -> Hpa:
         """An HPA with these settings' tolerance and stabilisation."""
@@ -295,14 +340,16 @@ class PaperPolicy:
                     target=self.config.consumer_target,
                     ratio_limit=self.config.ratio_limit,
                 )
+                c = self.config
                 hpa = self._consumer_hpas.get(name) or self._consumer_hpas.setdefault(
-                    name, self.config.hpa(self.config.consumer_target, self.config.max_consumers)
+                    name, c.hpa(c.consumer_target, c.max_consumers_of(name))
                 )
                 replicas = hpa.desired(obs.now, replicas, metric)
             out[name] = replicas
         return out
 
     def decide(self, obs: Observation) -> Decision:
+        """Model servers and consumers for this observation (with ``hpas=False`` only 0<->1)."""
         self.idle.note(obs)
         return Decision(self.model_servers(obs), self.consumers(obs))
 
@@ -353,8 +400,8 @@ class BacklogPolicy:
       ``zips_per_consumer`` items; a queue and its zip queue are idle only together.
     * 0 <-> 1 and the idle grace are ``zero_to_one``'s, and every count goes through an
       ``Hpa`` (target 1 on wanted/current), so scale-down stabilisation, tolerance and rate
-      limits are Kubernetes'. On a cluster this is an HPA on an External metric (the wanted
-      count, AverageValue 1) fed by the same arithmetic.
+      limits are Kubernetes'. On a cluster too these counts are the autoscaler's own: it
+      patches the Deployments' scale subresource, and the chart renders no HPAs for them.
 
     The arrival rate is d(images)/dt plus what the GPUs served (util * ready * speed), so it
     needs the servers' speed (``images_per_server_s``); a wrong value is corrected by the
@@ -453,7 +500,7 @@ class BacklogPolicy:
             images = stats.demand + (upstream.demand * b.images_per_zip if upstream else 0)
             feed = servers * b.images_per_server_s * self.cycle_s * b.consumer_headroom
             wanted = min(math.ceil(feed), images)
-        return max(1, min(wanted, self.config.max_consumers))
+        return max(1, min(wanted, self.config.max_consumers_of(name)))
 
     def consumers(self, obs: Observation, model_servers: int | None = None) -> dict[str, int]:
         servers = obs.model_servers if model_servers is None else model_servers
@@ -466,7 +513,7 @@ class BacklogPolicy:
             )
             if replicas > 0 and work > 0:
                 hpa = self._consumer_hpas.get(name) or self._consumer_hpas.setdefault(
-                    name, self.config.hpa(1.0, self.config.max_consumers)
+                    name, self.config.hpa(1.0, self.config.max_consumers_of(name))
                 )
                 wanted = self.consumers_wanted(obs, name, servers)
                 replicas = hpa.desired(obs.now, replicas, wanted / replicas)
@@ -474,6 +521,7 @@ class BacklogPolicy:
         return out
 
     def decide(self, obs: Observation) -> Decision:
+        """Model servers first, then the consumers that keep that many fed."""
         self.idle.note(obs)
         self._learn(obs)
         servers = self.model_servers(obs)
@@ -482,3 +530,19 @@ class BacklogPolicy:
 
 def _is_zip(queue: str) -> bool:
     return queue != job_type_of(queue)
+
+
+# ------------------------------------------------------------------------------ from the settings
+
+
+def policy_from_settings(settings: AutoscalerSettings) -> ScalingPolicy:
+    """The policy ``KIOSK_SCALING_POLICY`` names, configured from ``settings``.
+
+    ``paper`` on the Kubernetes backend runs only its 0<->1 steps: the chart's HPAs do 1->N.
+    ``backlog`` sets every count itself on either backend (the chart then renders no HPAs for
+    model servers and consumers), as ``paper`` does on the local backend.
+    """
+    config = PolicyConfig.from_settings(settings)
+    if settings.scaling_policy == "backlog":
+        return BacklogPolicy(config)
+    return PaperPolicy(config, hpas=settings.autoscaler_backend == "local")

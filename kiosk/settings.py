@@ -238,6 +238,13 @@ class AutoscalerSettings(CommonSettings):
         description="What the autoscaler scales: Deployments through the Kubernetes API, or "
         "the processes of `kiosk up` (local).",
     )
+    scaling_policy: Literal["paper", "backlog"] = Field(
+        "paper",
+        description="How replicas are chosen. paper: model servers 0<->1 by demand and 1->N by "
+        "GPU utilisation, consumers by the paper's consumer metric (on a cluster the 1->N steps "
+        "are the chart's HPAs). backlog: model servers from the backlog and arrival rate, "
+        "consumers from what those servers can take; the autoscaler sets every count itself.",
+    )
     autoscaler_interval: float = Field(
         5.0, gt=0, description="Seconds between the autoscaler's looks at the queues."
     )
@@ -256,18 +263,30 @@ class AutoscalerSettings(CommonSettings):
         description="Consumers per model server past which the consumer metric asks for fewer.",
     )
     gpu_target: float = Field(
-        70.0, gt=0, le=100, description="GPU utilisation (percent) model servers scale to."
+        70.0,
+        gt=0,
+        le=100,
+        description="GPU utilisation (percent) the paper policy's model servers scale to.",
     )
     scale_down_window: float = Field(
         300.0, ge=0, description="Seconds of recommendations a scale-down takes the highest of."
     )
     max_model_servers: int = Field(
-        1, ge=1, description="Most model servers the local backend runs (cluster: the HPA's)."
+        1,
+        ge=1,
+        description="Most model servers the autoscaler asks for (the paper policy on a "
+        "cluster leaves 1->N to the HPA, whose maxReplicas the chart sets to the same value).",
     )
     max_consumers: int = Field(
         0,
         ge=0,
-        description="Most consumers per job type the local backend runs; 0: the CPU count.",
+        description="Most consumers per queue the autoscaler asks for, unless the queue is in "
+        "KIOSK_MAX_CONSUMERS_BY_QUEUE; 0: the CPU count.",
+    )
+    max_consumers_by_queue: Annotated[dict[str, int], NoDecode] = Field(
+        {},
+        description="Per-queue caps as QUEUE=N, comma-separated (a zip queue by its own name, "
+        "e.g. segmentation=50,segmentation-zip=4); the chart sets them from jobTypes.",
     )
     kubernetes_namespace: str = Field(
         "", description="Namespace of the Deployments; empty: the autoscaler pod's own."
@@ -292,6 +311,27 @@ class AutoscalerSettings(CommonSettings):
         description="Where the model server's Prometheus metrics are, for its busy ratio "
         "(local stand-in for GPU utilisation); empty: not read.",
     )
+
+    @field_validator("max_consumers_by_queue", mode="before")
+    @classmethod
+    def _parse_caps(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        caps = {}
+        for item in _split_csv(value):
+            queue, sep, count = item.partition("=")
+            if not sep:
+                raise ValueError(f"{item!r} is not QUEUE=N")
+            caps[queue.strip()] = count.strip()
+        return caps
+
+    @field_validator("max_consumers_by_queue")
+    @classmethod
+    def _check_caps(cls, value: dict[str, int]) -> dict[str, int]:
+        for queue, count in value.items():
+            if count < 1:
+                raise ValueError(f"{queue}={count}: a queue's cap must be at least 1")
+        return value
 
 
 class ModelServerSettings(CommonSettings):
@@ -412,4 +452,6 @@ def _format_default(value: Any) -> str:
         return "(unset)"
     if isinstance(value, tuple):
         return f"`{','.join(value)}`" if value else "(empty)"
+    if isinstance(value, dict):
+        return f"`{','.join(f'{k}={v}' for k, v in value.items())}`" if value else "(empty)"
     return f"`{value}`"

@@ -8,10 +8,12 @@ PodMonitor) are CRDs whose schemas are not available offline, so they skip schem
 and get structural checks here instead.
 
 Then the invariants that keep a cluster working, for several value sets (the presets, T4 and
-V100, with and without an ingress, two job types): one job-type list drives every consumer
-Deployment, HPA, env var, Role entry and metric label; TF Serving lands on GPUs; RBAC is
-namespaced and exactly what the autoscaler documents; every container has probes, requests and
-limits and a pinned image; consumers outlive their shutdown grace; nothing secret is rendered.
+V100, with and without an ingress, two job types, either scaling policy): one job-type list
+drives every consumer Deployment, HPA, env var, Role entry and metric label; with the backlog
+policy the autoscaler owns every replica count and no HPA scales TF Serving or consumers; TF
+Serving lands on GPUs; RBAC is namespaced and exactly what the autoscaler documents; every
+container has probes, requests and limits and a pinned image; consumers outlive their shutdown
+grace; nothing secret is rendered.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import pytest
 import yaml
 
 from autoscaler.backends import kubernetes as kubernetes_backend
-from autoscaler.policy import CONSUMER_TARGET, GPU_TARGET
+from autoscaler.policy import CONSUMER_TARGET, GPU_TARGET, BacklogPolicy, policy_from_settings
 from autoscaler.rules import (
     ADAPTER_FILE,
     CONSUMER_METRIC_EXTERNAL,
@@ -83,6 +85,10 @@ VALUE_SETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         },
     ),
     "two-job-types": ((), {"jobTypes": [{"name": "segmentation"}, TRACKING]}),
+    "backlog-4gpu-two-job-types": (
+        ("values-4gpu.yaml",),
+        {"autoscaling": {"policy": "backlog"}, "jobTypes": [{"name": "segmentation"}, TRACKING]},
+    ),
     "token-no-monitoring-no-netpol": (
         (),
         {
@@ -141,6 +147,11 @@ class Rendered:
 
     def settings(self) -> dict[str, str]:
         return self.get("ConfigMap", f"{RELEASE}-settings")["data"]
+
+    @property
+    def hpas(self) -> bool:
+        """Whether HPAs scale TF Serving and the consumers (the paper policy)."""
+        return self.values["autoscaling"]["policy"] == "paper"
 
 
 @functools.cache
@@ -337,6 +348,10 @@ def test_one_job_type_list_drives_every_queue(chart: Rendered) -> None:
         (container,) = pod["spec"]["containers"]
         assert container["command"] == ["python", "-m", "consumers", queue]
         assert {"configMapRef": {"name": f"{RELEASE}-settings"}} in container["envFrom"]
+        assert matches(pdbs[name]["spec"]["selector"], pod["metadata"]["labels"])
+        if not chart.hpas:
+            assert name not in hpas  # the autoscaler sets every count itself
+            continue
         hpa = hpas[name]["spec"]
         assert hpa["scaleTargetRef"] == {
             "apiVersion": "apps/v1",
@@ -352,15 +367,19 @@ def test_one_job_type_list_drives_every_queue(chart: Rendered) -> None:
         }
         assert metric["external"]["target"]["type"] == "Value"
         assert quantity(metric["external"]["target"]["value"]) == pytest.approx(CONSUMER_TARGET)
-        assert matches(pdbs[name]["spec"]["selector"], pod["metadata"]["labels"])
-    # Caps per queue come from the job type's entry (or consumers.defaults).
+    # Caps per queue come from the job type's entry (or consumers.defaults): the HPAs' and,
+    # for the backlog policy, the autoscaler's (KIOSK_MAX_CONSUMERS_BY_QUEUE).
+    caps = dict(item.split("=") for item in settings["KIOSK_MAX_CONSUMERS_BY_QUEUE"].split(","))
+    assert set(caps) == set(queues)
     for jt in chart.values["jobTypes"]:
         expected = jt.get("maxReplicas", chart.values["consumers"]["defaults"]["maxReplicas"])
-        assert hpas[prefix + jt["name"]]["spec"]["maxReplicas"] == expected
         zip_cap = jt.get("zip", {}).get(
             "maxReplicas", chart.values["consumers"]["defaults"]["zip"]["maxReplicas"]
         )
-        assert hpas[f"{prefix}{jt['name']}-zip"]["spec"]["maxReplicas"] == zip_cap
+        for queue, cap in ((jt["name"], expected), (f"{jt['name']}-zip", zip_cap)):
+            assert caps[queue] == str(cap)
+            if chart.hpas:
+                assert hpas[prefix + queue]["spec"]["maxReplicas"] == cap
         for queue in (jt["name"], f"{jt['name']}-zip"):
             (container,) = consumers[prefix + queue]["spec"]["template"]["spec"]["containers"]
             env = {e["name"]: e["value"] for e in container.get("env", [])}
@@ -401,6 +420,9 @@ def test_settings_configmap_is_valid_for_every_service(
     # The exporter labels its series with these queues (autoscaler/exporter.py).
     assert all_queues(autoscaler.queues) == all_queues(names)
     assert autoscaler.autoscaler_backend == "kubernetes"
+    assert autoscaler.scaling_policy == chart.values["autoscaling"]["policy"]
+    assert set(autoscaler.max_consumers_by_queue) == set(all_queues(names))
+    assert autoscaler.max_model_servers == chart.values["modelServer"]["hpa"]["maxReplicas"]
     assert autoscaler.consumer_target == pytest.approx(CONSUMER_TARGET)
     assert autoscaler.gpu_target == chart.values["modelServer"]["hpa"]["targetGpuUtilization"]
     assert consumer.bucket == f"gs://{BUCKET}"
@@ -481,6 +503,11 @@ def test_tf_serving_runs_on_the_gpu_pool_from_zero(chart: Rendered) -> None:
     assert "enable: true" in config["monitoring.config"]
     assert '"/monitoring/prometheus/metrics"' in config["monitoring.config"]
 
+    if not chart.hpas:
+        assert m["name"] not in {
+            h["metadata"]["name"] for h in chart.of_kind("HorizontalPodAutoscaler")
+        }
+        return
     hpa = chart.get("HorizontalPodAutoscaler", m["name"])["spec"]
     assert hpa["scaleTargetRef"]["name"] == m["name"]
     assert hpa["minReplicas"] == 1
@@ -571,6 +598,45 @@ def test_replicas_of_scaled_deployments_come_from_a_lookup_not_the_values() -> N
     for template in ("consumers.yaml", "tf-serving.yaml"):
         text = (CHART / "templates" / template).read_text()
         assert 'replicas: {{ include "kiosk.ownedReplicas"' in text
+
+
+def test_the_backlog_policy_drops_the_scaling_hpas_and_keeps_the_role(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """autoscaling.policy=backlog: the same objects but the HPAs of TF Serving and the
+    consumers (the frontend's stays), KIOSK_SCALING_POLICY=backlog for the autoscaler, which
+    then runs the whole BacklogPolicy, and the same Role: patching the scale subresource to any
+    count needs nothing that 0<->1 did not."""
+    paper = rendered("two-job-types")
+    backlog = render(values_for("two-job-types", autoscaling={"policy": "backlog"}))
+
+    def objects(r: Rendered) -> set[tuple[str, str]]:
+        return {(m["kind"], m["metadata"]["name"]) for m in r.manifests}
+
+    scaled = {"tf-serving"} | {f"consumer-{q}" for q in all_queues(["segmentation", "tracking"])}
+    assert objects(paper) - objects(backlog) == {("HorizontalPodAutoscaler", n) for n in scaled}
+    assert objects(backlog) <= objects(paper)
+    assert [h["metadata"]["name"] for h in backlog.of_kind("HorizontalPodAutoscaler")] == [
+        f"{RELEASE}-frontend"
+    ]
+    assert paper.settings()["KIOSK_SCALING_POLICY"] == "paper"
+    assert backlog.settings()["KIOSK_SCALING_POLICY"] == "backlog"
+    assert backlog.of_kind("Role") == paper.of_kind("Role")
+    assert backlog.of_kind("PrometheusRule") == paper.of_kind("PrometheusRule")
+
+    for key in list(os.environ):
+        if key.startswith("KIOSK_"):
+            monkeypatch.delenv(key)
+    for key, value in backlog.settings().items():
+        monkeypatch.setenv(key, value)
+    policy = policy_from_settings(AutoscalerSettings())
+    assert isinstance(policy, BacklogPolicy)
+    assert policy.config.max_consumers_by_queue == {
+        "segmentation": 50,
+        "segmentation-zip": 4,
+        "tracking": 8,
+        "tracking-zip": 1,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -875,6 +941,7 @@ def test_notes_say_how_to_reach_the_portal() -> None:
     assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-frontend 8080:80" in notes
     assert "/docs" in notes
     assert "get deployments,hpa -w" in notes
+    assert "no HPAs" in rendered("backlog-4gpu-two-job-types").notes
     assert "https://kiosk.example.org/" in rendered("ingress-tls").notes
     assert "Secret kiosk-api-token" in rendered("token-no-monitoring-no-netpol").notes
 
@@ -899,6 +966,7 @@ def test_notes_say_how_to_reach_the_portal() -> None:
             re.escape("env.KIOSK_QUEUES"),
         ),
         ({"gpu": {"type": "k80"}}, "gpu"),
+        ({"autoscaling": {"policy": "fastest"}}, "policy"),
         ({"images": {"consumer": {"digest": "sha256:short"}}}, "digest"),
     ],
 )

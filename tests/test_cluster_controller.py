@@ -1,11 +1,12 @@
 """The autoscaler's controller on a cluster: a real Redis, the real ``kubernetes`` client and
 KubernetesBackend, against a Kubernetes API EMULATOR (tests/support/kube_emulator.py; no
-kube-apiserver can run here). The controller does 0<->1; HPAs own 1->N."""
+kube-apiserver can run here). With the paper policy the controller does 0<->1 and HPAs own
+1->N; with the backlog policy it sets every count through the same scale subresource."""
 
 from __future__ import annotations
 
 from autoscaler.controller import Controller
-from autoscaler.policy import PaperPolicy, PolicyConfig
+from autoscaler.policy import BacklogPolicy, PaperPolicy, PolicyConfig
 from kiosk.queue import Heartbeat, JobQueue
 from kiosk.storage.local import LocalBucket
 from tests.helpers import submit_file
@@ -99,3 +100,18 @@ def test_busy_consumers_are_marked_so_an_hpa_scale_down_takes_idle_ones(
     assert int(cluster.cost("consumer-segmentation-b")) > int(
         cluster.cost("consumer-segmentation-a")
     )
+
+
+def test_with_the_backlog_policy_the_controller_scales_deployments_beyond_one(
+    cluster: Cluster, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    caps = {"segmentation": 3, "segmentation-zip": 2}
+    policy = BacklogPolicy(PolicyConfig(max_model_servers=4, max_consumers_by_queue=caps))
+    auto = Controller(cluster.backend(), queue, QUEUES, policy, clock=Clock())
+    for i in range(30):  # 30 zips count as 3000 images: more than one server's 300 s of work
+        submit_file(queue, bucket, "segmentation", f"plate-{i}.zip")
+    submit_file(queue, bucket, "segmentation", "cells.tif")
+    auto.tick()
+    assert cluster.spec_replicas("tf-serving") == 2
+    assert cluster.spec_replicas("consumer-segmentation") == 3  # its cap, not the HPA's
+    assert cluster.spec_replicas("consumer-segmentation-zip") == 2

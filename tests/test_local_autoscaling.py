@@ -1,8 +1,11 @@
 """The local stack scales itself: real `kiosk up` with the autoscaler's local backend, the
 embedded model server with the bundled model, real consumers and a real Redis.
 
-The model server is not running until the first job arrives and stops again after the idle
-grace; segmentation consumers grow under a 100-image zip and shrink to zero afterwards.
+With either scaling policy (KIOSK_SCALING_POLICY, passed through `kiosk up`'s environment to
+the autoscaler): the model server is not running until the first job arrives and stops again
+after the idle grace; segmentation consumers grow under a zip of images and shrink to zero
+afterwards. The paper policy gets 100 images; the backlog policy, which sizes consumers from the
+backlog at once, a smaller zip.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 import tifffile
 
 from evaluation.synthetic import generate
@@ -58,10 +62,12 @@ def model_server_up(stack) -> bool:
     return any("model_server" in cmd for cmd in stack.descendants().values())
 
 
-def test_the_model_server_starts_with_work_and_consumers_follow_the_queue(
-    kiosk_up, tmp_path: Path
+@pytest.mark.parametrize(("policy", "images"), [("paper", 100), ("backlog", 40)])
+def test_either_policy_starts_the_model_server_with_work_and_consumers_follow_the_queue(
+    kiosk_up, tmp_path: Path, policy: str, images: int
 ) -> None:
     stack = kiosk_up(
+        KIOSK_SCALING_POLICY=policy,
         KIOSK_QUEUES="segmentation",
         KIOSK_EMBEDDED_MODEL_SERVER="true",
         KIOSK_CONSUMERS_PER_QUEUE="0",
@@ -77,13 +83,13 @@ def test_the_model_server_starts_with_work_and_consumers_follow_the_queue(
 
     counts = ConsumerCounts(queue)
     counts.start()
-    plate = plate_zip(tmp_path / "plate.zip", 100)
+    plate = plate_zip(tmp_path / "plate.zip", images)
     with KioskClient(stack.url) as client:
         job = client.submit(plate, "segmentation")
         wait_for(lambda: model_server_up(stack), 30, what="the model server to start")
         final = client.wait([job["id"]], interval=0.5, timeout=300)[job["id"]]
     assert final["status"] == "done", final
-    assert final["children"] == {"total": 100, "done": 100, "failed": 0}
+    assert final["children"] == {"total": images, "done": images, "failed": 0}
 
     wait_for(
         lambda: not model_server_up(stack) and queue.live_consumers() == {},
@@ -92,9 +98,10 @@ def test_the_model_server_starts_with_work_and_consumers_follow_the_queue(
     )
     counts.done.set()
     counts.join(5)
-    assert counts.most("segmentation") >= 2, "consumers did not grow under 100 queued images"
+    assert counts.most("segmentation") >= 2, f"consumers did not grow under {images} images"
     assert counts.most("segmentation-zip") == 1
     autoscaler_log = (stack.data_dir / "logs" / "autoscaler.log").read_text()
+    assert f"{policy} policy" in autoscaler_log, "the autoscaler did not get the policy asked for"
     assert "model servers 0 -> 1" in autoscaler_log
     assert "model servers 1 -> 0" in autoscaler_log
     health = httpx.get(f"{stack.url}/api/health-check", timeout=5)

@@ -1,21 +1,28 @@
-"""The scaling policy's pure functions: demand, 0<->1, the consumer metric, HPA arithmetic."""
+"""The scaling policy's pure functions: demand, 0<->1, the consumer metric, HPA arithmetic;
+the one interface both policies share, and the one place settings become a policy."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from autoscaler.policy import (
+    BacklogPolicy,
     Hpa,
     HpaBehavior,
     Observation,
     PaperPolicy,
     PolicyConfig,
+    ScalingPolicy,
     consumer_metric,
     hpa_proposal,
+    policy_from_settings,
     total_demand,
     zero_to_one,
 )
 from kiosk.queue import QueueStats
+from kiosk.settings import AutoscalerSettings
 
 
 def test_demand_counts_in_flight_items_and_zip_queues() -> None:
@@ -114,3 +121,99 @@ def test_on_a_cluster_the_policy_leaves_one_to_many_to_the_hpas() -> None:
     busy = observation(0, queued=1000, consumers=3, servers=2, ready=2, gpu=99)
     assert policy.decide(busy).model_servers == 2
     assert policy.decide(busy).consumers == {"segmentation": 3}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [PaperPolicy(PolicyConfig(idle_grace=60)), BacklogPolicy(PolicyConfig(idle_grace=60))],
+    ids=["paper", "backlog"],
+)
+def test_either_policy_is_driven_through_the_same_interface_from_zero_to_work_and_back(
+    policy: ScalingPolicy,
+) -> None:
+    policy.start(0, ["segmentation"])
+    assert policy.decide(observation(5, 0, 0, 0, 0)).model_servers == 0
+    work = policy.decide(observation(10, queued=20, consumers=0, servers=0, ready=0))
+    assert work.model_servers == 1 and work.consumers["segmentation"] >= 1
+    assert policy.decide(observation(40, 0, 1, 1, 1)).model_servers == 1, "within the grace"
+    done = policy.decide(observation(71, 0, 1, 1, 1))
+    assert done.model_servers == 0 and done.consumers == {"segmentation": 0}
+
+
+def clean_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> AutoscalerSettings:
+    for key in list(os.environ):
+        if key.startswith("KIOSK_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return AutoscalerSettings()
+
+
+@pytest.mark.parametrize(
+    ("policy", "backend", "kind", "hpas"),
+    [
+        ("paper", "local", PaperPolicy, True),
+        ("paper", "kubernetes", PaperPolicy, False),
+        ("backlog", "local", BacklogPolicy, None),
+        ("backlog", "kubernetes", BacklogPolicy, None),
+    ],
+)
+def test_the_scaling_policy_setting_picks_the_policy_and_who_does_one_to_many(
+    monkeypatch: pytest.MonkeyPatch, policy: str, backend: str, kind: type, hpas: bool | None
+) -> None:
+    settings = clean_env(monkeypatch, KIOSK_SCALING_POLICY=policy, KIOSK_AUTOSCALER_BACKEND=backend)
+    chosen = policy_from_settings(settings)
+    assert type(chosen) is kind
+    if hpas is not None:  # the paper policy on a cluster leaves 1->N to Kubernetes' HPAs
+        assert chosen.hpas is hpas  # type: ignore[attr-defined]
+
+
+def test_the_paper_policy_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert type(policy_from_settings(clean_env(monkeypatch))) is PaperPolicy
+
+
+def test_settings_become_the_policy_config_with_one_meaning_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = PolicyConfig.from_settings(
+        clean_env(
+            monkeypatch,
+            KIOSK_IDLE_GRACE="30",
+            KIOSK_CONSUMER_TARGET="0.2",
+            KIOSK_CONSUMER_RATIO_LIMIT="10",
+            KIOSK_GPU_TARGET="80",
+            KIOSK_SCALE_DOWN_WINDOW="45",
+            KIOSK_MAX_MODEL_SERVERS="4",
+            KIOSK_MAX_CONSUMERS="6",
+            KIOSK_MAX_CONSUMERS_BY_QUEUE="segmentation-zip=2",
+        )
+    )
+    assert config == PolicyConfig(
+        idle_grace=30,
+        consumer_target=0.2,
+        ratio_limit=10,
+        gpu_target=80,
+        scale_down_window=45,
+        max_model_servers=4,
+        max_consumers=6,
+        max_consumers_by_queue={"segmentation-zip": 2},
+    )
+    assert config.max_consumers_of("segmentation") == 6
+    assert config.max_consumers_of("segmentation-zip") == 2
+    default = PolicyConfig.from_settings(clean_env(monkeypatch))
+    assert default.max_consumers == (os.cpu_count() or 1), "0 means the CPU count"
+
+
+def test_per_queue_caps_bound_each_queues_consumers() -> None:
+    caps = {"segmentation": 3, "segmentation-zip": 1}
+    config = PolicyConfig(max_consumers=50, max_consumers_by_queue=caps)
+    for policy in (PaperPolicy(config), BacklogPolicy(config)):
+        for t in range(0, 120, 15):
+            decision = policy.decide(observation(t, queued=500, consumers=3, servers=1, ready=1))
+            assert decision.consumers["segmentation"] == 3
+
+
+@pytest.mark.parametrize("value", ["segmentation", "segmentation=0", "segmentation=x"])
+def test_bad_per_queue_caps_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    with pytest.raises(ValueError, match="max_consumers_by_queue"):
+        clean_env(monkeypatch, KIOSK_MAX_CONSUMERS_BY_QUEUE=value)

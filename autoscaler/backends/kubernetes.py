@@ -1,9 +1,10 @@
 """The Kubernetes backend: Deployments scaled through their scale subresource.
 
-The autoscaler owns only the 0<->1 steps on a cluster (HPAs do 1->N), so this backend is small:
-it reads replicas from ``deployments/{name}/scale`` and ready replicas from
-``deployments/{name}/status``, and writes ``spec.replicas`` through the scale subresource only
-(the Deployment's template and everything else stay the chart's).
+With the paper policy the autoscaler owns only the 0<->1 steps (HPAs do 1->N); with the backlog
+policy it sets every count and the chart renders no HPAs. Either way this backend is small and
+needs the same rights: it reads replicas from ``deployments/{name}/scale`` and ready replicas
+from ``deployments/{name}/status``, and writes ``spec.replicas`` (any count) through the scale
+subresource only (the Deployment's template and everything else stay the chart's).
 
 Why it does not flap, across API errors and its own restarts: it keeps no state at all. Every
 write is preceded by a read of the current ``spec.replicas`` and is skipped when the count
@@ -45,6 +46,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Collection, Iterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -214,12 +216,12 @@ class KubernetesBackend:
             if (meta.annotations or {}).get(DELETION_COST) == cost:
                 continue
             body = {"metadata": {"annotations": {DELETION_COST: cost}}}
-            pod_name = meta.name
             self._call(
-                f"mark pod {self.namespace}/{pod_name} of Deployment {deployment} with a "
+                f"mark pod {self.namespace}/{meta.name} of Deployment {deployment} with a "
                 "deletion cost",
-                lambda pod_name=pod_name, body=body: self.core.patch_namespaced_pod(
-                    pod_name,
+                partial(
+                    self.core.patch_namespaced_pod,
+                    meta.name,
                     self.namespace,
                     body,
                     _content_type=MERGE_PATCH,

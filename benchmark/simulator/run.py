@@ -19,10 +19,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import autoscaler.policy as policy_module
-from autoscaler.policy import Decision, Observation, PolicyConfig, QueueDemand
+from autoscaler.policy import Observation, PolicyConfig, QueueDemand, ScalingPolicy
 from benchmark.simulator.cluster import ConsumerDeployment, ModelServerDeployment, NodePool
 from benchmark.simulator.events import EventLoop
 from benchmark.simulator.model import HOUR, Scenario
@@ -33,10 +33,6 @@ QUEUE = "segmentation"
 ZIP_QUEUE = "segmentation-zip"
 
 
-class Policy(Protocol):
-    def decide(self, obs: Observation) -> Decision: ...
-
-
 def policy_config(scenario: Scenario) -> PolicyConfig:
     """A scenario's limits as the policy's settings: max GPUs, max consumers per queue."""
     return PolicyConfig(
@@ -45,11 +41,11 @@ def policy_config(scenario: Scenario) -> PolicyConfig:
     )
 
 
-def _paper(scenario: Scenario) -> Policy:
+def _paper(scenario: Scenario) -> ScalingPolicy:
     return policy_module.PaperPolicy(policy_config(scenario))
 
 
-def _backlog(scenario: Scenario) -> Policy:
+def _backlog(scenario: Scenario) -> ScalingPolicy:
     backlog = policy_module.BacklogConfig(
         images_per_server_s=scenario.cluster.mean_gpu_speed,
         images_per_zip=scenario.zip_images,
@@ -58,10 +54,10 @@ def _backlog(scenario: Scenario) -> Policy:
 
 
 # Looked up in autoscaler.policy at call time, so the simulator runs whatever is there.
-POLICIES: dict[str, Callable[[Scenario], Policy]] = {"paper": _paper, "backlog": _backlog}
+POLICIES: dict[str, Callable[[Scenario], ScalingPolicy]] = {"paper": _paper, "backlog": _backlog}
 
 
-def make_policy(scenario: Scenario) -> Policy:
+def make_policy(scenario: Scenario) -> ScalingPolicy:
     try:
         return POLICIES[scenario.policy](scenario)
     except KeyError:
@@ -144,7 +140,7 @@ class Result:
 class Simulation:
     """One scenario on simulated time. ``policy`` defaults to the scenario's."""
 
-    def __init__(self, scenario: Scenario, policy: Policy | None = None) -> None:
+    def __init__(self, scenario: Scenario, policy: ScalingPolicy | None = None) -> None:
         self.scenario = s = scenario
         c = s.cluster
         self.loop = loop = EventLoop()
@@ -283,6 +279,7 @@ class Simulation:
             slowest = min(s.workload.images_per_second, s.gpus * c.gpu_speed[0])
             max_seconds = 10 * s.images / slowest + 6 * HOUR
         started = time.perf_counter()
+        self.policy.start(self.loop.now, self.consumers)
         self.uploader.start()
         self.loop.every(c.hpa_sync, self.tick)
         self.loop.every(c.autoscaler_scan, self._scan)
@@ -331,6 +328,6 @@ class Simulation:
         )
 
 
-def simulate(scenario: Scenario, policy: Policy | None = None) -> Result:
+def simulate(scenario: Scenario, policy: ScalingPolicy | None = None) -> Result:
     """Run one scenario to the end and return what it took."""
     return Simulation(scenario, policy).run()

@@ -55,6 +55,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- toJson $flat -}}
 {{- end -}}
 
+{{/* Most consumers per queue, zip queues included, from each job type's entry or
+consumers.defaults: a JSON object queue -> maxReplicas. The consumer HPAs (paper policy) and
+KIOSK_MAX_CONSUMERS_BY_QUEUE (the autoscaler's caps with the backlog policy) both read it. */}}
+{{- define "kiosk.consumerCaps" -}}
+{{- $d := .Values.consumers.defaults -}}
+{{- $caps := dict -}}
+{{- range .Values.jobTypes -}}
+{{- $zip := mergeOverwrite (deepCopy $d.zip) (.zip | default dict) -}}
+{{- $_ := set $caps .name (.maxReplicas | default $d.maxReplicas) -}}
+{{- $_ := set $caps (printf "%s-zip" .name) $zip.maxReplicas -}}
+{{- end -}}
+{{- toJson $caps -}}
+{{- end -}}
+
+{{/* Whether the chart renders HPAs for TF Serving and the consumers: with the paper policy
+they do 1..N; with the backlog policy the autoscaler sets every count itself. */}}
+{{- define "kiosk.hpas" -}}
+{{- if eq .Values.autoscaling.policy "paper" -}}true{{- end -}}
+{{- end -}}
+
 {{/* Check the job-type list: the names Kiosk refuses (kiosk.settings.validate_queue_name),
 names that cannot be Kubernetes object names, and duplicates. */}}
 {{- define "kiosk.checkJobTypes" -}}
@@ -190,5 +210,5 @@ monitoring.config: |
 {{/* KIOSK_* settings the chart derives from other values: refused in `settings` and in a job
 type's `env`, so that (for one) KIOSK_QUEUES always is the jobTypes list. */}}
 {{- define "kiosk.ownedSettings" -}}
-{{- list "KIOSK_QUEUES" "KIOSK_REDIS_URL" "KIOSK_BUCKET" "KIOSK_PUBLIC_URL" "KIOSK_HOST" "KIOSK_PORT" "KIOSK_MODEL_SERVER" "KIOSK_SHUTDOWN_GRACE" "KIOSK_METRICS_PORT" "KIOSK_EXPORTER_PORT" "KIOSK_AUTOSCALER_BACKEND" "KIOSK_MODEL_SERVER_DEPLOYMENT" "KIOSK_CONSUMER_DEPLOYMENT_PREFIX" "KIOSK_KUBERNETES_NAMESPACE" "KIOSK_IDLE_GRACE" "KIOSK_CONSUMER_TARGET" "KIOSK_GPU_TARGET" "KIOSK_SCALE_DOWN_WINDOW" "KIOSK_MAX_MODEL_SERVERS" "KIOSK_JOB_TYPE_PLUGINS" "KIOSK_API_TOKEN" "KIOSK_MAX_UPLOAD_BYTES" | toJson -}}
+{{- list "KIOSK_QUEUES" "KIOSK_REDIS_URL" "KIOSK_BUCKET" "KIOSK_PUBLIC_URL" "KIOSK_HOST" "KIOSK_PORT" "KIOSK_MODEL_SERVER" "KIOSK_SHUTDOWN_GRACE" "KIOSK_METRICS_PORT" "KIOSK_EXPORTER_PORT" "KIOSK_AUTOSCALER_BACKEND" "KIOSK_MODEL_SERVER_DEPLOYMENT" "KIOSK_CONSUMER_DEPLOYMENT_PREFIX" "KIOSK_KUBERNETES_NAMESPACE" "KIOSK_IDLE_GRACE" "KIOSK_CONSUMER_TARGET" "KIOSK_GPU_TARGET" "KIOSK_SCALE_DOWN_WINDOW" "KIOSK_MAX_MODEL_SERVERS" "KIOSK_MAX_CONSUMERS_BY_QUEUE" "KIOSK_SCALING_POLICY" "KIOSK_JOB_TYPE_PLUGINS" "KIOSK_API_TOKEN" "KIOSK_MAX_UPLOAD_BYTES" | toJson -}}
 {{- end -}}
