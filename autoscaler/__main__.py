@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoscaler.backends import Backend
 from autoscaler.controller import Controller
@@ -26,13 +27,16 @@ from kiosk.queue import JobQueue
 from kiosk.settings import AutoscalerSettings, ConsumerSettings, ModelServerSettings, StackSettings
 from kiosk.signals import StopSignals
 
+if TYPE_CHECKING:
+    from autoscaler.backends.local import LocalBackend
+
 log = logging.getLogger("autoscaler")
 
 # The autoscaler's own settings, not passed on to the processes it starts.
 AUTOSCALER_ONLY = ("KIOSK_AUTOSCALER_BACKEND",)
 
 
-def local_backend(settings: AutoscalerSettings, queue: JobQueue, queues: list[str]) -> Backend:
+def local_backend(settings: AutoscalerSettings, queue: JobQueue, queues: list[str]) -> LocalBackend:
     from autoscaler.backends.local import LocalBackend
 
     stack = StackSettings()
@@ -64,10 +68,10 @@ def main() -> int:
     signals = StopSignals().install()
     queue = JobQueue.from_settings(settings, retries=3)
     queues = all_queues(settings.queues)
-    local = settings.autoscaler_backend == "local"
-    backend = (
-        local_backend(settings, queue, queues) if local else kubernetes_backend(settings, queues)
+    processes = (
+        local_backend(settings, queue, queues) if settings.autoscaler_backend == "local" else None
     )
+    backend = processes or kubernetes_backend(settings, queues)
     gpu = (
         busy_ratio_reader(settings.model_server_metrics_url)
         if settings.model_server_metrics_url
@@ -92,10 +96,10 @@ def main() -> int:
     try:
         controller.run(settings.autoscaler_interval, lambda: signals.count > 0)
     finally:
-        if local:
+        if processes is not None:
             log.info("stopping consumers and the model server")
             started = time.monotonic()
-            backend.stop_all()  # type: ignore[attr-defined]
+            processes.stop_all()
             log.info("stopped in %.1fs", time.monotonic() - started)
     return 0
 

@@ -59,8 +59,8 @@ HealthCheckRequest, HealthCheckResponse = _messages()
 def health_handler(ready: Callable[[], bool]) -> grpc.GenericRpcHandler:
     """SERVING while ``ready()`` (every model has a version AVAILABLE), NOT_SERVING before."""
 
-    def check(request: object, context: grpc.ServicerContext) -> object:
-        service = request.service  # type: ignore[attr-defined]
+    def check(request: Any, context: grpc.ServicerContext) -> object:
+        service = request.service
         if service not in KNOWN_SERVICES:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
         return HealthCheckResponse(status=SERVING if ready() else NOT_SERVING)
