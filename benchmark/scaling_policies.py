@@ -21,7 +21,6 @@ falls on both; medians over ``--repeats``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import threading
@@ -30,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.report import save, table
-from benchmark.support import add_model_args, check_model, generated_images, kiosk_up
+from benchmark.support import (
+    add_model_args,
+    check_model,
+    generated_images,
+    kiosk_up,
+    process_tree,
+)
 from benchmark.zip_throughput import run_zip, write_zip
 from local.client import KioskClient
 
@@ -42,33 +47,13 @@ KINDS = {"model_server": "-m model_server", "consumers": "-m consumers"}
 
 def _scaled(root: int) -> dict[int, tuple[str, float]]:
     """Model-server and consumer processes below ``root``: pid -> (kind, CPU seconds so far)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
     found: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
+    for pid, info in process_tree(root).items():
+        command = " ".join(info.argv)
         for kind, needle in KINDS.items():
-            if needle in cmdline:
-                found[pid] = (kind, (int(fields[11]) + int(fields[12])) / ticks)
-    below = {pid for pid in found if _descends(pid, root, parents)}
-    return {pid: found[pid] for pid in below}
-
-
-def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
-    while pid in parents and pid > 1:
-        pid = parents[pid]
-        if pid == root:
-            return True
-    return False
+            if needle in command:
+                found[pid] = (kind, info.cpu_seconds)
+    return found
 
 
 class ProcessMeter(threading.Thread):

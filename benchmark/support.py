@@ -97,12 +97,17 @@ def memory_mib(pid: int) -> dict[str, float]:
     return values
 
 
-def process_tree_cpu(root: int) -> dict[str, float]:
-    """CPU seconds (user + system) so far of ``root`` and every process below it, by command
-    line (``python -m consumers segmentation`` ...), to show which service spent the CPU."""
+@dataclass(frozen=True)
+class ProcessInfo:
+    parent: int
+    argv: list[str]
+    cpu_seconds: float  # user + system so far
+
+
+def process_tree(root: int) -> dict[int, ProcessInfo]:
+    """``root`` and every process below it, read from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    stats: dict[int, tuple[str, float]] = {}
+    table: dict[int, ProcessInfo] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -112,20 +117,25 @@ def process_tree_cpu(root: int) -> dict[str, float]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        name = " ".join(a.decode(errors="replace") for a in argv[1:5] if a) or stat.split()[1]
-        stats[pid] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+        words = [a.decode(errors="replace") for a in argv if a] or [stat.split()[1]]
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        table[int(entry.name)] = ProcessInfo(int(fields[1]), words, cpu)
     tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        children = [pid for pid, info in table.items() if info.parent == parent]
         tree.update(children)
         frontier.extend(children)
+    return {pid: table[pid] for pid in tree & table.keys()}
+
+
+def process_tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds so far of ``root`` and every process below it, by command line (``python -m
+    consumers segmentation`` ...), to show which service spent the CPU."""
     totals: dict[str, float] = {}
-    for pid in tree & stats.keys():
-        name, seconds = stats[pid]
-        totals[name] = totals.get(name, 0.0) + seconds
+    for info in process_tree(root).values():
+        name = " ".join(info.argv[1:5]) or info.argv[0]
+        totals[name] = totals.get(name, 0.0) + info.cpu_seconds
     return totals
 
 
