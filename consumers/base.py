@@ -81,6 +81,8 @@ class Job:
         self._update = update
         self._on_stage = on_stage
         self.timings: dict[JobField, float] = {}
+        self.outputs: list[str] = []
+        """Keys of the results written so far (removed if the job turns out deleted)."""
         self._unwritten: dict[str, str] = {}
 
     def get(self, name: JobField, default: str = "") -> str:
@@ -162,12 +164,18 @@ class Job:
 
     def output_key(self, file_name: str) -> str:
         """Where a result file of this job goes in the bucket."""
-        return output_prefix(self.key) + PurePosixPath(file_name).name
+        return self.output_folder + PurePosixPath(file_name).name
+
+    @property
+    def output_folder(self) -> str:
+        """The bucket folder of this job's results (inside its zip's, for a zip's image)."""
+        return output_prefix(self.key, self.get(JobField.PARENT))
 
     def upload_output(self, path: Path, file_name: str | None = None) -> str:
         """Store a result file (the saving-results stage); returns its key."""
         key = self.output_key(file_name or path.name)
         with self.stage(Stages.UPLOAD):
+            self.outputs.append(key)
             self.bucket.upload_file(path, key)
         return key
 
@@ -175,6 +183,7 @@ class Job:
         """Store a result held in memory (the saving-results stage); returns its key."""
         key = self.output_key(file_name)
         with self.stage(Stages.UPLOAD):
+            self.outputs.append(key)
             self.bucket.put_bytes(key, data)
         return key
 

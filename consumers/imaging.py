@@ -27,6 +27,7 @@ do about it, fit to show to the person who uploaded the file.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -292,16 +293,24 @@ def _pil_open(fh: BinaryIO, name: str | None, kind: FileKind) -> Image.Image:
         raise _corrupt(name, kind, err) from err
 
 
-def probe(source: Source, *, name: str | None = None) -> ImageInfo:
-    """Shape, dtype and axes of an image file from its header, without decoding pixels."""
+def probe(source: Source, *, name: str | None = None, size: int | None = None) -> ImageInfo:
+    """Shape, dtype and axes of an image file from its header, without decoding pixels.
+    ``size``: the file's length when the stream cannot cheaply tell (a zip entry)."""
     name = _name_of(source, name)
     fh, owned = _open_source(source)
     try:
         kind = _sniff(fh, name)
-        return _probe_open(fh, name, kind)
+        return _probe_open(fh, name, kind, size)
     finally:
         if owned:
             fh.close()
+
+
+def pixel_bytes(source: Source, *, name: str | None = None, size: int | None = None) -> int:
+    """Bytes the image's pixels take decoded, every page or frame together, from its header:
+    what a file of the image can justify being."""
+    info = probe(source, name=name, size=size)
+    return math.prod(info.shape) * info.dtype.itemsize
 
 
 def _file_size(fh: BinaryIO) -> int:
@@ -312,11 +321,13 @@ def _file_size(fh: BinaryIO) -> int:
     return size
 
 
-def _probe_open(fh: BinaryIO, name: str | None, kind: FileKind) -> ImageInfo:
+def _probe_open(
+    fh: BinaryIO, name: str | None, kind: FileKind, size: int | None = None
+) -> ImageInfo:
     if kind is FileKind.TIFF:
         try:
             with tifffile.TiffFile(fh, _multifile=False) as tif:
-                return _tiff_info(tif, name, _file_size(fh))
+                return _tiff_info(tif, name, _file_size(fh) if size is None else size)
         except ImageError:
             raise
         except Exception as err:

@@ -10,7 +10,8 @@ the outcome:
     Waiting   -> park: status waiting, off this consumer's list (a zip parent's children run)
     JobError  -> fail now: status failed with the message as ``reason``, a dead-letter copy
     other     -> retry: queued again, or failed once ``max_attempts`` are used up
-    JobLost   -> nothing: the job was deleted, or the janitor gave it to another consumer
+    JobLost   -> nothing: the job was deleted, or the janitor gave it to another consumer;
+                 a deleted job's results written meanwhile are removed
 
 One job finishes at a time, so a consumer holds at most two jobs: one predicting, one
 finishing. On SIGTERM (or SIGINT) the jobs thread stops claiming; the jobs in hand get
@@ -287,6 +288,8 @@ class Worker:
             outcome = _outcome_name(settled)
         if settled and settled.outcome is Outcome.LOST and job_lost is None:
             log.warning("%s was taken over by another consumer; result discarded", claim.key)
+        if settled and settled.outcome is Outcome.GONE and job.outputs:
+            self._discard_outputs(claim, job)
         self.metrics.settled(self.queue_name, outcome, time.perf_counter() - started)
         if settled and settled.still_held > still_in_hand:
             self._check_held = True  # something in our list that no thread is working on
@@ -309,6 +312,16 @@ class Worker:
             **result.fields,
         }
         return self._settle(lambda: self.queue.finish(claim, self.consumer_id, fields))
+
+    def _discard_outputs(self, claim: Claim, job: Job) -> None:
+        """A job deleted (or expired) while it ran leaves no results behind: its deletion
+        removed the files it had, not those written after."""
+        try:
+            self.consumer.bucket.delete_many(job.outputs)
+        except Exception as exc:  # the retention removes them later
+            log.warning("could not remove the results of deleted job %s: %s", claim.key, exc)
+            return
+        log.info("removed %d results of %s, deleted while it ran", len(job.outputs), claim.key)
 
     def _write_unwritten(self, claim: Claim, job: Job) -> None:
         """Keep the stage times of a job that failed: best effort, since failing comes first."""

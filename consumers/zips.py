@@ -5,14 +5,22 @@ A zip parent passes through this consumer twice:
 1. Fan-out. The zip is read entry by entry (never whole in memory); each image is streamed to
    the bucket and becomes a child job of the parent's job type, on that type's queue. Entries
    that are not images (``__MACOSX``, folders, other files) are skipped and listed; unsafe names
-   (``..``, absolute paths), encrypted or oversized entries are refused and listed. The parent
-   then waits in ``waiting`` holding no consumer (:class:`~consumers.base.Waiting`).
+   (``..``, absolute paths), encrypted or oversized entries, and images padded with bulk their
+   pixels do not need, are refused and listed. The parent then waits in ``waiting`` holding no
+   consumer (:class:`~consumers.base.Waiting`).
 2. Fan-in. The queue protocol counts each child's end on the parent; the last one puts the
    parent back on this queue. The results zip gets every finished child's output; failed
    children are listed in ``failures``, not fatal.
 
 Child keys and upload keys are derived from the parent, so a fan-out that is interrupted and
 run again creates no duplicates.
+
+What a zip may write is bounded by its size. Its images together may unpack to at most
+``max_zip_ratio`` times the zip's size plus :data:`RATIO_ALLOWANCE` (refused whole otherwise,
+from the zip's directory, before anything is unpacked); an image that compresses better than
+``max_zip_ratio``:1 must have pixels that account for its size (:func:`padding_problem`, from
+its header); and no entry is written past the size the directory declares for it. So what a
+zip writes to ``uploads/`` never exceeds ``max_zip_ratio`` x its size + 64 MiB.
 """
 
 from __future__ import annotations
@@ -26,19 +34,35 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, cast
+from typing import BinaryIO, ClassVar, cast
 
 from pydantic import Field
 
-from consumers.base import Consumer, Job, JobError, Result, Waiting
-from kiosk.filetypes import FileKind, kind_from_name, sniff
+from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting
+from consumers.imaging import ImageError, pixel_bytes
+from kiosk.filetypes import FileKind, human_bytes, kind_from_name, sniff
 from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
-from kiosk.keys import UPLOAD_PREFIX, JobField, Status, clean_name, job_type_of, parse_job_key
-from kiosk.queue import JobQueue
+from kiosk.keys import (
+    JobField,
+    Status,
+    children_upload_prefix,
+    clean_name,
+    job_type_of,
+    parse_job_key,
+)
+from kiosk.queue import JobQueue, Outcome, ParentGone
 from kiosk.settings import GIB, JobTypeSettings
+from kiosk.storage import BucketWriter
 
 IMAGE_KINDS = frozenset({FileKind.TIFF, FileKind.PNG, FileKind.JPEG})
 COPY_CHUNK = 1024 * 1024
+MIB = 1024 * 1024
+RATIO_ALLOWANCE = 64 * MIB
+"""Bytes any zip may unpack to beyond ``max_zip_ratio`` x its size, so that a small zip of a
+few highly compressible images (mostly-black TIFFs) passes."""
+IMAGE_SLACK = MIB
+"""Bytes an image file may hold beyond twice what its pixels take (metadata, pyramids,
+compression that did not pay); entries up to this size are never checked."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +100,62 @@ def unsafe_name(name: str) -> str | None:
     return None
 
 
+def max_unpacked(zip_size: int, max_ratio: float) -> int:
+    """The most bytes a zip of this size may unpack to, its images together."""
+    return int(max_ratio * zip_size) + RATIO_ALLOWANCE
+
+
+def ratio_problem(unpacked: int, zip_size: int, max_ratio: float) -> str | None:
+    """Why a zip whose images unpack to ``unpacked`` bytes is refused, or None."""
+    if unpacked <= max_unpacked(zip_size, max_ratio):
+        return None
+    return (
+        f"the zip's images unpack to {human_bytes(unpacked)}, "
+        f"{unpacked / max(zip_size, 1):.0f} times the zip's {human_bytes(zip_size)}; Kiosk "
+        f"unpacks at most {max_ratio:g} times a zip's size plus {human_bytes(RATIO_ALLOWANCE)} "
+        "(KIOSK_MAX_ZIP_RATIO), so that a small upload cannot fill its storage. Images padded "
+        "with zeros compress like this; if these are real images, save them compressed (TIFF "
+        "with deflate or LZW, or PNG) before zipping them, or split them across smaller zips"
+    )
+
+
+def needs_accounting(info: zipfile.ZipInfo, max_ratio: float) -> bool:
+    """An entry that compresses better than ``max_ratio``:1 must show, from its image header,
+    that its pixels account for its size (small entries cannot hide much and are let be)."""
+    return info.file_size > IMAGE_SLACK and info.file_size > max_ratio * info.compress_size
+
+
+def padding_problem(size: int, compressed: int, pixels: int | None) -> str | None:
+    """Why an image file of ``size`` bytes whose header says its pixels take ``pixels`` bytes
+    (None: unreadable) is refused, or None when its pixels account for its size."""
+    ratio = f"it compresses {size / max(compressed, 1):.0f}:1"
+    if pixels is None:
+        return (
+            f"refused: {ratio} and its image header cannot be read to account for its "
+            f"{human_bytes(size)}; save the image again and zip it"
+        )
+    allowed = 2 * pixels + IMAGE_SLACK
+    if size <= allowed:
+        return None
+    return (
+        f"refused: {human_bytes(size)}, but its pixels take {human_bytes(pixels)} and {ratio}: "
+        "the rest is not image data (bulk such as zeros after the image). Save the image "
+        "again and zip it"
+    )
+
+
 def plan_entries(
-    infos: list[zipfile.ZipInfo], *, max_entries: int, max_entry_bytes: int, max_total_bytes: int
+    infos: list[zipfile.ZipInfo],
+    *,
+    max_entries: int,
+    max_entry_bytes: int,
+    max_total_bytes: int,
+    zip_size: int,
+    max_ratio: float,
 ) -> tuple[list[Entry], list[Skipped]]:
     """Split a zip's members into images to run and entries to list; a pure function of the
-    central directory. Raises :class:`JobError` for a zip that must be refused as a whole."""
+    central directory (and the zip's size). Raises :class:`JobError` for a zip that must be
+    refused as a whole."""
     if len(infos) > max_entries:
         raise JobError(
             f"the zip has {len(infos)} entries; the limit is {max_entries} "
@@ -117,6 +192,9 @@ def plan_entries(
             skipped.append(Skipped(name, why))
         else:
             entries.append(Entry(len(entries), info))
+    problem = ratio_problem(sum(e.info.file_size for e in entries), zip_size, max_ratio)
+    if problem:
+        raise JobError(problem)
     return entries, skipped
 
 
@@ -132,8 +210,10 @@ def child_key(parent_key: str, job_type: str, entry: Entry) -> str:
 
 
 def child_upload_key(parent_key: str, entry: Entry) -> str:
+    """``uploads/{zip uuid}/{child uuid}.tif``: a zip's images share a folder, which goes
+    with the zip when it is deleted."""
     suffix = PurePosixPath(entry.name).suffix.lower()
-    return f"{UPLOAD_PREFIX}{child_uuid(parent_key, entry)}{suffix}"
+    return f"{children_upload_prefix(parent_key)}{child_uuid(parent_key, entry)}{suffix}"
 
 
 def result_name(original_name: str, output_key: str, taken: set[str]) -> str:
@@ -152,7 +232,8 @@ def result_name(original_name: str, output_key: str, taken: set[str]) -> str:
 
 
 class ZipSettings(JobTypeSettings):
-    """Limits on what a zip may hold, checked from its directory before anything is unpacked."""
+    """Limits on what a zip may hold, checked from its directory before anything is unpacked
+    (and, for images that compress suspiciously well, from their headers)."""
 
     service_name: ClassVar[str] = "zips"
 
@@ -166,6 +247,14 @@ class ZipSettings(JobTypeSettings):
         64 * GIB,
         ge=1,
         description="Most bytes a zip may unpack to, all entries together (zip-bomb guard).",
+    )
+    max_zip_ratio: float = Field(
+        100.0,
+        ge=1,
+        description="A zip's images may unpack to at most this many times the zip's size, "
+        "plus 64 MiB (refused whole otherwise); an image compressing better than this must "
+        "have pixels (from its header) that account for its size. Microscopy images compress "
+        "2-10:1; images on an exactly black background, hundreds to one.",
     )
 
 
@@ -202,7 +291,11 @@ class ZipConsumer(Consumer):
                     max_entries=limits.max_zip_entries,
                     max_entry_bytes=limits.max_zip_entry_bytes,
                     max_total_bytes=limits.max_zip_total_bytes,
+                    zip_size=path.stat().st_size,
+                    max_ratio=limits.max_zip_ratio,
                 )
+                entries, padded = _account(archive, entries, limits.max_zip_ratio)
+                skipped += padded
             if not entries:
                 listed = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5]) or "it is empty"
                 raise JobError(
@@ -237,25 +330,27 @@ class ZipConsumer(Consumer):
         entry: Entry,
         key: str,
     ) -> None:
-        """Stream one image to the bucket and queue its child job (once, however often run)."""
+        """Stream one image to the bucket and queue its child job (once, however often run).
+        No more than the size the zip's directory declares is written, whatever the entry's
+        data unpacks to."""
         if queue.get(key) is not None:
             return
         upload = child_upload_key(job.key, entry)
         try:
             with archive.open(entry.info) as src, self.bucket.open_write(upload) as dst:
-                head = src.read(COPY_CHUNK)
-                kind = sniff(head)
-                if kind not in IMAGE_KINDS:
-                    raise _BadEntry("its content is not a TIFF, PNG or JPEG image")
-                while head:
-                    dst.write(head)
-                    head = src.read(COPY_CHUNK)
-        except (_BadEntry, zipfile.BadZipFile, EOFError, OSError) as exc:
+                copy_entry(cast(BinaryIO, src), dst, entry.info.file_size)
+        except (BadEntry, zipfile.BadZipFile, EOFError, OSError) as exc:
             self._record_failed_child(queue, job, job_type, key, entry, upload, str(exc))
             return
         request = self._child_request(job, job_type, entry, upload)
         fields = creation_fields(request, job.get(JobField.IDENTITY_UPLOAD))
-        queue.submit(job_type, key, fields)
+        try:
+            queue.submit(job_type, key, fields)
+        except ParentGone as exc:
+            self.bucket.delete(upload)
+            raise JobLost(
+                f"the zip job was deleted while it was unpacked ({exc})", Outcome.GONE
+            ) from exc
 
     def _record_failed_child(
         self,
@@ -277,7 +372,12 @@ class ZipConsumer(Consumer):
             JobField.REASON: f"could not read {entry.name!r} from the zip: {why}",
             JobField.FINISHED_AT: fields[JobField.CREATED_AT],
         }
-        queue.submit_ended_child(job_type, key, fields)
+        try:
+            queue.submit_ended_child(job_type, key, fields)
+        except ParentGone as exc:
+            raise JobLost(
+                f"the zip job was deleted while it was unpacked ({exc})", Outcome.GONE
+            ) from exc
 
     @staticmethod
     def _child_request(job: Job, job_type: str, entry: Entry, upload: str) -> JobRequest:
@@ -340,8 +440,53 @@ class ZipConsumer(Consumer):
         return self.queue
 
 
-class _BadEntry(Exception):
-    pass
+class BadEntry(Exception):
+    """An entry that cannot become a child job; the message says why."""
+
+
+def copy_entry(src: BinaryIO, dst: BucketWriter, declared: int) -> None:
+    """Stream an image entry into the bucket, never past the size the zip's directory
+    declares for it (the entry's data may say otherwise: it is what gets unpacked)."""
+    head = src.read(min(COPY_CHUNK, declared + 1))
+    if sniff(head) not in IMAGE_KINDS:
+        raise BadEntry("its content is not a TIFF, PNG or JPEG image")
+    written = 0
+    while head:
+        written += len(head)
+        if written > declared:
+            raise BadEntry(
+                f"it unpacks to more than the {declared} bytes the zip's directory declares: "
+                "the zip is damaged or was made to mislead; create it again"
+            )
+        dst.write(head)
+        head = src.read(min(COPY_CHUNK, declared + 1 - written))
+
+
+def _account(
+    archive: zipfile.ZipFile, entries: list[Entry], max_ratio: float
+) -> tuple[list[Entry], list[Skipped]]:
+    """Refuse the entries that compress better than ``max_ratio``:1 and whose image header
+    does not account for their size (only their headers are read)."""
+    kept: list[Entry] = []
+    refused: list[Skipped] = []
+    for entry in entries:
+        info = entry.info
+        if not needs_accounting(info, max_ratio):
+            kept.append(entry)
+            continue
+        try:
+            with archive.open(info) as src:
+                pixels: int | None = pixel_bytes(
+                    cast(BinaryIO, src), name=info.filename, size=info.file_size
+                )
+        except (ImageError, zipfile.BadZipFile, EOFError, OSError, RuntimeError):
+            pixels = None
+        problem = padding_problem(info.file_size, info.compress_size, pixels)
+        if problem:
+            refused.append(Skipped(entry.name, problem))
+        else:
+            kept.append(entry)
+    return kept, refused
 
 
 def _reason(child: JobView) -> str:

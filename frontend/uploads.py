@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from frontend.errors import ApiError
-from kiosk.filetypes import SNIFF_BYTES, FileKind, check_content, check_name
+from kiosk.filetypes import SNIFF_BYTES, FileKind, check_content, check_name, human_bytes
 from kiosk.keys import clean_name, upload_key
 from kiosk.storage import Bucket, BucketWriter
 
@@ -45,14 +45,6 @@ class Upload:
     size: int
     kind: FileKind
     fields: dict[str, str] = field(default_factory=dict)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _too_large(name: str, limit: int) -> ApiError:

@@ -41,6 +41,15 @@ class UnsupportedFile(ValueError):
     """A file Kiosk will not take; the message says why and what to do."""
 
 
+def human_bytes(n: float) -> str:
+    """A size as people read it: 512 bytes, 3.4 MiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def extension(name: str) -> str:
     return PurePosixPath(name.replace("\\", "/")).suffix.lower()
 

@@ -143,6 +143,7 @@ def all_queues(job_types: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- Redis keys
 
 JOB_INDEX = KEY_PREFIX + "jobs"  # sorted set: job key -> created (epoch seconds)
+INPUT_USERS = KEY_PREFIX + "inputs"  # hash: upload key -> the jobs created with it, one a line
 MAX_NAME_LENGTH = 255
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _JOB_KEY = re.compile(
@@ -217,11 +218,22 @@ def upload_key(file_name: str) -> str:
     return f"{UPLOAD_PREFIX}{uuid.uuid4().hex}{PurePosixPath(file_name).suffix.lower()}"
 
 
-def output_prefix(key: str) -> str:
-    """Bucket folder for a job's results; the job's uuid keeps it unique and unguessable."""
+def _uuid_of(key: str) -> str:
     parsed = parse_job_key(key)
-    folder = parsed.uuid if parsed else uuid.uuid4().hex
-    return f"{OUTPUT_PREFIX}{folder}/"
+    return parsed.uuid if parsed else uuid.uuid4().hex
+
+
+def output_prefix(key: str, parent: str = "") -> str:
+    """Bucket folder for a job's results; the job's uuid keeps it unique and unguessable. A zip's
+    images keep theirs inside the zip's (``output/{zip}/{image}/``), so that deleting the zip
+    deletes every result of it at once."""
+    inside = output_prefix(parent) if parent else OUTPUT_PREFIX
+    return f"{inside}{_uuid_of(key)}/"
+
+
+def children_upload_prefix(parent: str) -> str:
+    """Bucket folder where a zip's images are unpacked to (``uploads/{zip}/``)."""
+    return f"{UPLOAD_PREFIX}{_uuid_of(parent)}/"
 
 
 def file_url(public_url: str, key: str) -> str:

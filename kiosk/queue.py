@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from string import Template
@@ -29,8 +29,10 @@ from redis.retry import Retry
 
 from kiosk.jobs import now_iso, parse_iso
 from kiosk.keys import (
+    INPUT_USERS,
     JOB_INDEX,
     PROCESSING_PREFIX,
+    UPLOAD_PREFIX,
     JobField,
     Status,
     dead_letter_list,
@@ -115,6 +117,32 @@ local function child_ended(key, field, now)
   release_parent(parent, now, true)
 end
 
+-- Every job created with an upload as its input is listed under it in the inputs hash (one
+-- job a line), so that deleting a job deletes its input only once no other job uses it.
+local LINE = string.char(10)
+
+local function add_user(inputs, input, job)
+  if input == '' then return end
+  local users = redis.call('HGET', inputs, input)
+  redis.call('HSET', inputs, input, users and (users .. LINE .. job) or job)
+end
+
+-- forget `job`, and jobs that no longer exist, as users of an input; how many are left
+local function release_input(inputs, input, job)
+  local users = redis.call('HGET', inputs, input)
+  if not users then return 0 end
+  local left = {}
+  for user in string.gmatch(users, '[^' .. LINE .. ']+') do
+    if user ~= job and redis.call('EXISTS', user) == 1 then left[#left + 1] = user end
+  end
+  if #left == 0 then
+    redis.call('HDEL', inputs, input)
+  else
+    redis.call('HSET', inputs, input, table.concat(left, LINE))
+  end
+  return #left
+end
+
 -- mark failed, keep a copy on the dead-letter list, give the hash its finished TTL
 local function fail_job(key, dlq, now, ttl, reason, dlq_max)
   redis.call('HSET', key, '$FIELD_STATUS', '$STATUS_FAILED', '$FIELD_REASON', reason,
@@ -128,12 +156,16 @@ local function fail_job(key, dlq, now, ttl, reason, dlq_max)
 end
 """
 
-# KEYS: job, queue, index   ARGV: created (epoch s), field, value, ...
+# KEYS: job, queue, index, inputs
+# ARGV: created (epoch s), input ('' when not an upload), parent ('' for none), field, value, ...
+# A zip child whose parent is gone (deleted while the zip was unpacked) is not created: -1.
 _SUBMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if ARGV[3] ~= '' and not is_hash(ARGV[3]) then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[3], ARGV[1], KEYS[1])
 redis.call('LPUSH', KEYS[2], KEYS[1])
+add_user(KEYS[4], ARGV[2], KEYS[1])
 return 1
 """
 
@@ -179,11 +211,12 @@ end
 return {1, redis.call('LLEN', KEYS[2])}
 """
 
-# KEYS: job, index   ARGV: created (epoch s), now, field, value, ...
+# KEYS: job, index   ARGV: created (epoch s), now, parent, field, value, ...
 # A zip entry that could not be read: its child is created failed and counted on the parent.
 _SUBMIT_ENDED_CHILD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if not is_hash(ARGV[3]) then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
 child_ended(KEYS[1], '$FIELD_CHILDREN_FAILED', ARGV[2])
 return 1
@@ -201,17 +234,50 @@ release_parent(KEYS[1], ARGV[1], false)
 return {1, redis.call('LLEN', KEYS[2])}
 """
 
-# KEYS: job, queue, index   ARGV: now
+# KEYS: job, queue, index, inputs   ARGV: now
 # Deleting a child that has not ended counts it as failed, so its parent is not left waiting.
+# Replies {1 if the job existed, its input, how many other jobs still use that input}.
 _DELETE = """
 redis.call('LREM', KEYS[2], 0, KEYS[1])
 redis.call('ZREM', KEYS[3], KEYS[1])
-if not is_hash(KEYS[1]) then return redis.call('DEL', KEYS[1]) end
-local status = redis.call('HGET', KEYS[1], '$FIELD_STATUS')
-if status ~= '$STATUS_DONE' and status ~= '$STATUS_FAILED' then
+if not is_hash(KEYS[1]) then return {redis.call('DEL', KEYS[1]), '', 0} end
+local f = redis.call('HMGET', KEYS[1], '$FIELD_STATUS', '$FIELD_INPUT_FILE_NAME')
+if f[1] ~= '$STATUS_DONE' and f[1] ~= '$STATUS_FAILED' then
   child_ended(KEYS[1], '$FIELD_CHILDREN_FAILED', ARGV[1])
 end
-return redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1])
+local input = f[2] or ''
+if input == '' then return {1, '', 0} end
+return {1, input, release_input(KEYS[4], input, KEYS[1])}
+"""
+
+# KEYS: inputs   ARGV: input, ...
+# Forget users that no longer exist (expired jobs); replies how many inputs were forgotten.
+_PRUNE_INPUTS = """
+local forgotten = 0
+for i = 1, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 and release_input(KEYS[1], ARGV[i], '') == 0 then
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
+
+# KEYS: inputs   ARGV: 'unfinished' or 'any', input, ...
+# The inputs a job still uses: one that has not ended (new, running, a waiting zip), or any.
+_INPUTS_IN_USE = """
+local used = {}
+for i = 2, #ARGV do
+  for user in string.gmatch(redis.call('HGET', KEYS[1], ARGV[i]) or '', '[^' .. LINE .. ']+') do
+    local status = is_hash(user) and redis.call('HGET', user, '$FIELD_STATUS')
+    local ended = status == '$STATUS_DONE' or status == '$STATUS_FAILED'
+    if status and (ARGV[1] == 'any' or not ended) then
+      used[#used + 1] = ARGV[i]
+      break
+    end
+  end
+end
+return used
 """
 
 # KEYS: job, processing, dead-letter   ARGV: now, ttl, reason, dlq max
@@ -315,6 +381,26 @@ class Sweep:
 
 
 @dataclass(frozen=True)
+class Removed:
+    """What deleting one job found: whether it existed, its input (an upload key, or empty)
+    and how many other jobs still use that input."""
+
+    key: str
+    existed: bool
+    input: str = ""
+    users_left: int = 0
+
+    @property
+    def input_free(self) -> bool:
+        """The input is an upload that no other job uses: it may be deleted."""
+        return self.input.startswith(UPLOAD_PREFIX) and self.users_left == 0
+
+
+class ParentGone(Exception):
+    """A zip child was not created: its parent job was deleted while the zip was unpacked."""
+
+
+@dataclass(frozen=True)
 class QueueStats:
     """A queue's load: items waiting, items held by consumers (the processing lists' lengths),
     failed copies on its dead-letter list. Demand (queued + in flight) is what scaling uses."""
@@ -388,6 +474,12 @@ class Liveness:
     ttl: float
 
 
+def _upload_of(fields: Mapping[str, str]) -> str:
+    """The job's input when it is an upload (the only inputs Kiosk ever deletes)."""
+    key = fields.get(JobField.INPUT_FILE_NAME, "")
+    return key if key.startswith(UPLOAD_PREFIX) else ""
+
+
 def _flat(fields: Mapping[str, object]) -> list[str]:
     out: list[str] = []
     for name, value in fields.items():
@@ -423,7 +515,7 @@ class JobQueue:
         def register(source: str) -> Script:
             return client.register_script(render_lua(source))
 
-        self._submit = register(_SUBMIT)
+        self._submit = register(_HELPERS + _SUBMIT)
         self._start = register(_HELPERS + _START)
         self._update = register(_UPDATE)
         self._finish = register(_HELPERS + _FINISH)
@@ -433,6 +525,8 @@ class JobQueue:
         self._wait = register(_HELPERS + _WAIT)
         self._submit_ended_child = register(_HELPERS + _SUBMIT_ENDED_CHILD)
         self._delete = register(_HELPERS + _DELETE)
+        self._prune_inputs = register(_HELPERS + _PRUNE_INPUTS)
+        self._inputs_in_use = register(_HELPERS + _INPUTS_IN_USE)
         self._requeue_lapsed = register(_HELPERS + _REQUEUE_LAPSED)
 
     @classmethod
@@ -450,10 +544,18 @@ class JobQueue:
 
     def submit(self, queue: str, key: str, fields: Mapping[str, str]) -> str:
         """Create the job hash and queue it in one step: never one without the other. Doing it
-        again is a no-op, so a retry after a lost reply cannot queue the job twice."""
+        again is a no-op, so a retry after a lost reply cannot queue the job twice. The job is
+        listed as a user of its input (an upload) in the same step. A zip child whose parent
+        no longer exists is not created: :class:`ParentGone`."""
         created = parse_iso(fields.get(JobField.CREATED_AT))
         score = created.timestamp() if created else 0.0
-        self._submit(keys=[key, queue, JOB_INDEX], args=[score, *_flat(fields)])
+        parent = fields.get(JobField.PARENT, "")
+        reply = self._submit(
+            keys=[key, queue, JOB_INDEX, INPUT_USERS],
+            args=[score, _upload_of(fields), parent, *_flat(fields)],
+        )
+        if reply == -1:
+            raise ParentGone(f"{key} was not created: its zip job {parent} no longer exists")
         return key
 
     def submit_ended_child(self, job_type: str, key: str, fields: Mapping[str, str]) -> str:
@@ -461,7 +563,12 @@ class JobQueue:
         queued, but it is counted on its parent like any child that ended."""
         created = parse_iso(fields.get(JobField.CREATED_AT))
         score = created.timestamp() if created else 0.0
-        self._submit_ended_child(keys=[key, JOB_INDEX], args=[score, now_iso(), *_flat(fields)])
+        parent = fields.get(JobField.PARENT, "")
+        reply = self._submit_ended_child(
+            keys=[key, JOB_INDEX], args=[score, now_iso(), parent, *_flat(fields)]
+        )
+        if reply == -1:
+            raise ParentGone(f"{key} was not created: its zip job {parent} no longer exists")
         self.redis.expire(key, self.finished_ttl)
         return key
 
@@ -676,7 +783,47 @@ class JobQueue:
     def delete(self, key: str, queue: str) -> bool:
         """Remove a job wherever it is; a consumer holding it notices at its next update. A zip
         child that had not ended counts as failed on its parent."""
-        return bool(self._delete(keys=[key, queue, JOB_INDEX], args=[now_iso()]))
+        return self.remove([(key, queue)])[0].existed
+
+    def remove(self, jobs: Sequence[tuple[str, str]]) -> list[Removed]:
+        """:meth:`delete` for many (job key, queue) pairs in one round trip, each in one atomic
+        step; says for each whether its input is still used by another job."""
+        now = now_iso()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key, queue in jobs:
+                self._delete(keys=[key, queue, JOB_INDEX, INPUT_USERS], args=[now], client=pipe)
+            replies = pipe.execute()
+        return [
+            Removed(key, bool(existed), str(input_key), int(left))
+            for (key, _), (existed, input_key, left) in zip(jobs, replies, strict=True)
+        ]
+
+    def inputs_in_use(
+        self, inputs: Sequence[str], *, unfinished_only: bool = True, batch: int = 500
+    ) -> set[str]:
+        """Those of these upload keys that a job still uses: one that has not ended (queued,
+        running, a zip waiting for its images), or with ``unfinished_only=False`` any job that
+        still exists."""
+        mode = "unfinished" if unfinished_only else "any"
+        used: set[str] = set()
+        for start in range(0, len(inputs), batch):
+            chunk = list(inputs[start : start + batch])
+            used.update(self._inputs_in_use(keys=[INPUT_USERS], args=[mode, *chunk]))
+        return used
+
+    def prune_inputs(self, batch: int = 500) -> int:
+        """Forget the users of inputs that no longer exist (jobs that expired); how many inputs
+        no job uses any more and were dropped from the list."""
+        forgotten = 0
+        fields: list[str] = []
+        for field, _users in self.redis.hscan_iter(INPUT_USERS, count=batch):  # NOVALUES: 7.4+
+            fields.append(str(field))
+            if len(fields) == batch:
+                forgotten += int(self._prune_inputs(keys=[INPUT_USERS], args=fields))
+                fields = []
+        if fields:
+            forgotten += int(self._prune_inputs(keys=[INPUT_USERS], args=fields))
+        return forgotten
 
     def recent(self, limit: int, after: tuple[float, str] | None = None) -> list[tuple[str, float]]:
         """Newest jobs first as (key, created), strictly after the position ``after``.

@@ -225,6 +225,13 @@ class JanitorSettings(CommonSettings):
         gt=0,
         description="Seconds between janitor sweeps for consumers whose heartbeat lapsed.",
     )
+    retention: int = Field(
+        3 * 86400,
+        ge=0,
+        description="Seconds files in a file:// bucket's uploads/ and output/ are kept after "
+        "they were last written; the janitor deletes older ones, except inputs of jobs that "
+        "have not ended (0: kept forever). gs:// buckets: the bucket's lifecycle rules instead.",
+    )
 
 
 class AutoscalerSettings(CommonSettings):

@@ -24,7 +24,13 @@ from tests.helpers import PNG, TIFF
 
 TOKEN = "s3cret"
 OPEN = {"/api/health-check", "/api/health-check/", "/api/v1/health", "/"}
-LIMITS = {"max_entries": 100, "max_entry_bytes": 10**9, "max_total_bytes": 10**10}
+LIMITS = {
+    "max_entries": 100,
+    "max_entry_bytes": 10**9,
+    "max_total_bytes": 10**10,
+    "zip_size": 10**6,
+    "max_ratio": 100.0,
+}
 
 
 def _guarded_routes(settings: FrontendSettings) -> list[tuple[str, str]]:

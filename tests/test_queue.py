@@ -10,6 +10,7 @@ import pytest
 from kiosk import queue as queue_module
 from kiosk.jobs import JobRequest, creation_fields
 from kiosk.keys import (
+    INPUT_USERS,
     JOB_INDEX,
     JobField,
     Status,
@@ -18,7 +19,7 @@ from kiosk.keys import (
     new_job_key,
     processing_list,
 )
-from kiosk.queue import Heartbeat, JobQueue, Liveness, Outcome, render_lua
+from kiosk.queue import Heartbeat, JobQueue, Liveness, Outcome, ParentGone, render_lua
 
 
 def submit(queue: JobQueue, job_type: str = "echo", name: str = "a.tif") -> str:
@@ -191,6 +192,64 @@ def test_delete_removes_a_waiting_job_everywhere(queue: JobQueue) -> None:
     assert queue.redis.llen("echo") == 0
     assert queue.get(key) is None
     assert queue.redis.zscore(JOB_INDEX, key) is None
+
+
+def test_deleting_the_only_job_of_an_input_frees_it(queue: JobQueue) -> None:
+    key = submit(queue, name="a.tif")
+    assert queue.redis.hget(INPUT_USERS, "uploads/a.tif") == key
+    (removed,) = queue.remove([(key, "echo")])
+    assert removed.existed and removed.input == "uploads/a.tif" and removed.input_free
+    assert not queue.redis.exists(INPUT_USERS)
+
+
+def test_an_input_two_jobs_use_is_freed_by_the_last_one_deleted(queue: JobQueue) -> None:
+    first, second = submit(queue, name="a.tif"), submit(queue, name="a.tif")
+    (removed,) = queue.remove([(first, "echo")])
+    assert (removed.users_left, removed.input_free) == (1, False)
+    assert queue.remove([(second, "echo")])[0].input_free
+    gone = queue.remove([(second, "echo")])[0]
+    assert not gone.existed and not gone.input_free
+
+
+def test_a_user_that_expired_does_not_keep_an_input(queue: JobQueue) -> None:
+    first, second = submit(queue, name="a.tif"), submit(queue, name="a.tif")
+    queue.redis.delete(first)  # its hash expired
+    assert queue.remove([(second, "echo")])[0].input_free
+
+
+def test_inputs_in_use_are_those_of_jobs_that_have_not_ended(queue: JobQueue) -> None:
+    finished, queued = submit(queue, name="a.tif"), submit(queue, name="b.tif")
+    queue.finish(queue.claim("echo", "c1", 1), "c1", {})  # the first queued: a.tif
+    assert queue.get(finished)[JobField.STATUS] == Status.DONE
+    assert queue.get(queued)[JobField.STATUS] == Status.NEW
+    inputs = ["uploads/a.tif", "uploads/b.tif", "uploads/never-used.tif"]
+    assert queue.inputs_in_use(inputs) == {"uploads/b.tif"}
+    assert queue.inputs_in_use(inputs, unfinished_only=False) == {
+        "uploads/a.tif",
+        "uploads/b.tif",
+    }
+
+
+def test_inputs_whose_jobs_all_expired_are_forgotten(queue: JobQueue) -> None:
+    keys = [submit(queue, name=f"{i}.tif") for i in range(3)]
+    shared = submit(queue, name="0.tif")
+    queue.redis.delete(keys[0], keys[1])  # expired
+    assert queue.prune_inputs(batch=2) == 1  # 1.tif; 0.tif is still used by `shared`
+    assert queue.redis.hgetall(INPUT_USERS) == {"uploads/0.tif": shared, "uploads/2.tif": keys[2]}
+
+
+def test_a_child_of_a_deleted_zip_is_not_created(queue: JobQueue) -> None:
+    parent = submit(queue, name="plate.zip")
+    queue.delete(parent, "echo-zip")
+    child = JobRequest("echo", "a.tif", "uploads/p/a.tif", parent=parent)
+    key = new_job_key("echo", "a.tif")
+    with pytest.raises(ParentGone, match="no longer exists"):
+        queue.submit("echo", key, creation_fields(child, "test"))
+    ended = {**creation_fields(child, "test"), JobField.STATUS: Status.FAILED}
+    with pytest.raises(ParentGone):
+        queue.submit_ended_child("echo", key, ended)
+    assert queue.get(key) is None and queue.redis.llen("echo") == 0
+    assert not queue.redis.hexists(INPUT_USERS, "uploads/p/a.tif")
 
 
 def test_a_job_stranded_in_its_own_list_is_resumed(queue: JobQueue) -> None:

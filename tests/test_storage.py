@@ -4,6 +4,7 @@ against the gcp-storage-emulator from PyPI), and no key that escapes the bucket.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from google.cloud import storage
 
-from kiosk.storage import Bucket, InvalidKey, ObjectNotFound, open_bucket, safe_key
+from kiosk.storage import Bucket, Deleted, InvalidKey, ObjectNotFound, open_bucket, safe_key
 from kiosk.storage.local import LocalBucket
 from tests.support.servers import GcsEmulator
 
@@ -70,6 +71,61 @@ def test_list_delete_and_missing_objects(any_bucket: Bucket) -> None:
     assert any_bucket.size("output/1/a.tif") is None
     with pytest.raises(ObjectNotFound):
         any_bucket.open_read("output/1/a.tif")
+
+
+def test_listed_objects_carry_their_size_and_when_they_were_written(any_bucket: Bucket) -> None:
+    before = time.time()
+    any_bucket.put_bytes("output/1/a.tif", b"12345")
+    any_bucket.put_bytes("uploads/b.tif", b"1")
+    (info,) = any_bucket.list_objects("output/")
+    assert (info.key, info.size) == ("output/1/a.tif", 5)
+    assert before - 5 <= info.modified <= time.time() + 5  # the emulator's clock is this one's
+    assert [i.key for i in any_bucket.list_objects("uploads/")] == ["uploads/b.tif"]
+
+
+def test_delete_many_skips_objects_already_gone(any_bucket: Bucket) -> None:
+    keys = [f"uploads/{i}.tif" for i in range(150)]  # more than one GCS batch request
+    for key in keys:
+        any_bucket.put_bytes(key, b"x")
+    any_bucket.put_bytes("uploads/kept.tif", b"x")
+    any_bucket.delete_many([*keys, "uploads/never-written.tif"])
+    assert list(any_bucket.list("uploads/")) == ["uploads/kept.tif"]
+
+
+def test_delete_prefix_removes_one_folder_and_nothing_beside_it(any_bucket: Bucket) -> None:
+    for key in ("output/ab/a.tif", "output/ab/sub/b.png", "output/abc/c.tif", "output/ab.tif"):
+        any_bucket.put_bytes(key, b"123")
+    assert any_bucket.delete_prefix("output/ab/") == Deleted(files=2, bytes=6)
+    assert sorted(any_bucket.list("output/")) == ["output/ab.tif", "output/abc/c.tif"]
+    with pytest.raises(InvalidKey, match="ends with '/'"):
+        any_bucket.delete_prefix("output/ab")
+    with pytest.raises(InvalidKey):
+        any_bucket.delete_prefix("../")
+
+
+def test_a_local_deletion_takes_emptied_job_folders_but_keeps_the_top_ones(
+    tmp_path: Path,
+) -> None:
+    bucket = LocalBucket(tmp_path / "bucket")
+    bucket.put_bytes("output/job/sub/a.tif", b"1")
+    bucket.put_bytes("uploads/b.tif", b"1")
+    bucket.delete("output/job/sub/a.tif")
+    bucket.delete("uploads/b.tif")
+    assert sorted(p.name for p in bucket.root.iterdir()) == ["output", "uploads"]
+    assert list((bucket.root / "output").iterdir()) == []
+    bucket.put_bytes("output/job/sub/a.tif", b"2")  # a folder removed meanwhile is made again
+    assert bucket.get_bytes("output/job/sub/a.tif") == b"2"
+
+
+def test_a_local_bucket_lists_writes_in_progress_apart(tmp_path: Path) -> None:
+    bucket = LocalBucket(tmp_path / "bucket")
+    writer = bucket.open_write("uploads/big.tif")
+    writer.write(b"half")
+    assert list(bucket.list_objects("uploads/")) == []
+    (partial,) = bucket.list_partials("uploads/")
+    assert partial.key.startswith("uploads/.partial-")
+    writer.commit()
+    assert list(bucket.list_partials("uploads/")) == []
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.base import Job
+from consumers.base import Job, Result
 from consumers.metrics import ConsumerMetrics
 from consumers.worker import Worker
 from kiosk.jobs import Stages
@@ -211,6 +211,39 @@ def test_stop_with_no_grace_hands_back_the_finishing_job_and_the_next(
         fields = queue.get(key)
         assert (fields[JobField.STATUS], fields[JobField.ATTEMPTS]) == (Status.NEW, "0"), key
     assert sorted(queue.redis.lrange("behind", 0, -1)) == sorted(keys)
+
+
+class DeletedWhileWriting(Echo):
+    """Writes two results; its job is deleted between them, as a DELETE can arrive while a
+    consumer uploads (the second write, in the same stage, writes no status to notice it)."""
+
+    def process(self, job: Job) -> Result:
+        labels = job.put_output("labels.tif", b"labels")
+        assert self.queue is not None
+        self.queue.delete(job.key, job.queue)
+        job.put_output("preview.png", b"preview")
+        return Result(labels)
+
+
+def test_results_written_by_a_job_deleted_while_it_ran_are_removed(
+    queue: JobQueue, bucket: LocalBucket, settings: ConsumerSettings
+) -> None:
+    registry = CollectorRegistry()
+    key = submit_file(queue, bucket, "echo")
+    consumer = DeletedWhileWriting(settings, bucket, queue)
+    worker = Worker(consumer, queue, "echo", settings, ConsumerMetrics(registry))
+    thread = start(worker)
+    wait_for(
+        lambda: (
+            sample(registry, "kiosk_consumer_jobs_total", queue="echo", outcome="cancelled") == 1
+        ),
+        20,
+        what="the cancellation counted",
+    )
+    worker.stop(grace=0)
+    thread.join(10)
+    assert queue.get(key) is None
+    assert list(bucket.list("output/")) == []
 
 
 def test_stopping_lets_the_finishing_job_complete_within_the_grace(

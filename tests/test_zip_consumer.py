@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
-from consumers.base import Job, JobError, Waiting
-from consumers.zips import ZipConsumer, plan_entries, result_name, unsafe_name
-from kiosk.keys import JobField, Status
+from consumers.base import Job, JobError, JobLost, Waiting
+from consumers.zips import (
+    IMAGE_SLACK,
+    RATIO_ALLOWANCE,
+    BadEntry,
+    ZipConsumer,
+    copy_entry,
+    max_unpacked,
+    needs_accounting,
+    padding_problem,
+    plan_entries,
+    ratio_problem,
+    result_name,
+    unsafe_name,
+)
+from kiosk.keys import INPUT_USERS, JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.settings import ConsumerSettings
 from kiosk.storage.local import LocalBucket
@@ -19,7 +36,13 @@ from tests.conftest import ServiceGroup, start_stack
 from tests.helpers import PNG, TIFF, submit_file, zip_bytes
 from tests.support.servers import wait_for
 
-LIMITS = {"max_entries": 100, "max_entry_bytes": 1000, "max_total_bytes": 10_000}
+LIMITS = {
+    "max_entries": 100,
+    "max_entry_bytes": 1000,
+    "max_total_bytes": 10_000,
+    "zip_size": 1000,
+    "max_ratio": 100.0,
+}
 
 
 def infos(members: dict[str, bytes]) -> list[zipfile.ZipInfo]:
@@ -71,6 +94,52 @@ def test_a_zip_bomb_is_refused_whole_before_anything_is_unpacked() -> None:
         plan_entries(zipfile.ZipFile(io.BytesIO(bomb)).infolist(), **LIMITS)
     with pytest.raises(JobError, match="KIOSK_MAX_ZIP_ENTRIES"):
         plan_entries(infos({f"{i}.tif": TIFF for i in range(5)}), **{**LIMITS, "max_entries": 4})
+
+
+def zip_info(file_size: int, compress_size: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo("a.tif")
+    info.file_size, info.compress_size = file_size, compress_size
+    return info
+
+
+def test_a_zip_may_unpack_to_its_ratio_times_its_size_plus_an_allowance() -> None:
+    assert max_unpacked(1000, 100) == 100_000 + RATIO_ALLOWANCE
+    assert ratio_problem(100_000 + RATIO_ALLOWANCE, 1000, 100) is None
+    problem = ratio_problem(100_001 + RATIO_ALLOWANCE, 1000, 100)
+    assert problem is not None
+    assert "KIOSK_MAX_ZIP_RATIO" in problem and "save them compressed" in problem
+    assert ratio_problem(200_000 + RATIO_ALLOWANCE, 1000, 200) is None  # the setting moves it
+
+
+def test_only_large_entries_that_compress_better_than_the_ratio_are_checked() -> None:
+    mib = 1024 * 1024
+    assert needs_accounting(zip_info(8 * mib, 20_000), 100)  # 420:1
+    assert not needs_accounting(zip_info(8 * mib, 4 * mib), 100)  # 2:1, noisy pixels
+    assert not needs_accounting(zip_info(IMAGE_SLACK, 1), 100)  # too small to hide much
+
+
+def test_an_image_must_have_pixels_that_account_for_its_size() -> None:
+    mib = 1024 * 1024
+    assert padding_problem(8 * mib, 20_000, 8 * mib) is None  # a mostly-black 2048x2048 uint16
+    assert padding_problem(2 * 8 * mib + IMAGE_SLACK, 1, 8 * mib) is None
+    padded = padding_problem(900 * mib, 900_000, 64)
+    assert padded is not None and "pixels take 64 bytes" in padded
+    assert "1049:1" in padded and "not image data" in padded
+    unreadable = padding_problem(900 * mib, 900_000, None)
+    assert unreadable is not None and "cannot be read" in unreadable
+
+
+def test_no_entry_is_streamed_past_the_size_its_directory_declares(bucket: LocalBucket) -> None:
+    lying = io.BytesIO(TIFF + b"\0" * 5000)
+    with (
+        pytest.raises(BadEntry, match="more than the 64 bytes"),
+        bucket.open_write("uploads/x") as dst,
+    ):
+        copy_entry(lying, dst, declared=len(TIFF))
+    assert not bucket.exists("uploads/x")
+    with bucket.open_write("uploads/y.tif") as dst:
+        copy_entry(io.BytesIO(TIFF), dst, declared=len(TIFF))
+    assert bucket.get_bytes("uploads/y.tif") == TIFF
 
 
 def test_result_names_keep_folders_and_never_collide() -> None:
@@ -152,6 +221,113 @@ def test_deleting_a_child_that_has_not_run_counts_it_as_failed(
     assert queue.redis.lrange("echo-zip", 0, -1) == [job.key]
 
 
+def tiff(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array)
+    return buffer.getvalue()
+
+
+def padded(mib: int) -> bytes:
+    """A valid 8x8 TIFF followed by ``mib`` MiB of zeros."""
+    return tiff(np.ones((8, 8), np.uint8)) + bytes(mib * 1024 * 1024)
+
+
+def mostly_black(seed: int = 0) -> np.ndarray:
+    """A 2048x2048 uint16 fluorescence field: 20 nuclei on an exactly black background."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((2048, 2048), np.uint16)
+    yy, xx = np.mgrid[-20:21, -20:21]
+    disk = yy**2 + xx**2 < 18**2
+    for y, x in rng.integers(40, 2000, (20, 2)):
+        image[y - 20 : y + 21, x - 20 : x + 21][disk] = rng.poisson(1500, disk.sum())
+    return image
+
+
+def uploads(bucket: LocalBucket) -> list[str]:
+    return sorted(bucket.list("uploads/"))
+
+
+def test_a_zip_of_small_images_padded_with_zeros_is_refused_whole_writing_nothing(
+    queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
+) -> None:
+    data = zip_bytes({f"{i}.tif": padded(40) for i in range(3)}, zipfile.ZIP_DEFLATED)
+    assert len(data) < 1024 * 1024  # 120 MiB of "images" in a zip of a few hundred KiB
+    job, _ = claim_zip(queue, bucket, data)
+    (upload,) = uploads(bucket)
+    with pytest.raises(JobError, match="KIOSK_MAX_ZIP_RATIO") as refused:
+        ZipConsumer(consumer_settings(redis_url, bucket_dir), bucket, queue).process(job)
+    assert "save them compressed" in str(refused.value)
+    assert uploads(bucket) == [upload] and list(bucket.list("output/")) == []
+    assert not job.get(JobField.CHILDREN)
+
+
+def test_an_image_padded_within_the_allowance_is_refused_by_its_header_and_the_rest_run(
+    queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
+) -> None:
+    good = tiff(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    data = zip_bytes({"padded.tif": padded(20), "good.tif": good}, zipfile.ZIP_DEFLATED)
+    job, _ = claim_zip(queue, bucket, data)
+    result = ZipConsumer(consumer_settings(redis_url, bucket_dir), bucket, queue).process(job)
+    assert isinstance(result, Waiting)
+    (child,) = job.get(JobField.CHILDREN).split(",")
+    assert bucket.get_bytes(queue.get(child)[JobField.INPUT_FILE_NAME]) == good
+    (failure,) = json.loads(job.get(JobField.FAILURES))
+    assert failure["name"] == "padded.tif"
+    assert "pixels take 64 bytes" in failure["reason"] and "not image data" in failure["reason"]
+    assert len(uploads(bucket)) == 2  # the zip and the good image: nothing of the padded one
+
+
+def test_a_mostly_black_uint16_tiff_that_compresses_hundreds_to_one_passes(
+    queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
+) -> None:
+    image = tiff(mostly_black())
+    data = zip_bytes({"field.tif": image}, zipfile.ZIP_DEFLATED)
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo("field.tif")
+    assert info.file_size / info.compress_size > 100  # past KIOSK_MAX_ZIP_RATIO's default
+    job, _ = claim_zip(queue, bucket, data)
+    result = ZipConsumer(consumer_settings(redis_url, bucket_dir), bucket, queue).process(job)
+    assert isinstance(result, Waiting) and json.loads(job.get(JobField.FAILURES)) == []
+    (child,) = job.get(JobField.CHILDREN).split(",")
+    assert bucket.get_bytes(queue.get(child)[JobField.INPUT_FILE_NAME]) == image
+
+
+def test_a_zip_directory_that_lies_about_sizes_cannot_make_an_entry_write_more(
+    queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
+) -> None:
+    content = padded(3)
+    data = bytearray(zip_bytes({"a.tif": content}, zipfile.ZIP_DEFLATED))
+    directory = data.rindex(b"PK\x01\x02")  # the central directory's entry for a.tif
+    data[directory + 16 : directory + 20] = struct.pack("<I", zlib.crc32(content[:1000]))
+    data[directory + 24 : directory + 28] = struct.pack("<I", 1000)  # "unpacks to 1000 bytes"
+    job, _ = claim_zip(queue, bucket, bytes(data))
+    ZipConsumer(consumer_settings(redis_url, bucket_dir), bucket, queue).process(job)
+    (child,) = job.get(JobField.CHILDREN).split(",")
+    assert bucket.size(queue.get(child)[JobField.INPUT_FILE_NAME]) == 1000
+
+
+def test_a_zip_deleted_while_it_unpacks_stops_and_leaves_no_image_behind(
+    queue: JobQueue, bucket_dir: Path, redis_url: str
+) -> None:
+    class DeletesTheZipMidway(LocalBucket):
+        writes = 0
+
+        def open_write(self, key: str):
+            if key.startswith("uploads/") and "/" in key.removeprefix("uploads/"):
+                self.writes += 1
+                if self.writes == 2:  # as DELETE /api/v1/jobs/{zip} would, between two images
+                    queue.delete(job.key, "echo-zip")
+            return super().open_write(key)
+
+    bucket = DeletesTheZipMidway(bucket_dir)
+    job, _ = claim_zip(queue, bucket, zip_bytes({f"{i}.tif": TIFF for i in range(3)}))
+    with pytest.raises(JobLost, match="deleted while it was unpacked"):
+        ZipConsumer(consumer_settings(redis_url, bucket_dir), bucket, queue).process(job)
+    first, second, third = job.get(JobField.CHILDREN).split(",")
+    assert queue.get(first) is not None  # made before the zip went: its DELETE takes it
+    assert queue.get(second) is None and queue.get(third) is None
+    assert len(uploads(bucket)) == 2  # the zip and the first image
+
+
 # ----------------------------------------------------------------------------- processes
 
 
@@ -200,6 +376,34 @@ def test_a_zip_with_bad_entries_finishes_with_the_good_results_and_lists_the_res
         ]
         assert names[-1] == "failures.csv"  # the first entry is an image, for ImageJ
         assert out.read("plate/b_labels.png") == PNG + b"b"
+
+
+def test_deleting_a_finished_zip_removes_it_its_images_jobs_and_all_their_files(
+    api, env: dict, queue: JobQueue, bucket: LocalBucket, processes: ServiceGroup
+) -> None:
+    start_stack(env, queue, processes, {"echo": 1, "echo-zip": 1})
+    other = submit_file(queue, bucket, "echo", "other.tif")
+    members = {"a.tif": TIFF + b"a", "b/c.png": PNG, "bad.tif": TIFF[:4] + b"CORRUPT"}
+    created = api.post(
+        "/api/v1/jobs", data={"job_type": "echo"}, files={"file": ("plate.zip", zip_bytes(members))}
+    )
+    parent = wait_until_ended(queue, created.json()["id"])
+    assert parent[JobField.STATUS] == "done" and parent[JobField.CHILDREN_FAILED] == "1"
+    assert wait_until_ended(queue, other)[JobField.STATUS] == "done"
+    others_files = {
+        queue.get(other)[k] for k in (JobField.INPUT_FILE_NAME, JobField.OUTPUT_FILE_NAME)
+    }
+    children = parent[JobField.CHILDREN].split(",")
+    assert len(uploads(bucket)) == 5  # the zip, its three images, other.tif
+    assert len(list(bucket.list("output/"))) == 4  # two images' results, the results zip, other's
+
+    assert api.delete(f"/api/v1/jobs/{created.json()['id']}").status_code == 204
+    assert set(bucket.list()) == others_files
+    assert all(queue.get(key) is None for key in [created.json()["id"], *children])
+    assert queue.redis.hkeys(INPUT_USERS) == [queue.get(other)[JobField.INPUT_FILE_NAME]]
+    assert sorted(p.name for p in (bucket.root / "output").iterdir()) == [
+        other.rsplit(":", 1)[1]  # no empty folders are left of the zip's
+    ]
 
 
 def test_a_waiting_parent_holds_no_consumer_so_other_zips_fan_out_meanwhile(

@@ -5,11 +5,12 @@ the DeepCell-compatible routes use, so a job is one thing whichever API made it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +31,9 @@ from kiosk.keys import (
     file_url,
     is_job_key,
 )
+from kiosk.reclaim import JobFiles, remove_files, remove_job
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 SCAN_PAGES = 20  # index pages one listing request reads at most while filtering
@@ -430,11 +434,21 @@ def get_job(job_id: str, services: ServicesDep) -> JobOut:
 
 
 @router.delete("/jobs/{job_id:path}", status_code=204)
-def delete_job(job_id: str, services: ServicesDep) -> Response:
-    """Delete a job: out of its queue if waiting; a consumer working on it stops."""
+def delete_job(job_id: str, services: ServicesDep, background: BackgroundTasks) -> Response:
+    """Delete a job, with its files: out of its queue if waiting (a consumer working on it
+    stops); its input unless another job uses it, and its results. A zip takes its images'
+    jobs and their files with it. The jobs are gone when this answers (in batches of 500);
+    their files go right after, so a zip of 10,000 images does not hold the request."""
     view = _load(services, job_id)
-    services.queue.delete(job_id, view.queue)
-    output = view.fields.get(JobField.OUTPUT_FILE_NAME, "")
-    if output.startswith(OUTPUT_PREFIX):
-        services.bucket.delete(output)
+    files = remove_job(services.queue, job_id, view.fields)
+    background.add_task(_remove_files, services, job_id, files)
     return Response(status_code=204)
+
+
+def _remove_files(services: Services, job_id: str, files: JobFiles) -> None:
+    try:
+        deleted = remove_files(services.queue, services.bucket, files)
+    except Exception:  # the retention (or the bucket's lifecycle) removes what is left
+        log.exception("could not remove every file of the deleted job %s", job_id)
+        return
+    log.info("deleted job %s and %d of its files", job_id, deleted.files)

@@ -5,7 +5,15 @@ Every key goes through :func:`safe_key` first, so no key can name anything outsi
 
 from __future__ import annotations
 
-from kiosk.storage.base import Bucket, BucketWriter, InvalidKey, ObjectNotFound, safe_key
+from kiosk.storage.base import (
+    Bucket,
+    BucketWriter,
+    Deleted,
+    InvalidKey,
+    ObjectInfo,
+    ObjectNotFound,
+    safe_key,
+)
 
 
 def open_bucket(url: str) -> Bucket:
@@ -24,4 +32,13 @@ def open_bucket(url: str) -> Bucket:
     )
 
 
-__all__ = ["Bucket", "BucketWriter", "InvalidKey", "ObjectNotFound", "open_bucket", "safe_key"]
+__all__ = [
+    "Bucket",
+    "BucketWriter",
+    "Deleted",
+    "InvalidKey",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "open_bucket",
+    "safe_key",
+]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -22,15 +23,36 @@ class ObjectNotFound(FileNotFoundError):
     pass
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object as a listing sees it."""
+
+    key: str
+    size: int
+    modified: float
+    """When it was last written, in seconds since the epoch."""
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What a deletion removed."""
+
+    files: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Deleted) -> Deleted:
+        return Deleted(self.files + other.files, self.bytes + other.bytes)
+
+
 def safe_key(key: str) -> str:
     """The key itself when it stays inside the bucket; :class:`InvalidKey` otherwise."""
-    problem = _key_problem(key)
+    problem = key_problem(key)
     if problem:
         raise InvalidKey(f"invalid storage key {key!r}: {problem}")
     return key
 
 
-def _key_problem(key: str) -> str | None:
+def key_problem(key: str) -> str | None:
     if not isinstance(key, str) or not key:
         return "it is empty"
     if "\x00" in key:
@@ -95,10 +117,29 @@ class Bucket(ABC):
         """Bytes in the object, or None when there is no such object."""
 
     @abstractmethod
-    def delete(self, key: str) -> bool: ...
+    def delete(self, key: str) -> bool:
+        """Remove an object; False when there was none."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[str]: ...
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys of the objects whose key starts with ``prefix``."""
+
+    @abstractmethod
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """:meth:`list` with each object's size and last write time."""
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove these objects; ones already gone are skipped. Backends batch the requests."""
+        for key in keys:
+            self.delete(key)
+
+    def delete_prefix(self, prefix: str) -> Deleted:
+        """Remove every object under a folder (``prefix`` ends with '/'); what was removed."""
+        if not prefix.endswith("/"):
+            raise InvalidKey(f"invalid folder {prefix!r}: a folder prefix ends with '/'")
+        found = list(self.list_objects(safe_key(prefix.rstrip("/")) + "/"))
+        self.delete_many(info.key for info in found)
+        return Deleted(len(found), sum(info.size for info in found))
 
     def local_path(self, key: str) -> Path | None:
         """A filesystem path for the object when the bucket is a local directory."""

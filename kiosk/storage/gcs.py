@@ -6,15 +6,17 @@ Credentials come from the environment (Workload Identity on GKE, ADC elsewhere);
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import BinaryIO
 
 from google.api_core.exceptions import NotFound
 from google.cloud import storage
 
-from kiosk.storage.base import Bucket, BucketWriter, ObjectNotFound, safe_key
+from kiosk.storage.base import Bucket, BucketWriter, ObjectInfo, ObjectNotFound, safe_key
 
 CHUNK_SIZE = 8 * 1024 * 1024  # resumable upload chunk; a multiple of 256 KiB
+BATCH_CALLS = 100  # the most calls Cloud Storage takes in one batch request
 
 
 class _GCSWriter(BucketWriter):
@@ -66,6 +68,23 @@ class GCSBucket(Bucket):
             return False
         return True
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Deletes in batch requests of up to 100 objects each."""
+        names = iter(keys)
+        while blobs := [self._blob(key) for key in islice(names, BATCH_CALLS)]:
+            try:
+                with self._client.batch():
+                    for blob in blobs:
+                        blob.delete()
+            except NotFound:
+                pass  # the others in the batch were deleted; a missing one is skipped
+
     def list(self, prefix: str = "") -> Iterator[str]:
         for blob in self._client.list_blobs(self._bucket, prefix=prefix):
             yield blob.name
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for blob in self._client.list_blobs(self._bucket, prefix=prefix):
+            written = blob.updated or blob.time_created
+            modified = written.timestamp() if written else 0.0
+            yield ObjectInfo(blob.name, int(blob.size or 0), modified)

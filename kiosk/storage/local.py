@@ -8,7 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from kiosk.storage.base import Bucket, BucketWriter, InvalidKey, ObjectNotFound, safe_key
+from kiosk.storage.base import (
+    Bucket,
+    BucketWriter,
+    InvalidKey,
+    ObjectInfo,
+    ObjectNotFound,
+    key_problem,
+    safe_key,
+)
 
 _PARTIAL = ".partial-"
 
@@ -17,10 +25,16 @@ class _LocalWriter(BucketWriter):
     """Writes beside the target and renames on commit, so readers never see half a file."""
 
     def __init__(self, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
         self._target = target
         self._partial = target.with_name(f"{_PARTIAL}{uuid.uuid4().hex}-{target.name}")
-        self._file = open(self._partial, "wb")  # noqa: SIM115 - closed in commit/abort
+        for attempt in range(3):  # a deletion may remove the emptied folder in between
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._file = open(self._partial, "wb")  # noqa: SIM115 - closed in commit/abort
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -65,17 +79,51 @@ class LocalBucket(Bucket):
         return path.stat().st_size if path.is_file() else None
 
     def delete(self, key: str) -> bool:
+        """Also removes the folders the deletion left empty, below the top-level one
+        (``output/{job}/`` goes with its last file; ``output/`` and ``uploads/`` stay)."""
         path = self._path(key)
         if not path.is_file():
             return False
-        path.unlink()
+        path.unlink(missing_ok=True)
+        folder = path.parent
+        while folder.parent != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or just refilled): it stays
+                break
+            folder = folder.parent
         return True
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        for dirpath, _dirs, files in os.walk(self.root):
+        for key, _path in self._walk(prefix, partial=False):
+            yield key
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        yield from self._stat(prefix, partial=False)
+
+    def list_partials(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Writes in progress, or abandoned by a process that died mid-write (the janitor
+        removes those once they are older than the retention)."""
+        yield from self._stat(prefix, partial=True)
+
+    def _stat(self, prefix: str, *, partial: bool) -> Iterator[ObjectInfo]:
+        for key, path in self._walk(prefix, partial=partial):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted or committed while listing
+                continue
+            yield ObjectInfo(key, stat.st_size, stat.st_mtime)
+
+    def _walk(self, prefix: str, *, partial: bool) -> Iterator[tuple[str, Path]]:
+        """Files under the folder the prefix names (not the whole bucket), with their keys."""
+        folder = prefix.rpartition("/")[0]
+        start = self._path(folder) if folder else self.root
+        for dirpath, dirs, files in os.walk(start):
+            dirs.sort()
             for name in sorted(files):
-                if name.startswith(_PARTIAL):
+                if name.startswith(_PARTIAL) != partial:
                     continue
-                key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    yield key
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix) and key_problem(key) is None:
+                    yield key, path
