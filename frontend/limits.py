@@ -90,9 +90,7 @@ class BodyIdleTimeout:
             try:
                 message = await asyncio.wait_for(receive(), self.timeout)
             except TimeoutError:
-                timed_out = True
-                if not started:
-                    await self._refuse(scope, send)
+                timed_out = True  # the handler cleans up as if the client left; 408 follows
                 return {"type": "http.disconnect"}
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
@@ -105,7 +103,11 @@ class BodyIdleTimeout:
             started = True
             await send(message)
 
-        await self.app(scope, timed, unless_timed_out)
+        try:
+            await self.app(scope, timed, unless_timed_out)
+        finally:
+            if timed_out and not started:  # after the handler removed what it wrote
+                await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         response = JSONResponse(

@@ -117,6 +117,8 @@ class LocalBucket(Bucket):
     def _walk(self, prefix: str, *, partial: bool) -> Iterator[tuple[str, Path]]:
         """Files under the folder the prefix names (not the whole bucket), with their keys."""
         folder = prefix.rpartition("/")[0]
+        if folder and key_problem(folder) is not None:
+            return  # no key can start with it ('..', an absolute path): nothing to list
         start = self._path(folder) if folder else self.root
         for dirpath, dirs, files in os.walk(start):
             dirs.sort()
