@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from string import Template
-from typing import cast
+from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from kiosk.jobs import now_iso, parse_iso
@@ -40,27 +42,33 @@ from kiosk.keys import (
     parse_processing_list,
     processing_list,
 )
+from kiosk.redis_url import check_redis_url, is_sentinel_url, parse_sentinel_url
+from kiosk.sentinel import master_client
 from kiosk.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
 
 def connect(url: str, *, retries: int = 30, socket_timeout: float | None = 10.0) -> redis.Redis:
-    """A Redis client that rides out a Redis restart: reconnects with backoff and jitter.
+    """A Redis client that rides out a Redis restart or failover: reconnects with backoff and
+    jitter. ``url`` is redis://, rediss://, unix:// or redis+sentinel:// (:mod:`kiosk.redis_url`);
+    through Sentinel every reconnection asks the Sentinels where the master is now.
 
     ``retries`` with the 2 s cap spans about a minute; frontends pass fewer so a request fails
     fast with 503 instead of hanging. Blocking commands need ``socket_timeout`` above their own.
     """
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=5.0,
-        socket_keepalive=True,
-        health_check_interval=15,
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "retry": Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "socket_keepalive": True,
+        "health_check_interval": 15,
+    }
+    if is_sentinel_url(url):
+        return master_client(parse_sentinel_url(url), options)
+    return redis.Redis.from_url(check_redis_url(url), **options)
 
 
 # ----------------------------------------------------------------------------- Lua
@@ -506,11 +514,19 @@ class JobQueue:
         max_attempts: int = 3,
         finished_ttl: int = 86400,
         dead_letter_max: int = 10000,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
+        if min_replicas < 0 or replica_timeout <= 0:
+            raise ValueError("min_replicas must be 0 or more and replica_timeout above 0")
         self.redis = client
         self.max_attempts = max_attempts
         self.finished_ttl = finished_ttl
         self.dead_letter_max = dead_letter_max
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
+        self._unreplicated = 0  # writes no replica acknowledged in time (see _replicated)
+        self._unreplicated_lock = threading.Lock()
 
         def register(source: str) -> Script:
             return client.register_script(render_lua(source))
@@ -538,7 +554,78 @@ class JobQueue:
             max_attempts=settings.max_attempts,
             finished_ttl=settings.finished_ttl,
             dead_letter_max=settings.dead_letter_max,
+            min_replicas=settings.replicas_to_wait_for(),
+            replica_timeout=settings.redis_replica_timeout,
         )
+
+    # ------------------------------------------------------------------ replication
+
+    @property
+    def unreplicated(self) -> int:
+        """How many writes this queue made that fewer than ``min_replicas`` replicas had
+        acknowledged when ``replica_timeout`` ran out."""
+        return self._unreplicated
+
+    def _replicated(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a state-changing script; with ``min_replicas``, reply only once that many
+        replicas have its write (WAIT on the same connection, right after the script), so
+        what was acknowledged survives a failover to one of them.
+
+        When the replicas do not answer within ``replica_timeout`` the write still stands on
+        the master: the reply is returned as usual and a warning logged (a failover before
+        the replicas catch up would lose it). Without ``min_replicas``: the script alone.
+        (A submission retried after a lost reply finds its job there, writes nothing, and so
+        waits for nothing: WAIT counts the writes of this connection.)"""
+        if not self.min_replicas:
+            return script(keys=keys, args=args)
+        reply, acknowledged = self._script_then_wait(script, keys, args)
+        self._note_replicas(keys[0], acknowledged)
+        return reply
+
+    def _note_replicas(self, what: str, acknowledged: int) -> None:
+        """Count and log a write fewer than ``min_replicas`` replicas acknowledged in time."""
+        if acknowledged >= self.min_replicas:
+            return
+        with self._unreplicated_lock:
+            self._unreplicated += 1
+        log.warning(
+            "%s: %d of %d replicas acknowledged the write within %.1fs; it stands on the "
+            "master, and a failover before the replicas catch up would lose it",
+            what,
+            acknowledged,
+            self.min_replicas,
+            self.replica_timeout,
+        )
+
+    def _script_then_wait(
+        self, script: Script, keys: list[str], args: list[Any]
+    ) -> tuple[Any, int]:
+        """The script's reply and how many replicas acknowledged its write. The script is
+        loaded again once if the server does not know it (a new master after a failover)."""
+        reply, acknowledged = self._send_script_and_wait(script, keys, args)
+        if isinstance(reply, NoScriptError):
+            script.sha = self.redis.script_load(script.script)
+            reply, acknowledged = self._send_script_and_wait(script, keys, args)
+        for result in (reply, acknowledged):
+            if isinstance(result, Exception):
+                raise result
+        return reply, int(acknowledged)
+
+    def _send_script_and_wait(
+        self, script: Script, keys: list[str], args: list[Any]
+    ) -> tuple[Any, Any]:
+        """EVALSHA then WAIT in one pipeline, so on one connection: WAIT counts the replicas
+        that have this connection's last write. Errors come back as values."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            self._wait_for_replicas(pipe)
+            reply, acknowledged = pipe.execute(raise_on_error=False)
+        return reply, acknowledged
+
+    def _wait_for_replicas(self, pipe: Pipeline) -> None:
+        """Queue a WAIT for ``min_replicas`` after the pipeline's writes (same connection)."""
+        wait_ms = max(1, round(self.replica_timeout * 1000))  # WAIT 0 would wait forever
+        pipe.execute_command("WAIT", self.min_replicas, wait_ms)
 
     # ------------------------------------------------------------------ producers
 
@@ -550,9 +637,10 @@ class JobQueue:
         created = parse_iso(fields.get(JobField.CREATED_AT))
         score = created.timestamp() if created else 0.0
         parent = fields.get(JobField.PARENT, "")
-        reply = self._submit(
-            keys=[key, queue, JOB_INDEX, INPUT_USERS],
-            args=[score, _upload_of(fields), parent, *_flat(fields)],
+        reply = self._replicated(
+            self._submit,
+            [key, queue, JOB_INDEX, INPUT_USERS],
+            [score, _upload_of(fields), parent, *_flat(fields)],
         )
         if reply == -1:
             raise ParentGone(f"{key} was not created: its zip job {parent} no longer exists")
@@ -564,8 +652,8 @@ class JobQueue:
         created = parse_iso(fields.get(JobField.CREATED_AT))
         score = created.timestamp() if created else 0.0
         parent = fields.get(JobField.PARENT, "")
-        reply = self._submit_ended_child(
-            keys=[key, JOB_INDEX], args=[score, now_iso(), parent, *_flat(fields)]
+        reply = self._replicated(
+            self._submit_ended_child, [key, JOB_INDEX], [score, now_iso(), parent, *_flat(fields)]
         )
         if reply == -1:
             raise ParentGone(f"{key} was not created: its zip job {parent} no longer exists")
@@ -655,43 +743,43 @@ class JobQueue:
         status: Status = Status.DONE,
     ) -> Settled:
         """Release a held job with its final fields; ``done`` also starts the hash's TTL."""
-        reply = self._finish(
-            keys=[claim.key, processing_list(claim.queue, consumer_id)],
-            args=[now_iso(), self.finished_ttl, status, *_flat(fields)],
+        reply = self._replicated(
+            self._finish,
+            [claim.key, processing_list(claim.queue, consumer_id)],
+            [now_iso(), self.finished_ttl, status, *_flat(fields)],
         )
         return _settled(reply)
 
     def fail(self, claim: Claim, consumer_id: str, reason: str) -> Settled:
         """Fail now, whatever attempts are left: for errors that a retry cannot fix."""
-        reply = self._fail(
-            keys=[
-                claim.key,
-                processing_list(claim.queue, consumer_id),
-                dead_letter_list(claim.queue),
-            ],
-            args=[now_iso(), self.finished_ttl, reason, self.dead_letter_max],
+        reply = self._replicated(
+            self._fail,
+            [claim.key, processing_list(claim.queue, consumer_id), dead_letter_list(claim.queue)],
+            [now_iso(), self.finished_ttl, reason, self.dead_letter_max],
         )
         return _settled(reply, Outcome.FAILED)
 
     def retry(self, claim: Claim, consumer_id: str, reason: str) -> Settled:
         """Queue again behind the others, or fail if this was the last attempt."""
-        reply = self._retry(
-            keys=[
+        reply = self._replicated(
+            self._retry,
+            [
                 claim.key,
                 processing_list(claim.queue, consumer_id),
                 claim.queue,
                 dead_letter_list(claim.queue),
             ],
-            args=[now_iso(), self.finished_ttl, reason, self.dead_letter_max, self.max_attempts],
+            [now_iso(), self.finished_ttl, reason, self.dead_letter_max, self.max_attempts],
         )
         return _settled(reply, Outcome.RETRYING)
 
     def hand_back(self, claim: Claim, consumer_id: str) -> Settled:
         """Return a job unfinished (shutdown) to the front of its queue; the attempt is not
         counted."""
-        reply = self._hand_back(
-            keys=[claim.key, processing_list(claim.queue, consumer_id), claim.queue],
-            args=[now_iso()],
+        reply = self._replicated(
+            self._hand_back,
+            [claim.key, processing_list(claim.queue, consumer_id), claim.queue],
+            [now_iso()],
         )
         return _settled(reply)
 
@@ -701,9 +789,10 @@ class JobQueue:
         """Park a zip parent in ``waiting`` (its ``total_jobs`` children are queued) without
         holding this consumer. When the last child ends, the parent goes back to the front of
         its queue for the results step; if they all ended already, it goes back at once."""
-        reply = self._wait(
-            keys=[claim.key, processing_list(claim.queue, consumer_id)],
-            args=[now_iso(), *_flat(fields)],
+        reply = self._replicated(
+            self._wait,
+            [claim.key, processing_list(claim.queue, consumer_id)],
+            [now_iso(), *_flat(fields)],
         )
         return _settled(reply)
 
@@ -792,7 +881,11 @@ class JobQueue:
         with self.redis.pipeline(transaction=False) as pipe:
             for key, queue in jobs:
                 self._delete(keys=[key, queue, JOB_INDEX, INPUT_USERS], args=[now], client=pipe)
+            if self.min_replicas and jobs:
+                self._wait_for_replicas(pipe)
             replies = pipe.execute()
+        if self.min_replicas and jobs:
+            self._note_replicas(jobs[0][0], int(replies.pop()))
         return [
             Removed(key, bool(existed), str(input_key), int(left))
             for (key, _), (existed, input_key, left) in zip(jobs, replies, strict=True)

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kiosk.keys import validate_queue_name
+from kiosk.redis_url import check_redis_url, is_sentinel_url
 
 ENV_PREFIX = "KIOSK_"
 GIB = 1024**3
@@ -30,11 +31,29 @@ class CommonSettings(BaseSettings):
     """Settings shared by every service."""
 
     service_name: ClassVar[str] = "all"
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # Errors say what is wrong without echoing the value: URLs and tokens may hold secrets.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="Redis that holds the queues and job hashes (redis://, rediss:// or unix://).",
+        description="Redis that holds the queues and job hashes: redis://, rediss://, unix://, "
+        "or redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB] for a master that "
+        "Sentinels fail over (see Redis with Sentinel).",
+    )
+    redis_min_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="Replicas that must acknowledge a job's creation and every end of a claim "
+        "(done, failed, retried, handed back) before Kiosk answers (Redis WAIT); unset: 1 with "
+        "a redis+sentinel:// URL, 0 (never wait) otherwise.",
+    )
+    redis_replica_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds a write waits for KIOSK_REDIS_MIN_REPLICAS replicas; past it the "
+        "write stands on the master alone and a warning is logged.",
     )
     bucket: str = Field(
         "file://.kiosk/bucket",
@@ -67,6 +86,17 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _parse_queues(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
+
+    def replicas_to_wait_for(self) -> int:
+        """KIOSK_REDIS_MIN_REPLICAS, or its default: 1 behind Sentinel, 0 otherwise."""
+        if self.redis_min_replicas is not None:
+            return self.redis_min_replicas
+        return 1 if is_sentinel_url(self.redis_url) else 0
 
     @field_validator("queues")
     @classmethod

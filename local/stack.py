@@ -24,13 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import redis
 from rich.console import Console
 from rich.markup import escape
 
 from kiosk.keys import MODELS_PREFIX, zip_queue
 from kiosk.processes import ServiceSpec, Supervised, free_port, port_in_use
-from kiosk.queue import JobQueue
+from kiosk.queue import JobQueue, connect
 from kiosk.settings import ConsumerSettings, StackSettings
 from kiosk.signals import StopSignals
 from kiosk.storage import Bucket, open_bucket
@@ -194,7 +193,7 @@ def plan(
             "KIOSK_MODEL_CACHE_DIR": str(data_dir / "model-cache"),
         }
     autoscaled = settings.consumers_per_queue == 0
-    probe = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
+    probe = connect(redis_url, retries=0, socket_timeout=1)
     jobs = JobQueue(probe)
 
     def heartbeating(pid: int) -> bool:

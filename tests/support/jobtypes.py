@@ -10,11 +10,11 @@ import os
 import time
 from typing import ClassVar, cast
 
-import redis
 from pydantic import Field
 
 from consumers.base import Consumer, Finish, Job, JobError, Result
 from kiosk.jobs import Stages
+from kiosk.queue import connect
 from kiosk.settings import JobTypeSettings
 
 COMPLETIONS = "test:completions"
@@ -25,7 +25,7 @@ class Echo(Consumer):
     """Returns its input unchanged as its result."""
 
     def setup(self) -> None:
-        self._redis = redis.Redis.from_url(self.settings.redis_url)
+        self._redis = connect(self.settings.redis_url)  # redis+sentinel:// too
 
     def work(self, job: Job) -> None:
         """Subclasses add their behaviour here."""

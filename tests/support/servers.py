@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -39,18 +39,30 @@ def wait_for(
     )
 
 
+def redis_server_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+    return binary
+
+
 class RedisServer:
     """A redis-server of our own, on a free port, with its data in ``directory``."""
 
-    def __init__(self, directory: Path, appendonly: bool = False, appendfsync: str = "everysec"):
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+    def __init__(
+        self,
+        directory: Path,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
+    ):
+        self.binary = redis_server_binary()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.extra_args = tuple(extra_args)  # e.g. --replicaof HOST PORT
         self.process: subprocess.Popen | None = None
 
     @property
@@ -76,6 +88,7 @@ class RedisServer:
             self.appendfsync,
             "--logfile",
             str(self.directory / "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

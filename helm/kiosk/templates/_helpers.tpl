@@ -212,3 +212,52 @@ type's `env`, so that (for one) KIOSK_QUEUES always is the jobTypes list. */}}
 {{- define "kiosk.ownedSettings" -}}
 {{- list "KIOSK_QUEUES" "KIOSK_REDIS_URL" "KIOSK_BUCKET" "KIOSK_PUBLIC_URL" "KIOSK_HOST" "KIOSK_PORT" "KIOSK_MODEL_SERVER" "KIOSK_SHUTDOWN_GRACE" "KIOSK_METRICS_PORT" "KIOSK_EXPORTER_PORT" "KIOSK_AUTOSCALER_BACKEND" "KIOSK_MODEL_SERVER_DEPLOYMENT" "KIOSK_CONSUMER_DEPLOYMENT_PREFIX" "KIOSK_KUBERNETES_NAMESPACE" "KIOSK_IDLE_GRACE" "KIOSK_CONSUMER_TARGET" "KIOSK_GPU_TARGET" "KIOSK_SCALE_DOWN_WINDOW" "KIOSK_MAX_MODEL_SERVERS" "KIOSK_MAX_CONSUMERS_BY_QUEUE" "KIOSK_SCALING_POLICY" "KIOSK_JOB_TYPE_PLUGINS" "KIOSK_API_TOKEN" "KIOSK_MAX_UPLOAD_BYTES" | toJson -}}
 {{- end -}}
+
+{{/* Redis. Both layouts are the StatefulSet {release}-redis with the same selector, service
+name and volume claim, so switching redis.sentinel.enabled on a release updates it in place:
+pod 0 keeps its data and starts as the master. */}}
+{{- define "kiosk.redisHeadless" -}}
+{{- include "kiosk.name" (dict "ctx" . "component" "redis") }}-headless
+{{- end -}}
+
+{{/* The Redis nodes with Sentinel, pod 0 first: their DNS names under the headless Service,
+space-separated (the nodes' own NODES). */}}
+{{- define "kiosk.redisNodes" -}}
+{{- $name := include "kiosk.name" (dict "ctx" . "component" "redis") -}}
+{{- $domain := printf "%s.%s.svc.%s" (include "kiosk.redisHeadless" .) .Release.Namespace .Values.clusterDomain -}}
+{{- $nodes := list -}}
+{{- range $i := until 3 -}}
+{{- $nodes = append $nodes (printf "%s-%d.%s" $name $i $domain) -}}
+{{- end -}}
+{{- join " " $nodes -}}
+{{- end -}}
+
+{{/* KIOSK_REDIS_URL: the one Redis, or the three Sentinels (redis+sentinel://, see
+kiosk/redis_url.py). */}}
+{{- define "kiosk.redisUrl" -}}
+{{- $r := .Values.redis -}}
+{{- if $r.sentinel.enabled -}}
+{{- $members := list -}}
+{{- range splitList " " (include "kiosk.redisNodes" .) -}}
+{{- $members = append $members (printf "%s:%d" . (int $r.sentinel.port)) -}}
+{{- end -}}
+{{- printf "redis+sentinel://%s/%s/0" (join "," $members) $r.sentinel.masterName -}}
+{{- else -}}
+{{- printf "redis://%s:%d/0" (include "kiosk.name" (dict "ctx" . "component" "redis")) (int $r.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kiosk.redisClaim" -}}
+- metadata:
+    name: data
+    labels:
+      {{- include "kiosk.selectorLabels" (dict "ctx" . "component" "redis") | nindent 6 }}
+  spec:
+    accessModes: ["ReadWriteOnce"]
+    {{- with .Values.redis.persistence.storageClass }}
+    storageClassName: {{ . }}
+    {{- end }}
+    resources:
+      requests:
+        storage: {{ .Values.redis.persistence.size }}
+{{- end -}}
