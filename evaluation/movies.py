@@ -150,12 +150,16 @@ class Movie:
 
     @property
     def divisions(self) -> dict[int, tuple[int, ...]]:
-        """Mother track label -> its daughter track labels (mothers with at least one)."""
+        """Mother track label -> its two daughter track labels.
+
+        Only mothers with two daughters in view count, as in the CTC division scores; a mother
+        whose other daughter was born outside the field still has a parent link to the one seen.
+        """
         daughters: dict[int, list[int]] = {}
         for track in self.tracks.values():
             if track.parent:
                 daughters.setdefault(track.parent, []).append(track.label)
-        return {mother: tuple(sorted(d)) for mother, d in sorted(daughters.items())}
+        return {m: tuple(sorted(d)) for m, d in sorted(daughters.items()) if len(d) >= 2}
 
 
 _INTERPHASE, _MITOSIS, _DYING = 0, 1, 2
