@@ -100,7 +100,15 @@ def test_measure_refuses_what_is_not_one_labelled_frame(labels, image, message):
 
 def test_cells_refuse_arrays_of_different_lengths():
     with pytest.raises(ValueError, match="areas"):
-        Cells(0, np.array([1, 2]), np.zeros((2, 2)), np.ones(3), np.ones(2), np.ones(2))
+        Cells(
+            0,
+            np.array([1, 2]),
+            np.zeros((2, 2)),
+            np.ones(3),
+            np.ones(2),
+            np.ones(2),
+            np.zeros(2, bool),
+        )
 
 
 def test_cells_moving_in_straight_lines_keep_one_track_each_numbered_by_first_appearance():

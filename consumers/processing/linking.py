@@ -44,14 +44,18 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 _UNREACHABLE = 1e9  # cost of a pair the assignment must not choose (finite: scipy needs one)
+_SHRUNK = 0.8  # a track whose continuation is this much smaller than it may have divided
+_TAKE_WEIGHT = 6.0  # division score lost by taking a cell from a sure link (cost 0)
+_MERGED = -1  # `first` of a working track merged back into its mother
 
 
 @dataclass(frozen=True)
 class Cells:
     """One frame's objects, measured once; every array has one entry per object.
 
-    `intensities` is the object's mean intensity (NaN when no image was given) and `roundness`
-    its minor/major axis ratio from the second moments (1 = round); both feed division scoring.
+    `intensities` is the object's mean intensity (NaN when no image was given), `roundness`
+    its minor/major axis ratio from the second moments (1 = round) and `edge` whether it
+    touches the frame's border (its size is then partly unseen); all feed division scoring.
     """
 
     frame: int
@@ -60,6 +64,7 @@ class Cells:
     areas: FloatArray
     intensities: FloatArray
     roundness: FloatArray
+    edge: NDArray[np.bool_]
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -68,7 +73,7 @@ class Cells:
                 f"frame {self.frame}: centroids must be ({n}, 2), one (y, x) per label; "
                 f"got {np.shape(self.centroids)}"
             )
-        for name in ("areas", "intensities", "roundness"):
+        for name in ("areas", "intensities", "roundness", "edge"):
             if np.shape(getattr(self, name)) != (n,):
                 raise ValueError(
                     f"frame {self.frame}: {name} must have one value per label ({n}); "
@@ -86,7 +91,9 @@ class Cells:
     def empty(cls, frame: int) -> Cells:
         """A frame with no objects."""
         none = np.zeros(0, np.float64)
-        return cls(frame, np.zeros(0, np.int64), np.zeros((0, 2)), none, none, none)
+        return cls(
+            frame, np.zeros(0, np.int64), np.zeros((0, 2)), none, none, none, np.zeros(0, bool)
+        )
 
 
 def measure(labels: np.ndarray, image: np.ndarray | None = None, frame: int = 0) -> Cells:
@@ -128,7 +135,9 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, frame: int = 0)
     else:
         pixel_values = np.asarray(image).ravel()[pixels].astype(np.float64)
         intensity = np.bincount(index, pixel_values, n) / area
-    return Cells(frame, ids, np.stack([cy, cx], axis=1), area, intensity, roundness)
+    border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+    edge = np.isin(ids, border)
+    return Cells(frame, ids, np.stack([cy, cx], axis=1), area, intensity, roundness, edge)
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,9 @@ class LinkParams:
     """Farthest a daughter's centroid lies from the mother's last centroid (px)."""
     division_threshold: float = 0.0
     """Smallest division score accepted; higher finds fewer, surer divisions."""
+    min_daughter_frames: int = 2
+    """A division whose daughter is gone again sooner (before the movie ends) is undone: a
+    nucleus split in two by the segmentation for a frame, not a mitosis."""
 
     def __post_init__(self) -> None:
         if not self.max_distance > 0 or not self.division_distance > 0:
@@ -225,6 +237,7 @@ class _State:
     intensity_mean: list[float] = field(default_factory=list)  # before the last frame
     roundness: list[float] = field(default_factory=list)
     roundness_mean: list[float] = field(default_factory=list)
+    edge: list[bool] = field(default_factory=list)
     first: list[int] = field(default_factory=list)
     last: list[int] = field(default_factory=list)
     parent: list[int] = field(default_factory=list)  # -1 = none
@@ -239,6 +252,7 @@ class _State:
         self.intensity_mean.append(float(cells.intensities[i]))
         self.roundness.append(float(cells.roundness[i]))
         self.roundness_mean.append(float(cells.roundness[i]))
+        self.edge.append(bool(cells.edge[i]))
         self.first.append(cells.frame)
         self.last.append(cells.frame)
         self.parent.append(parent)
@@ -256,6 +270,7 @@ class _State:
         self.intensity[key] = float(cells.intensities[i])
         self.roundness_mean[key] = _blend(self.roundness_mean[key], self.roundness[key])
         self.roundness[key] = float(cells.roundness[i])
+        self.edge[key] = bool(cells.edge[i])
         self.last[key] = cells.frame
 
 
@@ -281,30 +296,33 @@ def link(
             raise ValueError(
                 f"frames must be given in order, one per frame: item {t} is frame {cells.frame}"
             )
-        links = _link_frame(state, open_keys, cells, params)
-        births = [i for i in range(len(cells)) if i not in links]
+        links = _assign(state, open_keys, cells, range(len(cells)), params)
         divided: list[tuple[int, tuple[int, int]]] = []
-        if params.divisions and births and t > 0:
-            prior = {key: cell for cell, key in links.items()}
-            divided = _divisions(state, open_keys, prior, births, cells, params)
-        for _, pair in divided:
-            for cell in pair:
-                links.pop(cell, None)
-        for cell, key in links.items():
+        if params.divisions and t > 0 and len(cells):
+            divided = _divisions(state, open_keys, links, cells, params)
+        capped = {mother for mother, _ in divided}
+        in_pairs = {cell for _, pair in divided for cell in pair}
+        robbed = [links.pop(c)[0] for c in in_pairs if c in links and links[c][0] not in capped]
+        for cell in in_pairs:
+            links.pop(cell, None)
+        if robbed:  # tracks whose cell became a daughter get a second chance
+            free = [c for c in range(len(cells)) if c not in links and c not in in_pairs]
+            links.update(_assign(state, robbed, cells, free, params))
+        frame_keys = {cell: key for cell, (key, _) in links.items()}
+        for cell, key in frame_keys.items():
             state.extend(key, cells, cell)
         created = []
         for mother, pair in divided:
             for cell in pair:
                 daughter = state.new(cells, cell, parent=mother)
                 state.daughters[mother].append(daughter)
-                links[cell] = daughter
+                frame_keys[cell] = daughter
                 created.append(daughter)
         for cell in range(len(cells)):
-            if cell not in links:
-                links[cell] = state.new(cells, cell)
-                created.append(links[cell])
-        assigned.append(links)
-        capped = {mother for mother, _ in divided}
+            if cell not in frame_keys:
+                frame_keys[cell] = state.new(cells, cell)
+                created.append(frame_keys[cell])
+        assigned.append(frame_keys)
         open_keys = [
             k
             for k in [*open_keys, *created]
@@ -312,22 +330,30 @@ def link(
         ]
         if progress is not None:
             progress(t + 1, total)
+    if params.divisions:
+        _undo_short_divisions(state, assigned, total, params.min_daughter_frames)
     return _tracking(state, assigned, frames)
 
 
-def _link_frame(
-    state: _State, open_keys: list[int], cells: Cells, params: LinkParams
-) -> dict[int, int]:
-    """Cell index -> track key for the cells that continue an open track (one assignment)."""
-    if not open_keys or not len(cells):
+def _assign(
+    state: _State,
+    open_keys: Sequence[int],
+    cells: Cells,
+    among: Sequence[int],
+    params: LinkParams,
+) -> dict[int, tuple[int, float]]:
+    """Cell index -> (track key, link cost) for the cells (of `among`) that continue an open
+    track: one linear assignment with birth and death blocks."""
+    if not len(open_keys) or not len(among):
         return {}
     keys = np.asarray(open_keys)
+    subset = np.asarray(among, np.int64)
     pos = np.asarray([state.pos[k] for k in open_keys])
     vel = np.asarray([state.vel[k] for k in open_keys])
     dt = cells.frame - np.asarray([state.last[k] for k in open_keys], np.float64)
     area = np.asarray([state.area[k] for k in open_keys])
     predicted = pos + params.velocity * vel * dt[:, None]
-    d2 = ((predicted[:, None, :] - cells.centroids[None, :, :]) ** 2).sum(-1)
+    d2 = ((predicted[:, None, :] - cells.centroids[subset][None, :, :]) ** 2).sum(-1)
     reach2 = params.max_distance**2 * dt
     feasible = d2 <= reach2[:, None]
     rows = np.flatnonzero(feasible.any(1))
@@ -335,7 +361,7 @@ def _link_frame(
     if rows.size == 0:
         return {}
     feasible = feasible[np.ix_(rows, cols)]
-    ratio = np.log(cells.areas[cols][None, :] / area[rows][:, None])
+    ratio = np.log(cells.areas[subset[cols]][None, :] / area[rows][:, None])
     cost = (
         d2[np.ix_(rows, cols)] / reach2[rows][:, None]
         + params.area_weight * ratio**2
@@ -352,42 +378,54 @@ def _link_frame(
     keep = (r < n_t) & (c < n_c)
     r, c = r[keep], c[keep]
     good = big[r, c] < _UNREACHABLE
-    return {int(cols[j]): int(keys[rows[i]]) for i, j in zip(r[good], c[good], strict=True)}
+    return {
+        int(subset[cols[j]]): (int(keys[rows[i]]), float(big[i, j]))
+        for i, j in zip(r[good], c[good], strict=True)
+    }
 
 
 def _divisions(
     state: _State,
     open_keys: list[int],
-    prior: dict[int, int],
-    births: list[int],
+    links: dict[int, tuple[int, float]],
     cells: Cells,
     params: LinkParams,
 ) -> list[tuple[int, tuple[int, int]]]:
     """(mother key, (daughter cell, daughter cell)) for the divisions found in this frame.
 
-    Candidates: a mother seen in the previous frame with an unmatched cell near it, paired
-    with the mother's own continuation or with a second unmatched cell. Pairs are taken best
-    score first, each mother and cell once.
+    A mother is a track seen in the previous frame whose continuation shrank (one daughter
+    took its place) or which has none. Its daughters are its continuation and a nearby cell,
+    or two nearby cells; a nearby cell may be unmatched or taken from another track's weak
+    link (that track then gets a second chance). Pairs are taken best score first, each
+    mother and cell once.
     """
     t = cells.frame
-    mothers = [k for k in open_keys if state.last[k] == t - 1]
+    own = {key: cell for cell, (key, _) in links.items()}
+    mothers = [
+        k
+        for k in open_keys
+        if state.last[k] == t - 1
+        and (k not in own or cells.areas[own[k]] < _SHRUNK * state.area[k])
+    ]
     if not mothers:
         return []
     mpos = np.asarray([state.pos[k] for k in mothers])
-    bpos = cells.centroids[births]
-    near = ((mpos[:, None, :] - bpos[None, :, :]) ** 2).sum(-1) <= params.division_distance**2
+    near = ((mpos[:, None, :] - cells.centroids[None, :, :]) ** 2).sum(-1)
+    near = near <= params.division_distance**2
+    taking = np.zeros(len(cells))  # what taking each cell from another track costs
+    for cell, (_, cost) in links.items():
+        taking[cell] = _TAKE_WEIGHT * max(0.0, 1.0 - cost)
     candidates: list[tuple[float, int, tuple[int, int]]] = []
     for m, key in enumerate(mothers):
-        nearby = [births[j] for j in np.flatnonzero(near[m])]
-        if not nearby:
-            continue
-        own = prior.get(key)
-        if own is not None:
-            pairs = [(own, b) for b in nearby]
+        mine = own.get(key)
+        nearby = [int(c) for c in np.flatnonzero(near[m]) if c != mine]
+        if mine is not None:
+            pairs = [(mine, b) for b in nearby]
         else:
             pairs = [(a, b) for i, a in enumerate(nearby) for b in nearby[i + 1 :]]
         for a, b in pairs:
             score = _division_score(state, key, cells, a, b, params)
+            score -= (taking[a] if a != mine else 0.0) + taking[b]
             if score >= params.division_threshold:
                 candidates.append((score, key, (min(a, b), max(a, b))))
     found: list[tuple[int, tuple[int, int]]] = []
@@ -402,6 +440,39 @@ def _divisions(
     return found
 
 
+def _undo_short_divisions(
+    state: _State, assigned: list[dict[int, int]], total: int, min_frames: int
+) -> None:
+    """Undo divisions with a daughter gone again within `min_frames` frames (before the
+    movie's end): a nucleus split in two by the segmentation for a frame or so, not a mitosis.
+    The mother continues with the other daughter; the short piece becomes a track of its own.
+    """
+    for mother in range(len(state.first)):
+        while len(kids := state.daughters[mother]) == 2:
+            short = [
+                d
+                for d in kids
+                if not state.daughters[d]
+                and state.last[d] - state.first[d] + 1 < min_frames
+                and state.last[d] < total - 1
+            ]
+            if not short:
+                break
+            piece = short[0] if len(short) == 1 else min(kids, key=lambda d: state.last[d])
+            heir = kids[0] if kids[1] == piece else kids[1]
+            for frame in assigned[state.first[heir] :]:
+                for cell, key in frame.items():
+                    if key == heir:
+                        frame[cell] = mother
+            state.parent[piece] = -1
+            state.daughters[mother] = state.daughters[heir]
+            for grandchild in state.daughters[heir]:
+                state.parent[grandchild] = mother
+            state.daughters[heir] = []
+            state.last[mother] = state.last[heir]
+            state.first[heir] = _MERGED
+
+
 def _division_score(
     state: _State, key: int, cells: Cells, a: int, b: int, params: LinkParams
 ) -> float:
@@ -412,32 +483,39 @@ def _division_score(
     """
     m_area = state.area[key]
     my, mx = state.pos[key]
-    (ay, ax), (by, bx) = cells.centroids[a], cells.centroids[b]
+    ay, ax = float(cells.centroids[a, 0]), float(cells.centroids[a, 1])
+    by, bx = float(cells.centroids[b, 0]), float(cells.centroids[b, 1])
     a_area, b_area = float(cells.areas[a]), float(cells.areas[b])
-    va = np.array([ay - my, ax - mx])
-    vb = np.array([by - my, bx - mx])
-    na, nb = float(np.hypot(*va)), float(np.hypot(*vb))
-    cos = float(va @ vb) / (na * nb) if na > 0 and nb > 0 else 0.0
-    separation = float(np.hypot(ay - by, ax - bx))
-    midpoint_offset = float(np.hypot((ay + by) / 2 - my, (ax + bx) / 2 - mx))
-    total = math.log((a_area + b_area) / m_area) / 0.35  # daughters together ~ the mother
-    balance = math.log(a_area / b_area) / 0.4  # daughters alike
-    halves = max(a_area, b_area) / m_area  # each smaller than the mother
-    larger = max(0.0, (halves - 0.75) / 0.15)
+    na, nb = math.hypot(ay - my, ax - mx), math.hypot(by - my, bx - mx)
+    dot = (ay - my) * (by - my) + (ax - mx) * (bx - mx)
+    cos = dot / (na * nb) if na > 0 and nb > 0 else 0.0
+    separation = math.hypot(ay - by, ax - bx)
+    offset = math.hypot((ay + by) / 2 - my, (ax + bx) / 2 - mx)
     opposite = (1 + cos) / 0.7  # on opposite sides of the mother
-    centred = midpoint_offset / max(separation / 2, 0.25 * params.division_distance)
-    penalty = total**2 + balance**2 + larger**2 + opposite**2 + centred**2
+    centred = offset / max(separation / 2, 0.25 * params.division_distance)
+    penalty = opposite**2 + centred**2
+    # Sizes of objects cut by the frame's edge are partly unseen: their cues count less.
+    loose = 2.0 if state.edge[key] or cells.edge[a] or cells.edge[b] else 1.0
+    total = math.log((a_area + b_area) / m_area) / 0.35  # together about the mother
+    balance = math.log(a_area / b_area) / 0.4  # alike
+    larger = max(0.0, (max(a_area, b_area) / m_area - 0.75) / 0.15)  # each smaller
+    # Apart, not two halves of one nucleus (those overlap as discs of their areas).
+    apart = separation / (math.sqrt(a_area / math.pi) + math.sqrt(b_area / math.pi))
+    overlap = max(0.0, (0.85 - apart) / 0.1)
+    penalty += (total**2 + balance**2 + larger**2 + overlap**2) / loose**2
     bonus = 0.0
     if not math.isnan(state.intensity[key]) and state.intensity_mean[key] > 0:
         brighter = math.log(state.intensity[key] / state.intensity_mean[key])
-        bonus += float(np.clip(brighter / 0.15, -1.0, 2.0))
-    bonus += float(np.clip((state.roundness[key] - state.roundness_mean[key]) / 0.1, -1.0, 1.0))
+        bonus += min(2.0, max(-1.0, brighter / 0.15))
+    rounder = (state.roundness[key] - state.roundness_mean[key]) / 0.1
+    bonus += min(1.0, max(-1.0, rounder))
     return 4.0 + bonus - penalty
 
 
 def _tracking(state: _State, assigned: list[dict[int, int]], frames: Sequence[Cells]) -> Tracking:
     """Number tracks 1.. in order of first appearance and build the public records."""
-    order = sorted(range(len(state.first)), key=lambda k: (state.first[k], k))
+    kept = [k for k in range(len(state.first)) if state.first[k] != _MERGED]
+    order = sorted(kept, key=lambda k: (state.first[k], k))
     label = {key: i + 1 for i, key in enumerate(order)}
     tracks = {}
     for key in order:
