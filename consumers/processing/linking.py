@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +36,7 @@ __all__ = [
     "Track",
     "Tracking",
     "ctc_res_track",
+    "ctc_tracking",
     "lineage_json",
     "link",
     "measure",
@@ -220,10 +222,6 @@ class Tracking:
         hit = keys[pos] == lab
         out[hit] = values[pos[hit]]
         return out
-
-    def frames_of(self, label: int) -> list[int]:
-        """The frames where a track has an object, ascending (gap frames left out)."""
-        return [t for t, mapping in enumerate(self.assignments) if label in mapping.values()]
 
 
 @dataclass
@@ -536,16 +534,13 @@ def _tracking(state: _State, assigned: list[dict[int, int]], frames: Sequence[Ce
 
 def lineage_json(tracking: Tracking) -> dict[str, dict[str, object]]:
     """The original's lineage.json: per track label (a string) its frames and family."""
-    frames: dict[int, list[int]] = {label: [] for label in tracking.tracks}
-    for t, mapping in enumerate(tracking.assignments):
-        for label in mapping.values():
-            frames[label].append(t)
+    frames = _frames_by_label(tracking)
     out: dict[str, dict[str, object]] = {}
     for label, track in sorted(tracking.tracks.items()):
         daughters = list(track.daughters)
         out[str(label)] = {
             "label": label,
-            "frames": sorted(frames[label]),
+            "frames": frames[label],
             "daughters": daughters,
             "capped": bool(daughters),
             "frame_div": min(tracking.tracks[d].first for d in daughters) if daughters else None,
@@ -554,8 +549,69 @@ def lineage_json(tracking: Tracking) -> dict[str, dict[str, object]]:
     return out
 
 
+def ctc_tracking(tracking: Tracking) -> Tracking:
+    """The same tracking in the Cell Tracking Challenge's form: no track has a gap.
+
+    The CTC requires a label in every frame from its track's first to its last, so a track
+    re-joined after a gap continues under a new label whose parent is the part before the gap
+    (a single daughter, which the CTC reads as a gap, not a division). New labels follow the
+    largest one, in order of first appearance; a tracking without gaps comes back unchanged.
+    Write `res_track.txt` and the `maskTTT.tif` frames from this one.
+    """
+    runs: list[tuple[int, int, int]] = []  # (first frame, track label, last frame) per piece
+    for label, frames in _frames_by_label(tracking).items():
+        if not frames:
+            raise ValueError(f"track {label} has no object in any frame")
+        start = frames[0]
+        for before, after in pairwise(frames):
+            if after != before + 1:
+                runs.append((start, label, before))
+                start = after
+        runs.append((start, label, frames[-1]))
+    pieces: dict[int, list[tuple[int, int, int]]] = {}  # label -> [(new label, first, last)]
+    top = max(tracking.tracks, default=0)
+    for first, label, last in sorted(runs):
+        if label in pieces:
+            top += 1
+            pieces[label].append((top, first, last))
+        else:
+            pieces[label] = [(label, first, last)]
+    if all(len(p) == 1 for p in pieces.values()):
+        return tracking
+    tracks: dict[int, Track] = {}
+    for label, parts in pieces.items():
+        old = tracking.tracks[label]
+        for i, (new, first, last) in enumerate(parts):
+            if i:
+                parent: int | None = parts[i - 1][0]
+            else:
+                parent = None if old.parent is None else pieces[old.parent][-1][0]
+            daughters = (parts[i + 1][0],) if i + 1 < len(parts) else old.daughters
+            tracks[new] = Track(new, first, last, parent, daughters)
+    assignments = []
+    for t, mapping in enumerate(tracking.assignments):
+        assignments.append(
+            {
+                obj: next(n for n, first, last in pieces[label] if first <= t <= last)
+                for obj, label in mapping.items()
+            }
+        )
+    return Tracking(dict(sorted(tracks.items())), assignments)
+
+
+def _frames_by_label(tracking: Tracking) -> dict[int, list[int]]:
+    frames: dict[int, list[int]] = {label: [] for label in sorted(tracking.tracks)}
+    for t, mapping in enumerate(tracking.assignments):
+        for label in mapping.values():
+            frames[label].append(t)
+    return frames
+
+
 def ctc_res_track(tracking: Tracking) -> str:
-    """Cell Tracking Challenge res_track.txt: one `L B E P` line per track (P = 0: no parent)."""
+    """Cell Tracking Challenge res_track.txt: one `L B E P` line per track (P = 0: no parent).
+
+    Give it `ctc_tracking(tracking)`, the form without gaps, as the CTC requires.
+    """
     return "".join(
         f"{t.label} {t.first} {t.last} {t.parent or 0}\n"
         for _, t in sorted(tracking.tracks.items())
