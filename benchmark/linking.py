@@ -196,6 +196,7 @@ SCENARIOS: dict[str, tuple[dict[str, float], float, float]] = {
     "default": ({}, 0.0, 0.0),
     "crowded": ({"coverage": 0.35}, 0.0, 0.0),
     "fast": ({"speed": 5.0}, 0.0, 0.0),
+    "faster": ({"speed": 8.0}, 0.0, 0.0),
     "noisy masks": ({}, 0.03, 0.01),
 }
 

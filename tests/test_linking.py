@@ -241,6 +241,15 @@ def test_a_division_whose_daughter_is_gone_the_next_frame_is_undone():
     assert kept.tracks[1].daughters
 
 
+def test_a_lone_daughter_back_at_the_mothers_size_the_next_frame_undoes_the_division():
+    frames = [[(50, 50, 7, 100)] for _ in range(4)]
+    frames.append([(50, 42, 5, 100), (50, 58, 5, 100)])  # looks like a division...
+    frames += [[(50, 50, 7, 100)] for _ in range(3)]  # ...but one whole nucleus again
+    tracking = link(movie(frames)[0], LinkParams(min_daughter_frames=1))
+    assert all(t.parent is None and not t.daughters for t in tracking.tracks.values())
+    assert tracking.tracks[1].first == 0 and tracking.tracks[1].last == 7
+
+
 def test_a_full_sized_cell_appearing_beside_another_is_not_a_daughter():
     frames = [[(50, 40, 6, 100)] for _ in range(3)]
     frames += [[(50, 40, 6, 100), (50, 55, 6, 100)] for _ in range(3)]
