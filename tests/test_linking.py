@@ -83,6 +83,27 @@ def test_measure_finds_each_object_centroid_area_intensity_and_roundness():
     assert cells.roundness[0] == pytest.approx(1.0) and cells.roundness[1] < 0.5
 
 
+def test_measure_agrees_with_regionprops_on_irregular_objects():
+    from skimage.measure import regionprops
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((60, 80), np.int32)
+    for label in range(1, 9):
+        y, x = rng.integers(5, 55), rng.integers(5, 75)
+        labels[y - rng.integers(1, 5) : y + rng.integers(1, 5), x - 3 : x + rng.integers(1, 6)] = (
+            label
+        )
+    image = rng.random((60, 80))
+    cells = measure(labels, image, 0)
+    props = regionprops(labels, image)
+    assert cells.labels.tolist() == [p.label for p in props]
+    np.testing.assert_allclose(cells.centroids, [p.centroid for p in props])
+    np.testing.assert_allclose(cells.areas, [p.area for p in props])
+    np.testing.assert_allclose(cells.intensities, [p.intensity_mean for p in props])
+    ratio = [p.axis_minor_length / p.axis_major_length if p.axis_major_length else 1 for p in props]
+    np.testing.assert_allclose(cells.roundness, ratio, atol=1e-9)
+
+
 def test_measure_without_an_image_leaves_intensity_unknown_and_an_empty_frame_is_empty():
     labels = np.zeros((10, 10), np.int32)
     assert len(measure(labels, None, 0)) == 0
@@ -278,7 +299,7 @@ def test_the_ctc_form_continues_a_gap_closed_track_under_a_new_label_with_it_as_
     cells, stack = movie(frames)
     tracking = link(cells)
     ctc = ctc_tracking(tracking)
-    assert ctc_res_track(ctc) == "1 0 1 0\n2 0 6 0\n3 3 6 1\n"
+    assert ctc_res_track(ctc) == ctc_res_track(tracking) == "1 0 1 0\n2 0 6 0\n3 3 6 1\n"
     assert ctc.tracks[1].daughters == (3,)
     ctc_stack = tracked(ctc, stack)
     assert (

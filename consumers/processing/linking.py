@@ -594,7 +594,8 @@ def ctc_tracking(tracking: Tracking) -> Tracking:
     re-joined after a gap continues under a new label whose parent is the part before the gap
     (a single daughter, which the CTC reads as a gap, not a division). New labels follow the
     largest one, in order of first appearance; a tracking without gaps comes back unchanged.
-    Write `res_track.txt` and the `maskTTT.tif` frames from this one.
+    Write the `maskTTT.tif` frames with its `relabel` (and its `dtype`): `ctc_res_track`
+    describes this form.
     """
     runs: list[tuple[int, int, int]] = []  # (first frame, track label, last frame) per piece
     for label, frames in _frames_by_label(tracking).items():
@@ -646,11 +647,9 @@ def _frames_by_label(tracking: Tracking) -> dict[int, list[int]]:
 
 
 def ctc_res_track(tracking: Tracking) -> str:
-    """Cell Tracking Challenge res_track.txt: one `L B E P` line per track (P = 0: no parent).
-
-    Give it `ctc_tracking(tracking)`, the form without gaps, as the CTC requires.
-    """
+    """Cell Tracking Challenge res_track.txt: one `L B E P` line per track (P = 0: no parent),
+    of the tracking's CTC form (`ctc_tracking`), the one to write the `maskTTT.tif` frames of."""
     return "".join(
         f"{t.label} {t.first} {t.last} {t.parent or 0}\n"
-        for _, t in sorted(tracking.tracks.items())
+        for _, t in sorted(ctc_tracking(tracking).tracks.items())
     )
