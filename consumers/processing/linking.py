@@ -415,7 +415,12 @@ def _divisions(
         k
         for k in open_keys
         if state.last[k] == t - 1
-        and (k not in own or cells.areas[own[k]] < _SHRUNK * state.area[k])
+        and (
+            k not in own
+            or cells.areas[own[k]] < _SHRUNK * state.area[k]
+            or state.edge[k]
+            or cells.edge[own[k]]
+        )
     ]
     if not mothers:
         return []
@@ -470,6 +475,7 @@ def _undo_false_divisions(
                     if not state.daughters[d]
                     and state.last[d] - state.first[d] + 1 < min_frames
                     and state.last[d] < total - 1
+                    and not state.edge[d]  # gone out of view is not gone
                 ]
                 if not short:
                     break
@@ -516,7 +522,7 @@ def _division_score(
     it (the divisors are how far a cue may stray for a penalty of 1); the mother's brightening
     and rounding against her own recent past add a bonus; the rest is the allowance. Objects
     cut by the frame's edge show only part of their size: their size cues count a quarter,
-    and the allowance halves, so that the mother's cues must carry more of the decision.
+    and the allowance drops to a quarter, so that the mother's cues must carry the decision.
     """
     m_area = state.area[key]
     my, mx = state.pos[key]
@@ -545,7 +551,7 @@ def _division_score(
         bonus += min(2.0, max(-1.0, brighter / 0.15))
     rounder = (state.roundness[key] - state.roundness_mean[key]) / 0.1
     bonus += min(1.0, max(-1.0, rounder))
-    return (2.0 if cut else 4.0) + bonus - penalty
+    return (1.0 if cut else 4.0) + bonus - penalty
 
 
 def _tracking(state: _State, assigned: list[dict[int, int]], frames: Sequence[Cells]) -> Tracking:
