@@ -110,7 +110,7 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, frame: int = 0)
     """Centroid, area, mean intensity and roundness of every object of one labelled frame.
 
     Sums over the labelled pixels with `np.bincount` (one pass per feature) rather than
-    regionprops' per-object loop: a frame of 150 nuclei costs about a millisecond.
+    regionprops' per-object loop: a 512 x 512 frame of 150 nuclei costs a few milliseconds.
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
@@ -404,10 +404,10 @@ def _divisions(
     """(mother key, (daughter cell, daughter cell)) for the divisions found in this frame.
 
     A mother is a track seen in the previous frame whose continuation shrank (one daughter
-    took its place) or which has none. Its daughters are its continuation and a nearby cell,
-    or two nearby cells; a nearby cell may be unmatched or taken from another track's weak
-    link (that track then gets a second chance). Pairs are taken best score first, each
-    mother and cell once.
+    took its place), is cut by the frame's edge (sizes unknown), or which has none. Its
+    daughters are its continuation and a nearby cell, or two nearby cells; a nearby cell may
+    be unmatched or taken from another track's weak link (that track then gets a second
+    chance). Pairs are taken best score first, each mother and cell once.
     """
     t = cells.frame
     own = {key: cell for cell, (key, _) in links.items()}
