@@ -314,6 +314,16 @@ def _smooth_noise(
     return field / std if std > 0 else field
 
 
+@dataclass(frozen=True)
+class _Appearance:
+    """Per-nucleus look, one entry per label (label i at index i - 1)."""
+
+    brightness: NDArray[np.float64]
+    dome: NDArray[np.float64]  # exponent of the (1 - s^2) profile: 0 flat, larger domed
+    rim: NDArray[np.float64]  # brightness of a rim just inside the edge
+    texture: NDArray[np.float64]  # strength of the chromatin-like texture
+
+
 def _render_nuclei(
     rng: np.random.Generator,
     labels: NDArray[np.int32],
@@ -322,12 +332,17 @@ def _render_nuclei(
     dim_fraction: float,
 ) -> NDArray[np.float32]:
     """Fluorophore density of every pixel (typical nucleus about 1), before optics and noise."""
-    shape = labels.shape
-    count = len(nuclei)
-    signal = np.zeros(shape, dtype=np.float32)
-    if count == 0:
-        return signal
+    if not nuclei:
+        return np.zeros(labels.shape, dtype=np.float32)
     kinds = np.array([n.kind for n in nuclei])
+    return _paint(rng, labels, depth, _appearance(rng, kinds, dim_fraction))
+
+
+def _appearance(
+    rng: np.random.Generator, kinds: NDArray[np.int_], dim_fraction: float
+) -> _Appearance:
+    """Draw each nucleus' brightness, profile, rim and texture strength from its kind."""
+    count = kinds.size
     # Per-nucleus appearance, index 0 is the background.
     brightness = np.exp(rng.normal(0.0, rng.uniform(0.1, 0.4), count))
     brightness[rng.random(count) < dim_fraction] *= rng.uniform(0.2, 0.4)
@@ -339,7 +354,18 @@ def _render_nuclei(
     rim = np.where(rng.random(count) < rng.uniform(0, 0.6), rng.uniform(0.1, 0.6, count), 0.0)
     texture = rng.uniform(0.03, 0.3) * np.exp(rng.normal(0, 0.3, count))
     texture[kinds == _KIND_MITOTIC] = 0.5
+    return _Appearance(brightness, dome, rim, texture)
 
+
+def _paint(
+    rng: np.random.Generator,
+    labels: NDArray[np.int32],
+    depth: NDArray[np.float32],
+    look: _Appearance,
+) -> NDArray[np.float32]:
+    """Fluorophore density from labels, depth and each nucleus' look; texture drawn fresh."""
+    shape = labels.shape
+    brightness, dome, rim, texture = look.brightness, look.dome, look.rim, look.texture
     lut = lambda values: np.concatenate([[0.0], values]).astype(np.float32)  # noqa: E731
     fg = labels > 0
     s = np.where(fg, depth, 1.0)
@@ -372,18 +398,22 @@ def _render_nuclei(
     return signal.astype(np.float32)
 
 
-def _camera(
-    rng: np.random.Generator, signal: NDArray[np.float32], blur: float, photons: float
-) -> NDArray[np.float32]:
-    """Illumination, background, PSF and camera: signal (about 1 per nucleus) to counts."""
-    height, width = signal.shape
+def _illumination(rng: np.random.Generator, height: int, width: int) -> NDArray[np.float32]:
+    """Uneven illumination: an off-centre vignette and a tilt, 1 at best, never below 0.2."""
     yy = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
     xx = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
     centre_y, centre_x = rng.uniform(-0.5, 0.5, 2)
     vignette = 1.0 - rng.uniform(0.0, 0.45) * ((yy - centre_y) ** 2 + (xx - centre_x) ** 2) / 2
     tilt = rng.uniform(-0.15, 0.15, 2)
-    illumination = np.clip(vignette + tilt[0] * yy + tilt[1] * xx, 0.2, None)
+    return np.clip(vignette + tilt[0] * yy + tilt[1] * xx, 0.2, None)
 
+
+def _camera(
+    rng: np.random.Generator, signal: NDArray[np.float32], blur: float, photons: float
+) -> NDArray[np.float32]:
+    """Illumination, background, PSF and camera: signal (about 1 per nucleus) to counts."""
+    height, width = signal.shape
+    illumination = _illumination(rng, height, width)
     background = rng.uniform(0.0, 0.12) + rng.uniform(0.0, 0.04) * _smooth_noise(
         rng, (height, width), rng.uniform(15.0, 40.0)
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -103,3 +105,34 @@ def test_fast_enough_for_training_and_samples() -> None:
         generate((256, 256), seed=seed)
     # Generous bound (shared CI machines): typical is ~25 ms per image.
     assert (time.perf_counter() - start) / 5 < 1.0
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "digest"),
+    [
+        ((256, 256), {"seed": 0}, "eee98474469e27bfe2bcb63760e6522f"),
+        ((128, 160), {"seed": 7, "dtype": "uint16"}, "85d6cc703a9193e5b172aeb4ba8b4e42"),
+        (
+            (192, 192),
+            {
+                "seed": 3,
+                "coverage": 0.4,
+                "mean_diameter": 20.0,
+                "clumping": 0.5,
+                "dividing_fraction": 0.1,
+                "dim_fraction": 0.1,
+                "blur": 1.0,
+                "photons": 200.0,
+            },
+            "3565c1f40a9e71167b0bdf1c1cc45aad",
+        ),
+    ],
+)
+def test_images_and_labels_match_the_pinned_checksums(
+    shape: tuple[int, int], kwargs: dict[str, object], digest: str
+) -> None:
+    """The model's training data, samples and tests depend on these exact pixels: a refactor
+    must keep them (a numpy/scipy upgrade that changes float rounding would show up here too)."""
+    image, labels = generate(shape, **kwargs)  # type: ignore[arg-type]
+    got = hashlib.sha256(image.tobytes() + labels.tobytes()).hexdigest()
+    assert got[:32] == digest
