@@ -54,6 +54,7 @@ from consumers import imaging
 from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting
 from consumers.movies import FramesZip, Movie, MovieLimits, open_movies
 from consumers.processing import linking
+from consumers.segmentation import NUCLEAR_MODEL
 from consumers.tracking_results import Previews, ResultNames, write_results
 from consumers.zips import ZipConsumer, ZipSettings, _open_zip, plan_entries
 from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
@@ -65,6 +66,7 @@ from kiosk.keys import (
     file_url,
     parse_job_key,
 )
+from kiosk.options import OptionError, parse_scale
 from kiosk.queue import JobQueue, Outcome, ParentGone
 from kiosk.settings import JobTypeSettings
 from kiosk.storage import Bucket, ObjectNotFound
@@ -137,6 +139,24 @@ def frame_upload_key(parent_key: str, frame: int) -> str:
     return f"{children_upload_prefix(parent_key)}{frame_child_uuid(parent_key, frame)}.tif"
 
 
+def link_params(job: Job) -> linking.LinkParams:
+    """Linking's distances are pixels at the nuclear model's pixel size; a movie whose ``scale``
+    says otherwise has them converted to its own pixels (areas are compared as ratios)."""
+    try:
+        scale = parse_scale(job.get(JobField.SCALE))
+    except OptionError as exc:
+        raise JobError(f"{exc} (the model works at {NUCLEAR_MODEL.mpp} um/px)") from None
+    params = linking.LinkParams()
+    if scale is None:
+        return params
+    factor = NUCLEAR_MODEL.mpp / scale
+    return replace(
+        params,
+        max_distance=params.max_distance * factor,
+        division_distance=params.division_distance * factor,
+    )
+
+
 def children_ended(job: Job) -> bool:
     """The parent is back from ``waiting``: every child it created has ended."""
     total = job.get(JobField.TOTAL_JOBS)
@@ -202,6 +222,7 @@ class MovieTracker:
     def fan_out(self, job: Job, movie: Movie) -> Waiting:
         """Queue one segmentation job per frame (each once, however often run); wait."""
         queue = self._require_queue()
+        link_params(job)  # a bad scale fails the movie now, not in every frame's job
         stem = movie_stem(job)
         frames = movie.frames
         keys = [frame_child_key(job.key, stem, t, frames) for t in range(frames)]
@@ -324,7 +345,9 @@ class MovieTracker:
             cells.append(linking.measure(labels, image_of(t), t))
             measured(t + 1, frames)
         tracking = linking.link(
-            cells, progress=_Progress(job, low + span * 45 // 100, low + span * 60 // 100)
+            cells,
+            link_params(job),
+            progress=_Progress(job, low + span * 45 // 100, low + span * 60 // 100),
         )
         del cells
         previews = write_results(

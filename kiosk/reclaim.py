@@ -5,8 +5,8 @@ and its children (a zip's images, a movie's frames) out of Redis, in batches, ea
 atomic step (a consumer working on one stops at its next write); it says which files they
 leave. Then :func:`remove_files` deletes them: each input that no other job uses, the job's
 output folder (a zip's holds its images' results too) and its children's unpacked images,
-which share a folder. The frontend runs the second step after answering, so a 10,000-image zip does not hold
-the request; whatever a crash leaves behind goes with the retention.
+which share a folder. The frontend runs the second step after answering, so a 10,000-image zip
+does not hold the request; whatever a crash leaves behind goes with the retention.
 
 The retention (:func:`reclaim_expired`, run by the janitor on a ``file://`` bucket) deletes
 objects under ``uploads/`` and ``output/`` last written more than ``KIOSK_RETENTION`` seconds

@@ -37,7 +37,7 @@ GREYS = 192
 """Palette entries 0..191 are greys; 192..255 are the track colours."""
 TRACK_COLOURS = 256 - GREYS
 FRAME_MS = 200
-MAX_ROWS = 600
+MAX_ROWS = 450
 PLOT_WIDTH = 1000
 MARGIN = 40
 BACKGROUND = (255, 255, 255)

@@ -44,7 +44,10 @@ def label_frame(image: np.ndarray) -> np.ndarray:
 
 
 def tiff_bytes(array: np.ndarray, **kwargs: object) -> bytes:
+    """TIFF bytes; grey pages unless told otherwise (tifffile would store a 3-frame movie as
+    one RGB image)."""
     buffer = io.BytesIO()
+    kwargs.setdefault("photometric", "minisblack")
     tifffile.imwrite(buffer, array, **kwargs)  # type: ignore[arg-type]
     return buffer.getvalue()
 
