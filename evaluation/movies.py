@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from evaluation.ctc import TrackTruth, write_ctc_result, write_ctc_truth_folder
+from consumers.ctc import TrackTruth, write_ctc_result, write_ctc_truth_folder
 from evaluation.synthetic import (
     _KIND_APOPTOTIC,
     _KIND_DIVIDING,

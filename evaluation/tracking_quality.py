@@ -15,7 +15,7 @@ reference package (``py-ctcmetrics``, module ``ctc_metrics``), not re-implemente
   package's own F1 (None when the truth has no division).
 
 Tracks are CTC ``L B E P`` records; labels are (T, Y, X) integer stacks where a track's label marks
-its masks in frames B..E (see ``evaluation.ctc``).
+its masks in frames B..E (see ``consumers.ctc``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from evaluation.ctc import (
+from consumers.ctc import (
     TrackLike,
     TrackTruth,
     as_track,

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from skimage.measure import label as connected_components
 
-from evaluation.ctc import check_tracks, parse_tracks
+from consumers.ctc import check_tracks, parse_tracks
 from evaluation.movies import Movie, MovieParams, generate_movie, write_ctc_truth
 
 

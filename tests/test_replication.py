@@ -122,9 +122,12 @@ def test_every_end_of_a_claim_waits_for_a_replica(pair: Replicated, ending: str)
 def test_deleting_and_zip_children_wait_for_a_replica_too(pair: Replicated) -> None:
     queue = pair.queue(timeout=0.2)
     key = submit(queue)
+    parent = submit(queue, "echo-zip", "images.zip")
     pair.freeze_replica()
     assert queue.delete(key, "echo")
-    queue.submit_ended_child("echo", "echo:bad.tif:1", {JobField.STATUS: Status.FAILED})
+    queue.submit_ended_child(
+        "echo", "echo:bad.tif:1", {JobField.STATUS: Status.FAILED, JobField.PARENT: parent}
+    )
     assert queue.unreplicated == 2
 
 

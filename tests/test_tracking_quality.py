@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.ctc import TrackTruth, check_tracks, format_tracks, parse_tracks, tracks_from_labels
+from consumers.ctc import TrackTruth, check_tracks, format_tracks, parse_tracks, tracks_from_labels
 from evaluation.movies import generate_movie
 from evaluation.tracking_quality import score_tracking
 
