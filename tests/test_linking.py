@@ -13,10 +13,12 @@ from consumers.processing.linking import (
     Track,
     Tracking,
     ctc_res_track,
+    ctc_tracking,
     lineage_json,
     link,
     measure,
 )
+from evaluation.ctc import check_tracks
 
 SHAPE = (100, 100)
 
@@ -50,11 +52,14 @@ def track_at(tracking, stack, t, y, x):
     return int(tracking.relabel(t, stack[t])[y, x])
 
 
-def division_movie():
-    """A mother brightening and dividing in frame 4 and an unrelated cell drifting."""
+def division_movie(neighbour=False):
+    """A mother brightening and dividing in frame 4 and an unrelated cell drifting; with
+    `neighbour`, a cell beside where a daughter appears, gone from frame 4 on."""
     frames = []
     for t in range(4):
         frames.append([(50, 50 + t, 6, 100 + 60 * (t == 3)), (15, 15 + 2 * t, 5, 100)])
+        if neighbour:
+            frames[-1].append((50, 76, 4.3, 100))
     for t in range(4, 7):
         spread = 7 + 2 * (t - 4)
         frames.append(
@@ -76,6 +81,27 @@ def test_measure_finds_each_object_centroid_area_intensity_and_roundness():
     np.testing.assert_allclose(cells.areas, [25, 40])
     np.testing.assert_allclose(cells.intensities, [5, 2])
     assert cells.roundness[0] == pytest.approx(1.0) and cells.roundness[1] < 0.5
+
+
+def test_measure_agrees_with_regionprops_on_irregular_objects():
+    from skimage.measure import regionprops
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((60, 80), np.int32)
+    for label in range(1, 9):
+        y, x = rng.integers(5, 55), rng.integers(5, 75)
+        labels[y - rng.integers(1, 5) : y + rng.integers(1, 5), x - 3 : x + rng.integers(1, 6)] = (
+            label
+        )
+    image = rng.random((60, 80))
+    cells = measure(labels, image, 0)
+    props = regionprops(labels, image)
+    assert cells.labels.tolist() == [p.label for p in props]
+    np.testing.assert_allclose(cells.centroids, [p.centroid for p in props])
+    np.testing.assert_allclose(cells.areas, [p.area for p in props])
+    np.testing.assert_allclose(cells.intensities, [p.intensity_mean for p in props])
+    ratio = [p.axis_minor_length / p.axis_major_length if p.axis_major_length else 1 for p in props]
+    np.testing.assert_allclose(cells.roundness, ratio, atol=1e-9)
 
 
 def test_measure_without_an_image_leaves_intensity_unknown_and_an_empty_frame_is_empty():
@@ -202,6 +228,49 @@ def test_without_division_detection_one_daughter_continues_the_mother():
     assert tracking.tracks[1].last == 6
 
 
+def test_a_daughter_is_found_even_where_a_vanishing_neighbour_would_take_it():
+    cells, stack = division_movie(neighbour=True)
+    tracking = link(cells)
+    mother, neighbour = track_at(tracking, stack, 3, 50, 53), track_at(tracking, stack, 3, 50, 76)
+    daughters = track_at(tracking, stack, 4, 50, 46), track_at(tracking, stack, 4, 50, 60)
+    assert tracking.tracks[mother].daughters == tuple(sorted(daughters))
+    assert tracking.tracks[neighbour].last == 3
+
+
+def test_a_nucleus_cut_in_two_by_the_segmentation_is_not_a_division():
+    cells = []
+    for t in range(7):
+        labels, image = frame_of([(50, 50, 7, 100)])
+        if t in (3, 4, 5):  # cut through its centre for three frames
+            labels[:, 50:][labels[:, 50:] > 0] = 2
+        cells.append(measure(labels, image, t))
+    tracking = link(cells)
+    assert all(t.parent is None and not t.daughters for t in tracking.tracks.values())
+
+
+def test_a_division_whose_daughter_is_gone_the_next_frame_is_undone():
+    cells, _ = division_movie()
+    cells = [
+        c if c.frame != 5 else measure(*frame_of([(50, 44, 4.3, 130), (15, 25, 5, 100)]), 5)
+        for c in cells
+    ]
+    cells[6] = measure(*frame_of([(50, 42, 4.3, 130), (15, 27, 5, 100)]), 6)
+    tracking = link(cells)
+    assert all(not t.daughters for t in tracking.tracks.values())
+    assert tracking.tracks[1] == Track(1, 0, 6, None, ())
+    kept = link(cells, LinkParams(min_daughter_frames=1))
+    assert kept.tracks[1].daughters
+
+
+def test_a_lone_daughter_back_at_the_mothers_size_the_next_frame_undoes_the_division():
+    frames = [[(50, 50, 7, 100)] for _ in range(4)]
+    frames.append([(50, 42, 5, 100), (50, 58, 5, 100)])  # looks like a division...
+    frames += [[(50, 50, 7, 100)] for _ in range(3)]  # ...but one whole nucleus again
+    tracking = link(movie(frames)[0], LinkParams(min_daughter_frames=1))
+    assert all(t.parent is None and not t.daughters for t in tracking.tracks.values())
+    assert tracking.tracks[1].first == 0 and tracking.tracks[1].last == 7
+
+
 def test_a_full_sized_cell_appearing_beside_another_is_not_a_daughter():
     frames = [[(50, 40, 6, 100)] for _ in range(3)]
     frames += [[(50, 40, 6, 100), (50, 55, 6, 100)] for _ in range(3)]
@@ -222,6 +291,33 @@ def test_a_cell_missed_for_two_frames_rejoins_its_track_and_is_absent_in_the_gap
     assert lineage_json(tracking)[str(moving)]["frames"] == [0, 1, 4, 5, 6]
     out = tracked(tracking, stack)
     assert not (out[2] == moving).any() and out[4, 30, 28] == moving
+
+
+def test_the_ctc_form_continues_a_gap_closed_track_under_a_new_label_with_it_as_parent():
+    frames = [[(30, 20 + 2 * t, 5, 100), (70, 70, 5, 100)] for t in range(7)]
+    frames[2] = frames[2][1:]
+    cells, stack = movie(frames)
+    tracking = link(cells)
+    ctc = ctc_tracking(tracking)
+    assert ctc_res_track(ctc) == ctc_res_track(tracking) == "1 0 1 0\n2 0 6 0\n3 3 6 1\n"
+    assert ctc.tracks[1].daughters == (3,)
+    ctc_stack = tracked(ctc, stack)
+    assert (
+        check_tracks(
+            ctc_stack,
+            {t.label: (t.label, t.first, t.last, t.parent or 0) for t in ctc.tracks.values()},
+        )
+        == []
+    )
+    assert ctc_stack[3, 30, 26] == 3 and tracked(tracking, stack)[3, 30, 26] == 1
+
+
+def test_the_ctc_form_of_a_tracking_without_gaps_is_the_tracking_itself():
+    cells, stack = division_movie()
+    tracking = link(cells)
+    assert ctc_tracking(tracking) is tracking
+    records = {t.label: (t.label, t.first, t.last, t.parent or 0) for t in tracking.tracks.values()}
+    assert check_tracks(tracked(tracking, stack), records) == []
 
 
 def test_a_cell_missed_longer_than_the_gap_window_comes_back_as_a_new_track():
