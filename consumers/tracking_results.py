@@ -10,7 +10,10 @@ The zip holds, under an optional folder (one per movie of a .trks):
   :func:`consumers.processing.linking.lineage_json`);
 * ``01_RES/res_track.txt`` and ``01_RES/maskTTT.tif``: the Cell Tracking Challenge's result
   layout (``mask000.tif``..., four digits past 1000 frames), ready for its evaluation tools
-  beside a ``01_GT`` folder;
+  beside a ``01_GT`` folder. They hold the tracking's CTC form
+  (:func:`consumers.processing.linking.ctc_tracking`): a track re-joined after a gap goes on
+  under a new label whose parent is the part before the gap, since the CTC wants a label in
+  every frame of its track; so the masks' labels can differ from the hyperstack's there;
 * ``{stem}_preview.gif`` and ``{stem}_lineage.png``: the pictures of
   :mod:`consumers.processing.track_preview`.
 
@@ -169,6 +172,7 @@ def write_results(
     segmentation labels (those the tracking's assignments name), ``image_of(t)`` its image
     (read only for the frames the animation shows)."""
     dtype = np.dtype(tracking.dtype)
+    ctc = linking.ctc_tracking(tracking)
     shown = set(preview_frames(frames))
     animation: list[np.ndarray] = []
 
@@ -177,10 +181,12 @@ def write_results(
 
     def pages() -> Iterator[np.ndarray]:
         for t in range(frames):
-            tracked = np.asarray(tracking.relabel(t, labels_of(t)), dtype=dtype)
+            segmented = labels_of(t)
+            tracked = np.asarray(tracking.relabel(t, segmented), dtype=dtype)
             if tracked.shape != shape:
                 raise ValueError(f"frame {t}'s labels are {tracked.shape}, not {shape}")
-            (masks / f"{t}.tif").write_bytes(_tiff_bytes(tracked))
+            mask = tracked if ctc is tracking else ctc.relabel(t, segmented)
+            (masks / f"{t}.tif").write_bytes(_tiff_bytes(mask))
             if t in shown:
                 animation.append(outline_frame(image_of(t), tracked))
             if progress is not None:

@@ -12,7 +12,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from consumers.processing.linking import Track, Tracking, ctc_res_track, lineage_json
+from consumers.ctc import TrackTruth, check_tracks, parse_tracks
+from consumers.processing.linking import Track, Tracking, lineage_json
 from consumers.processing.track_preview import (
     GREYS,
     animated_gif,
@@ -43,6 +44,10 @@ def division_movie() -> tuple[np.ndarray, Tracking]:
     }
     assignments = [{5: 1}, {5: 1}, *([{7: 2, 8: 3, 9: 4}] * 3)]
     return labels, Tracking(tracks, assignments)
+
+
+def hyperstack(data: bytes) -> np.ndarray:
+    return tifffile.imread(io.BytesIO(data))
 
 
 def write_zip(tmp_path: Path, labels: np.ndarray, tracking: Tracking, folder: str = "") -> bytes:
@@ -108,22 +113,39 @@ def test_lineage_json_is_the_originals_format_one_track_a_line(tmp_path: Path) -
     assert lineage["3"]["parent"] == 1 and lineage["3"]["frames"] == [2, 3, 4]
 
 
-def test_res_track_agrees_with_the_masks(tmp_path: Path) -> None:
+def ctc_result(data: bytes, frames: int) -> tuple[np.ndarray, dict[int, TrackTruth]]:
+    with zipfile.ZipFile(io.BytesIO(data)) as out:
+        tracks = parse_tracks(out.read("01_RES/res_track.txt").decode())
+        masks = [out.read(f"01_RES/{mask_name(t, frames)}") for t in range(frames)]
+    return np.stack([tifffile.imread(io.BytesIO(mask)) for mask in masks]), tracks
+
+
+def test_res_track_and_the_masks_are_a_valid_ctc_result(tmp_path: Path) -> None:
     labels, tracking = division_movie()
-    with zipfile.ZipFile(io.BytesIO(write_zip(tmp_path, labels, tracking))) as out:
-        records = [
-            tuple(map(int, line.split()))
-            for line in out.read("01_RES/res_track.txt").decode().splitlines()
-        ]
-        masks = [tifffile.imread(io.BytesIO(out.read(f"01_RES/mask{t:03d}.tif"))) for t in range(5)]
-    assert sorted(records) == [(1, 0, 1, 0), (2, 2, 4, 1), (3, 2, 4, 1), (4, 2, 4, 0)]
-    ends = {label: last for label, _, last, _ in records}
-    for label, first, last, parent in records:
-        present = [t for t, mask in enumerate(masks) if (mask == label).any()]
-        assert present[0] == first and present[-1] == last
-        if parent:
-            assert ends[parent] == first - 1  # a mother ends the frame before her daughters
-    assert ctc_res_track(tracking).splitlines() == [" ".join(map(str, r)) for r in records]
+    masks, tracks = ctc_result(write_zip(tmp_path, labels, tracking), 5)
+    assert check_tracks(masks, tracks) == []
+    assert list(tracks.values()) == [
+        TrackTruth(1, 0, 1, 0),
+        TrackTruth(2, 2, 4, 1),  # a mother ends the frame before her daughters
+        TrackTruth(3, 2, 4, 1),
+        TrackTruth(4, 2, 4, 0),
+    ]
+
+
+def test_a_track_rejoined_after_a_gap_goes_on_under_a_new_label_in_the_ctc_result(
+    tmp_path: Path,
+) -> None:
+    """The hyperstack keeps one label for the whole track; the CTC wants no gap."""
+    labels = np.zeros((4, *SHAPE), np.uint16)
+    labels[[0, 1, 3], 4:10, 4:10] = 3  # missed in frame 2
+    tracking = Tracking({1: Track(1, 0, 3, None, ())}, [{3: 1}, {3: 1}, {}, {3: 1}])
+    data = write_zip(tmp_path, labels, tracking)
+    masks, tracks = ctc_result(data, 4)
+    assert check_tracks(masks, tracks) == []
+    assert list(tracks.values()) == [TrackTruth(1, 0, 1, 0), TrackTruth(2, 3, 3, 1)]
+    with zipfile.ZipFile(io.BytesIO(data)) as out:
+        tracked = hyperstack(out.read("cells_tracked.tif"))
+    assert set(np.unique(tracked[3])) == {0, 1}
 
 
 def test_ctc_masks_get_four_digits_past_1000_frames() -> None:
