@@ -35,7 +35,6 @@ refused.
 from __future__ import annotations
 
 import io
-import logging
 import tempfile
 import time
 import uuid
@@ -70,8 +69,6 @@ from kiosk.options import OptionError, parse_scale
 from kiosk.queue import JobQueue, Outcome, ParentGone
 from kiosk.settings import JobTypeSettings
 from kiosk.storage import Bucket, ObjectNotFound
-
-log = logging.getLogger(__name__)
 
 SEGMENTATION = "segmentation"
 """The job type each frame goes to."""
@@ -540,10 +537,12 @@ class TrackingConsumer(Consumer):
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiosk-movie-")))
             with job.stage(Stages.PREPROCESS):
                 movies = stack.enter_context(tracker.open(job, path, workdir))
-            if movies[0].labelled:
-                return tracker.track_labelled(job, movies)
-            return tracker.fan_out(job, movies[0])
-        raise AssertionError("unreachable")  # pragma: no cover - ExitStack swallows nothing
+            done: Result | Waiting = (
+                tracker.track_labelled(job, movies)
+                if movies[0].labelled
+                else tracker.fan_out(job, movies[0])
+            )
+        return done
 
 
 class TrackingZipConsumer(ZipConsumer):
