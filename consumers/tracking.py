@@ -56,6 +56,7 @@ from consumers.processing import linking
 from consumers.segmentation import NUCLEAR_MODEL
 from consumers.tracking_results import Previews, ResultNames, write_results
 from consumers.zips import ZipConsumer, ZipSettings, _open_zip, plan_entries
+from kiosk.filetypes import kind_from_name
 from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
 from kiosk.keys import (
     JobField,
@@ -575,7 +576,7 @@ class TrackingZipConsumer(ZipConsumer):
         name = job.get(JobField.ORIGINAL_NAME) or path.name
         archive = _open_zip(path, name)
         try:
-            entries, _ = plan_entries(
+            entries, skipped = plan_entries(
                 archive.infolist(),
                 max_entries=limits.max_zip_entries,
                 max_entry_bytes=limits.max_zip_entry_bytes,
@@ -587,6 +588,13 @@ class TrackingZipConsumer(ZipConsumer):
             if not holds_single_frames(archive, infos):
                 archive.close()
                 return None
+            # A frame left out would join the frames either side of it: refuse instead.
+            lost = [s for s in skipped if kind_from_name(s.name) and "macOS" not in s.reason]
+            if lost:
+                raise JobError(
+                    f"frame {lost[0].name!r} of the movie cannot be read: {lost[0].reason}; "
+                    "fix it and submit the zip again"
+                )
             return FramesZip(
                 archive,
                 infos,

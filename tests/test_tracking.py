@@ -325,8 +325,11 @@ def test_a_zip_of_frames_is_one_movie_in_the_natural_order_of_its_names(
         assert hyperstack(out.read("run_tracked.tif")).shape == movie.shape
 
 
-def test_a_zip_of_movies_becomes_a_tracking_job_per_movie(
-    zip_consumer: TrackingZipConsumer, queue: JobQueue, bucket: LocalBucket
+def test_a_zip_of_movies_becomes_a_tracking_job_per_movie_and_a_zip_of_their_results(
+    consumer: TrackingConsumer,
+    zip_consumer: TrackingZipConsumer,
+    queue: JobQueue,
+    bucket: LocalBucket,
 ) -> None:
     members = {"a.tif": tiff_bytes(moving_discs(3)), "b/c.tif": tiff_bytes(moving_discs(4))}
     buffer = io.BytesIO()
@@ -338,6 +341,39 @@ def test_a_zip_of_movies_becomes_a_tracking_job_per_movie(
     children = queue.get(key)[JobField.CHILDREN].split(",")
     assert [c.split(":")[:2] for c in children] == [["tracking", "a.tif"], ["tracking", "b/c.tif"]]
     assert queue.redis.llen("tracking") == 2 and queue.redis.llen("segmentation") == 0
+    for _ in children:  # each movie fans out its frames, then links them
+        fan_out(consumer, queue, bucket, "tracking")
+    segment_waiting_frames(queue, bucket)
+    for _ in children:
+        movie = claim_job(queue, bucket, "tracking")
+        result = consumer.process(movie)
+        assert isinstance(result, Result)
+        assert (
+            queue.finish(
+                Claim(movie.key, movie.queue, movie.fields),
+                "t1",
+                {JobField.OUTPUT_FILE_NAME: result.output_file_name},
+            ).outcome
+            is Outcome.APPLIED
+        )
+    result = fan_in(zip_consumer, queue, bucket, "tracking-zip")
+    with results(bucket, result) as out:
+        assert sorted(out.namelist()) == ["a_labels.zip", "b/c_labels.zip"]
+        with zipfile.ZipFile(io.BytesIO(out.read("b/c_labels.zip"))) as movie_results:
+            assert hyperstack(movie_results.read("c_tracked.tif")).shape == (4, 64, 80)
+
+
+def test_a_frame_of_a_zip_that_cannot_be_used_fails_the_movie(
+    zip_consumer: TrackingZipConsumer, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    data = io.BytesIO(frames_zip(moving_discs(3)))
+    with zipfile.ZipFile(data, "a") as archive:
+        archive.writestr("frame3.tif", b"")
+        archive.writestr("notes.txt", b"not a frame, and not missed")
+    submit_file(queue, bucket, "tracking", "run.zip", data.getvalue())
+    with pytest.raises(JobError, match=r"frame 'frame3.tif' of the movie cannot be read: empty"):
+        zip_consumer.process(claim_job(queue, bucket, "tracking-zip"))
+    assert queue.redis.llen("segmentation") == 0
 
 
 def test_a_zip_mixing_frames_and_movies_is_refused(
