@@ -197,6 +197,9 @@ class Consumer(ABC):
 
     job_type: ClassVar[str] = ""
     settings_class: ClassVar[type[JobTypeSettings]] = JobTypeSettings
+    zip_consumer: ClassVar[str] = "consumers.zips:ZipConsumer"
+    """How a zip of this job type is taken: the consumer (``module:Class``) that serves its
+    ``TYPE-zip`` queue. The default splits a zip into one job per image."""
 
     def __init__(
         self,

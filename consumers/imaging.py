@@ -169,6 +169,11 @@ def _sniff(fh: BinaryIO, name: str | None) -> FileKind:
     if not head:
         raise CorruptImage(f"{_describe(name)} is empty: choose the file again and upload it.")
     kind = sniff(head)
+    if kind is FileKind.TRK:
+        raise UnsupportedImage(
+            f"{_describe(name)} is a .trk/.trks tracked movie, not an image: submit it as a "
+            "tracking job."
+        )
     if kind is None or kind is FileKind.ZIP:
         found = "a zip archive" if kind is FileKind.ZIP else "no image format Kiosk knows"
         raise UnsupportedImage(

@@ -13,8 +13,12 @@ from consumers.base import Consumer
 from kiosk.keys import ZIP_SUFFIX, job_type_of
 from kiosk.settings import JobTypeSettings
 
-BUILTIN: dict[str, str] = {"segmentation": "consumers.segmentation:SegmentationConsumer"}
-# Every job type's zips are split by the same fan-out consumer.
+BUILTIN: dict[str, str] = {
+    "segmentation": "consumers.segmentation:SegmentationConsumer",
+    "tracking": "consumers.tracking:TrackingConsumer",
+}
+# A job type's zips are split by the same fan-out consumer, unless the job type names its own
+# (Consumer.zip_consumer: tracking takes a zip of frames as one movie).
 ZIP_CONSUMER = "consumers.zips:ZipConsumer"
 
 
@@ -48,10 +52,10 @@ def load(target: str) -> type[Consumer]:
 
 def resolve(queue: str, plugins: Iterable[str] = ()) -> type[Consumer]:
     """The consumer class for a queue: plugins first, then built-in job types; ``TYPE-zip``
-    queues get the zip fan-out consumer."""
+    queues get the zip consumer the job type names (the zip fan-out consumer by default)."""
     known = {**BUILTIN, **parse_plugins(plugins)}
     if queue.endswith(ZIP_SUFFIX) and job_type_of(queue) in known:
-        return load(ZIP_CONSUMER)
+        return load(load(known[job_type_of(queue)]).zip_consumer)
     if queue not in known:
         names = ", ".join(sorted(known)) or "none"
         raise UnknownJobType(

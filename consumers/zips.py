@@ -280,40 +280,44 @@ class ZipConsumer(Consumer):
         return ended >= int(total)
 
     def _fan_out(self, job: Job) -> Result | Waiting:
+        with job.input_file() as path:
+            return self._fan_out_file(job, path)
+
+    def _fan_out_file(self, job: Job, path: Path) -> Result | Waiting:
+        """:meth:`_fan_out` of the zip at ``path`` (for job types that look into it first)."""
         queue = self._require_queue()
         job_type = job_type_of(job.queue)
         limits = cast(ZipSettings, self.job_settings)
-        with job.input_file() as path:
-            with job.stage(Stages.PREPROCESS):
-                archive = _open_zip(path, job.get(JobField.ORIGINAL_NAME))
-                entries, skipped = plan_entries(
-                    archive.infolist(),
-                    max_entries=limits.max_zip_entries,
-                    max_entry_bytes=limits.max_zip_entry_bytes,
-                    max_total_bytes=limits.max_zip_total_bytes,
-                    zip_size=path.stat().st_size,
-                    max_ratio=limits.max_zip_ratio,
-                )
-                entries, padded = _account(archive, entries, limits.max_zip_ratio)
-                skipped += padded
-            if not entries:
-                listed = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5]) or "it is empty"
-                raise JobError(
-                    f"the zip holds no images Kiosk can segment ({listed}); "
-                    "zip .tif, .png or .jpg images and submit it again"
-                )
-            keys = [child_key(job.key, job_type, entry) for entry in entries]
-            failures = [s.as_dict() for s in skipped]
-            job.update(
-                **{
-                    JobField.CHILDREN: ",".join(keys),
-                    JobField.TOTAL_JOBS: len(keys),
-                    JobField.FAILURES: json.dumps(failures),
-                }
+        with job.stage(Stages.PREPROCESS):
+            archive = _open_zip(path, job.get(JobField.ORIGINAL_NAME))
+            entries, skipped = plan_entries(
+                archive.infolist(),
+                max_entries=limits.max_zip_entries,
+                max_entry_bytes=limits.max_zip_entry_bytes,
+                max_total_bytes=limits.max_zip_total_bytes,
+                zip_size=path.stat().st_size,
+                max_ratio=limits.max_zip_ratio,
             )
-            with job.stage(Stages.UPLOAD), archive:
-                for entry, key in zip(entries, keys, strict=True):
-                    self._spawn(job, queue, job_type, archive, entry, key)
+            entries, padded = _account(archive, entries, limits.max_zip_ratio)
+            skipped += padded
+        if not entries:
+            listed = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5]) or "it is empty"
+            raise JobError(
+                f"the zip holds no images Kiosk can segment ({listed}); "
+                "zip .tif, .png or .jpg images and submit it again"
+            )
+        keys = [child_key(job.key, job_type, entry) for entry in entries]
+        failures = [s.as_dict() for s in skipped]
+        job.update(
+            **{
+                JobField.CHILDREN: ",".join(keys),
+                JobField.TOTAL_JOBS: len(keys),
+                JobField.FAILURES: json.dumps(failures),
+            }
+        )
+        with job.stage(Stages.UPLOAD), archive:
+            for entry, key in zip(entries, keys, strict=True):
+                self._spawn(job, queue, job_type, archive, entry, key)
         return Waiting(
             {
                 JobField.CHILDREN_UPLOAD_TIME: f"{job.timings.get(JobField.UPLOAD_TIME, 0):.6f}",

@@ -8,17 +8,20 @@ from frontend.deps import Services
 from frontend.errors import ApiError
 from kiosk.filetypes import FileKind, check_name
 from kiosk.jobs import JobRequest, creation_fields
-from kiosk.keys import UPLOAD_PREFIX, new_job_key
+from kiosk.keys import UPLOAD_PREFIX, canonical_job_type, new_job_key
 from kiosk.options import OptionError, check_options
 from kiosk.storage import safe_key
 
 
 def check_job_type(services: Services, job_type: str | None) -> str:
+    """The job type a client named (its other name, e.g. ``caliban``, resolved), if this Kiosk
+    runs it."""
     known = services.settings.queues
     if not job_type:
         raise ApiError(
             400, "say which job type to run (jobType / job_type); GET /api/jobtypes lists them"
         )
+    job_type = canonical_job_type(job_type)
     if job_type not in known:
         listed = ", ".join(known) if known else "none (KIOSK_QUEUES is empty)"
         raise ApiError(

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kiosk.keys import JobField, Status, clean_name, parse_job_key, queue_for
+from kiosk.keys import JobField, Status, canonical_job_type, clean_name, parse_job_key, queue_for
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ class JobRequest:
     segmentation_type: str = ""
     parent: str = ""
     """A zip child's parent job key: the child's end is counted there."""
+
+    def __post_init__(self) -> None:
+        # A job type's other name (``caliban``) is the job type itself from here on.
+        object.__setattr__(self, "job_type", canonical_job_type(self.job_type))
 
     @property
     def queue(self) -> str:

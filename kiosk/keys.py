@@ -110,6 +110,11 @@ def validate_queue_name(name: str) -> str:
             f"invalid job type {name!r}: use lower-case letters, digits, '.', '_' or '-' "
             "(at most 63 characters, starting with a letter or digit)"
         )
+    if name in JOB_TYPE_ALIASES:
+        raise ValueError(
+            f"{name!r} is another name for the {JOB_TYPE_ALIASES[name]!r} job type: list "
+            f"{JOB_TYPE_ALIASES[name]!r} instead (jobs submitted as {name!r} go there)"
+        )
     if (
         name in RESERVED_QUEUE_NAMES
         or name.startswith(PROCESSING_PREFIX)
@@ -120,6 +125,17 @@ def validate_queue_name(name: str) -> str:
             "are reserved"
         )
     return name
+
+
+JOB_TYPE_ALIASES: dict[str, str] = {"caliban": "tracking"}
+"""Other names clients may submit a job type under: the original's names. An alias is resolved
+when a job is created (:func:`canonical_job_type`), so its jobs go to the job type's own queue
+and keys; it is never a queue itself."""
+
+
+def canonical_job_type(name: str) -> str:
+    """The job type a name submitted by a client means (``caliban`` -> ``tracking``)."""
+    return JOB_TYPE_ALIASES.get(name, name)
 
 
 def zip_queue(job_type: str) -> str:

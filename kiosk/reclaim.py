@@ -1,12 +1,12 @@
 """Reclaiming storage: the files of a deleted job, and files older than the retention.
 
 Deleting a job (``DELETE /api/v1/jobs/{id}``) is two steps. :func:`remove_job` takes the job
-and, for a zip, every image's job out of Redis, in batches, each job in one atomic step (a
-consumer working on one stops at its next write); it says which files they leave. Then
-:func:`remove_files` deletes them: each input that no other job uses, and the job's output
-folder (a zip's holds its images' results too) and a zip's unpacked images, which share a
-folder. The frontend runs the second step after answering, so a 10,000-image zip does not hold
-the request; whatever a crash leaves behind goes with the retention.
+and its children (a zip's images, a movie's frames) out of Redis, in batches, each job in one
+atomic step (a consumer working on one stops at its next write); it says which files they
+leave. Then :func:`remove_files` deletes them: each input that no other job uses, the job's
+output folder (a zip's holds its images' results too) and its children's unpacked images,
+which share a folder. The frontend runs the second step after answering, so a 10,000-image zip
+does not hold the request; whatever a crash leaves behind goes with the retention.
 
 The retention (:func:`reclaim_expired`, run by the janitor on a ``file://`` bucket) deletes
 objects under ``uploads/`` and ``output/`` last written more than ``KIOSK_RETENTION`` seconds
@@ -49,6 +49,13 @@ class JobFiles:
     shared_folders: list[str] = field(default_factory=list)
     """Folders whose objects go unless a remaining job uses them: a zip's unpacked images."""
 
+    def __add__(self, other: JobFiles) -> JobFiles:
+        return JobFiles(
+            self.inputs + other.inputs,
+            self.folders + other.folders,
+            self.shared_folders + other.shared_folders,
+        )
+
 
 @dataclass(frozen=True)
 class Reclaimed:
@@ -74,20 +81,35 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def remove_job(queue: JobQueue, key: str, fields: Mapping[str, str]) -> JobFiles:
-    """Delete a job from Redis and, for a zip, its images' jobs; the files they leave.
+    """Delete a job from Redis and its children's jobs (a zip's images, a movie's frames, and
+    theirs: a zip of movies); the files they leave.
 
-    The zip goes first, so its images' ends are counted nowhere and nothing queues it again.
+    The parent goes first, so its children's ends are counted nowhere and nothing queues it
+    again.
     """
     parent = fields.get(JobField.PARENT, "")
     removed = queue.remove([(key, _queue_of(key))])
     folders = [output_prefix(key, parent)]
     shared: list[str] = []
-    if _queue_of(key).endswith(ZIP_SUFFIX):
-        children = [c for c in fields.get(JobField.CHILDREN, "").split(",") if c]
-        for chunk in _chunks(children, BATCH):
-            removed += queue.remove([(child, _queue_of(child)) for child in chunk])
+    children = [c for c in fields.get(JobField.CHILDREN, "").split(",") if c]
+    if children or _queue_of(key).endswith(ZIP_SUFFIX):
+        # Children keep their results inside output_prefix(key), which is the folder above
+        # unless this job is itself a child.
+        folders.append(output_prefix(key))
         shared.append(children_upload_prefix(key))  # images of children already expired too
-    return JobFiles([r.input for r in removed if r.input_free], folders, shared)
+    nested = JobFiles()
+    for chunk in _chunks(children, BATCH):
+        parents = [
+            (child, child_fields)
+            for child, child_fields in zip(chunk, queue.get_many(chunk), strict=True)
+            if child_fields.get(JobField.CHILDREN)
+        ]
+        removed += queue.remove([(child, _queue_of(child)) for child in chunk])
+        for child, child_fields in parents:
+            nested += remove_job(queue, child, child_fields)
+    return nested + JobFiles(
+        [r.input for r in removed if r.input_free], sorted(set(folders)), shared
+    )
 
 
 def remove_files(queue: JobQueue, bucket: Bucket, files: JobFiles) -> Deleted:

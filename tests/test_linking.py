@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from consumers.ctc import check_tracks
 from consumers.processing.linking import (
     Cells,
     LinkParams,
@@ -18,7 +19,6 @@ from consumers.processing.linking import (
     link,
     measure,
 )
-from evaluation.ctc import check_tracks
 
 SHAPE = (100, 100)
 

@@ -1,0 +1,646 @@
+"""The tracking job type: a movie in; every frame segmented in parallel, cells linked over time
+with their divisions, and a results zip out. Clients may also submit it as ``caliban``, the
+original's name: the alias is resolved to ``tracking`` when a job is created
+(:data:`kiosk.keys.JOB_TYPE_ALIASES`), so there is one queue and one consumer.
+
+A movie (:mod:`consumers.movies`: a multi-page TIFF, a zip of frames, a .trk) passes through
+this consumer twice, like a zip (:mod:`consumers.zips`):
+
+1. Fan-out. Its limits are checked from headers (``KIOSK_MAX_FRAMES``, pixels per frame,
+   pixels in all); each frame, the chosen channel as one 2-D plane, is written to the bucket
+   under the movie's children folder and becomes a child ``segmentation`` job with the movie as
+   its parent, inheriting the movie's options (model, scale). Child keys and uploads are
+   derived from the movie's key and the frame's index, so a fan-out run again creates nothing
+   twice. The movie then waits in ``waiting`` holding no consumer; its progress is the share of
+   frames that ended, kept by the queue.
+2. Fan-in, when the last frame's job ends and the queue puts the movie back on this queue.
+   Every frame must have been segmented: the first failed frame fails the movie, its reason
+   naming the frame and the frame job's own reason (a track cannot be followed across a missing
+   frame). Then each frame's labels and image are read, one frame at a time, and measured;
+   the frames are linked (:func:`consumers.processing.linking.link`, shown as post-processing);
+   and the results are written frame by frame (:mod:`consumers.tracking_results`). The
+   fan-in depends only on the frames' results, and writes the same keys each time, so a
+   consumer killed during it loses nothing: the next one runs it again.
+
+A .trk or .trks comes with its labels: they are tracked again as they are, in one step, with
+no segmentation; each movie of a .trks gets its own folder in the results zip.
+
+The ``tracking-zip`` twin (:class:`TrackingZipConsumer`): a zip of single 2-D frames is one
+movie, its frames in the natural order of their names, tracked as above; a zip of movies
+(multi-page TIFFs) is split like any zip, each movie a tracking job of its own, and the
+results zip holds each movie's results zip. A zip that mixes single frames and movies is
+refused.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, ClassVar, cast
+
+import numpy as np
+import tifffile
+from pydantic import Field
+
+from consumers import imaging
+from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting
+from consumers.movies import FramesZip, Movie, MovieLimits, open_movies
+from consumers.processing import linking
+from consumers.segmentation import NUCLEAR_MODEL
+from consumers.tracking_results import Previews, ResultNames, write_results
+from consumers.zips import ZipConsumer, ZipSettings, _open_zip, plan_entries
+from kiosk.filetypes import kind_from_name
+from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
+from kiosk.keys import (
+    JobField,
+    Status,
+    children_upload_prefix,
+    clean_name,
+    file_url,
+    parse_job_key,
+)
+from kiosk.options import OptionError, parse_scale
+from kiosk.queue import JobQueue, Outcome, ParentGone
+from kiosk.settings import JobTypeSettings
+from kiosk.storage import Bucket, ObjectNotFound
+
+SEGMENTATION = "segmentation"
+"""The job type each frame goes to."""
+BATCH = 500
+"""Child jobs read from Redis in one round trip."""
+PROGRESS_INTERVAL = 1.0
+"""Seconds between progress writes during the fan-in."""
+
+
+class TrackingSettings(JobTypeSettings):
+    """Limits on the movies the tracking job type takes, checked from their headers before any
+    frame is segmented. Pixels per frame are segmentation's own limit."""
+
+    service_name: ClassVar[str] = "tracking"
+
+    max_frames: int = Field(
+        3000, ge=2, description="Most frames a movie may have; longer movies are refused."
+    )
+    max_image_pixels: int = Field(
+        8192 * 8192,
+        ge=1,
+        description="Largest image plane (height x width) a segmentation job takes; larger ones "
+        "fail with a message before they are decoded.",
+    )
+    max_movie_pixels: int = Field(
+        4 * 1024**3,
+        ge=1,
+        description="Most pixels a movie may hold, all frames together (a .trks: all its "
+        "movies); larger movies are refused before anything is segmented.",
+    )
+
+    def limits(self) -> MovieLimits:
+        return MovieLimits(self.max_frames, self.max_image_pixels, self.max_movie_pixels)
+
+
+class TrackingZipSettings(ZipSettings, TrackingSettings):
+    """A tracking zip is bounded as a zip, and its frames (or movies) as movies."""
+
+    service_name: ClassVar[str] = "tracking"
+
+
+# ------------------------------------------------------------------------------ frame jobs
+
+
+def frame_child_uuid(parent_key: str, frame: int) -> str:
+    parsed = parse_job_key(parent_key)
+    namespace = uuid.UUID(parsed.uuid) if parsed else uuid.NAMESPACE_URL
+    return str(uuid.uuid5(namespace, f"frame:{frame}"))
+
+
+def frame_file_name(stem: str, frame: int, frames: int) -> str:
+    """``{movie stem}-frame-0007.tif``: the frame job's original_name."""
+    return f"{stem}-frame-{frame:0{max(4, len(str(frames - 1)))}d}.tif"
+
+
+def frame_child_key(parent_key: str, stem: str, frame: int, frames: int) -> str:
+    """``segmentation:{stem}-frame-0007.tif:{uuid}``, the uuid derived from the movie's."""
+    name = clean_name(frame_file_name(stem, frame, frames))
+    return f"{SEGMENTATION}:{name}:{frame_child_uuid(parent_key, frame)}"
+
+
+def frame_upload_key(parent_key: str, frame: int) -> str:
+    """``uploads/{movie uuid}/{frame uuid}.tif``: a movie's frames share its children folder,
+    which goes with the movie when it is deleted."""
+    return f"{children_upload_prefix(parent_key)}{frame_child_uuid(parent_key, frame)}.tif"
+
+
+def link_params(job: Job) -> linking.LinkParams:
+    """Linking's distances are pixels at the nuclear model's pixel size; a movie whose ``scale``
+    says otherwise has them converted to its own pixels (areas are compared as ratios)."""
+    try:
+        scale = parse_scale(job.get(JobField.SCALE))
+    except OptionError as exc:
+        raise JobError(f"{exc} (the model works at {NUCLEAR_MODEL.mpp} um/px)") from None
+    params = linking.LinkParams()
+    if scale is None:
+        return params
+    factor = NUCLEAR_MODEL.mpp / scale
+    return replace(
+        params,
+        max_distance=params.max_distance * factor,
+        division_distance=params.division_distance * factor,
+    )
+
+
+def children_ended(job: Job) -> bool:
+    """The parent is back from ``waiting``: every child it created has ended."""
+    total = job.get(JobField.TOTAL_JOBS)
+    if not job.get(JobField.CHILDREN) or not total:
+        return False
+    done = int(job.get(JobField.CHILDREN_DONE, "0"))
+    failed = int(job.get(JobField.CHILDREN_FAILED, "0"))
+    return done + failed >= int(total)
+
+
+def movie_stem(job: Job) -> str:
+    name = job.get(JobField.ORIGINAL_NAME, "movie").replace("\\", "/")
+    return clean_name(PurePosixPath(name).stem or "movie").replace("/", "_")
+
+
+def encode_frame(plane: np.ndarray) -> bytes:
+    """A frame for its segmentation job: one 2-D plane, quickly compressed."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer, plane, photometric="minisblack", compression="zlib", compressionargs={"level": 1}
+    )
+    return buffer.getvalue()
+
+
+class _Progress:
+    """The fan-in's progress on the job, from ``start`` to ``end`` percent, written at most
+    once per :data:`PROGRESS_INTERVAL`."""
+
+    def __init__(self, job: Job, start: int, end: int) -> None:
+        self.job, self.start, self.end = job, start, end
+        self._written = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._written < PROGRESS_INTERVAL:
+            return
+        self._written = now
+        self.job.set_progress(self.start + (self.end - self.start) * done // max(1, total))
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+class MovieTracker:
+    """Fan-out and fan-in of one movie's frames; the tracking consumer and the tracking zip
+    consumer (a zip of frames) share it."""
+
+    def __init__(
+        self, bucket: Bucket, queue: JobQueue | None, settings: TrackingSettings, public_url: str
+    ) -> None:
+        self.bucket = bucket
+        self.queue = queue
+        self.settings = settings
+        self.public_url = public_url
+
+    def _require_queue(self) -> JobQueue:
+        if self.queue is None:
+            raise RuntimeError("the tracking consumer needs the job queue to create frame jobs")
+        return self.queue
+
+    # ---------------------------------------------------------------- fan-out
+
+    def fan_out(self, job: Job, movie: Movie) -> Waiting:
+        """Queue one segmentation job per frame (each once, however often run); wait."""
+        queue = self._require_queue()
+        link_params(job)  # a bad scale fails the movie now, not in every frame's job
+        stem = movie_stem(job)
+        frames = movie.frames
+        keys = [frame_child_key(job.key, stem, t, frames) for t in range(frames)]
+        job.update(
+            **{
+                JobField.CHILDREN: ",".join(keys),
+                JobField.TOTAL_JOBS: frames,
+                JobField.DIM_ORDER: movie.dimension_order,
+            }
+        )
+        inherited = JobRequest.of_job(SEGMENTATION, job.fields)
+        with job.stage(Stages.UPLOAD):
+            for start in range(0, frames, BATCH):
+                chunk = keys[start : start + BATCH]
+                for offset, (key, fields) in enumerate(
+                    zip(chunk, queue.get_many(chunk), strict=True)
+                ):
+                    if fields:
+                        continue  # created by an earlier run of this fan-out
+                    t = start + offset
+                    self._spawn(
+                        job, queue, inherited, movie, t, key, frame_file_name(stem, t, frames)
+                    )
+        return Waiting(
+            {
+                JobField.CHILDREN_UPLOAD_TIME: f"{job.timings.get(JobField.UPLOAD_TIME, 0):.6f}",
+                JobField.PROGRESS: "0",
+            }
+        )
+
+    def _spawn(
+        self,
+        job: Job,
+        queue: JobQueue,
+        inherited: JobRequest,
+        movie: Movie,
+        t: int,
+        key: str,
+        name: str,
+    ) -> None:
+        try:
+            plane = movie.frame(t)
+        except imaging.ImageError as exc:
+            raise JobError(str(exc)) from exc
+        upload = frame_upload_key(job.key, t)
+        self.bucket.put_bytes(upload, encode_frame(plane))
+        request = replace(
+            inherited,
+            original_name=name,
+            input_file_name=upload,
+            url="",
+            parent=job.key,
+            dimension_order="YX",  # the chosen channel, as one plane
+            channels="",
+        )
+        fields = creation_fields(request, job.get(JobField.IDENTITY_UPLOAD))
+        try:
+            queue.submit(SEGMENTATION, key, fields)
+        except ParentGone as exc:
+            self.bucket.delete(upload)
+            raise JobLost(
+                f"the movie was deleted while its frames were queued ({exc})", Outcome.GONE
+            ) from exc
+
+    # ---------------------------------------------------------------- fan-in
+
+    def fan_in(self, job: Job) -> Result:
+        """Link the segmented frames and write the results (the same, however often run)."""
+        queue = self._require_queue()
+        keys = [k for k in job.get(JobField.CHILDREN).split(",") if k]
+        children = list(_children(queue, keys))
+        _fail_on_failed_frame(children)
+        frames = len(children)
+
+        def labels_of(t: int) -> np.ndarray:
+            key = children[t].fields[JobField.OUTPUT_FILE_NAME]
+            return self._read_plane(key, f"the labels of frame {t}")
+
+        def image_of(t: int) -> np.ndarray:
+            key = children[t].fields.get(JobField.INPUT_FILE_NAME, "")
+            return self._read_plane(key, f"the image of frame {t}")
+
+        with tempfile.TemporaryDirectory(prefix="kiosk-tracking-") as tmp:
+            stem = movie_stem(job)
+            results = Path(tmp) / f"{stem}_tracking.zip"
+            with job.stage(Stages.POSTPROCESS), zipfile.ZipFile(results, "w") as out:
+                job.set_progress(0)
+                tracking, previews = self._track_and_write(
+                    job, out, Path(tmp), ResultNames(stem), frames, labels_of, image_of
+                )
+            key = job.upload_output(results)
+            return self._result(job, key, stem, previews, tracking, frames)
+
+    def _track_and_write(
+        self,
+        job: Job,
+        out: zipfile.ZipFile,
+        workdir: Path,
+        names: ResultNames,
+        frames: int,
+        labels_of: Callable[[int], np.ndarray],
+        image_of: Callable[[int], np.ndarray],
+        share: tuple[int, int] = (0, 100),
+    ) -> tuple[linking.Tracking, Previews]:
+        """Measure every frame, link, write: the progress runs over ``share`` percent."""
+        low, high = share
+        span = high - low
+        measured = _Progress(job, low, low + span * 45 // 100)
+        cells = []
+        shape: tuple[int, int] | None = None
+        for t in range(frames):
+            labels = labels_of(t)
+            if shape is None:
+                shape = (int(labels.shape[0]), int(labels.shape[1]))
+            elif labels.shape != shape:
+                raise JobError(
+                    f"the labels of frame {t} are {labels.shape[0]} x {labels.shape[1]} but "
+                    f"those of frame 0 are {shape[0]} x {shape[1]}; submit the movie again"
+                )
+            cells.append(linking.measure(labels, image_of(t), t))
+            measured(t + 1, frames)
+        tracking = linking.link(
+            cells,
+            link_params(job),
+            progress=_Progress(job, low + span * 45 // 100, low + span * 60 // 100),
+        )
+        del cells
+        previews = write_results(
+            out,
+            workdir,
+            names,
+            frames=frames,
+            shape=shape or (0, 0),
+            labels_of=labels_of,
+            image_of=image_of,
+            tracking=tracking,
+            progress=_Progress(job, low + span * 60 // 100, high),
+        )
+        return tracking, previews
+
+    def _result(
+        self,
+        job: Job,
+        key: str,
+        stem: str,
+        previews: Previews,
+        tracking: linking.Tracking,
+        frames: int,
+    ) -> Result:
+        preview = job.put_output(f"{stem}_preview.gif", previews.animation)
+        job.put_output(f"{stem}_lineage.png", previews.lineage)
+        return Result(
+            key,
+            {
+                JobField.PREVIEW_URL: file_url(self.public_url, preview),
+                JobField.OBJECTS: str(len(tracking.tracks)),
+                JobField.TOTAL_JOBS: str(frames),
+                JobField.CLEANUP_TIME: "0",
+            },
+        )
+
+    def _read_plane(self, key: str, what: str) -> np.ndarray:
+        """A frame's labels or image from the bucket, as one 2-D plane."""
+        gone = JobError(
+            f"{what} is no longer in the bucket (removed after KIOSK_RETENTION, or deleted); "
+            "submit the movie again"
+        )
+        if not key:
+            raise gone
+        try:
+            local = self.bucket.local_path(key)
+            if local is not None:
+                data = tifffile.imread(local)
+            else:
+                with self.bucket.open_read(key) as src:
+                    data = tifffile.imread(io.BytesIO(src.read()))
+        except (ObjectNotFound, FileNotFoundError) as exc:
+            raise gone from exc
+        except Exception as exc:
+            raise JobError(f"{what} cannot be read ({exc}); submit the movie again") from exc
+        plane = np.squeeze(np.asarray(data))
+        if plane.ndim != 2:
+            raise JobError(f"{what} is not one plane (shape {data.shape}); submit the movie again")
+        return plane
+
+    # ---------------------------------------------------------------- labelled movies
+
+    def track_labelled(self, job: Job, movies: Sequence[Movie]) -> Result:
+        """A .trk's (or each of a .trks's) labels tracked again, in this one step."""
+        stem = movie_stem(job)
+        with tempfile.TemporaryDirectory(prefix="kiosk-tracking-") as tmp:
+            results = Path(tmp) / f"{stem}_tracking.zip"
+            first: tuple[linking.Tracking, Previews] | None = None
+            tracks = 0
+            with job.stage(Stages.POSTPROCESS), zipfile.ZipFile(results, "w") as out:
+                job.set_progress(0)
+                for b, movie in enumerate(movies):
+                    folder = f"movie_{b:03d}" if len(movies) > 1 else ""
+                    share = (100 * b // len(movies), 100 * (b + 1) // len(movies))
+                    done = self._track_and_write(
+                        job,
+                        out,
+                        Path(tmp),
+                        ResultNames(stem, folder),
+                        movie.frames,
+                        _labels_reader(movie),
+                        _frame_reader(movie),
+                        share,
+                    )
+                    tracks += len(done[0].tracks)
+                    first = first or done
+            key = job.upload_output(results)
+        assert first is not None  # a .trk holds at least one movie
+        result = self._result(job, key, stem, first[1], first[0], movies[0].frames)
+        fields = {
+            **result.fields,
+            JobField.OBJECTS: str(tracks),
+            JobField.TOTAL_JOBS: "1",
+            JobField.DIM_ORDER: movies[0].dimension_order,
+        }
+        return Result(result.output_file_name, fields)
+
+    # ---------------------------------------------------------------- reading
+
+    @contextmanager
+    def open(self, job: Job, path: Path, workdir: Path) -> Iterator[list[Movie]]:
+        """The job's movies, refused with a :class:`JobError` that says why and what to do."""
+        try:
+            with open_movies(
+                path,
+                name=job.get(JobField.ORIGINAL_NAME) or path.name,
+                dimension_order=job.get(JobField.DIMENSION_ORDER) or None,
+                channels=job.get(JobField.CHANNELS) or None,
+                limits=self.settings.limits(),
+                workdir=workdir,
+            ) as movies:
+                yield movies
+        except imaging.ImageError as exc:
+            raise JobError(str(exc)) from exc
+
+
+def _labels_reader(movie: Movie) -> Callable[[int], np.ndarray]:
+    def read(t: int) -> np.ndarray:
+        try:
+            labels = movie.labels(t)
+        except imaging.ImageError as exc:
+            raise JobError(str(exc)) from exc
+        if labels is None:
+            raise JobError(f"{movie.name!r} comes without labels")
+        return labels
+
+    return read
+
+
+def _frame_reader(movie: Movie) -> Callable[[int], np.ndarray]:
+    def read(t: int) -> np.ndarray:
+        try:
+            return movie.frame(t)
+        except imaging.ImageError as exc:
+            raise JobError(str(exc)) from exc
+
+    return read
+
+
+def _children(queue: JobQueue, keys: list[str]) -> Iterator[JobView]:
+    for start in range(0, len(keys), BATCH):
+        chunk = keys[start : start + BATCH]
+        for key, fields in zip(chunk, queue.get_many(chunk), strict=True):
+            yield JobView(key, fields or {})
+
+
+def _fail_on_failed_frame(children: Sequence[JobView]) -> None:
+    """A movie is tracked only when every frame was segmented: name the first that was not."""
+    failed = [
+        (t, child)
+        for t, child in enumerate(children)
+        if child.status != Status.DONE or not child.fields.get(JobField.OUTPUT_FILE_NAME)
+    ]
+    if not failed:
+        return
+    t, child = failed[0]
+    name = child.fields.get(JobField.ORIGINAL_NAME) or f"frame {t}"
+    if not child.fields:
+        why = "its job expired or was deleted before the frames were linked"
+    else:
+        why = child.fields.get(JobField.REASON) or f"it ended {child.status or 'without a status'}"
+    more = f" ({len(failed)} of {len(children)} frames failed)" if len(failed) > 1 else ""
+    raise JobError(
+        f"frame {t} ({name}) could not be segmented: {why}{more}. A movie is tracked only when "
+        "every frame is segmented: fix that and submit the movie again"
+    )
+
+
+# ------------------------------------------------------------------------------ consumers
+
+
+class TrackingConsumer(Consumer):
+    """Serves the ``tracking`` queue (jobs submitted as ``caliban`` too)."""
+
+    job_type = "tracking"
+    settings_class = TrackingSettings
+    zip_consumer: ClassVar[str] = "consumers.tracking:TrackingZipConsumer"
+
+    @property
+    def tracker(self) -> MovieTracker:
+        settings = cast(TrackingSettings, self.job_settings)
+        return MovieTracker(self.bucket, self.queue, settings, self.settings.public_url)
+
+    def process(self, job: Job) -> Result | Waiting:
+        tracker = self.tracker
+        if children_ended(job):
+            return tracker.fan_in(job)
+        with ExitStack() as stack:
+            path = stack.enter_context(job.input_file())
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiosk-movie-")))
+            with job.stage(Stages.PREPROCESS):
+                movies = stack.enter_context(tracker.open(job, path, workdir))
+            done: Result | Waiting = (
+                tracker.track_labelled(job, movies)
+                if movies[0].labelled
+                else tracker.fan_out(job, movies[0])
+            )
+        return done
+
+
+class TrackingZipConsumer(ZipConsumer):
+    """Serves ``tracking-zip``: a zip of single frames is one movie; a zip of movies is split
+    into tracking jobs like any zip (see the module docstring)."""
+
+    settings_class = TrackingZipSettings
+
+    @property
+    def tracker(self) -> MovieTracker:
+        settings = cast(TrackingZipSettings, self.job_settings)
+        return MovieTracker(self.bucket, self.queue, settings, self.settings.public_url)
+
+    def process(self, job: Job) -> Result | Waiting:
+        if children_ended(job):
+            if tracked_as_one_movie(job):
+                return self.tracker.fan_in(job)
+            return self._fan_in(job)
+        with job.input_file() as path:
+            with job.stage(Stages.PREPROCESS):
+                movie = self._frames_of(job, path)
+            if movie is None:
+                return self._fan_out_file(job, path)
+            with movie:
+                return self.tracker.fan_out(job, movie)
+
+    def _frames_of(self, job: Job, path: Path) -> FramesZip | None:
+        """The zip as one movie when it holds single frames; None for a zip of movies."""
+        limits = cast(TrackingZipSettings, self.job_settings)
+        name = job.get(JobField.ORIGINAL_NAME) or path.name
+        archive = _open_zip(path, name)
+        try:
+            entries, skipped = plan_entries(
+                archive.infolist(),
+                max_entries=limits.max_zip_entries,
+                max_entry_bytes=limits.max_zip_entry_bytes,
+                max_total_bytes=limits.max_zip_total_bytes,
+                zip_size=path.stat().st_size,
+                max_ratio=limits.max_zip_ratio,
+            )
+            infos = [entry.info for entry in entries]
+            if not holds_single_frames(archive, infos):
+                archive.close()
+                return None
+            # A frame left out would join the frames either side of it: refuse instead.
+            lost = [s for s in skipped if kind_from_name(s.name) and "macOS" not in s.reason]
+            if lost:
+                raise JobError(
+                    f"frame {lost[0].name!r} of the movie cannot be read: {lost[0].reason}; "
+                    "fix it and submit the zip again"
+                )
+            return FramesZip(
+                archive,
+                infos,
+                name=name,
+                dimension_order=job.get(JobField.DIMENSION_ORDER) or None,
+                channels=job.get(JobField.CHANNELS) or None,
+                limits=limits.limits(),
+                owns_archive=True,
+            )
+        except imaging.ImageError as exc:
+            archive.close()
+            raise JobError(str(exc)) from exc
+        except BaseException:
+            archive.close()
+            raise
+
+
+def tracked_as_one_movie(job: Job) -> bool:
+    """A tracking zip's children are its frames' segmentation jobs (one movie), not movies."""
+    first = job.get(JobField.CHILDREN).split(",", 1)[0]
+    parsed = parse_job_key(first)
+    return parsed is not None and parsed.job_type == SEGMENTATION
+
+
+def _planes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int | None:
+    """Planes of an image entry from its header (None: unreadable; its frame says why later)."""
+    try:
+        with archive.open(info) as src:
+            header = imaging.probe(cast(BinaryIO, src), name=info.filename, size=info.file_size)
+        order = imaging.resolve_dimension_order(header.shape, "infer", header.axes)
+    except (imaging.ImageError, zipfile.BadZipFile, EOFError, OSError, RuntimeError):
+        return None
+    sizes = dict(zip(order, header.shape, strict=True))
+    return int(np.prod([n for a, n in sizes.items() if a not in "YXCS"], dtype=np.int64))
+
+
+def holds_single_frames(archive: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo]) -> bool:
+    """Whether a tracking zip is one movie (every image a single 2-D plane) or a zip of movies
+    (every image several planes); a mix is refused."""
+    planes = {info.filename: _planes(archive, info) for info in infos}
+    single = [name for name, n in planes.items() if n == 1]
+    several = [name for name, n in planes.items() if n is not None and n > 1]
+    if single and several:
+        raise JobError(
+            f"the zip mixes single frames ({single[0]!r}) with movies ({several[0]!r}); zip "
+            "either the frames of one movie (one 2-D image per frame) or whole movies "
+            "(multi-page TIFFs), and submit it again"
+        )
+    return not several

@@ -1,0 +1,206 @@
+"""A tracking's results, written frame by frame into one zip.
+
+The zip holds, under an optional folder (one per movie of a .trks):
+
+* ``{stem}_tracked.tif``: the track-labelled movie, (T, Y, X), each cell's value its track label
+  on every frame. An ImageJ hyperstack with a T axis in uint16; past 65535 tracks uint32, which
+  ImageJ hyperstacks cannot hold, in a plain TIFF with the axes in tifffile's description (as
+  :func:`consumers.imaging.encode_labels_tiff` writes label images);
+* ``lineage.json``: the DeepCell format, keyed by track label (see
+  :func:`consumers.processing.linking.lineage_json`);
+* ``01_RES/res_track.txt`` and ``01_RES/maskTTT.tif``: the Cell Tracking Challenge's result
+  layout (``mask000.tif``..., four digits past 1000 frames), ready for its evaluation tools
+  beside a ``01_GT`` folder. They hold the tracking's CTC form
+  (:func:`consumers.processing.linking.ctc_tracking`): a track re-joined after a gap goes on
+  under a new label whose parent is the part before the gap, since the CTC wants a label in
+  every frame of its track; so the masks' labels can differ from the hyperstack's there;
+* ``{stem}_preview.gif`` and ``{stem}_lineage.png``: the pictures of
+  :mod:`consumers.processing.track_preview`.
+
+Frames are read through callables and written one at a time, so the movie is never whole in
+memory; the hyperstack is written page by page from an iterator. The zip's bytes depend only on
+the frames and the tracking (entries carry a fixed date), so writing it twice gives the same
+file: a fan-in that is run again after a crash leaves what the first run would have.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from consumers.processing import linking
+from consumers.processing.track_preview import (
+    animated_gif,
+    lineage_png,
+    outline_frame,
+    preview_frames,
+)
+
+__all__ = ["CTC_FOLDER", "Previews", "ResultNames", "lineage_text", "mask_name", "write_results"]
+
+CTC_FOLDER = "01_RES"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+COPY_CHUNK = 1024 * 1024
+
+FrameReader = Callable[[int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ResultNames:
+    """Where each result goes in the zip."""
+
+    stem: str
+    folder: str = ""
+
+    def _in(self, name: str) -> str:
+        return f"{self.folder}/{name}" if self.folder else name
+
+    @property
+    def tracked(self) -> str:
+        return self._in(f"{self.stem}_tracked.tif")
+
+    @property
+    def lineage(self) -> str:
+        return self._in("lineage.json")
+
+    @property
+    def res_track(self) -> str:
+        return self._in(f"{CTC_FOLDER}/res_track.txt")
+
+    def mask(self, frame: int, frames: int) -> str:
+        return self._in(f"{CTC_FOLDER}/{mask_name(frame, frames)}")
+
+    @property
+    def preview(self) -> str:
+        return self._in(f"{self.stem}_preview.gif")
+
+    @property
+    def lineage_plot(self) -> str:
+        return self._in(f"{self.stem}_lineage.png")
+
+
+@dataclass(frozen=True)
+class Previews:
+    """The pictures, also stored beside the zip for the job's ``preview_url``."""
+
+    animation: bytes
+    lineage: bytes
+
+
+def mask_name(frame: int, frames: int) -> str:
+    """``mask007.tif``: three digits, four for movies past 1000 frames (the CTC's rule)."""
+    return f"mask{frame:0{3 if frames <= 1000 else 4}d}.tif"
+
+
+def _info(name: str, compress: bool) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def _put(out: zipfile.ZipFile, name: str, data: bytes, *, compress: bool = False) -> None:
+    out.writestr(_info(name, compress), data)
+
+
+def _copy(out: zipfile.ZipFile, path: Path, name: str) -> None:
+    """Store a file written to disk (its TIFF compression is enough), then remove it."""
+    with open(path, "rb") as src, out.open(_info(name, False), "w", force_zip64=True) as dst:
+        shutil.copyfileobj(src, dst, COPY_CHUNK)
+    path.unlink()
+
+
+def lineage_text(lineage: Mapping[str, object]) -> bytes:
+    """``lineage.json`` with one track a line: valid JSON that reads well and diffs well."""
+    lines = [f"{json.dumps(label)}: {json.dumps(track)}" for label, track in lineage.items()]
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
+
+
+def _tiff_bytes(plane: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, plane, compression="zlib", photometric="minisblack")
+    return buffer.getvalue()
+
+
+def _write_stack(
+    path: Path, pages: Iterator[np.ndarray], shape: tuple[int, ...], dtype: np.dtype
+) -> None:
+    """The tracked movie, page by page."""
+    if dtype == np.uint16:
+        tifffile.imwrite(
+            path,
+            pages,
+            shape=shape,
+            dtype=dtype,
+            imagej=True,
+            metadata={"axes": "TYX"},
+            compression="zlib",
+        )
+    else:
+        tifffile.imwrite(
+            path,
+            pages,
+            shape=shape,
+            dtype=dtype,
+            photometric="minisblack",
+            metadata={"axes": "TYX", "kiosk": "tracked labels (uint32: more than 65535 tracks)"},
+            compression="zlib",
+        )
+
+
+def write_results(
+    out: zipfile.ZipFile,
+    workdir: Path,
+    names: ResultNames,
+    *,
+    frames: int,
+    shape: tuple[int, int],
+    labels_of: FrameReader,
+    image_of: FrameReader,
+    tracking: linking.Tracking,
+    progress: Callable[[int, int], None] | None = None,
+) -> Previews:
+    """Write every result of one movie into ``out``. ``labels_of(t)`` gives frame ``t``'s
+    segmentation labels (those the tracking's assignments name), ``image_of(t)`` its image
+    (read only for the frames the animation shows)."""
+    dtype = np.dtype(tracking.dtype)
+    ctc = linking.ctc_tracking(tracking)
+    shown = set(preview_frames(frames))
+    animation: list[np.ndarray] = []
+
+    masks = workdir / "masks"
+    masks.mkdir(exist_ok=True)
+
+    def pages() -> Iterator[np.ndarray]:
+        for t in range(frames):
+            segmented = labels_of(t)
+            tracked = np.asarray(tracking.relabel(t, segmented), dtype=dtype)
+            if tracked.shape != shape:
+                raise ValueError(f"frame {t}'s labels are {tracked.shape}, not {shape}")
+            mask = tracked if ctc is tracking else ctc.relabel(t, segmented)
+            (masks / f"{t}.tif").write_bytes(_tiff_bytes(mask))
+            if t in shown:
+                animation.append(outline_frame(image_of(t), tracked))
+            if progress is not None:
+                progress(t + 1, frames)
+            yield tracked
+
+    stack = workdir / "tracked.tif"
+    _write_stack(stack, pages(), (frames, *shape), dtype)
+    _copy(out, stack, names.tracked)  # first: ImageJ opens a zip's first image
+    _put(out, names.lineage, lineage_text(linking.lineage_json(tracking)), compress=True)
+    _put(out, names.res_track, linking.ctc_res_track(tracking).encode(), compress=True)
+    for t in range(frames):
+        _copy(out, masks / f"{t}.tif", names.mask(t, frames))
+    previews = Previews(animated_gif(animation), lineage_png(tracking.tracks, frames))
+    _put(out, names.preview, previews.animation)
+    _put(out, names.lineage_plot, previews.lineage)
+    return previews
