@@ -11,6 +11,7 @@ class FileKind(StrEnum):
     PNG = "PNG"
     JPEG = "JPEG"
     ZIP = "zip"
+    TRK = "trk"  # DeepCell's tracked movie (.trk/.trks): a tar.gz of arrays and lineages
 
 
 EXTENSIONS: dict[str, FileKind] = {
@@ -20,6 +21,8 @@ EXTENSIONS: dict[str, FileKind] = {
     ".jpg": FileKind.JPEG,
     ".jpeg": FileKind.JPEG,
     ".zip": FileKind.ZIP,
+    ".trk": FileKind.TRK,
+    ".trks": FileKind.TRK,
 }
 
 _MAGIC: tuple[tuple[bytes, FileKind], ...] = (
@@ -31,10 +34,13 @@ _MAGIC: tuple[tuple[bytes, FileKind], ...] = (
     (b"\xff\xd8\xff", FileKind.JPEG),
     (b"PK\x03\x04", FileKind.ZIP),
     (b"PK\x05\x06", FileKind.ZIP),  # an empty zip
+    (b"\x1f\x8b", FileKind.TRK),  # gzip: a .trk/.trks is a tar.gz
 )
 
 SNIFF_BYTES = max(len(magic) for magic, _ in _MAGIC)
 ACCEPTED = ".tif/.tiff, .png, .jpg/.jpeg images or a .zip of them"
+MOVIE_JOB_TYPES = frozenset({"tracking", "caliban"})
+"""Job types that take a whole movie (a time-lapse) as one input; only they read .trk/.trks."""
 
 
 class UnsupportedFile(ValueError):
@@ -89,3 +95,13 @@ def check_content(name: str, head: bytes) -> FileKind:
             "it may be corrupt or misnamed. Check the file and upload it again."
         )
     return expected
+
+
+def check_for_job_type(name: str, kind: FileKind, job_type: str) -> None:
+    """Refuse a file its job type cannot read: .trk/.trks are movies only tracking reads."""
+    if kind is FileKind.TRK and job_type not in MOVIE_JOB_TYPES:
+        raise UnsupportedFile(
+            f"{name!r} is a tracked movie (.trk/.trks), which only the tracking job type reads; "
+            f"job type {job_type!r} takes {ACCEPTED}. Choose the tracking job type, or "
+            "upload the frames as a multi-page TIFF."
+        )
