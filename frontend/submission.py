@@ -13,26 +13,13 @@ from kiosk.keys import UPLOAD_PREFIX, new_job_key
 from kiosk.options import OptionError, check_options
 from kiosk.storage import safe_key
 
-JOB_TYPE_ALIASES: dict[str, str] = {"caliban": "tracking"}
-"""Other names of job types that the DeepCell Kiosk's clients send: a job sent as ``caliban``
-is a ``tracking`` job, queued, listed and followed as one."""
-
-
-def aliases(services: Services) -> dict[str, str]:
-    """The aliases this Kiosk answers to: those of job types it runs, unless the alias is a
-    job type of its own here."""
-    known = services.settings.queues
-    return {a: t for a, t in JOB_TYPE_ALIASES.items() if t in known and a not in known}
-
 
 def check_job_type(services: Services, job_type: str | None) -> str:
-    """The job type to queue, an alias resolved; a clear refusal for one this Kiosk lacks."""
     known = services.settings.queues
     if not job_type:
         raise ApiError(
             400, "say which job type to run (jobType / job_type); GET /api/jobtypes lists them"
         )
-    job_type = aliases(services).get(job_type, job_type)
     if job_type not in known:
         listed = ", ".join(known) if known else "none (KIOSK_QUEUES is empty)"
         raise ApiError(
@@ -41,6 +28,22 @@ def check_job_type(services: Services, job_type: str | None) -> str:
             jobTypes=list(known),
         )
     return job_type
+
+
+JOB_TYPE_ALIASES: dict[str, str] = {"caliban": "tracking"}
+"""Other names of job types that the DeepCell Kiosk's clients send: a job sent as ``caliban``
+is a ``tracking`` job, queued, listed and followed as one."""
+
+
+def aliases(services: Services) -> dict[str, str]:
+    """The aliases this Kiosk answers to: those of the job types it runs."""
+    return {a: t for a, t in JOB_TYPE_ALIASES.items() if t in services.settings.queues}
+
+
+def resolve_job_type(services: Services, job_type: str | None) -> str:
+    """The job type a client named, its other name (``caliban``) resolved, if this Kiosk
+    runs it; a clear refusal otherwise."""
+    return check_job_type(services, aliases(services).get(job_type or "", job_type))
 
 
 def check_input(services: Services, key: str) -> FileKind:
@@ -73,7 +76,7 @@ def check_job_options(scale: str = "", channels: str = "", dimension_order: str 
 def create_job(services: Services, request: JobRequest) -> str:
     """Check a request and queue it (as its job type's, when it names an alias); returns the
     new job's key."""
-    request = replace(request, job_type=check_job_type(services, request.job_type))
+    request = replace(request, job_type=resolve_job_type(services, request.job_type))
     check_job_options(request.scale, request.channels, request.dimension_order)
     kind = check_input(services, request.input_file_name)
     check_for_job_type(request.original_name, kind, request.job_type)

@@ -11,7 +11,7 @@ class FileKind(StrEnum):
     PNG = "PNG"
     JPEG = "JPEG"
     ZIP = "zip"
-    TRK = "trk"  # DeepCell's tracked movie (.trk/.trks): a tar.gz of arrays and lineages
+    TRK = "trk"  # DeepCell's tracked movie: a tar.gz of raw.npy, tracked.npy and lineage.json
 
 
 EXTENSIONS: dict[str, FileKind] = {
@@ -34,7 +34,7 @@ _MAGIC: tuple[tuple[bytes, FileKind], ...] = (
     (b"\xff\xd8\xff", FileKind.JPEG),
     (b"PK\x03\x04", FileKind.ZIP),
     (b"PK\x05\x06", FileKind.ZIP),  # an empty zip
-    (b"\x1f\x8b", FileKind.TRK),  # gzip: a .trk/.trks is a tar.gz
+    (b"\x1f\x8b", FileKind.TRK),  # gzip: a .trk or .trks
 )
 
 SNIFF_BYTES = max(len(magic) for magic, _ in _MAGIC)

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from kiosk.filetypes import (
     ACCEPTED,
+    MOVIE_JOB_TYPES,
     UnsupportedFile,
     check_for_job_type,
     check_name,
@@ -339,7 +340,10 @@ def job_progress(job: dict[str, Any]) -> tuple[str, int]:
         return "linking", int(job.get("progress") or 0)
     if movie and status != Status.WAITING and done + failed >= total:
         return str(status), int(job.get("progress") or 0)  # saving the results
-    counted = f"frames segmented {done} / {total}" if movie else f"images done {done} / {total}"
+    if movie:
+        counted = f"frames segmented {done} / {total}"
+    else:
+        counted = f"{children.get('unit', 'images')} done {done} / {total}"
     if failed:
         counted += f", {failed} failed"
     return counted, round(100 * (done + failed) / total)
@@ -441,6 +445,7 @@ def status(
 def status_table(job: dict[str, Any]) -> Table:
     """One job's fields; a zip's images or a movie's frames counted; what failed in it."""
     table = Table(show_header=False)
+    movie = job.get("job_type") in MOVIE_JOB_TYPES
     for name in (
         "id",
         "job_type",
@@ -457,10 +462,11 @@ def status_table(job: dict[str, Any]) -> Table:
     ):
         if job.get(name) not in (None, ""):
             value = str(job[name])
-            table.add_row(name, _styled(value) if name == "status" else escape(value))
+            label = "tracks" if movie and name == "objects" else name
+            table.add_row(label, _styled(value) if name == "status" else escape(value))
     children = job.get("children")
     if children:
-        unit = children.get("unit", "images")
+        unit = children.get("unit", "images")  # images, frames (of a movie) or movies
         verb = "segmented" if unit == "frames" else "done"
         table.add_row(
             unit,

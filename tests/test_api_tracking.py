@@ -72,18 +72,15 @@ def test_tracking_is_listed_from_the_configured_queues_with_caliban_as_its_alias
     }
 
 
-def test_caliban_is_no_alias_where_tracking_does_not_run_or_caliban_is_a_queue_itself(
-    frontend_settings: FrontendSettings,
+def test_caliban_is_refused_where_tracking_does_not_run(
+    frontend_settings: FrontendSettings, queue: JobQueue
 ) -> None:
     with client_for(frontend_settings, ("segmentation",)) as api:
         assert api.get("/api/v1/job-types").json()["aliases"] == {}
         refused = predict(api, "caliban", "movie.tif", upload(api, "movie.tif", TIFF))
         assert refused.status_code == 400
-        assert "unknown job type 'caliban': this Kiosk runs segmentation" in refused.text
-    with client_for(frontend_settings, ("tracking", "caliban")) as api:
-        assert api.get("/api/v1/job-types").json()["aliases"] == {}
-        key = predict(api, "caliban", "movie.tif", upload(api, "movie.tif", TIFF)).json()["hash"]
-        assert key.startswith("caliban:movie.tif:")
+        assert "this Kiosk runs segmentation" in refused.json()["message"]
+    assert queue.redis.zcard(JOB_INDEX) == 0
 
 
 def test_a_job_sent_as_caliban_is_a_tracking_job(api: TestClient, queue: JobQueue) -> None:
@@ -227,6 +224,27 @@ def test_a_movies_frames_are_counted_as_frames_and_a_zips_images_as_images(
         "unit": "frames",
     }
     assert api.get(f"/api/v1/jobs/{plate}").json()["children"]["unit"] == "images"
+
+
+def test_a_zip_of_movies_counts_movies(api: TestClient, queue: JobQueue) -> None:
+    """A tracking zip of several movies is split into one tracking job per movie."""
+    movies = upload(api, "movies.zip", zip_bytes({"a.tif": TIFF, "b.tif": TIFF}))
+    parent = predict(api, "tracking", "movies.zip", movies).json()["hash"]
+    children = [f"tracking:{n}:{'0' * 8}-0000-4000-8000-{i:012d}" for i, n in enumerate("ab")]
+    queue.redis.hset(
+        parent,
+        mapping={
+            JobField.CHILDREN: ",".join(children),
+            JobField.TOTAL_JOBS: "2",
+            JobField.CHILDREN_DONE: "1",
+        },
+    )
+    assert api.get(f"/api/v1/jobs/{parent}").json()["children"] == {
+        "total": 2,
+        "done": 1,
+        "failed": 0,
+        "unit": "movies",
+    }
 
 
 def test_the_imagej_plugin_reads_a_done_tracking_job_and_its_results_zip(

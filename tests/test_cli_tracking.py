@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def tracking_stack(env: dict, queue: JobQueue, processes: ServiceGroup) -> Runni
         (movie_job("saving-results", 40, progress=90, unit="frames"), "saving-results", 90),
         (movie_job("done", 40, progress=100, unit="frames"), "done", 100),
         (movie_job("waiting", 3, total=4, unit="images"), "images done 3 / 4", 75),
+        (movie_job("waiting", 1, total=2, unit="movies"), "movies done 1 / 2", 50),
         ({"status": "predicting", "progress": 20}, "predicting", 20),
     ],
 )
@@ -125,7 +127,8 @@ def test_status_counts_a_movies_frames_and_shows_its_preview() -> None:
     job = {
         **movie_job("post-processing", 39, failed=1, progress=40, unit="frames"),
         "job_type": "tracking",
-        "preview_url": "http://k/files/output/1/movie_tracks.gif",
+        "objects": 17,
+        "preview_url": "http://k/files/output/1/movie_preview.gif",
         "failures": [{"name": "frame 7", "reason": "unreadable"}],
     }
     console = Console(width=200, record=True)
@@ -133,7 +136,8 @@ def test_status_counts_a_movies_frames_and_shows_its_preview() -> None:
     text = console.export_text()
     assert "frames" in text and "39 of 40 segmented, 1 failed" in text
     assert "linking" in text and "40%" in text
-    assert "movie_tracks.gif" in text and "frame 7: unreadable" in text
+    assert re.search(r"tracks\s+│ 17", text), text
+    assert "movie_preview.gif" in text and "frame 7: unreadable" in text
 
 
 def test_trk_movies_are_collected_for_tracking_only(tmp_path: Path) -> None:
@@ -174,7 +178,7 @@ def test_submit_a_movie_with_tracking_saves_its_results_zip_and_status_counts_fr
     assert f"{FRAMES} of {FRAMES} segmented, 0 failed" in shown.output
     assert "preview_url" in shown.output and "done" in shown.output
     as_json = json.loads(kiosk(tracking_stack.url, "status", job_id, "--json").output)
-    assert as_json["preview_url"].endswith("/movie_tracks.gif")
+    assert as_json["preview_url"].endswith("/movie_preview.gif")
     assert as_json["children"] == {"total": FRAMES, "done": FRAMES, "failed": 0, "unit": "frames"}
 
 

@@ -131,6 +131,7 @@ def test_a_movie_shows_frames_segmented_then_linking_then_its_animated_preview_a
     let_go(stack, "movie.tif")
     card = wait_until_done(page, "movie.tif")
     expect(card.locator(".status")).to_have_text("Done")
+    expect(card.locator(".tracks")).to_have_text("3 tracks")
     preview = card.locator(".previews img")
     expect(preview).to_have_count(1)  # the movie's own, not one per frame
     expect(preview).to_have_attribute(
@@ -212,3 +213,29 @@ def test_the_server_refuses_a_trk_for_another_job_type_when_the_page_lets_it_thr
         "the tracking job type, or upload the frames as a multi-page TIFF."
     )
     assert job_ids(stack.url) == before
+
+
+def test_a_zip_of_movies_shows_each_movies_animated_preview(stack: KioskUp, page: Page) -> None:
+    """A tracking zip of multi-page TIFFs is split into one tracking job per movie; the card
+    counts movies and shows each one's animated preview."""
+    let_go(stack, "a.tif", times=2)
+    let_go(stack, "b.tif", times=2)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as movies:
+        movies.writestr("a.tif", movie_tiff(3))
+        movies.writestr("b.tif", movie_tiff(5))
+    open_portal(page, stack.url)
+    page.get_by_label("Job type").select_option("tracking")
+    drop_file(page, "#dropzone", "movies.zip", archive.getvalue(), "application/zip")
+    page.get_by_role("button", name="Upload and start").click()
+    card = wait_until_done(page, "movies.zip")
+    expect(card.locator(".children")).to_have_text("2 of 2 movies done, 0 failed")
+    previews = card.locator(".previews img")
+    expect(previews).to_have_count(2)
+    expect(previews.first).to_have_attribute(
+        "alt", "Tracked cell outlines over a.tif, animated through its frames"
+    )
+    expect(card.locator("figcaption").first).to_contain_text("a.tif (3 tracks)")
+    wait_for_images(page, card)
+    expect(card.get_by_role("link", name="Download results zip")).to_be_visible()
+    screenshot(page, "desktop-tracking-zip-of-movies")

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from frontend.deps import Services, ServicesDep, require_token
 from frontend.errors import ApiError
 from frontend.routes.files import file_response
-from frontend.submission import aliases, check_job_options, check_job_type, create_job
+from frontend.submission import aliases, check_job_options, create_job, resolve_job_type
 from frontend.uploads import FILE_FIELD, receive_upload
 from kiosk.filetypes import (
     ACCEPTED,
@@ -37,6 +37,7 @@ from kiosk.keys import (
     all_queues,
     file_url,
     is_job_key,
+    parse_job_key,
 )
 from kiosk.reclaim import JobFiles, remove_files, remove_job
 
@@ -115,9 +116,18 @@ class Children(BaseModel):
     failed: int
     unit: str = Field(
         "images",
-        description="What the children are: 'images' of a zip, or 'frames' of a movie "
-        "(tracking: each frame is segmented by a child job, then the frames are linked).",
+        description="What the children are: 'images' of a zip, 'frames' of a movie (tracking: "
+        "each frame is segmented by a child job, then the frames are linked), or 'movies' of a "
+        "zip of movies (each tracked by a child job).",
     )
+
+
+def _children_unit(view: JobView) -> str:
+    """What a parent's children are, from its job type and its first child's."""
+    first = parse_job_key(view.fields.get(JobField.CHILDREN, "").split(",", 1)[0])
+    if first is not None and first.job_type in MOVIE_JOB_TYPES:
+        return "movies"
+    return "frames" if view.job_type in MOVIE_JOB_TYPES else "images"
 
 
 class Failure(BaseModel):
@@ -200,7 +210,7 @@ class JobOut(BaseModel):
                 total=int(total),
                 done=int(view.number(JobField.CHILDREN_DONE) or 0),
                 failed=int(view.number(JobField.CHILDREN_FAILED) or 0),
-                unit="frames" if view.job_type in MOVIE_JOB_TYPES else "images",
+                unit=_children_unit(view),
             ),
         )
 
@@ -345,7 +355,7 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
     def before_file(fields: dict[str, str], file_name: str) -> None:
         """Refuse what the fields sent ahead of the file already show to be wrong."""
         if "job_type" in fields:
-            job_type = check_job_type(services, fields["job_type"].strip())
+            job_type = resolve_job_type(services, fields["job_type"].strip())
             check_for_job_type(file_name, check_name(file_name), job_type)
         check_job_options(
             fields.get("scale", "").strip(),

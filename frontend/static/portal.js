@@ -27,10 +27,10 @@ const STATUS_TEXT = {
   gone: "No longer on the server",
 };
 const MOVIE_STATUS_TEXT = { waiting: "Segmenting frames", "post-processing": "Linking" };
-const MOVIE_HINT = "One movie per file: a multi-page TIFF (TYX, or TCYX with the channel " +
-  "chosen below), a zip of its frames in order, or a .trk/.trks. Every frame is segmented, " +
-  "then the cells are linked over time; the results zip holds the tracked labels, " +
-  "lineage.json and Cell Tracking Challenge files.";
+const MOVIE_HINT = "A movie per file: a multi-page TIFF (TYX, or TCYX with the channel " +
+  "chosen below), a zip of its frames (in the order of their names), a zip of several " +
+  "movies, or a .trk/.trks. Every frame is segmented, then the cells are linked over time; " +
+  "the results zip holds the tracked labels, lineage.json and Cell Tracking Challenge files.";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -385,16 +385,24 @@ function renderJob(entry) {
       parts.push(el("p", { class: "detail linking", text: "Linking cells over time" }));
     }
   } else if (children) {
+    const unit = children.unit === "movies" ? "movies" : "images";
     parts.push(el("p", { class: "detail children",
-      text: `${children.done} of ${children.total} images done, ${children.failed} failed` }));
-  } else if (job.objects !== null && job.objects !== undefined) {
+      text: `${children.done} of ${children.total} ${unit} done, ${children.failed} failed` }));
+  } else if (movie && job.status !== "done") {
+    if (linking) {
+      parts.push(el("p", { class: "detail linking", text: "Linking cells over time" }));
+    }
+  } else if (job.objects !== null && job.objects !== undefined && !movie) {
     parts.push(el("p", { class: "detail", text: `${job.objects} objects found` }));
+  }
+  if (movie && job.status === "done" && job.objects != null) {
+    parts.push(el("p", { class: "detail tracks", text: `${job.objects} tracks` }));
   }
   if (job.reason) parts.push(el("p", { class: "reason", text: job.reason }));
   if (entry.error) parts.push(el("p", { class: "reason", text: entry.error }));
   if (job.failures && job.failures.length) {
-    parts.push(el("p", { class: "detail",
-      text: movie ? "Frames that gave no result:" : "Images that gave no result:" }));
+    const what = movie ? "Frames" : children && children.unit === "movies" ? "Movies" : "Images";
+    parts.push(el("p", { class: "detail", text: `${what} that gave no result:` }));
     parts.push(el("ul", { class: "failures" },
       ...job.failures.map((f) => el("li", { text: `${f.name}: ${f.reason}` }))));
   }
@@ -410,7 +418,7 @@ function renderJob(entry) {
   const previews = previewsOf(entry, job);
   if (previews.length) {
     parts.push(el("div", { class: children && !movie ? "previews" : "previews single" },
-      ...previews.map((item) => figure(item, movie))));
+      ...previews.map(figure)));
     if (children && !movie && children.total > previews.length) {
       parts.push(el("p", { class: "hint",
         text: `Previews of ${previews.length} of ${children.total} images.` }));
@@ -422,22 +430,23 @@ function renderJob(entry) {
 // What to show over the image: the job's own overlay, or those of a zip's finished images.
 function previewsOf(entry, job) {
   if (job.preview_url) {
-    return [{ name: entry.name, preview: job.preview_url, id: entry.id }];
+    return [{ name: entry.name, preview: job.preview_url, id: entry.id, movie: isMovie(job) }];
   }
   return (entry.children || [])
     .filter((child) => child.status === "done" && child.preview_url)
     .map((child) => ({ name: child.name, preview: child.preview_url, id: child.id,
-      objects: child.objects }));
+      objects: child.objects, movie: isMovie(child) }));
 }
 
-function figure(item, movie) {
+function figure(item) {
+  const movie = item.movie;
   const src = samePath(item.preview);
   const image = el("img", { src, loading: "lazy", decoding: "async",
     alt: movie ? `Tracked cell outlines over ${item.name}, animated through its frames`
       : `Segmentation outlines over ${item.name}` });
   const caption = el("figcaption", {},
-    el("span", { text: item.objects != null ? `${item.name} (${item.objects} objects) `
-      : `${item.name} ` }),
+    el("span", { text: item.objects != null
+      ? `${item.name} (${item.objects} ${movie ? "tracks" : "objects"}) ` : `${item.name} ` }),
     el("a", { href: `${jobUrl(item.id)}/result`, download: "",
       text: movie ? "results zip" : "labels",
       "aria-label": movie ? `Download the tracking results of ${item.name}`

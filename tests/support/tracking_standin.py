@@ -5,8 +5,9 @@ real one writes, in its order, and leaves a results zip and an animated preview.
 1. ``waiting`` with ``children`` (one key per frame), ``total_jobs`` and ``children:done``
    counting up: the frames being segmented;
 2. ``post-processing`` with ``progress``: the frames being linked;
-3. done: ``output_url`` a results zip (``{stem}_tracked.tif``, ``lineage.json``,
-   ``res_track.txt``), ``preview_url`` an animated GIF.
+3. done: ``output_url`` a results zip (``{stem}_tracked.tif`` first, ``lineage.json``,
+   ``01_RES/res_track.txt``), ``preview_url`` an animated GIF, ``objects`` the tracks,
+   ``total_jobs`` the frames.
 
 Register it as ``KIOSK_JOB_TYPE_PLUGINS=tracking=tests.support.tracking_standin:TrackingStandIn``
 (only where a test asks for it: it would hide the real job type). With ``TEST_TRACKING_GATED``
@@ -21,6 +22,7 @@ import io
 import json
 import os
 import time
+import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -79,7 +81,7 @@ def results_zip(stem: str, movie: bytes, frames: int) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(f"{stem}_tracked.tif", movie)  # first, so ImageJ opens it
         archive.writestr("lineage.json", json.dumps(lineage))
-        archive.writestr("res_track.txt", f"1 0 {frames - 1} 0\n")
+        archive.writestr("01_RES/res_track.txt", f"1 0 {frames - 1} 0\n")
     return buffer.getvalue()
 
 
@@ -98,7 +100,10 @@ class TrackingStandIn(Consumer):
         with job.input_file() as path:
             frames = frame_count(path)
             movie = path.read_bytes()
-        children = ",".join(f"{job.key}:frame-{t}" for t in range(frames))
+        stem = PurePosixPath(name).stem or "movie"
+        children = ",".join(
+            f"segmentation:{stem}-frame-{t:04d}.tif:{uuid.uuid4()}" for t in range(frames)
+        )
         job.update(
             **{
                 JobField.STATUS: Status.WAITING,
@@ -117,13 +122,13 @@ class TrackingStandIn(Consumer):
             job.update(**{JobField.CHILDREN_DONE: done, JobField.PROGRESS: int(99 * done / frames)})
         job.set_status(Status.POST_PROCESSING, progress=50)
         self._pause(name)
-        stem = PurePosixPath(name).stem or "movie"
         output = job.put_output(f"{stem}_tracking.zip", results_zip(stem, movie, frames))
-        preview = job.put_output(f"{stem}_tracks.gif", animated_preview(frames))
+        preview = job.put_output(f"{stem}_preview.gif", animated_preview(frames))
         return Result(
             output,
             {
                 JobField.PREVIEW_URL: file_url(self.settings.public_url, preview),
                 JobField.TOTAL_JOBS: str(frames),  # as a zip does: the worker would write 1
+                JobField.OBJECTS: "3",  # tracks
             },
         )
