@@ -247,8 +247,8 @@ def submit(
 ) -> None:
     """Upload images, zips or movies and create a job for each; optionally wait and download.
 
-    With -j tracking each file is one movie: its frames are segmented in parallel, then
-    linked; the progress shows frames segmented, then linking."""
+    With -j tracking each file is a movie; its progress shows frames segmented, then linking.
+    """
     target: Target = ctx.obj
     try:
         check_options(scale, channels, dimension_order)
