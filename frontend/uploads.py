@@ -115,7 +115,7 @@ class _Receiver:
         self,
         bucket: Bucket,
         max_bytes: int,
-        before_file: Callable[[dict[str, str]], None] | None,
+        before_file: Callable[[dict[str, str], str], None] | None,
     ) -> None:
         self.bucket = bucket
         self.max_bytes = max_bytes
@@ -179,7 +179,7 @@ class _Receiver:
         self.file_name = self.file_name.rsplit("/", 1)[-1]
         check_name(self.file_name)
         if self.before_file is not None:
-            self.before_file(dict(self.fields))
+            self.before_file(dict(self.fields), self.file_name)
         self.key = upload_key(self.file_name)
         self.writer = await run_in_threadpool(self.bucket.open_write, self.key)
         self.part = FILE_FIELD
@@ -240,10 +240,11 @@ async def receive_upload(
     request: Request,
     bucket: Bucket,
     max_bytes: int,
-    before_file: Callable[[dict[str, str]], None] | None = None,
+    before_file: Callable[[dict[str, str], str], None] | None = None,
 ) -> Upload:
     """Stream a multipart request's one file into ``uploads/`` and return it with the form
-    fields. ``before_file`` may refuse the request from the fields sent ahead of the file."""
+    fields. ``before_file`` may refuse the request from the fields sent ahead of the file and
+    the file's name, before any of its bytes are stored."""
     boundary = _boundary(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:

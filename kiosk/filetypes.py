@@ -39,6 +39,8 @@ _MAGIC: tuple[tuple[bytes, FileKind], ...] = (
 
 SNIFF_BYTES = max(len(magic) for magic, _ in _MAGIC)
 ACCEPTED = ".tif/.tiff, .png, .jpg/.jpeg images or a .zip of them"
+MOVIE_JOB_TYPES = frozenset({"tracking", "caliban"})
+"""Job types that take a whole movie (a time-lapse) as one input; only they read .trk/.trks."""
 
 
 class UnsupportedFile(ValueError):
@@ -93,3 +95,13 @@ def check_content(name: str, head: bytes) -> FileKind:
             "it may be corrupt or misnamed. Check the file and upload it again."
         )
     return expected
+
+
+def check_for_job_type(name: str, kind: FileKind, job_type: str) -> None:
+    """Refuse a file its job type cannot read: .trk/.trks are movies only tracking reads."""
+    if kind is FileKind.TRK and job_type not in MOVIE_JOB_TYPES:
+        raise UnsupportedFile(
+            f"{name!r} is a tracked movie (.trk/.trks), which only the tracking job type reads; "
+            f"job type {job_type!r} takes {ACCEPTED}. Choose the tracking job type, or "
+            "upload the frames as a multi-page TIFF."
+        )

@@ -22,6 +22,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -29,8 +30,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kiosk.filetypes import ACCEPTED, UnsupportedFile, check_name, kind_from_name
-from kiosk.keys import Status
+from kiosk.filetypes import (
+    ACCEPTED,
+    MOVIE_JOB_TYPES,
+    UnsupportedFile,
+    check_for_job_type,
+    check_name,
+    kind_from_name,
+)
+from kiosk.keys import FINAL_STATUSES, Status
 from kiosk.options import OptionError, check_options
 from local.client import DEFAULT_URL, KioskClient, KioskError
 
@@ -146,21 +154,36 @@ def serve(
 # ----------------------------------------------------------------------------- submit
 
 
-def collect_files(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]], int]:
-    """Files to submit, files refused (with why), and how many non-images a folder held."""
+def _takes(job_type: str, name: str) -> bool:
+    """Whether the job type can read a file of this name (.trk/.trks: tracking only)."""
+    kind = kind_from_name(name)
+    if kind is None:
+        return False
+    try:
+        check_for_job_type(name, kind, job_type)
+    except UnsupportedFile:
+        return False
+    return True
+
+
+def collect_files(
+    paths: list[Path], job_type: str = ""
+) -> tuple[list[Path], list[tuple[Path, str]], int]:
+    """Files to submit, files refused (with why), and how many files a folder held that are
+    not for this job type (not images, or movies only tracking reads)."""
     chosen: list[Path] = []
     refused: list[tuple[Path, str]] = []
     skipped = 0
     for path in paths:
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if kind_from_name(child.name) is None or child.name.startswith("."):
+                if child.name.startswith(".") or not _takes(job_type, child.name):
                     skipped += 1
                 else:
                     chosen.append(child)
         elif path.is_file():
             try:
-                check_name(path.name)
+                check_for_job_type(path.name, check_name(path.name), job_type)
                 chosen.append(path)
             except UnsupportedFile as exc:
                 refused.append((path, str(exc)))
@@ -198,11 +221,21 @@ def _styled(status: str) -> str:
 @app.command()
 def submit(
     ctx: typer.Context,
-    paths: Annotated[list[Path], typer.Argument(help="Images, zips, or folders of them.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Images, zips, or folders of them; for tracking, movies: multi-page TIFFs, "
+            "zips of frames, .trk/.trks."
+        ),
+    ],
     job_type: Annotated[str, typer.Option("--job-type", "-j", help="Job type to run.")],
     wait: Annotated[bool, typer.Option(help="Wait until every job is done or failed.")] = False,
     out: Annotated[
-        Path | None, typer.Option(help="Download results here (implies --wait).")
+        Path | None,
+        typer.Option(
+            help="Download results here (implies --wait). A zip's or a movie's results come "
+            "as one .zip, saved as it is (tracking: tracked labels, lineage.json, CTC files)."
+        ),
     ] = None,
     scale: Annotated[str, typer.Option(help="Microns per pixel of the images.")] = "",
     model: Annotated[str, typer.Option(help="Model as NAME or NAME:VERSION.")] = "",
@@ -212,13 +245,16 @@ def submit(
         float | None, typer.Option(help="Stop waiting after this many seconds.")
     ] = None,
 ) -> None:
-    """Upload images or zips and create a job for each; optionally wait and download."""
+    """Upload images, zips or movies and create a job for each; optionally wait and download.
+
+    With -j tracking each file is a movie; its progress shows frames segmented, then linking.
+    """
     target: Target = ctx.obj
     try:
         check_options(scale, channels, dimension_order)
     except OptionError as exc:
         raise fail(str(exc), 2) from None
-    files, refused, skipped = collect_files(paths)
+    files, refused, skipped = collect_files(paths, job_type)
     for path, why in refused:
         errors.print(f"[red]refused[/] {escape(str(path))}: {escape(why)}")
     if skipped:
@@ -236,9 +272,10 @@ def submit(
     with target.client() as client:
         try:
             known = client.job_types()
+            aliases = client.job_type_aliases()
         except KioskError as exc:
             raise fail(str(exc)) from None
-        if job_type not in known:
+        if job_type not in known and job_type not in aliases:
             raise fail(
                 f"unknown job type {job_type!r}: {target.url} runs "
                 f"{', '.join(known) or 'no job types'}"
@@ -286,6 +323,32 @@ def submit(
     raise typer.Exit(1 if failed else 0)
 
 
+MAX_JOB_BARS = 8  # zips and movies that get a progress bar of their own
+
+
+def job_progress(job: dict[str, Any]) -> tuple[str, int]:
+    """What a zip or movie is doing, in words, and its percent: a movie's frames segmented
+    (``frames segmented 12 / 40``), then ``linking``; a zip's images done."""
+    status, children = job["status"], job.get("children")
+    if status in FINAL_STATUSES:
+        return str(status), 100
+    if not children or not children.get("total"):
+        return str(status), int(job.get("progress") or 0)
+    total, done, failed = children["total"], children["done"], children["failed"]
+    movie = children.get("unit") == "frames"
+    if movie and status == Status.POST_PROCESSING:
+        return "linking", int(job.get("progress") or 0)
+    if movie and status != Status.WAITING and done + failed >= total:
+        return str(status), int(job.get("progress") or 0)  # saving the results
+    if movie:
+        counted = f"frames segmented {done} / {total}"
+    else:
+        counted = f"{children.get('unit', 'images')} done {done} / {total}"
+    if failed:
+        counted += f", {failed} failed"
+    return counted, round(100 * (done + failed) / total)
+
+
 def _wait(
     client: KioskClient, jobs: dict[Path, dict[str, Any]], timeout: float | None
 ) -> dict[Path, dict[str, Any]]:
@@ -299,6 +362,7 @@ def _wait(
     )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("waiting", total=100 * len(latest))
+        bars: dict[str, TaskID] = {}
 
         def on_update(job: dict[str, Any]) -> None:
             latest[job["id"]] = job
@@ -313,6 +377,14 @@ def _wait(
                 description=f"{done} done, {failed} failed, {len(states) - done - failed} "
                 "waiting or running",
             )
+            if job["id"] not in bars and job.get("children") and len(bars) < MAX_JOB_BARS:
+                bars[job["id"]] = progress.add_task("", total=100)
+            if job["id"] in bars:
+                words, percent = job_progress(job)
+                name = escape(by_id[job["id"]].name)
+                progress.update(
+                    bars[job["id"]], completed=percent, description=f"  {name}: {escape(words)}"
+                )
 
         final = client.wait(list(by_id), on_update, timeout=timeout)
     return {by_id[job_id]: job for job_id, job in final.items()}
@@ -367,7 +439,13 @@ def status(
     if as_json:
         console.print_json(json.dumps(found))
         return
+    console.print(status_table(found))
+
+
+def status_table(job: dict[str, Any]) -> Table:
+    """One job's fields; a zip's images or a movie's frames counted; what failed in it."""
     table = Table(show_header=False)
+    movie = job.get("job_type") in MOVIE_JOB_TYPES
     for name in (
         "id",
         "job_type",
@@ -378,14 +456,29 @@ def status(
         "finished_at",
         "reason",
         "output_url",
+        "preview_url",
+        "objects",
         "attempts",
     ):
-        if found.get(name) not in (None, ""):
-            value = str(found[name])
-            table.add_row(name, _styled(value) if name == "status" else escape(value))
-    for stage, seconds in found.get("timings", {}).items():
+        if job.get(name) not in (None, ""):
+            value = str(job[name])
+            label = "tracks" if movie and name == "objects" else name
+            table.add_row(label, _styled(value) if name == "status" else escape(value))
+    children = job.get("children")
+    if children:
+        unit = children.get("unit", "images")  # images, frames (of a movie) or movies
+        verb = "segmented" if unit == "frames" else "done"
+        table.add_row(
+            unit,
+            f"{children['done']} of {children['total']} {verb}, {children['failed']} failed",
+        )
+        if unit == "frames" and job["status"] == Status.POST_PROCESSING:
+            table.add_row("linking", f"{job['progress']}%")
+    for failure in job.get("failures") or []:
+        table.add_row("failed", escape(f"{failure['name']}: {failure['reason']}"))
+    for stage, seconds in job.get("timings", {}).items():
         table.add_row(stage, f"{seconds:.3f} s")
-    console.print(table)
+    return table
 
 
 @app.command()

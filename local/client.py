@@ -94,6 +94,10 @@ class KioskClient:
     def job_types(self) -> list[str]:
         return self._request("GET", "/api/v1/job-types").json()["job_types"]
 
+    def job_type_aliases(self) -> dict[str, str]:
+        """Other names the Kiosk accepts for its job types (``caliban`` for ``tracking``)."""
+        return self._request("GET", "/api/v1/job-types").json().get("aliases", {})
+
     def submit(
         self,
         path: Path,

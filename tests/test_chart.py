@@ -61,9 +61,9 @@ RELEASE = "kiosk"
 NAMESPACE = "kiosk-test"
 BUCKET = "test-bucket"
 ACCELERATORS = {"t4": "nvidia-tesla-t4", "v100": "nvidia-tesla-v100"}
-TRACKING = {
-    "name": "tracking",
-    "plugin": "mylab.tracking:Tracking",
+PLUGIN_TYPE = {
+    "name": "invert",
+    "plugin": "mylab.invert:Invert",
     "maxReplicas": 8,
     "env": {"KIOSK_TILE_SIZE": 256},
     "zip": {"maxReplicas": 1},
@@ -86,10 +86,10 @@ VALUE_SETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
             }
         },
     ),
-    "two-job-types": ((), {"jobTypes": [{"name": "segmentation"}, TRACKING]}),
+    "two-job-types": ((), {"jobTypes": [{"name": "segmentation"}, PLUGIN_TYPE]}),
     "backlog-4gpu-two-job-types": (
         ("values-4gpu.yaml",),
-        {"autoscaling": {"policy": "backlog"}, "jobTypes": [{"name": "segmentation"}, TRACKING]},
+        {"autoscaling": {"policy": "backlog"}, "jobTypes": [{"name": "segmentation"}, PLUGIN_TYPE]},
     ),
     "redis-sentinel": ((), {"redis": {"sentinel": {"enabled": True}}}),
     "token-no-monitoring-no-netpol": (
@@ -592,6 +592,47 @@ def test_tf_serving_model_config_parses_as_the_official_proto() -> None:
     ]
 
 
+def test_tracking_runs_by_default_with_room_for_movies_and_no_gpu() -> None:
+    """The default list is segmentation and tracking (the DeepCell Kiosk's chart ran both):
+    tracking and its zip queue get consumers like any queue, with the entry's larger
+    resources and caps from consumers.defaults (so the presets size them too)."""
+    for name in ("default", "1gpu-v100", "4gpu-t4"):
+        chart = rendered(name)
+        assert chart.settings()["KIOSK_QUEUES"] == "segmentation,tracking"
+        assert "tracking" not in chart.settings().get("KIOSK_JOB_TYPE_PLUGINS", "")  # built in
+        defaults = chart.values["consumers"]["defaults"]
+        caps = dict(
+            item.split("=") for item in chart.settings()["KIOSK_MAX_CONSUMERS_BY_QUEUE"].split(",")
+        )
+        assert caps["tracking"] == str(defaults["maxReplicas"])
+        assert caps["tracking-zip"] == str(defaults["zip"]["maxReplicas"])
+        image = chart.get("Deployment", "consumer-segmentation")["spec"]["template"]["spec"]
+        for queue in ("tracking", "tracking-zip"):
+            pod = chart.get("Deployment", f"consumer-{queue}")["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            assert container["command"] == ["python", "-m", "consumers", queue]
+            assert container["image"] == image["containers"][0]["image"]
+            resources = container["resources"]
+            assert "nvidia.com/gpu" not in resources["limits"]
+            assert quantity_bytes(resources["requests"]["memory"]) > quantity_bytes(
+                defaults["resources"]["requests"]["memory"]
+            )
+            assert quantity_bytes(resources["limits"]["ephemeral-storage"]) > quantity_bytes(
+                defaults["resources"]["limits"]["ephemeral-storage"]
+            )
+    only_segmentation = render(values_for("default", jobTypes=[{"name": "segmentation"}]))
+    assert only_segmentation.settings()["KIOSK_QUEUES"] == "segmentation"
+    assert not [
+        d for d in only_segmentation.of_kind("Deployment") if "tracking" in d["metadata"]["name"]
+    ]
+
+
+def quantity_bytes(value: str) -> float:
+    """A memory quantity (Mi, Gi) in bytes."""
+    units = {"Mi": 2**20, "Gi": 2**30}
+    return float(value[:-2]) * units[value[-2:]]
+
+
 def test_presets_set_their_gpu_type_and_caps() -> None:
     assert (
         rendered("4gpu-t4").get("HorizontalPodAutoscaler", "tf-serving")["spec"]["maxReplicas"] == 4
@@ -633,7 +674,7 @@ def test_the_backlog_policy_drops_the_scaling_hpas_and_keeps_the_role(
     def objects(r: Rendered) -> set[tuple[str, str]]:
         return {(m["kind"], m["metadata"]["name"]) for m in r.manifests}
 
-    scaled = {"tf-serving"} | {f"consumer-{q}" for q in all_queues(["segmentation", "tracking"])}
+    scaled = {"tf-serving"} | {f"consumer-{q}" for q in all_queues(["segmentation", "invert"])}
     assert objects(paper) - objects(backlog) == {("HorizontalPodAutoscaler", n) for n in scaled}
     assert objects(backlog) <= objects(paper)
     assert [h["metadata"]["name"] for h in backlog.of_kind("HorizontalPodAutoscaler")] == [
@@ -654,8 +695,8 @@ def test_the_backlog_policy_drops_the_scaling_hpas_and_keeps_the_role(
     assert policy.config.max_consumers_by_queue == {
         "segmentation": 50,
         "segmentation-zip": 4,
-        "tracking": 8,
-        "tracking-zip": 1,
+        "invert": 8,
+        "invert-zip": 1,
     }
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kiosk.filetypes import FileKind, UnsupportedFile, check_content, check_name
+from kiosk.filetypes import (
+    FileKind,
+    UnsupportedFile,
+    check_content,
+    check_for_job_type,
+    check_name,
+)
 
 TIFF = b"II*\x00\x08\x00\x00\x00"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -18,6 +24,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
         ("a.png", PNG, FileKind.PNG),
         ("a.jpg", b"\xff\xd8\xff\xe0\x00\x10JF", FileKind.JPEG),
         ("a.zip", b"PK\x03\x04\x14\x00\x00\x00", FileKind.ZIP),
+        ("movie.trk", b"\x1f\x8b\x08\x00\x00\x00\x00\x00", FileKind.TRK),
+        ("movies.TRKS", b"\x1f\x8b\x08\x08\x00\x00\x00\x00", FileKind.TRK),
     ],
 )
 def test_supported_files_are_recognised(name: str, head: bytes, kind: FileKind) -> None:
@@ -39,3 +47,11 @@ def test_content_that_does_not_match_the_name_is_refused() -> None:
 def test_empty_files_are_refused() -> None:
     with pytest.raises(UnsupportedFile, match="empty"):
         check_content("cells.tif", b"")
+
+
+def test_trk_movies_are_only_for_the_tracking_job_type() -> None:
+    for job_type in ("tracking", "caliban"):
+        check_for_job_type("movie.trk", FileKind.TRK, job_type)
+    check_for_job_type("movie.tif", FileKind.TIFF, "segmentation")
+    with pytest.raises(UnsupportedFile, match="only the tracking job type reads"):
+        check_for_job_type("movie.trk", FileKind.TRK, "segmentation")

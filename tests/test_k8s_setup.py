@@ -634,6 +634,24 @@ def test_dashboard_reads_only_metrics_kiosk_or_dcgm_export():
     assert stage and all("histogram_quantile" in e and "stage" in e for e in stage)
 
 
+def test_dashboard_shows_each_queue_apart_so_tracking_sits_beside_segmentation():
+    """Queues come from the exporter's labels (a new job type such as tracking appears by
+    itself), and every per-queue view keeps the queue label: a movie's stage times (linking
+    a whole movie) must not blend into segmentation's per-image ones."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["queue"]["query"]["query"] == "label_values(kiosk_queue_items, queue)"
+    assert variables["queue"]["includeAll"] and variables["queue"]["multi"]
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "$queue" not in expr:
+                continue
+            for grouping in re.findall(r"by \(([^)]*)\)", expr):
+                assert "queue" in grouping, (panel["title"], expr)
+            assert "{{queue}}" in target.get("legendFormat", "{{queue}}"), panel["title"]
+
+
 def test_metric_name_check_catches_a_misspelt_metric():
     assert metric_names('sum by (queue) (rate(kiosk_consumer_jobz_total{queue="a"}[5m]))') == {
         "kiosk_consumer_jobz_total"

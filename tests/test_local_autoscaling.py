@@ -89,7 +89,7 @@ def test_either_policy_starts_the_model_server_with_work_and_consumers_follow_th
         wait_for(lambda: model_server_up(stack), 30, what="the model server to start")
         final = client.wait([job["id"]], interval=0.5, timeout=300)[job["id"]]
     assert final["status"] == "done", final
-    assert final["children"] == {"total": images, "done": images, "failed": 0}
+    assert final["children"] == {"total": images, "done": images, "failed": 0, "unit": "images"}
 
     wait_for(
         lambda: not model_server_up(stack) and queue.live_consumers() == {},

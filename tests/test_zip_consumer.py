@@ -453,7 +453,7 @@ def test_the_api_shows_a_waiting_zip_parents_children_and_skipped_entries(
     queue.finish(first, "c1", {})
     shown = api.get(f"/api/v1/jobs/{job.key}").json()
     assert shown["status"] == "waiting" and shown["progress"] == 50
-    assert shown["children"] == {"total": 2, "done": 1, "failed": 0}
+    assert shown["children"] == {"total": 2, "done": 1, "failed": 0, "unit": "images"}
     assert shown["failures"][0]["name"] == "notes.txt"
     child = api.get(f"/api/v1/jobs/{first.key}").json()
     assert child["children"] is None and child["failures"] is None

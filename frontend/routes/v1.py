@@ -18,9 +18,16 @@ from starlette.concurrency import run_in_threadpool
 from frontend.deps import Services, ServicesDep, require_token
 from frontend.errors import ApiError
 from frontend.routes.files import file_response
-from frontend.submission import check_job_options, check_job_type, create_job
+from frontend.submission import aliases, check_job_options, create_job, resolve_job_type
 from frontend.uploads import FILE_FIELD, receive_upload
-from kiosk.filetypes import ACCEPTED, EXTENSIONS
+from kiosk.filetypes import (
+    ACCEPTED,
+    EXTENSIONS,
+    MOVIE_JOB_TYPES,
+    FileKind,
+    check_for_job_type,
+    check_name,
+)
 from kiosk.jobs import JobRequest, JobView
 from kiosk.keys import (
     FINAL_STATUSES,
@@ -30,6 +37,7 @@ from kiosk.keys import (
     all_queues,
     file_url,
     is_job_key,
+    parse_job_key,
 )
 from kiosk.reclaim import JobFiles, remove_files, remove_job
 
@@ -106,6 +114,20 @@ class Children(BaseModel):
     total: int
     done: int
     failed: int
+    unit: str = Field(
+        "images",
+        description="What the children are: 'images' of a zip, 'frames' of a movie (tracking: "
+        "each frame is segmented by a child job, then the frames are linked), or 'movies' of a "
+        "zip of movies (each tracked by a child job).",
+    )
+
+
+def _children_unit(view: JobView) -> str:
+    """What a parent's children are, from its job type and its first child's."""
+    first = parse_job_key(view.fields.get(JobField.CHILDREN, "").split(",", 1)[0])
+    if first is not None and first.job_type in MOVIE_JOB_TYPES:
+        return "movies"
+    return "frames" if view.job_type in MOVIE_JOB_TYPES else "images"
 
 
 class Failure(BaseModel):
@@ -136,9 +158,15 @@ class JobOut(BaseModel):
     attempts: int = 0
     options: dict[str, str] = {}
     timings: dict[str, float] = Field({}, description="Seconds per stage, as recorded.")
-    preview_url: str | None = Field(None, description="An overlay PNG of the result.")
+    preview_url: str | None = Field(
+        None,
+        description="An overlay PNG of the result; for tracking, an animated image of the "
+        "tracked outlines.",
+    )
     objects: int | None = Field(None, description="Objects segmented.")
-    children: Children | None = Field(None, description="A zip's images: total, done, failed.")
+    children: Children | None = Field(
+        None, description="A zip's images or a movie's frames: total, done, failed."
+    )
     failures: list[Failure] | None = Field(
         None, description="A zip's entries that gave no result, and why."
     )
@@ -182,6 +210,7 @@ class JobOut(BaseModel):
                 total=int(total),
                 done=int(view.number(JobField.CHILDREN_DONE) or 0),
                 failed=int(view.number(JobField.CHILDREN_FAILED) or 0),
+                unit=_children_unit(view),
             ),
         )
 
@@ -235,7 +264,9 @@ _FORM_SCHEMA = {
                         FILE_FIELD: {
                             "type": "string",
                             "format": "binary",
-                            "description": "A TIFF, PNG or JPEG image, or a zip.",
+                            "description": "A TIFF, PNG or JPEG image, or a zip; for "
+                            "tracking a movie: a multi-page TIFF, a zip of its frames, or a "
+                            ".trk/.trks.",
                         },
                         **JobOptions.model_json_schema()["properties"],
                     },
@@ -266,24 +297,48 @@ def health_check(services: ServicesDep) -> JSONResponse:
     )
 
 
+class JobTypes(BaseModel):
+    job_types: list[str] = Field(description="The job types this Kiosk runs (KIOSK_QUEUES).")
+    aliases: dict[str, str] = Field(
+        {}, description="Other names accepted for them (alias -> job type), e.g. caliban."
+    )
+
+
 @router.get("/job-types")
-def job_types(services: ServicesDep) -> dict[str, list[str]]:
-    return {"job_types": list(services.settings.queues)}
+def job_types(services: ServicesDep) -> JobTypes:
+    return JobTypes(job_types=list(services.settings.queues), aliases=aliases(services))
 
 
 class Limits(BaseModel):
     max_upload_bytes: int = Field(description="Largest file one upload may be.")
     extensions: list[str] = Field(description="File name endings accepted, e.g. '.tif'.")
     accepted: str = Field(description="The accepted kinds, in words.")
+    movie_job_types: list[str] = Field(
+        [], description="Job types here that take a whole movie (tracking) as one input."
+    )
+    movie_extensions: list[str] = Field(
+        [], description="Endings only those job types take ('.trk', '.trks')."
+    )
+
+
+def _movie_job_types(services: Services) -> list[str]:
+    return [t for t in services.settings.queues if t in MOVIE_JOB_TYPES]
 
 
 @router.get("/limits")
 def limits(services: ServicesDep) -> Limits:
     """What an upload may be, so a client (the web portal) refuses a file before sending it."""
+    movies = _movie_job_types(services)
+    movie_only = [e for e, kind in EXTENSIONS.items() if kind is FileKind.TRK]
+    accepted = ACCEPTED
+    if movies:
+        accepted += f" ({', '.join(movies)} also takes {'/'.join(movie_only)} movies)"
     return Limits(
         max_upload_bytes=services.settings.max_upload_bytes,
-        extensions=list(EXTENSIONS),
-        accepted=ACCEPTED,
+        extensions=[e for e in EXTENSIONS if movies or e not in movie_only],
+        accepted=accepted,
+        movie_job_types=movies,
+        movie_extensions=movie_only if movies else [],
     )
 
 
@@ -297,10 +352,11 @@ def queues(services: ServicesDep) -> list[QueueOut]:
 async def create(request: Request, services: ServicesDep) -> JSONResponse:
     """Upload a file and create its job in one request (multipart: ``file`` + options)."""
 
-    def before_file(fields: dict[str, str]) -> None:
+    def before_file(fields: dict[str, str], file_name: str) -> None:
         """Refuse what the fields sent ahead of the file already show to be wrong."""
         if "job_type" in fields:
-            check_job_type(services, fields["job_type"])
+            job_type = resolve_job_type(services, fields["job_type"].strip())
+            check_for_job_type(file_name, check_name(file_name), job_type)
         check_job_options(
             fields.get("scale", "").strip(),
             fields.get("channels", "").strip(),
@@ -352,6 +408,8 @@ def list_jobs(
     ``next_cursor`` still leads to older ones. With ``parent``: a zip's jobs, in its order."""
     if status is not None and status not in set(Status):
         raise ApiError(422, f"unknown status {status!r}: use one of {', '.join(Status)}")
+    if job_type:
+        job_type = aliases(services).get(job_type, job_type)
     if parent is not None:
         return _children_page(services, parent, limit, cursor, status, job_type)
     position = _position(cursor) if cursor else None

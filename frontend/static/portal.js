@@ -1,5 +1,7 @@
 // Kiosk web portal: choose or drop files, upload them with progress, follow each job live,
-// show the overlay previews and link the label images. Plain JS against /api/v1, no build.
+// show the overlay previews and link the label images. A tracking job (a movie) shows its
+// frames being segmented, then the linking, then its animated preview and results zip.
+// Plain JS against /api/v1, no build.
 "use strict";
 
 const API = "/api/v1";
@@ -24,10 +26,16 @@ const STATUS_TEXT = {
   failed: "Failed",
   gone: "No longer on the server",
 };
+const MOVIE_STATUS_TEXT = { waiting: "Segmenting frames", "post-processing": "Linking" };
+const MOVIE_HINT = "A movie per file: a multi-page TIFF (TYX, or TCYX with the channel " +
+  "chosen below), a zip of its frames (in the order of their names), a zip of several " +
+  "movies, or a .trk/.trks. Every frame is segmented, then the cells are linked over time; " +
+  "the results zip holds the tracked labels, lineage.json and Cell Tracking Challenge files.";
 
 const $ = (id) => document.getElementById(id);
 const state = {
   limits: null,       // GET /api/v1/limits
+  movieTypes: new Set(),  // job types that take a whole movie (tracking)
   chosen: [],         // Files accepted and waiting for "Upload and start"
   jobs: new Map(),    // id -> {id, name, job, children, shown}
   uploading: false,
@@ -68,6 +76,17 @@ function samePath(url) {
   } catch (_) {
     return url;
   }
+}
+
+// A job on a movie (tracking): its children are frames, linked once they are segmented.
+function isMovie(job) {
+  if (job.children && job.children.unit) return job.children.unit === "frames";
+  return state.movieTypes.has(job.job_type);
+}
+
+function statusText(job) {
+  return (isMovie(job) && MOVIE_STATUS_TEXT[job.status]) || STATUS_TEXT[job.status] ||
+    job.status;
 }
 
 function jobUrl(id) {
@@ -183,8 +202,14 @@ function formOptions() {
   return options;
 }
 
-function checkOptions(options) {
+function checkOptions(options, files) {
   if (!options.job_type) return ["job-type", "Choose a job type."];
+  const movieOnly = (state.limits && state.limits.movie_extensions) || [];
+  const movie = files.find((file) => movieOnly.includes(extensionOf(file.name)));
+  if (movie && !state.movieTypes.has(options.job_type)) {
+    return ["job-type", `'${movie.name}' is a tracked movie (.trk/.trks), which only the ` +
+      `${[...state.movieTypes].join(" or ")} job type reads: choose it, or remove the file.`];
+  }
   if (options.scale !== undefined && !(Number(options.scale) > 0)) {
     return ["scale", "Scale must be a number of microns per pixel greater than 0, e.g. 0.65."];
   }
@@ -195,7 +220,7 @@ async function startUploads(event) {
   event.preventDefault();
   const message = $("form-message");
   const options = formOptions();
-  const problem = checkOptions(options);
+  const problem = checkOptions(options, state.chosen);
   if (problem) {
     message.textContent = problem[1];
     message.className = "message error";
@@ -239,7 +264,7 @@ function uploadOne(file, options) {
         const job = { id: body.id, name: file.name, job: body };
         state.jobs = new Map([[job.id, job], ...state.jobs]);  // newest first
         saveRemembered();
-        announce(`${file.name}: uploaded, ${STATUS_TEXT[body.status] || body.status}`);
+        announce(`${file.name}: uploaded, ${statusText(body)}`);
       } else {
         entry.id = `refused-${entry.id}`;
         entry.job = { status: "refused", progress: 0, reason: messageOf(status, body) };
@@ -275,7 +300,7 @@ async function refresh(entry) {
   try {
     entry.job = await getJson(jobUrl(entry.id));
     entry.error = null;
-    if (entry.job.children) {
+    if (entry.job.children && !isMovie(entry.job)) {  // a movie shows its own preview
       const page = await getJson(
         `${API}/jobs?parent=${encodeURIComponent(entry.id)}&limit=${MAX_THUMBNAILS}`);
       entry.children = page.jobs;
@@ -292,7 +317,7 @@ async function refresh(entry) {
   // A final job is read once more after it ends, so its children's last state shows.
   entry.settled = FINAL.has(entry.job && entry.job.status) && before === entry.job.status;
   if (entry.job && before !== entry.job.status) {
-    announce(`${entry.name}: ${STATUS_TEXT[entry.job.status] || entry.job.status}`);
+    announce(`${entry.name}: ${statusText(entry.job)}`);
   }
   renderJob(entry);
 }
@@ -333,14 +358,15 @@ function renderJob(entry) {
   const parts = [
     el("div", { class: "job-head" },
       el("h3", { text: entry.name }),
-      el("span", { class: "status", "data-status": job.status,
-        text: STATUS_TEXT[job.status] || job.status }),
+      el("span", { class: "status", "data-status": job.status, text: statusText(job) }),
       entry.upload && job.status === "uploading" ? null : remove),
   ];
 
   const children = job.children;
+  const movie = isMovie(job);
+  const linking = movie && job.status === "post-processing";
   let percent = job.progress || 0;
-  if (children && children.total && job.status !== "done") {
+  if (children && children.total && job.status !== "done" && !linking) {
     percent = Math.round((100 * (children.done + children.failed)) / children.total);
   }
   if (!ENDED.has(job.status) && job.status !== "loading") {
@@ -351,16 +377,32 @@ function renderJob(entry) {
   if (job.status === "uploading") {
     parts.push(el("p", { class: "detail", text: `${percent}% uploaded` }));
   }
-  if (children) {
+  if (children && movie) {
+    const failed = children.failed ? `, ${children.failed} failed` : "";
     parts.push(el("p", { class: "detail children",
-      text: `${children.done} of ${children.total} images done, ${children.failed} failed` }));
-  } else if (job.objects !== null && job.objects !== undefined) {
+      text: `Frames segmented ${children.done} / ${children.total}${failed}` }));
+    if (linking) {
+      parts.push(el("p", { class: "detail linking", text: "Linking cells over time" }));
+    }
+  } else if (children) {
+    const unit = children.unit === "movies" ? "movies" : "images";
+    parts.push(el("p", { class: "detail children",
+      text: `${children.done} of ${children.total} ${unit} done, ${children.failed} failed` }));
+  } else if (movie && job.status !== "done") {
+    if (linking) {
+      parts.push(el("p", { class: "detail linking", text: "Linking cells over time" }));
+    }
+  } else if (job.objects !== null && job.objects !== undefined && !movie) {
     parts.push(el("p", { class: "detail", text: `${job.objects} objects found` }));
+  }
+  if (movie && job.status === "done" && job.objects != null) {
+    parts.push(el("p", { class: "detail tracks", text: `${job.objects} tracks` }));
   }
   if (job.reason) parts.push(el("p", { class: "reason", text: job.reason }));
   if (entry.error) parts.push(el("p", { class: "reason", text: entry.error }));
   if (job.failures && job.failures.length) {
-    parts.push(el("p", { class: "detail", text: "Images that gave no result:" }));
+    const what = movie ? "Frames" : children && children.unit === "movies" ? "Movies" : "Images";
+    parts.push(el("p", { class: "detail", text: `${what} that gave no result:` }));
     parts.push(el("ul", { class: "failures" },
       ...job.failures.map((f) => el("li", { text: `${f.name}: ${f.reason}` }))));
   }
@@ -370,14 +412,14 @@ function renderJob(entry) {
       href: `${jobUrl(entry.id)}/result`,
       download: "",
       class: "result",
-      text: children ? "Download results zip" : "Download labels (TIFF)",
+      text: children || movie ? "Download results zip" : "Download labels (TIFF)",
     })));
   }
   const previews = previewsOf(entry, job);
   if (previews.length) {
-    parts.push(el("div", { class: children ? "previews" : "previews single" },
+    parts.push(el("div", { class: children && !movie ? "previews" : "previews single" },
       ...previews.map(figure)));
-    if (children && children.total > previews.length) {
+    if (children && !movie && children.total > previews.length) {
       parts.push(el("p", { class: "hint",
         text: `Previews of ${previews.length} of ${children.total} images.` }));
     }
@@ -388,23 +430,27 @@ function renderJob(entry) {
 // What to show over the image: the job's own overlay, or those of a zip's finished images.
 function previewsOf(entry, job) {
   if (job.preview_url) {
-    return [{ name: entry.name, preview: job.preview_url, id: entry.id }];
+    return [{ name: entry.name, preview: job.preview_url, id: entry.id, movie: isMovie(job) }];
   }
   return (entry.children || [])
     .filter((child) => child.status === "done" && child.preview_url)
     .map((child) => ({ name: child.name, preview: child.preview_url, id: child.id,
-      objects: child.objects }));
+      objects: child.objects, movie: isMovie(child) }));
 }
 
 function figure(item) {
+  const movie = item.movie;
   const src = samePath(item.preview);
-  const image = el("img", { src, alt: `Segmentation outlines over ${item.name}`,
-    loading: "lazy", decoding: "async" });
+  const image = el("img", { src, loading: "lazy", decoding: "async",
+    alt: movie ? `Tracked cell outlines over ${item.name}, animated through its frames`
+      : `Segmentation outlines over ${item.name}` });
   const caption = el("figcaption", {},
-    el("span", { text: item.objects != null ? `${item.name} (${item.objects} objects) `
-      : `${item.name} ` }),
-    el("a", { href: `${jobUrl(item.id)}/result`, download: "", text: "labels",
-      "aria-label": `Download the labels of ${item.name}` }));
+    el("span", { text: item.objects != null
+      ? `${item.name} (${item.objects} ${movie ? "tracks" : "objects"}) ` : `${item.name} ` }),
+    el("a", { href: `${jobUrl(item.id)}/result`, download: "",
+      text: movie ? "results zip" : "labels",
+      "aria-label": movie ? `Download the tracking results of ${item.name}`
+        : `Download the labels of ${item.name}` }));
   const open = el("a", { href: src, target: "_blank", rel: "noopener",
     "aria-label": `Open the preview of ${item.name}` }, image);
   return el("figure", {}, open, caption);
@@ -435,8 +481,16 @@ function wireDropzone() {
   }
 }
 
+// Under the job type: what a movie job type takes and gives, when one is chosen.
+function showJobTypeHint() {
+  const hint = $("job-type-hint");
+  hint.hidden = !state.movieTypes.has($("job-type").value);
+  hint.textContent = hint.hidden ? "" : MOVIE_HINT;
+}
+
 async function start() {
   wireDropzone();
+  $("job-type").addEventListener("change", showJobTypeHint);
   $("submit-form").addEventListener("submit", startUploads);
   $("clear-finished").addEventListener("click", () => {
     for (const entry of [...state.jobs.values()]) {
@@ -455,10 +509,14 @@ async function start() {
     const [limits, types] = await Promise.all(
       [getJson(`${API}/limits`), getJson(`${API}/job-types`)]);
     state.limits = limits;
+    state.movieTypes = new Set(limits.movie_job_types || []);
+    $("file-input").accept = limits.extensions.join(",");
     $("accepted").textContent =
       `Kiosk takes ${limits.accepted}, up to ${humanBytes(limits.max_upload_bytes)} each.`;
     $("job-type").replaceChildren(
       ...types.job_types.map((name) => el("option", { value: name, text: name })));
+    $("tracking-intro").hidden = state.movieTypes.size === 0;
+    showJobTypeHint();
   } catch (error) {
     const message = $("form-message");
     message.textContent = error.message;
