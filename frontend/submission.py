@@ -9,7 +9,7 @@ from frontend.deps import Services
 from frontend.errors import ApiError
 from kiosk.filetypes import FileKind, check_for_job_type, check_name
 from kiosk.jobs import JobRequest, creation_fields
-from kiosk.keys import UPLOAD_PREFIX, canonical_job_type, new_job_key
+from kiosk.keys import JOB_TYPE_ALIASES, UPLOAD_PREFIX, canonical_job_type, new_job_key
 from kiosk.options import OptionError, check_options
 from kiosk.storage import safe_key
 
@@ -33,20 +33,9 @@ def check_job_type(services: Services, job_type: str | None) -> str:
     return job_type
 
 
-JOB_TYPE_ALIASES: dict[str, str] = {"caliban": "tracking"}
-"""Other names of job types that the DeepCell Kiosk's clients send: a job sent as ``caliban``
-is a ``tracking`` job, queued, listed and followed as one."""
-
-
 def aliases(services: Services) -> dict[str, str]:
     """The aliases this Kiosk answers to: those of the job types it runs."""
     return {a: t for a, t in JOB_TYPE_ALIASES.items() if t in services.settings.queues}
-
-
-def resolve_job_type(services: Services, job_type: str | None) -> str:
-    """The job type a client named, its other name (``caliban``) resolved, if this Kiosk
-    runs it; a clear refusal otherwise."""
-    return check_job_type(services, aliases(services).get(job_type or "", job_type))
 
 
 def check_input(services: Services, key: str) -> FileKind:
@@ -79,7 +68,7 @@ def check_job_options(scale: str = "", channels: str = "", dimension_order: str 
 def create_job(services: Services, request: JobRequest) -> str:
     """Check a request and queue it (as its job type's, when it names an alias); returns the
     new job's key."""
-    request = replace(request, job_type=resolve_job_type(services, request.job_type))
+    request = replace(request, job_type=check_job_type(services, request.job_type))
     check_job_options(request.scale, request.channels, request.dimension_order)
     kind = check_input(services, request.input_file_name)
     check_for_job_type(request.original_name, kind, request.job_type)

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from frontend.deps import Services, ServicesDep, require_token
 from frontend.errors import ApiError
 from frontend.routes.files import file_response
-from frontend.submission import aliases, check_job_options, create_job, resolve_job_type
+from frontend.submission import aliases, check_job_options, check_job_type, create_job
 from frontend.uploads import FILE_FIELD, receive_upload
 from kiosk.filetypes import (
     ACCEPTED,
@@ -355,7 +355,7 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
     def before_file(fields: dict[str, str], file_name: str) -> None:
         """Refuse what the fields sent ahead of the file already show to be wrong."""
         if "job_type" in fields:
-            job_type = resolve_job_type(services, fields["job_type"].strip())
+            job_type = check_job_type(services, fields["job_type"].strip())
             check_for_job_type(file_name, check_name(file_name), job_type)
         check_job_options(
             fields.get("scale", "").strip(),
