@@ -188,6 +188,17 @@ class Job:
         return key
 
 
+def children_queued(job: Job) -> Waiting:
+    """The :class:`Waiting` of a parent whose children were just queued: its upload time is
+    the children's, and its progress starts again from 0 for them."""
+    return Waiting(
+        {
+            JobField.CHILDREN_UPLOAD_TIME: f"{job.timings.get(JobField.UPLOAD_TIME, 0):.6f}",
+            JobField.PROGRESS: "0",
+        }
+    )
+
+
 class Consumer(ABC):
     """A job type. One instance serves one queue for the life of its process.
 

@@ -50,7 +50,7 @@ import tifffile
 from pydantic import Field
 
 from consumers import imaging
-from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting
+from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting, children_queued
 from consumers.movies import FramesZip, Movie, MovieLimits, open_movies
 from consumers.processing import linking
 from consumers.segmentation import NUCLEAR_MODEL
@@ -244,12 +244,7 @@ class MovieTracker:
                     self._spawn(
                         job, queue, inherited, movie, t, key, frame_file_name(stem, t, frames)
                     )
-        return Waiting(
-            {
-                JobField.CHILDREN_UPLOAD_TIME: f"{job.timings.get(JobField.UPLOAD_TIME, 0):.6f}",
-                JobField.PROGRESS: "0",
-            }
-        )
+        return children_queued(job)
 
     def _spawn(
         self,

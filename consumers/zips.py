@@ -38,7 +38,7 @@ from typing import BinaryIO, ClassVar, cast
 
 from pydantic import Field
 
-from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting
+from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting, children_queued
 from consumers.imaging import ImageError, pixel_bytes
 from kiosk.filetypes import FileKind, human_bytes, kind_from_name, sniff
 from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
@@ -318,12 +318,7 @@ class ZipConsumer(Consumer):
         with job.stage(Stages.UPLOAD), archive:
             for entry, key in zip(entries, keys, strict=True):
                 self._spawn(job, queue, job_type, archive, entry, key)
-        return Waiting(
-            {
-                JobField.CHILDREN_UPLOAD_TIME: f"{job.timings.get(JobField.UPLOAD_TIME, 0):.6f}",
-                JobField.PROGRESS: "0",
-            }
-        )
+        return children_queued(job)
 
     def _spawn(
         self,
