@@ -30,14 +30,14 @@ those frames (the same run's baseline).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from itertools import pairwise
 
 import numpy as np
 
-from benchmark.report import median, save, table
+from benchmark.report import save, table
+from benchmark.support import timed
 from consumers.processing.linking import (
     Cells,
     LinkParams,
@@ -210,15 +210,6 @@ SCENARIOS: dict[str, tuple[dict[str, float], float, float]] = {
 
 def measured(images: np.ndarray, labels: np.ndarray) -> list[Cells]:
     return [measure(labels[t], images[t], t) for t in range(len(labels))]
-
-
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    runs = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return median(runs)
 
 
 def summary(runs: list[dict[str, float]]) -> dict[str, float]:

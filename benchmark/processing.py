@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
 import tracemalloc
 from collections.abc import Callable
 
@@ -20,7 +19,8 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
-from benchmark.report import median, save, table
+from benchmark.report import save, table
+from benchmark.support import timed
 from consumers.imaging import encode_labels_tiff, read_image
 from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import segment
@@ -29,15 +29,6 @@ from consumers.processing.tiling import extract_tiles, plan_tiles, untile
 from evaluation.baseline import classical_segment
 from evaluation.quality import average_precision, score
 from evaluation.synthetic import generate
-
-
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    runs = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return median(runs)
 
 
 def peak_mib(fn: Callable[[], object]) -> float:

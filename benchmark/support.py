@@ -15,10 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,16 @@ __all__ = [
 
 MODEL = "NuclearSegmentation"
 STACK_READY_TIMEOUT = 300.0  # Redis, janitor, the model server (TensorFlow), frontend, consumers
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds of ``repeat`` calls: the middle run, not a noisy mean."""
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return median(runs)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -61,6 +60,7 @@ from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
 from kiosk.keys import (
     JobField,
     Status,
+    child_uuid,
     children_upload_prefix,
     clean_name,
     file_url,
@@ -115,9 +115,7 @@ class TrackingZipSettings(ZipSettings, TrackingSettings):
 
 
 def frame_child_uuid(parent_key: str, frame: int) -> str:
-    parsed = parse_job_key(parent_key)
-    namespace = uuid.UUID(parsed.uuid) if parsed else uuid.NAMESPACE_URL
-    return str(uuid.uuid5(namespace, f"frame:{frame}"))
+    return child_uuid(parent_key, f"frame:{frame}")
 
 
 def frame_file_name(stem: str, frame: int, frames: int) -> str:

@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import tempfile
-import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -45,10 +44,10 @@ from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
 from kiosk.keys import (
     JobField,
     Status,
+    child_uuid,
     children_upload_prefix,
     clean_name,
     job_type_of,
-    parse_job_key,
 )
 from kiosk.queue import JobQueue, Outcome, ParentGone
 from kiosk.settings import GIB, JobTypeSettings
@@ -198,22 +197,20 @@ def plan_entries(
     return entries, skipped
 
 
-def child_uuid(parent_key: str, entry: Entry) -> str:
-    parsed = parse_job_key(parent_key)
-    namespace = uuid.UUID(parsed.uuid) if parsed else uuid.NAMESPACE_URL
-    return str(uuid.uuid5(namespace, f"{entry.index}:{entry.name}"))
+def entry_uuid(parent_key: str, entry: Entry) -> str:
+    return child_uuid(parent_key, f"{entry.index}:{entry.name}")
 
 
 def child_key(parent_key: str, job_type: str, entry: Entry) -> str:
     """``{queue}:{path-in-zip}:{uuid}``, as the original names zip children."""
-    return f"{job_type}:{clean_name(entry.name)}:{child_uuid(parent_key, entry)}"
+    return f"{job_type}:{clean_name(entry.name)}:{entry_uuid(parent_key, entry)}"
 
 
 def child_upload_key(parent_key: str, entry: Entry) -> str:
     """``uploads/{zip uuid}/{child uuid}.tif``: a zip's images share a folder, which goes
     with the zip when it is deleted."""
     suffix = PurePosixPath(entry.name).suffix.lower()
-    return f"{children_upload_prefix(parent_key)}{child_uuid(parent_key, entry)}{suffix}"
+    return f"{children_upload_prefix(parent_key)}{entry_uuid(parent_key, entry)}{suffix}"
 
 
 def result_name(original_name: str, output_key: str, taken: set[str]) -> str:

@@ -252,6 +252,14 @@ def children_upload_prefix(parent: str) -> str:
     return f"{UPLOAD_PREFIX}{_uuid_of(parent)}/"
 
 
+def child_uuid(parent: str, part: str) -> str:
+    """The uuid of a parent's child named ``part`` (a zip's entry, a movie's frame): the same
+    on every run, so a fan-out run again creates no child twice."""
+    parsed = parse_job_key(parent)
+    namespace = uuid.UUID(parsed.uuid) if parsed else uuid.NAMESPACE_URL
+    return str(uuid.uuid5(namespace, part))
+
+
 def file_url(public_url: str, key: str) -> str:
     """The plain HTTP URL the frontend serves a bucket object at (what output_url holds)."""
     return public_url.rstrip("/") + FILES_PATH + quote(key)
