@@ -7,7 +7,7 @@ become a policy). The same code serves three places: the local controller (``kio
 Kubernetes controller and the cluster simulator, which runs it on simulated time. Nothing here
 reads a clock: callers pass ``now``.
 
-The paper's policy (REFERENCE §2):
+The DeepCell Kiosk paper's policy:
 
 * model servers 0->1 when there is work, back to 0 after an idle grace; 1->N by an HPA on GPU
   utilisation (target 70 %);

@@ -266,7 +266,7 @@ class JanitorSettings(CommonSettings):
 
 class AutoscalerSettings(CommonSettings):
     """The autoscaler (``python -m autoscaler``) and its metrics exporter; ``kiosk up`` runs the
-    same policy over local processes. Defaults are the paper's (REFERENCE §2)."""
+    same policy over local processes. Defaults are the DeepCell Kiosk paper's."""
 
     service_name: ClassVar[str] = "autoscaler"
 

@@ -4,8 +4,9 @@
   node, then starts (``start_delay``, ~30 s) and runs.
 * The cluster autoscaler scans every 10 s: Pending pods that no starting node will take get
   new nodes (GPU node 2-4 min, CPU node 1-2 min, drawn from a seeded RNG); a node that has been
-  empty for 10 min is removed (REFERENCE §6). Pods are packed onto the fullest node with room,
-  and scale-down takes pods from the emptiest nodes first, so shrinking frees whole nodes.
+  empty for 10 min is removed (the GKE cluster autoscaler's default). Pods are packed onto the
+  fullest node with room, and scale-down takes pods from the emptiest nodes first, so shrinking
+  frees whole nodes.
 * Scale-down never kills a busy consumer: idle consumers stop at once, busy ones finish their
   job first (the rewrite's SIGTERM handling). A model server being scaled down drains: it takes
   no new requests and finishes its queue. Pending and starting pods go first.

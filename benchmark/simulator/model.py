@@ -1,7 +1,8 @@
 """What a simulated run is made of: the workload, the cluster, the stage times and the prices.
 
-Every default is the paper's where the paper gives one (REFERENCE §1, §2, §6) and a stated
-assumption where it does not. The assumptions, in one place:
+Every default is the DeepCell Kiosk paper's where the paper gives one, Kubernetes' or GKE's
+documented default where they decide, and a stated assumption where neither does. The
+assumptions, in one place:
 
 * **Consumer nodes** are n1-highmem-2 (2 vCPU, 13 GB). A consumer pod requests 300m CPU and
   256 MiB (the original chart); GKE leaves about 1.93 vCPU allocatable on that machine and its
@@ -20,7 +21,7 @@ assumption where it does not. The assumptions, in one place:
   encoding), post-processing 2.0 s (deep watershed, label image, upload). Each batch of work
   is jittered uniformly by +-20 % so that consumers do not march in lock-step.
 * **Zips**: a zip consumer spends 0.02 s per image fanning a zip out (unzip, upload a child,
-  create its job); parents then wait without holding a consumer (ARCHITECTURE "fan-out/fan-in"),
+  create its job); parents then wait without holding a consumer (Kiosk's fan-out/fan-in),
   and the fan-in at the end is not modelled.
 * **Preemption**: a preemptible node is taken away after an exponential time with a rate of
   0.005 per node-hour (GCE quoted 5-15 % of preemptible VMs a day), and at 24 h at the latest.
@@ -47,7 +48,8 @@ HOUR = 3600.0
 
 @dataclass(frozen=True)
 class Price:
-    """Dollars per node-hour, on demand and preemptible (2019 GCE prices, REFERENCE §1)."""
+    """Dollars per node-hour, on demand and preemptible (2019 GCE list prices, as the paper
+    costed its runs)."""
 
     on_demand: float
     preemptible: float
@@ -78,7 +80,7 @@ class ClusterParams:
     model_server_start: float = 30.0  # pod start on a ready node (image pull, model load)
     consumer_start: float = 30.0
     consumers_per_node: int = 5
-    node_unneeded_after: float = 600.0  # cluster autoscaler scale-down delay (REFERENCE §6)
+    node_unneeded_after: float = 600.0  # GKE cluster autoscaler: an unneeded node goes after 10 min
     autoscaler_scan: float = 10.0  # cluster autoscaler scan interval
     preemptions_per_node_hour: float = 0.005
     preemptible_max_life: float = 24 * HOUR
@@ -167,7 +169,7 @@ class Workload:
 
     images: int
     upload_mbps: float
-    image_mb: float = 1.5  # a 1 MP image on disk (REFERENCE §1)
+    image_mb: float = 1.5  # a 1 MP image on disk, as in the paper's benchmark
     zip_images: int = 100
 
     def __post_init__(self) -> None:
@@ -252,7 +254,7 @@ class Scenario:
 
     def transfer_bound_seconds(self) -> float:
         """No run can beat this: the images cannot be inferred faster than they arrive, nor
-        faster than every GPU at its fastest (d = N_GPU * s, REFERENCE §1)."""
+        faster than every GPU at its fastest (d = N_GPU * s, the paper's benchmark rule)."""
         rate = min(self.workload.images_per_second, self.gpus * self.cluster.gpu_speed[1])
         return self.images / rate
 
