@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
-from kiosk.jobs import Stage, Stages
+from kiosk.jobs import JobRequest, Stage, Stages, creation_fields
 from kiosk.keys import JobField, Status, output_prefix
-from kiosk.queue import Claim, JobQueue, Outcome
+from kiosk.queue import Claim, JobQueue, Outcome, ParentGone
 from kiosk.settings import ConsumerSettings, JobTypeSettings
 from kiosk.storage import Bucket, ObjectNotFound
 
@@ -197,6 +197,21 @@ def children_queued(job: Job) -> Waiting:
             JobField.PROGRESS: "0",
         }
     )
+
+
+def queue_child(
+    job: Job, queue: JobQueue, queue_name: str, key: str, request: JobRequest, gone: str
+) -> None:
+    """Create one child job of ``job`` (a zip's image, a movie's frame). If the parent was
+    deleted meanwhile, the child is not created: its upload goes, and the parent's work stops
+    with :class:`JobLost` saying ``gone``."""
+    fields = creation_fields(request, job.get(JobField.IDENTITY_UPLOAD))
+    try:
+        queue.submit(queue_name, key, fields)
+    except ParentGone as exc:
+        if request.input_file_name:
+            job.bucket.delete(request.input_file_name)
+        raise JobLost(f"{gone} ({exc})", Outcome.GONE) from exc
 
 
 class Consumer(ABC):

@@ -49,14 +49,22 @@ import tifffile
 from pydantic import Field
 
 from consumers import imaging
-from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting, children_queued
+from consumers.base import (
+    Consumer,
+    Job,
+    JobError,
+    Result,
+    Waiting,
+    children_queued,
+    queue_child,
+)
 from consumers.movies import FramesZip, Movie, MovieLimits, open_movies
 from consumers.processing import linking
 from consumers.segmentation import NUCLEAR_MODEL
 from consumers.tracking_results import Previews, ResultNames, write_results
 from consumers.zips import ZipConsumer, ZipSettings, _open_zip, plan_entries
 from kiosk.filetypes import kind_from_name
-from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
+from kiosk.jobs import JobRequest, JobView, Stages
 from kiosk.keys import (
     JobField,
     Status,
@@ -67,7 +75,7 @@ from kiosk.keys import (
     parse_job_key,
 )
 from kiosk.options import OptionError, parse_scale
-from kiosk.queue import JobQueue, Outcome, ParentGone
+from kiosk.queue import JobQueue
 from kiosk.settings import JobTypeSettings
 from kiosk.storage import Bucket, ObjectNotFound
 
@@ -269,14 +277,14 @@ class MovieTracker:
             dimension_order="YX",  # the chosen channel, as one plane
             channels="",
         )
-        fields = creation_fields(request, job.get(JobField.IDENTITY_UPLOAD))
-        try:
-            queue.submit(SEGMENTATION, key, fields)
-        except ParentGone as exc:
-            self.bucket.delete(upload)
-            raise JobLost(
-                f"the movie was deleted while its frames were queued ({exc})", Outcome.GONE
-            ) from exc
+        queue_child(
+            job,
+            queue,
+            SEGMENTATION,
+            key,
+            request,
+            "the movie was deleted while its frames were queued",
+        )
 
     # ---------------------------------------------------------------- fan-in
 

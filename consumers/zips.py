@@ -37,7 +37,16 @@ from typing import BinaryIO, ClassVar, cast
 
 from pydantic import Field
 
-from consumers.base import Consumer, Job, JobError, JobLost, Result, Waiting, children_queued
+from consumers.base import (
+    Consumer,
+    Job,
+    JobError,
+    JobLost,
+    Result,
+    Waiting,
+    children_queued,
+    queue_child,
+)
 from consumers.imaging import ImageError, pixel_bytes
 from kiosk.filetypes import FileKind, human_bytes, kind_from_name, sniff
 from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
@@ -59,6 +68,7 @@ MIB = 1024 * 1024
 RATIO_ALLOWANCE = 64 * MIB
 """Bytes any zip may unpack to beyond ``max_zip_ratio`` x its size, so that a small zip of a
 few highly compressible images (mostly-black TIFFs) passes."""
+UNPACKED_GONE = "the zip job was deleted while it was unpacked"
 IMAGE_SLACK = MIB
 """Bytes an image file may hold beyond twice what its pixels take (metadata, pyramids,
 compression that did not pay); entries up to this size are never checked."""
@@ -339,14 +349,7 @@ class ZipConsumer(Consumer):
             self._record_failed_child(queue, job, job_type, key, entry, upload, str(exc))
             return
         request = self._child_request(job, job_type, entry, upload)
-        fields = creation_fields(request, job.get(JobField.IDENTITY_UPLOAD))
-        try:
-            queue.submit(job_type, key, fields)
-        except ParentGone as exc:
-            self.bucket.delete(upload)
-            raise JobLost(
-                f"the zip job was deleted while it was unpacked ({exc})", Outcome.GONE
-            ) from exc
+        queue_child(job, queue, job_type, key, request, UNPACKED_GONE)
 
     def _record_failed_child(
         self,
@@ -371,9 +374,7 @@ class ZipConsumer(Consumer):
         try:
             queue.submit_ended_child(job_type, key, fields)
         except ParentGone as exc:
-            raise JobLost(
-                f"the zip job was deleted while it was unpacked ({exc})", Outcome.GONE
-            ) from exc
+            raise JobLost(f"{UNPACKED_GONE} ({exc})", Outcome.GONE) from exc
 
     @staticmethod
     def _child_request(job: Job, job_type: str, entry: Entry, upload: str) -> JobRequest:
