@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from benchmark.support import (
     mapped_files,
     memory_mib,
     model_server,
+    service_env,
 )
 from evaluation import REPO
 from kiosk.jobs import JobRequest, creation_fields
@@ -105,16 +105,13 @@ def main() -> None:
         redis_server = RedisServer(root / "redis").start()
         consumer: subprocess.Popen | None = None
         try:
-            env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")},
-                "PYTHONPATH": str(REPO),
-                "PYTHONUNBUFFERED": "1",
-                "KIOSK_REDIS_URL": redis_server.url,
-                "KIOSK_BUCKET": f"file://{root / 'bucket'}",
-                "KIOSK_QUEUES": "segmentation",
-                "KIOSK_MODEL_SERVER": server.target,
+            env = service_env(
+                redis_server.url,
+                root / "bucket",
+                KIOSK_QUEUES="segmentation",
+                KIOSK_MODEL_SERVER=server.target,
                 **dict(item.split("=", 1) for item in args.consumer_env),
-            }
+            )
             log_path = root / "consumer.log"
             with open(log_path, "wb") as log:
                 consumer = subprocess.Popen(

@@ -56,6 +56,19 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return median(runs)
 
 
+def service_env(redis_url: str, bucket_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a Kiosk service a benchmark starts: this machine's, without any
+    KIOSK_* of its own, pointed at the benchmark's Redis and bucket, plus ``settings``."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")},
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "KIOSK_REDIS_URL": redis_url,
+        "KIOSK_BUCKET": f"file://{bucket_dir}",
+        **settings,
+    }
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-dir",

@@ -16,7 +16,6 @@ is the peak.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import tifffile
 
 from benchmark.consumer_memory import Sampler
 from benchmark.report import save, table
-from benchmark.support import memory_mib
+from benchmark.support import memory_mib, service_env
 from evaluation import REPO
 from kiosk.jobs import JobRequest, creation_fields
 from kiosk.keys import JobField, new_job_key, upload_key
@@ -91,15 +90,12 @@ def main() -> None:
         redis_server = RedisServer(root / "redis").start()
         children: list[subprocess.Popen] = []
         try:
-            env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")},
-                "PYTHONPATH": str(REPO),
-                "PYTHONUNBUFFERED": "1",
-                "KIOSK_REDIS_URL": redis_server.url,
-                "KIOSK_BUCKET": f"file://{root / 'bucket'}",
-                "KIOSK_QUEUES": "segmentation,tracking",
-                "KIOSK_JOB_TYPE_PLUGINS": f"segmentation={STAND_IN}",
-            }
+            env = service_env(
+                redis_server.url,
+                root / "bucket",
+                KIOSK_QUEUES="segmentation,tracking",
+                KIOSK_JOB_TYPE_PLUGINS=f"segmentation={STAND_IN}",
+            )
             logs = root / "logs"
             logs.mkdir()
 
