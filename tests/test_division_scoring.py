@@ -4,11 +4,15 @@ model answering on the real model server, and the setting that selects it."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from consumers.base import JobError, Result
 from consumers.division_scorer import DIVISION_MODEL, DivisionModelMissing, ServedDivisionScorer
 from consumers.processing.contract import DivisionContract
 from consumers.processing.linking import (
@@ -17,12 +21,16 @@ from consumers.processing.linking import (
     link,
     measure,
 )
-from consumers.tracking import TrackingSettings, division_scorer
+from consumers.tracking import TrackingConsumer, TrackingSettings, division_scorer
 from evaluation.movies import generate_movie
 from evaluation.served import BUNDLED_MODELS, ModelServer, embedded_model_server
+from kiosk.queue import JobQueue
 from kiosk.serving.client import ServingClient, close_channels
 from kiosk.settings import ConsumerSettings
+from kiosk.storage.local import LocalBucket
 from models.training.division_data import Recorder, feature_probability, true_division
+from tests.support.tracking import trk_bytes
+from tests.test_tracking import claim_job, results, submit_movie
 
 PATCH = DIVISION_MODEL.patch_size
 
@@ -163,3 +171,62 @@ def test_a_division_model_missing_from_the_server_is_a_clear_error(served: Model
     with pytest.raises(DivisionModelMissing, match="KIOSK_DIVISION_MODEL empty") as caught:
         scorer.check()
     assert "'NoSuchDivisionModel' is not on the model server" in str(caught.value)
+
+
+def tracking_consumer(
+    served: ModelServer,
+    model: str,
+    redis_url: str,
+    bucket_dir: Path,
+    bucket: LocalBucket,
+    queue: JobQueue,
+) -> TrackingConsumer:
+    settings = ConsumerSettings(
+        redis_url=redis_url,
+        bucket=f"file://{bucket_dir}",
+        queues=("tracking",),
+        public_url="http://kiosk",
+        model_server=served.target,
+        cold_start_wait=1.0,
+        predict_retries=1,
+    )
+    return TrackingConsumer(settings, bucket, queue, TrackingSettings(division_model=model))
+
+
+def predicts_answered(served: ModelServer, model: str) -> float:
+    """Predict calls the model server answered for ``model`` (its Prometheus counter)."""
+    url = f"http://127.0.0.1:{served.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    prefix = f'kiosk_model_server_requests_total{{code="OK",method="Predict",model="{model}"}}'
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_the_tracking_consumer_scores_divisions_with_the_model_the_setting_names(
+    served: ModelServer, redis_url: str, bucket_dir: Path, bucket: LocalBucket, queue: JobQueue
+) -> None:
+    movie = generate_movie(6, frames=10, shape=(128, 128))  # two divisions
+    data = trk_bytes(movie.images[..., None], movie.labels[..., None])
+    submit_movie(queue, bucket, data, name="cells.trk")
+    consumer = tracking_consumer(served, DIVISION_MODEL.name, redis_url, bucket_dir, bucket, queue)
+    before = predicts_answered(served, DIVISION_MODEL.name)
+    result = consumer.process(claim_job(queue, bucket, "tracking"))
+    assert isinstance(result, Result)
+    assert predicts_answered(served, DIVISION_MODEL.name) > before
+    with results(bucket, result) as out:
+        lineage = json.loads(out.read("lineage.json"))
+    divided = [t for t in lineage.values() if t["daughters"]]
+    assert len(divided) == 2
+
+
+def test_a_division_model_the_server_lacks_fails_the_job_saying_what_to_set(
+    served: ModelServer, redis_url: str, bucket_dir: Path, bucket: LocalBucket, queue: JobQueue
+) -> None:
+    movie = generate_movie(5, frames=4, shape=(64, 64))
+    data = trk_bytes(movie.images[..., None], movie.labels[..., None])
+    submit_movie(queue, bucket, data, name="cells.trk")
+    consumer = tracking_consumer(
+        served, "NoSuchDivisionModel", redis_url, bucket_dir, bucket, queue
+    )
+    with pytest.raises(JobError, match="KIOSK_DIVISION_MODEL empty"):
+        consumer.process(claim_job(queue, bucket, "tracking"))
