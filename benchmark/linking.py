@@ -349,7 +349,8 @@ def run(args: argparse.Namespace, target: str | None) -> None:
                     scored["link_precision"] = scored["link_recall"] = float("nan")
                 runs[name].append(scored)
         for name, scored_runs in runs.items():
-            results.append({"scenario": scenario, "linker": name, **summary(scored_runs)})
+            row = {"scenario": scenario, "linker": name, **summary(scored_runs)}
+            results.append({k: None if v != v else v for k, v in row.items()})  # NaN: none
         print(f"{scenario}: {len(seeds)} movies scored", flush=True)
 
     # ~150 nuclei per frame: the size the linking target is stated for.
@@ -384,7 +385,9 @@ def run(args: argparse.Namespace, target: str | None) -> None:
             [
                 str(r["scenario"]),
                 str(r["linker"]),
-                f"{r['link_precision']:.4f} / {r['link_recall']:.4f}",
+                "n/a"
+                if r["link_precision"] is None
+                else f"{r['link_precision']:.4f} / {r['link_recall']:.4f}",
                 f"{r['found_divisions']}/{r['true_divisions']}",
                 f"{r['division_precision']:.3f} / {r['division_recall']:.3f} / "
                 f"{r['division_f1']:.3f}",

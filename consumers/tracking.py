@@ -112,9 +112,9 @@ class TrackingSettings(JobTypeSettings):
     )
     division_model: str = Field(
         "",
-        description="Model on the model server that scores division candidates (the bundled "
-        "one: DivisionScoring); empty: the linker's feature score, the default because it "
-        "scored higher division F1 on generated movies (benchmark.linking).",
+        description="Model on the model server that scores division candidates: DivisionScoring, "
+        "the bundled one (higher division F1 than the feature score on generated movies; the "
+        "Helm chart sets it); empty: the linker's feature score, with no model server needed.",
     )
 
     def limits(self) -> MovieLimits:

@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def model_card(r: dict[str, Any]) -> str:
     d, t, v = r["data"], r["training"], r["validation"]
+    side = f"{r['patch_size']}x{r['patch_size']}"
+    held_out = f"{d['validation_seeds'][0]}..{d['validation_seeds'][-1]}"
     rows = "\n".join(
         f"| {name} | {f['precision']} | {f['recall']} | {f['f1']} | {f['auc']} | {f['log_loss']} |"
         for name, f in v.items()
@@ -272,7 +274,7 @@ def model_card(r: dict[str, Any]) -> str:
     return f"""# {r["model"]} (version {r["version"]})
 
 Scores division candidates for the tracking job type: the probability that a mother seen in
-one frame divided into two cells of the next. A small CNN over three {r["patch_size"]}x{r["patch_size"]}
+one frame divided into two cells of the next. A small CNN over three {side}
 windows (mother, larger and smaller daughter; image and mask each) joined with an MLP over the
 linker's scalar cues, trained on the candidates the linker itself weighs in generated movies.
 Every figure and setting is in `training.json`.
@@ -303,7 +305,7 @@ Reproduce from the repository root (`make division-model`):
 
     .venv/bin/python -m models.training.train_division --out models/DivisionScoring
 
-## Validation (exported model, held-out seeds {d["validation_seeds"][0]}..{d["validation_seeds"][-1]})
+## Validation (exported model, held-out seeds {held_out})
 {d["validation_candidates"]} candidates, {d["validation_divisions"]} true divisions; a candidate is
 accepted at p >= 0.5 (the feature score: its score less the cost of taking cells >= 0). Before
 the linker's choice of one pair per mother: `benchmark.linking` has the tracking figures.
