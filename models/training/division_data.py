@@ -9,8 +9,10 @@ this frame and whose parent is the mother's true track. Pure numpy: no TensorFlo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from numpy.typing import NDArray
@@ -107,20 +109,37 @@ def concatenate(parts: list[Harvest]) -> Harvest:
     )
 
 
+def harvest_seed(
+    seed: int,
+    scenarios: Mapping[str, tuple[Mapping[str, float], float, float]],
+    frames: int,
+    patch_size: int,
+    perturb: Callable[[np.ndarray, int, float, float], np.ndarray],
+) -> Harvest:
+    """Candidates of one seed's movie under every scenario (overrides, missed, split)."""
+    parts = []
+    for overrides, missed, split in scenarios.values():
+        movie = generate_movie(seed, frames=frames, **overrides)  # type: ignore[arg-type]
+        labels = movie.labels
+        if missed or split:
+            labels = perturb(labels, seed, missed, split)
+        parts.append(harvest_movie(movie.images, labels, movie.tracks, patch_size))
+    return concatenate(parts)
+
+
 def harvest(
     seeds: list[int],
     scenarios: Mapping[str, tuple[Mapping[str, float], float, float]],
     frames: int,
     patch_size: int,
-    perturb: object,
+    perturb: Callable[[np.ndarray, int, float, float], np.ndarray],
+    jobs: int = 1,
 ) -> Harvest:
-    """Candidates of every seed under every scenario (overrides, missed, split)."""
-    parts = []
-    for seed in seeds:
-        for overrides, missed, split in scenarios.values():
-            movie = generate_movie(seed, frames=frames, **overrides)
-            labels = movie.labels
-            if missed or split:
-                labels = perturb(labels, seed, missed, split)  # type: ignore[operator]
-            parts.append(harvest_movie(movie.images, labels, movie.tracks, patch_size))
-    return concatenate(parts)
+    """Candidates of every seed under every scenario, on ``jobs`` processes."""
+    work = partial(
+        harvest_seed, scenarios=scenarios, frames=frames, patch_size=patch_size, perturb=perturb
+    )
+    if jobs <= 1:
+        return concatenate([work(seed) for seed in seeds])
+    with ProcessPoolExecutor(jobs) as pool:
+        return concatenate(list(pool.map(work, seeds)))

@@ -43,14 +43,14 @@ VAL_SEED_BASE = 950_000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("models/DivisionScoring"))
-    p.add_argument("--train-movies", type=int, default=24, help="seeds, each in every scenario")
+    p.add_argument("--train-movies", type=int, default=20, help="seeds, each in every scenario")
     p.add_argument("--val-movies", type=int, default=6)
     p.add_argument("--frames", type=int, default=30)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="TensorFlow threads; harvest processes")
     p.add_argument("--smoke", action="store_true", help="tiny run to check the pipeline")
     args = p.parse_args(argv)
     if args.smoke:
@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     size = CONTRACT.patch_size
     train_seeds = [TRAIN_SEED_BASE + i for i in range(args.train_movies)]
     val_seeds = [VAL_SEED_BASE + i for i in range(args.val_movies)]
-    train = harvest(train_seeds, SCENARIOS, args.frames, size, perturbed)
+    train = harvest(train_seeds, SCENARIOS, args.frames, size, perturbed, args.threads)
     log(f"train: {len(train)} candidates, {int(train.labels.sum())} divisions")
-    val = harvest(val_seeds, SCENARIOS, args.frames, size, perturbed)
+    val = harvest(val_seeds, SCENARIOS, args.frames, size, perturbed, args.threads)
     log(f"validation: {len(val)} candidates, {int(val.labels.sum())} divisions")
     harvested = time.time() - started
 
