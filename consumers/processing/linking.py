@@ -21,6 +21,13 @@ divided mother is capped: its track ends on the frame before its daughters' firs
 the end, divisions that were a nucleus cut in two by the segmentation are undone: a daughter
 gone again within a couple of frames, or one daughter alone the next frame at the mother's size.
 
+The feature score (`_division_score`) is hand-tuned. `link` may be given a `DivisionScorer`
+instead, which receives each frame's candidates at once (`DivisionCandidates`: the cues of
+`DIVISION_FEATURES`, the feature score among them, and each cell's window when the frames were
+measured with `patch_size`) and answers probabilities; the tracking job type's learned scorer
+is a model on the model server (`consumers.division_scorer`). Without one, linking is exactly
+the feature score's.
+
 `lineage_json` writes the original's lineage.json; `ctc_tracking` gives the Cell Tracking
 Challenge's form (a track continued after a gap gets a new label, parent the part before) for
 `ctc_res_track` and the CTC mask files.
