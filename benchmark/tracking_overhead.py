@@ -86,14 +86,45 @@ def children_of(url: str, parent: str) -> list[dict[str, Any]]:
             return found
 
 
-def run_job(
-    client: KioskClient, url: str, path: Path, job_type: str, interval: float = 0.5
-) -> dict[str, Any]:
+def wait_watching_fan_in(
+    client: KioskClient, job_id: str, interval: float = 0.5, close: float = 0.02
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Wait for a job to end; near and during its post-processing (a movie's fan-in), look
+    often enough to see its progress pass the fan-in's marks: every frame measured at 45 %,
+    linked at 60 % (tracking's split of its progress). Returns the final job and when each
+    mark was first seen."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        now = time.time()
+        fan_in = job["status"] == "post-processing"
+        if fan_in and job["progress"] >= 45:
+            seen.setdefault("measured", now)
+        if fan_in and job["progress"] >= 60:
+            seen.setdefault("linked", now)
+        if job["status"] in ("done", "failed"):
+            return job, seen
+        near = fan_in or job["progress"] >= 90
+        time.sleep(close if near else interval)
+    raise RuntimeError(f"{job_id} did not end within an hour")
+
+
+def fan_in_phases(marks: dict[str, float], start: float, end: float) -> dict[str, float]:
+    """Seconds measuring, linking and writing, from the last frame's end to the job's."""
+    if "measured" not in marks:
+        return {}
+    edges = [start, marks["measured"], marks.get("linked", end), end]
+    seconds = np.diff(edges).round(2).tolist()
+    return dict(zip(("measuring", "linking", "writing"), seconds, strict=True))
+
+
+def run_job(client: KioskClient, url: str, path: Path, job_type: str) -> dict[str, Any]:
     """Upload a file as ``job_type``, wait for it to end: seconds and where they went."""
     started = time.time()
     job = client.submit(path, job_type)
     uploaded = time.time() - started
-    final = client.wait([job["id"]], interval=interval, timeout=3600)[job["id"]]
+    final, marks = wait_watching_fan_in(client, job["id"])
     if final["status"] != "done":
         raise RuntimeError(f"the {job_type} job ended {final['status']}: {final.get('reason')}")
     children = children_of(url, final["id"])
@@ -113,6 +144,7 @@ def run_job(
         "parent_timings": final.get("timings", {}),
         "fan_out_last_frame_s": round(max(created) - _seconds(final["created_at"]), 3),
         "fan_in_s": round(_seconds(final["finished_at"]) - max(finished), 3),
+        "fan_in_phases_s": fan_in_phases(marks, max(finished), _seconds(final["finished_at"])),
         "segmenting_s": round(max(finished) - min(created), 3),
         "id": final["id"],
     }
@@ -173,7 +205,7 @@ def main() -> None:
         *[
             [label, f"{last_tracking[key]}", f"{last_segmentation[key]}"]
             for label, key in (
-                ("frames' own stages, summed s", "frames_total_seconds"),
+                ("frames' total_time, summed s", "frames_total_seconds"),
                 ("upload to last frame created s", "fan_out_last_frame_s"),
                 ("first frame created to last done s", "segmenting_s"),
                 ("last frame done to job done s", "fan_in_s"),
@@ -187,6 +219,10 @@ def main() -> None:
     print(table(rows))
     print(f"tracking movie's own stages: {last_tracking['parent_timings']}")
     print(f"segmentation zip's own stages: {last_segmentation['parent_timings']}")
+    phases = [run["fan_in_phases_s"] for run in tracking_runs if run["fan_in_phases_s"]]
+    if phases:
+        medians = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+        print(f"the movie's fan-in, seconds by phase (medians, seen from its progress): {medians}")
     print(
         f"tracking adds {adds:.1%} (target < {TARGET:.0%}): {'met' if adds < TARGET else 'NOT met'}"
     )

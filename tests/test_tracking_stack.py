@@ -15,7 +15,7 @@ import os
 import signal
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +192,7 @@ def consumer_pid(stack: KioskUp, queue_name: str) -> int:
     return pid
 
 
-def kill_consumer_when(stack: KioskUp, queue_name: str, moment: object) -> None:
+def kill_consumer_when(stack: KioskUp, queue_name: str, moment: Callable[[], bool]) -> None:
     """SIGKILL the ``queue_name`` consumer as soon as ``moment()`` holds; wait for its
     replacement."""
     victim = consumer_pid(stack, queue_name)
@@ -246,7 +246,9 @@ def test_a_segmentation_consumer_killed_mid_movie_leaves_the_movie_done_once_and
     assert_done_once(queue, stack, key, 24)
     children = queue.get(key)[JobField.CHILDREN].split(",")
     attempts = [int(queue.get(c)[JobField.ATTEMPTS]) for c in children]
-    assert sorted(attempts) == [1] * 23 + [2]  # the interrupted frame ran again, once
+    # The frame in the model ran again, once (and the one before it, if it was still being
+    # finished: a consumer writes one job's results while the next predicts).
+    assert set(attempts) == {1, 2} and attempts.count(2) <= 2, attempts
     again = done(client, submit(client, tmp_path, "crash.tif", movie_tiff(movie)))["id"]
     assert contents(client, key, tmp_path) == contents(client, again, tmp_path)
 
