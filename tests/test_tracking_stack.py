@@ -221,7 +221,7 @@ def assert_done_once(queue: JobQueue, stack: KioskUp, key: str, frames: int) -> 
 def dense_movie() -> Movie:
     """Crowded and long enough that linking is seen in Redis (progress 45-59 while
     post-processing) for a few tenths of a second."""
-    return generate_movie(7, frames=80, shape=(256, 256), coverage=0.4, diameter=12.0)
+    return generate_movie(7, frames=50, shape=(256, 256), coverage=0.4, diameter=12.0)
 
 
 def test_a_segmentation_consumer_killed_mid_movie_leaves_the_movie_done_once_and_the_same(
@@ -269,7 +269,7 @@ def test_a_tracking_consumer_killed_while_linking_leaves_the_movie_done_once_and
     kill_consumer_when(stack, "tracking", linking)
     done(client, key)
     assert "consumer-tracking-0 exited with code -9; restarting" in stack.output()
-    assert_done_once(queue, stack, key, 80)
+    assert_done_once(queue, stack, key, 50)
     assert queue.get(key)[JobField.ATTEMPTS] == "2"  # the fan-in interrupted, then run again
     again = done(client, submit(client, tmp_path, "dense.tif", movie_tiff(movie)))["id"]
     assert contents(client, key, tmp_path) == contents(client, again, tmp_path)
