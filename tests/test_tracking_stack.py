@@ -180,6 +180,7 @@ def test_one_corrupt_frame_fails_a_zip_of_frames_naming_it(
     assert job["status"] == Status.FAILED
     assert job["reason"].startswith("frame 5 ('frame5.tif'): 'frame5.tif' is truncated")
     assert job["reason"].endswith("Upload the complete file again.")
+    assert not queue.get(job["id"]).get(JobField.CHILDREN)  # found before any frame was queued
 
 
 # ----------------------------------------------------------------------------- crashes
