@@ -53,6 +53,14 @@ from evaluation.quality import (
     summary,
 )
 from evaluation.served import BUNDLED_MODELS, ServedModel, embedded_model_server
+from evaluation.tracking_report import (
+    add_arguments as add_tracking_arguments,
+)
+from evaluation.tracking_report import (
+    conditions_of,
+    evaluate_tracking,
+    format_tracking,
+)
 
 DEFAULT_OUT = REPO / "benchmark" / "results" / "evaluation.json"
 TARGET_F1 = 0.85
@@ -329,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="JSON report (default: %(default)s)"
     )
+    add_tracking_arguments(p)
     return p
 
 
@@ -339,8 +348,9 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
     version = args.version
     config = PipelineConfig.from_settings(settings)
     names = list(DATASETS) if args.datasets == "all" else args.datasets.split(",")
+    names = [n.strip() for n in names if n.strip()]
     datasets = load_datasets(
-        [n.strip() for n in names if n.strip()],
+        names if args.tracking != "only" else [],
         limit=args.limit,
         cache=args.cache_dir,
         synthetic=(args.synthetic_count, args.synthetic_size),
@@ -361,7 +371,7 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
             predict, config, tuned_postprocess(tuned)
         )
     results = {d.name: evaluate_dataset(d, methods, config.model_mpp) for d in datasets}
-    return {
+    report: dict[str, Any] = {
         "evaluation": "nuclear segmentation quality",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -393,6 +403,9 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
         "target_f1_real": TARGET_F1,
         "datasets": results,
     }
+    if args.tracking != "off":
+        report["tracking"] = evaluate_tracking(args, methods["model"], hela="ctc-hela" in names)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     from kiosk.serving.client import PredictError, close_channels
 
     try:
+        if args.tracking != "off":
+            conditions_of(args.tracking_conditions)  # refused before the server starts
         if args.model_server:
             report = evaluate(args, args.model_server, args.model_server)
         else:
@@ -413,10 +428,17 @@ def main(argv: list[str] | None = None) -> int:
         close_channels()
     answered = report["model"]["version_answered"]
     print(f"model {model} version {answered} via {report['model']['server']}")
-    print(format_table(report))
-    print()
-    for line in verdicts(report):
-        print(line)
+    if report["datasets"]:
+        print(format_table(report))
+        print()
+        for line in verdicts(report):
+            print(line)
+    if "tracking" in report:
+        print()
+        print(format_tracking(report["tracking"]))
+        print()
+        for line in report["tracking"]["verdicts"]:
+            print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
