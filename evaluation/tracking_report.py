@@ -48,6 +48,8 @@ Segmenter = Callable[[np.ndarray, float], np.ndarray]
 """(image, image_mpp) -> labels: one frame, as a segmentation job segments it."""
 Linker = Callable[[Sequence[Cells], LinkParams], Tracking]
 """(measured frames, the movie's linking settings) -> tracking."""
+Frames = np.ndarray | Sequence[np.ndarray]
+"""A (T, Y, X) stack, or its frames."""
 
 
 def kiosk_linker(frames: Sequence[Cells], params: LinkParams) -> Tracking:
@@ -130,13 +132,13 @@ def conditions_of(text: str) -> list[str]:
 # Tracking a movie as the consumer does
 
 
-def measure_frames(images: np.ndarray, labels: Sequence[np.ndarray]) -> list[Cells]:
+def measure_frames(images: Frames, labels: Frames) -> list[Cells]:
     """Every frame's objects, measured as the consumer's fan-in measures them."""
     return [measure(labels[t], images[t], t) for t in range(len(labels))]
 
 
 def ctc_prediction(
-    tracking: Tracking, labels: Sequence[np.ndarray]
+    tracking: Tracking, labels: Frames
 ) -> tuple[np.ndarray, dict[int, tuple[int, int, int, int]]]:
     """The tracking in the CTC form the results zip holds: masks and ``L B E P`` records."""
     ctc = ctc_tracking(tracking)
@@ -145,7 +147,7 @@ def ctc_prediction(
     return masks, records
 
 
-def score_movie(movie: Movie, labels: Sequence[np.ndarray], tracking: Tracking) -> TrackingScores:
+def score_movie(movie: Movie, labels: Frames, tracking: Tracking) -> TrackingScores:
     """The CTC measures of a tracking of ``labels`` (the masks that were linked)."""
     masks, records = ctc_prediction(tracking, labels)
     return score_tracking(movie.labels, movie.tracks, masks, records)
@@ -197,7 +199,7 @@ class _Clock:
         return {k: round(v / max(1, self.frames) * 1e3, 2) for k, v in self.seconds.items()}
 
 
-def segment_movie(segmenter: Segmenter, images: np.ndarray, mpp: float) -> list[np.ndarray]:
+def segment_movie(segmenter: Segmenter, images: Frames, mpp: float) -> list[np.ndarray]:
     """Each frame segmented alone, as the tracking consumer's frame jobs are."""
     return [segmenter(frame, mpp) for frame in images]
 
