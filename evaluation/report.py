@@ -11,7 +11,9 @@ measured, not remembered.
 The data sets are in :mod:`evaluation.datasets`. Figures are pooled over a data set's images
 (counts summed, rates from the sums): precision, recall and F1 at IoU 0.5, mean AP over IoU
 0.5..0.95 (AP = TP / (TP + FP + FN)), mean IoU of matched pairs, splits, merges, objects, seconds
-per image. Output: a table on stdout and JSON (default ``benchmark/results/evaluation.json``).
+per image. Then tracking (:mod:`evaluation.tracking_report`, ``--tracking on|off|only``): held-out
+generated movies tracked from true masks and end to end, and the HeLa frames when ``ctc-hela``
+is chosen. Output: a table on stdout and JSON (default ``benchmark/results/evaluation.json``).
 """
 
 from __future__ import annotations
@@ -349,6 +351,9 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
     config = PipelineConfig.from_settings(settings)
     names = list(DATASETS) if args.datasets == "all" else args.datasets.split(",")
     names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise EvaluationError(f"unknown data set {unknown[0]!r}; choose from {', '.join(DATASETS)}")
     datasets = load_datasets(
         names if args.tracking != "only" else [],
         limit=args.limit,
