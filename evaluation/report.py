@@ -37,7 +37,7 @@ from consumers.processing.contract import ModelContract
 from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.pipeline import Postprocess, Predict, segment_frames
 from consumers.segmentation import NUCLEAR_MODEL, SegmentationSettings
-from evaluation import REPO, EvaluationError
+from evaluation import REPO, EvaluationError, tracking_report
 from evaluation.baseline import classical_segment
 from evaluation.datasets import (
     CACHE,
@@ -55,14 +55,6 @@ from evaluation.quality import (
     summary,
 )
 from evaluation.served import BUNDLED_MODELS, ServedModel, embedded_model_server
-from evaluation.tracking_report import (
-    add_arguments as add_tracking_arguments,
-)
-from evaluation.tracking_report import (
-    conditions_of,
-    evaluate_tracking,
-    format_tracking,
-)
 
 DEFAULT_OUT = REPO / "benchmark" / "results" / "evaluation.json"
 TARGET_F1 = 0.85
@@ -339,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="JSON report (default: %(default)s)"
     )
-    add_tracking_arguments(p)
+    tracking_report.add_arguments(p)
     return p
 
 
@@ -409,7 +401,9 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
         "datasets": results,
     }
     if args.tracking != "off":
-        report["tracking"] = evaluate_tracking(args, methods["model"], hela="ctc-hela" in names)
+        report["tracking"] = tracking_report.evaluate_tracking(
+            args, methods["model"], hela="ctc-hela" in names
+        )
     return report
 
 
@@ -420,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.tracking != "off":
-            conditions_of(args.tracking_conditions)  # refused before the server starts
+            tracking_report.check_arguments(args)  # refused before the server starts
         if args.model_server:
             report = evaluate(args, args.model_server, args.model_server)
         else:
@@ -440,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
     if "tracking" in report:
         print()
-        print(format_tracking(report["tracking"]))
+        print(tracking_report.format_tracking(report["tracking"]))
         print()
         for line in report["tracking"]["verdicts"]:
             print(line)

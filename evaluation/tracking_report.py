@@ -128,6 +128,20 @@ def conditions_of(text: str) -> list[str]:
     return names
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad tracking options before anything starts."""
+    conditions_of(args.tracking_conditions)
+    _check_sizes(args.tracking_movies, args.tracking_frames, args.tracking_size)
+
+
+def _check_sizes(movies: int, frames: int, size: int) -> None:
+    if movies < 1 or frames < 2 or size < 32:
+        raise EvaluationError(
+            f"--tracking-movies, --tracking-frames and --tracking-size must be at least 1, 2 "
+            f"and 32, got {movies}, {frames} and {size}"
+        )
+
+
 # ------------------------------------------------------------------------------------------
 # Tracking a movie as the consumer does
 
@@ -209,6 +223,7 @@ def segment_movie(segmenter: Segmenter, images: Frames, mpp: float) -> list[np.n
 
 
 def held_out_seeds(condition: str, count: int) -> list[int]:
+    """The seeds of a condition's movies (fixed, so every run scores the same movies)."""
     return [SEED_BASE + 100 * list(CONDITIONS).index(condition) + i for i in range(count)]
 
 
@@ -223,8 +238,7 @@ def evaluate_generated(
 ) -> dict[str, Any]:
     """Every condition's held-out movies, tracked from true masks and end to end by every
     linker, scored; figures per condition and pooled over all movies."""
-    if movies < 1 or frames < 2:
-        raise EvaluationError(f"need at least 1 movie of 2 frames, got {movies} of {frames}")
+    _check_sizes(movies, frames, size)
     scores: dict[str, dict[str, dict[str, list[TrackingScores]]]] = {
         source: {name: {c: [] for c in conditions} for name in linkers} for source in SOURCES
     }

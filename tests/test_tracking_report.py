@@ -144,13 +144,15 @@ def test_a_movie_without_truth_gets_run_time_and_sanity_for_model_and_reference_
     assert {"segmentation", "measure (model)", "link kiosk (model)"} <= set(out["ms_per_frame"])
 
 
-def test_an_unknown_tracking_condition_is_refused_with_the_known_ones(
+def test_bad_tracking_options_are_refused_before_the_model_server_starts(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(EvaluationError, match="choose from default, crowded, fast, noisy"):
         conditions_of("default,windy")
     assert run_evaluation(["--tracking-conditions", "windy"]) == 1
     assert "unknown tracking condition(s) windy" in capsys.readouterr().err
+    assert run_evaluation(["--tracking-size", "16"]) == 1
+    assert "must be at least 1, 2 and 32, got 4, 40 and 16" in capsys.readouterr().err
 
 
 def test_evaluation_tracks_generated_movies_through_the_served_model(
