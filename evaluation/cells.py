@@ -9,7 +9,7 @@ and camera (``evaluation.drawing``, ``evaluation.synthetic``).
 What an image contains (each property drawn per image from the seed unless given, see
 ``CellParams``):
 
-- ``culture``: adherent cells 20-45 um across, sparse or dense, scattered or grown into touching
+- ``culture``: adherent cells 22-50 um across, sparse or dense, scattered or grown into touching
   clusters, elongated and irregular (lobes, protrusions), some spread (large, flat, very
   irregular) and some rounded (small, thick, bright; half of them with a condensed mitotic
   nucleus);
@@ -362,7 +362,7 @@ def _make_cell(
         cy + shift * np.sin(direction), cx + shift * np.cos(direction), na, nb, nangle, nharmonics
     )
     outlines = [body]
-    protrusions = {_NORMAL: rng.poisson(0.6), _SPREAD: rng.poisson(1.5)}.get(kind, 0)
+    protrusions = rng.poisson(1.5 if kind == _SPREAD else 0.6) if kind in (_NORMAL, _SPREAD) else 0
     for _ in range(protrusions):
         # A lamellipodium or process: a narrow lobe rooted inside the body, pointing out.
         direction = rng.uniform(0.0, 2 * np.pi)
@@ -475,7 +475,7 @@ def _place_tissue(
         tissue = field > np.quantile(field, 1.0 - params.coverage)
     target = max(1, round(params.coverage * height * width / (np.pi * mean_radius**2)))
     packing = rng.uniform(0.8, 0.95)
-    swell = rng.uniform(1.3, 1.5)
+    swell = rng.uniform(1.45, 1.7)
     placed = _Placed(target)
     # Candidates come in batches, checked against the cells placed so far all at once (dart
     # throwing one candidate at a time costs more than the rest of the image).

@@ -201,8 +201,9 @@ def _edge_contrast(image: CellImage) -> float:
     cells = np.arange(1, int(image.cells.max()) + 1)
     ring = (outside >= 1) & (outside <= 2)
     beyond = (outside >= 8) & (outside <= 14)
-    at_edge = ndi.mean(image.brightfield, np.where(ring, nearest, 0), cells)
-    around = ndi.mean(image.brightfield, np.where(beyond, nearest, 0), cells)
+    with np.errstate(invalid="ignore"):  # a cell with no background around it: NaN, left out
+        at_edge = ndi.mean(image.brightfield, np.where(ring, nearest, 0), cells)
+        around = ndi.mean(image.brightfield, np.where(beyond, nearest, 0), cells)
     seen = np.isfinite(at_edge) & np.isfinite(around)
     assert seen.sum() >= 3
     return float(np.median(at_edge[seen] / around[seen] - 1.0))
