@@ -33,7 +33,6 @@ from scipy import ndimage as ndi
 
 from evaluation.drawing import (
     camera,
-    illumination,
     keep_largest_pieces,
     paint_depth,
     random_shape,
@@ -328,8 +327,3 @@ def _paint(
     signal = profile * np.maximum(chromatin + spots, 0.05) * lut(brightness)[labels]
     signal[~fg] = 0.0
     return signal.astype(np.float32)
-
-
-# evaluation.movies draws its frames with these under their names from before they were shared.
-_illumination = illumination
-_smooth_noise = smooth_noise
