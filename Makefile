@@ -88,7 +88,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.cluster_sim
 	$(BIN)/python -m benchmark.scaling_policies
 
-evaluate: setup ## segmentation quality, model vs classical baseline, generated and real nuclei
+evaluate: setup ## segmentation quality (model vs classical baseline, generated and real nuclei), then tracking
 	$(BIN)/python -m evaluation
 
 model: $(INSTALLED) ## retrain the bundled nuclear model into models/NuclearSegmentation (~20 min on 2 cores)
