@@ -12,11 +12,20 @@ scored against the movies' ground truth:
   distance; it brings pandas, scikit-learn, networkx, pydantic and pooch), with the same
   reach, gap window and division distance;
 - ``laptrack, area-aware splits``: laptrack whose split cost also wants each daughter about
-  half the mother's area (laptrack scores each mother-daughter pair alone).
+  half the mother's area (laptrack scores each mother-daughter pair alone);
+- ``kiosk, learned divisions``: Kiosk's linker whose division candidates are scored by the
+  bundled division model (``models/DivisionScoring``) on an embedded model server, over gRPC as
+  the tracking job type calls it (``KIOSK_DIVISION_MODEL``);
+- ``kiosk, learned + feature``: the mean of the model's logit and the feature score.
 
-Scenarios: the generator's defaults, crowded, fast and faster cells (true masks), and "noisy
+The division model was trained on movies of other seeds (``models.training.train_division``:
+900000.. for training, 950000.. for validation); these movies are ``SEED_BASE`` + seed.
+
+Scenarios: the generator's defaults, crowded, fast and faster cells (true masks), "noisy
 masks": true masks with segmentation-like errors (3% of objects missed, 1% cut in two along a
-line through their centroid, per object and frame).
+line through their centroid, per object and frame), and "segmented": the masks Kiosk's bundled
+nuclear model makes of the movie on the same model server (link P / R are then not given: the
+objects are not the true ones).
 
 Figures per scenario and linker: link precision/recall (every true frame-to-frame step over
 the true masks, division steps included, against the linker's), division precision/recall/F1
@@ -25,12 +34,14 @@ milliseconds per frame on a 512 x 512 movie of about 150 nuclei per frame agains
 those frames (the same run's baseline).
 
     python -m benchmark.linking [--seeds 0,1,2,3,4] [--scenarios default,...] [--frames 30]
+        [--no-learned]
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict
 from itertools import pairwise
 
@@ -38,8 +49,12 @@ import numpy as np
 
 from benchmark.report import save, table
 from benchmark.support import timed
+from consumers.division_scorer import DIVISION_MODEL, ServedDivisionScorer
 from consumers.processing.linking import (
+    DIVISION_FEATURES,
     Cells,
+    DivisionCandidates,
+    DivisionScorer,
     LinkParams,
     Track,
     Tracking,
@@ -47,6 +62,7 @@ from consumers.processing.linking import (
     link,
     measure,
 )
+from consumers.segmentation import NUCLEAR_MODEL
 from evaluation.movies import Movie, generate_movie
 from evaluation.tracking_quality import score_tracking
 
@@ -168,13 +184,36 @@ def score(movie: Movie, labels: np.ndarray, tracking: Tracking) -> dict[str, flo
     }
 
 
-def linkers() -> dict[str, Linker]:
-    return {
+_SCORE = DIVISION_FEATURES.index("score")
+_TAKE = [DIVISION_FEATURES.index("take_a"), DIVISION_FEATURES.index("take_b")]
+
+
+class Combined:
+    """The mean of a learned scorer's logit and the feature score (less taking cells)."""
+
+    def __init__(self, learned: DivisionScorer) -> None:
+        self.learned = learned
+
+    def __call__(self, candidates: DivisionCandidates) -> np.ndarray:
+        p = np.clip(self.learned(candidates), 1e-6, 1 - 1e-6)
+        f = candidates.features.astype(np.float64)
+        feature = f[:, _SCORE] - f[:, _TAKE].sum(1)
+        mean = (np.log(p / (1 - p)) + feature) / 2
+        return 1 / (1 + np.exp(-np.clip(mean, -30, 30)))
+
+
+def linkers(scorer: DivisionScorer | None = None) -> dict[str, Linker]:
+    chosen: dict[str, Linker] = {
         "kiosk": lambda frames: link(frames),
         "kiosk, distance only": lambda frames: link(frames, LinkParams(divisions=False)),
         "laptrack": lambda frames: laptrack_link(frames),
         "laptrack, area-aware splits": lambda frames: laptrack_link(frames, area_aware=True),
     }
+    if scorer is not None:
+        combined = Combined(scorer)
+        chosen["kiosk, learned divisions"] = lambda frames: link(frames, division_scorer=scorer)
+        chosen["kiosk, learned + feature"] = lambda frames: link(frames, division_scorer=combined)
+    return chosen
 
 
 def perturbed(labels: np.ndarray, seed: int, missed: float, split: float) -> np.ndarray:
@@ -206,10 +245,26 @@ SCENARIOS: dict[str, tuple[dict[str, float], float, float]] = {
     "faster": ({"speed": 8.0}, 0.0, 0.0),
     "noisy masks": ({}, 0.03, 0.01),
 }
+SEGMENTED = "segmented"  # the movie's masks made by the served nuclear model
 
 
-def measured(images: np.ndarray, labels: np.ndarray) -> list[Cells]:
-    return [measure(labels[t], images[t], t) for t in range(len(labels))]
+def measured(images: np.ndarray, labels: np.ndarray, patch_size: int = 0) -> list[Cells]:
+    return [measure(labels[t], images[t], t, patch_size) for t in range(len(labels))]
+
+
+def segmented(movie: Movie, target: str) -> np.ndarray:
+    """The movie's masks from Kiosk's nuclear model on the model server at ``target``."""
+    from consumers.processing.pipeline import segment_frames
+    from evaluation.served import ServedModel
+
+    return segment_frames(
+        movie.images,
+        ServedModel(target, NUCLEAR_MODEL.name),
+        image_mpp=movie.mpp,
+        model_mpp=NUCLEAR_MODEL.mpp,
+        size_multiple=NUCLEAR_MODEL.size_multiple,
+        postprocess=NUCLEAR_MODEL.postprocess,
+    )
 
 
 def summary(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -242,24 +297,60 @@ def main() -> None:
     )
     parser.add_argument("--timing-frames", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--no-learned",
+        dest="learned",
+        action="store_false",
+        help="leave out the learned division scorer (and the segmented scenario's model server)",
+    )
     args = parser.parse_args()
+    with ExitStack() as stack:
+        target = None
+        if args.learned:
+            from evaluation.served import BUNDLED_MODELS, embedded_model_server
+
+            models = (DIVISION_MODEL.name, NUCLEAR_MODEL.name)
+            target = stack.enter_context(embedded_model_server(BUNDLED_MODELS, models)).target
+        run(args, target)
+
+
+def run(args: argparse.Namespace, target: str | None) -> None:
     seeds = [SEED_BASE + int(s) for s in args.seeds.split(",")]
-    chosen = linkers()
+    scorer = None
+    if target is not None:
+        from kiosk.serving.client import ServingClient
+
+        scorer = ServedDivisionScorer(ServingClient(target))
+    chosen = linkers(scorer)
+    patch = DIVISION_MODEL.patch_size if scorer is not None else 0
+    scenarios = args.scenarios.split(",")
+    if target is not None and SEGMENTED not in scenarios and args.scenarios == ",".join(SCENARIOS):
+        scenarios.append(SEGMENTED)
 
     results: list[dict[str, object]] = []
-    for scenario in args.scenarios.split(","):
-        overrides, missed, split = SCENARIOS[scenario]
+    for scenario in scenarios:
+        overrides, missed, split = SCENARIOS.get(scenario, ({}, 0.0, 0.0))
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         for seed in seeds:
             movie = generate_movie(seed, frames=args.frames, **overrides)
             labels = movie.labels
-            if missed or split:
+            if scenario == SEGMENTED:
+                if target is None:
+                    raise SystemExit(
+                        "the segmented scenario needs the model server: drop --no-learned"
+                    )
+                labels = segmented(movie, target)
+            elif missed or split:
                 labels = perturbed(labels, seed, missed, split)
-            frames = measured(movie.images, labels)
+            frames = measured(movie.images, labels, patch)
             for name, fn in chosen.items():
-                runs[name].append(score(movie, labels, fn(frames)))
-        for name, scored in runs.items():
-            results.append({"scenario": scenario, "linker": name, **summary(scored)})
+                scored = score(movie, labels, fn(frames))
+                if scenario == SEGMENTED:  # objects are not the true ones: no link P / R
+                    scored["link_precision"] = scored["link_recall"] = float("nan")
+                runs[name].append(scored)
+        for name, scored_runs in runs.items():
+            row = {"scenario": scenario, "linker": name, **summary(scored_runs)}
+            results.append({k: None if v != v else v for k, v in row.items()})  # NaN: none
         print(f"{scenario}: {len(seeds)} movies scored", flush=True)
 
     # ~150 nuclei per frame: the size the linking target is stated for.
@@ -269,7 +360,8 @@ def main() -> None:
     cells = float(np.mean([len(np.unique(f)) - 1 for f in big.labels]))
     n = len(big.labels)
     measure_ms = timed(lambda: measured(big.images, big.labels), args.repeat) / n * 1e3
-    big_frames = measured(big.images, big.labels)
+    windows_ms = timed(lambda: measured(big.images, big.labels, patch), args.repeat) / n * 1e3
+    big_frames = measured(big.images, big.labels, patch)
     ms = {
         name: timed(lambda fn=fn: fn(big_frames), args.repeat) / n * 1e3
         for name, fn in chosen.items()
@@ -293,7 +385,9 @@ def main() -> None:
             [
                 str(r["scenario"]),
                 str(r["linker"]),
-                f"{r['link_precision']:.4f} / {r['link_recall']:.4f}",
+                "n/a"
+                if r["link_precision"] is None
+                else f"{r['link_precision']:.4f} / {r['link_recall']:.4f}",
                 f"{r['found_divisions']}/{r['true_divisions']}",
                 f"{r['division_precision']:.3f} / {r['division_recall']:.3f} / "
                 f"{r['division_f1']:.3f}",
@@ -303,18 +397,22 @@ def main() -> None:
         )
     print(table(rows))
     print(f"baseline, measuring one frame ({cells:.0f} cells, 512x512): {measure_ms:.1f} ms")
+    if patch:
+        print(f"measuring it with {patch}x{patch} cell windows: {windows_ms:.1f} ms")
     path = save(
         "linking",
         {
             "seeds": seeds,
             "frames": args.frames,
-            "scenarios": {k: SCENARIOS[k] for k in args.scenarios.split(",")},
+            "scenarios": {k: SCENARIOS.get(k, "served nuclear model's masks") for k in scenarios},
             "timing": {
                 "frames": n,
                 "shape": [512, 512],
                 "cells_per_frame": round(cells, 1),
                 "measure_ms_per_frame": round(measure_ms, 2),
+                "measure_with_windows_ms_per_frame": round(windows_ms, 2) if patch else None,
             },
+            "division_model": DIVISION_MODEL.name if scorer is not None else None,
             "params": asdict(LinkParams()),
             "results": results,
         },

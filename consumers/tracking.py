@@ -58,6 +58,7 @@ from consumers.base import (
     children_queued,
     queue_child,
 )
+from consumers.division_scorer import DivisionModelMissing, ServedDivisionScorer
 from consumers.movies import FramesZip, Movie, MovieLimits, open_movies
 from consumers.processing import linking
 from consumers.segmentation import NUCLEAR_MODEL
@@ -76,7 +77,8 @@ from kiosk.keys import (
 )
 from kiosk.options import OptionError, parse_scale
 from kiosk.queue import JobQueue
-from kiosk.settings import JobTypeSettings
+from kiosk.serving.client import ServingClient
+from kiosk.settings import JobTypeSettings, PredictSettings
 from kiosk.storage import Bucket, ObjectNotFound
 
 SEGMENTATION = "segmentation"
@@ -107,6 +109,12 @@ class TrackingSettings(JobTypeSettings):
         ge=1,
         description="Most pixels a movie may hold, all frames together (a .trks: all its "
         "movies); larger movies are refused before anything is segmented.",
+    )
+    division_model: str = Field(
+        "",
+        description="Model on the model server that scores division candidates: DivisionScoring, "
+        "the bundled one (higher division F1 than the feature score on generated movies; the "
+        "Helm chart sets it); empty: the linker's feature score, with no model server needed.",
     )
 
     def limits(self) -> MovieLimits:
@@ -141,6 +149,16 @@ def frame_upload_key(parent_key: str, frame: int) -> str:
     """``uploads/{movie uuid}/{frame uuid}.tif``: a movie's frames share its children folder,
     which goes with the movie when it is deleted."""
     return f"{children_upload_prefix(parent_key)}{frame_child_uuid(parent_key, frame)}.tif"
+
+
+def division_scorer(
+    settings: TrackingSettings, predict: PredictSettings
+) -> ServedDivisionScorer | None:
+    """The learned division scorer ``KIOSK_DIVISION_MODEL`` names, on the model server the
+    segmentation job type uses; None (the feature score) when it is empty."""
+    if not settings.division_model:
+        return None
+    return ServedDivisionScorer(ServingClient.from_settings(predict), settings.division_model)
 
 
 def link_params(job: Job) -> linking.LinkParams:
@@ -215,12 +233,18 @@ class MovieTracker:
     consumer (a zip of frames) share it."""
 
     def __init__(
-        self, bucket: Bucket, queue: JobQueue | None, settings: TrackingSettings, public_url: str
+        self,
+        bucket: Bucket,
+        queue: JobQueue | None,
+        settings: TrackingSettings,
+        public_url: str,
+        scorer: ServedDivisionScorer | None = None,
     ) -> None:
         self.bucket = bucket
         self.queue = queue
         self.settings = settings
         self.public_url = public_url
+        self.scorer = scorer
 
     def _require_queue(self) -> JobQueue:
         if self.queue is None:
@@ -336,6 +360,12 @@ class MovieTracker:
         low, high = share
         span = high - low
         measured = _Progress(job, low, low + span * 45 // 100)
+        patch_size = self.scorer.contract.patch_size if self.scorer else 0
+        if self.scorer is not None:
+            try:
+                self.scorer.check()
+            except DivisionModelMissing as exc:
+                raise JobError(str(exc)) from None
         cells = []
         shape: tuple[int, int] | None = None
         for t in range(frames):
@@ -347,13 +377,17 @@ class MovieTracker:
                     f"the labels of frame {t} are {labels.shape[0]} x {labels.shape[1]} but "
                     f"those of frame 0 are {shape[0]} x {shape[1]}; submit the movie again"
                 )
-            cells.append(linking.measure(labels, image_of(t), t))
+            cells.append(linking.measure(labels, image_of(t), t, patch_size))
             measured(t + 1, frames)
-        tracking = linking.link(
-            cells,
-            link_params(job),
-            progress=_Progress(job, low + span * 45 // 100, low + span * 60 // 100),
-        )
+        try:
+            tracking = linking.link(
+                cells,
+                link_params(job),
+                progress=_Progress(job, low + span * 45 // 100, low + span * 60 // 100),
+                division_scorer=self.scorer,
+            )
+        except DivisionModelMissing as exc:
+            raise JobError(str(exc)) from None
         del cells
         previews = write_results(
             out,
@@ -534,7 +568,13 @@ class TrackingConsumer(Consumer):
     @property
     def tracker(self) -> MovieTracker:
         settings = cast(TrackingSettings, self.job_settings)
-        return MovieTracker(self.bucket, self.queue, settings, self.settings.public_url)
+        return MovieTracker(
+            self.bucket,
+            self.queue,
+            settings,
+            self.settings.public_url,
+            division_scorer(settings, self.settings),
+        )
 
     def process(self, job: Job) -> Result | Waiting:
         tracker = self.tracker
@@ -562,7 +602,13 @@ class TrackingZipConsumer(ZipConsumer):
     @property
     def tracker(self) -> MovieTracker:
         settings = cast(TrackingZipSettings, self.job_settings)
-        return MovieTracker(self.bucket, self.queue, settings, self.settings.public_url)
+        return MovieTracker(
+            self.bucket,
+            self.queue,
+            settings,
+            self.settings.public_url,
+            division_scorer(settings, self.settings),
+        )
 
     def process(self, job: Job) -> Result | Waiting:
         if children_ended(job):

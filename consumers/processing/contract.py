@@ -1,5 +1,6 @@
-"""What a deep-watershed model takes and gives: the one description that the job type serving
-it, the pipeline, evaluation and training all read.
+"""What a served model takes and gives: the one description that the job type serving it, the
+pipeline, evaluation and training all read. :class:`ModelContract` describes a deep-watershed
+segmentation model, :class:`DivisionContract` a model scoring division candidates.
 
 A job type declares its model's :class:`ModelContract` beside itself (the segmentation job
 type: ``consumers.segmentation.NUCLEAR_MODEL``). Training exports a SavedModel whose signature
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Heads", "ModelContract"]
+__all__ = ["DivisionContract", "Heads", "ModelContract"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,53 @@ class ModelContract:
     def postprocess(self, maps: Mapping[str, np.ndarray]) -> NDArray[np.int32]:
         """Labels from blended heads, with this model's post-processing settings."""
         return self.heads.postprocess(maps, **self.postprocessing)
+
+
+@dataclass(frozen=True)
+class DivisionContract:
+    """A division scorer's signature: one frame's candidates in, one probability each out.
+
+    ``patches`` is float32 (batch, P, P, 6): the mother's, the larger and the smaller
+    daughter's :attr:`linking.Cells.patches <consumers.processing.linking.Cells>` (image, mask)
+    side by side, scaled to [0, 1]; ``features`` float32 (batch, len(features)) the scalar cues
+    in :attr:`features` order; the output (batch, 1) the probability of a true division.
+    """
+
+    name: str
+    """The model's name in the bucket (``models/{name}/{version}/``)."""
+    features: tuple[str, ...]
+    """The scalar cues, in order: ``linking.DIVISION_FEATURES`` when the model was trained."""
+    patch_size: int = 32
+    """Side of each cell's window (px at the movie's pixel size); measure frames with it."""
+    patches_input: str = "patches"
+    features_input: str = "features"
+    output: str = "division"
+
+    @property
+    def patch_channels(self) -> int:
+        """Mother, larger daughter, smaller daughter; image and mask each."""
+        return 6
+
+    def inputs(self, patches: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
+        """The request for candidates' (n, 3, P, P, 2) uint8 patches and (n, F) features."""
+        n = len(features)
+        size = self.patch_size
+        if patches.shape != (n, 3, size, size, 2):
+            raise ValueError(
+                f"division candidates' patches must be ({n}, 3, {size}, {size}, 2): measure the "
+                f"frames with patch_size={size}; got {patches.shape}"
+            )
+        if features.shape != (n, len(self.features)):
+            raise ValueError(
+                f"division candidates must have {len(self.features)} features each "
+                f"({', '.join(self.features)}); got shape {features.shape}"
+            )
+        stacked = np.moveaxis(patches, 1, 3).reshape(n, size, size, self.patch_channels)
+        return {
+            self.patches_input: stacked.astype(np.float32) / 255.0,
+            self.features_input: np.asarray(features, np.float32),
+        }
+
+    def probabilities(self, outputs: Mapping[str, np.ndarray]) -> NDArray[np.float64]:
+        """The (n,) probabilities from a prediction's outputs."""
+        return np.asarray(outputs[self.output], np.float64).reshape(-1)

@@ -21,6 +21,13 @@ divided mother is capped: its track ends on the frame before its daughters' firs
 the end, divisions that were a nucleus cut in two by the segmentation are undone: a daughter
 gone again within a couple of frames, or one daughter alone the next frame at the mother's size.
 
+The feature score (`_division_score`) is hand-tuned. `link` may be given a `DivisionScorer`
+instead, which receives each frame's candidates at once (`DivisionCandidates`: the cues of
+`DIVISION_FEATURES`, the feature score among them, and each cell's window when the frames were
+measured with `patch_size`) and answers probabilities; the tracking job type's learned scorer
+is a model on the model server (`consumers.division_scorer`). Without one, linking is exactly
+the feature score's.
+
 `lineage_json` writes the original's lineage.json; `ctc_tracking` gives the Cell Tracking
 Challenge's form (a track continued after a gap gets a new label, parent the part before) for
 `ctc_res_track` and the CTC mask files.
@@ -32,13 +39,17 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
+    "DIVISION_FEATURES",
     "Cells",
+    "DivisionCandidates",
+    "DivisionScorer",
     "LinkParams",
     "Track",
     "Tracking",
@@ -57,6 +68,30 @@ _SHRUNK = 0.8  # a track whose continuation is this much smaller than it may hav
 _TAKE_WEIGHT = 6.0  # division score lost by taking a cell from a sure link (cost 0)
 _REMERGED = 0.8  # a lone daughter this close to its mother's size was never divided
 _MERGED = -1  # `first` of a working track merged back into its mother
+_OWN, _OTHER = 255, 100  # a patch's mask channel: the object itself, its neighbours
+
+DIVISION_FEATURES: tuple[str, ...] = (
+    "score",  # the feature score (`_division_score`), before the cost of taking cells
+    "opposite",  # cosine of the angle daughter-mother-daughter (-1: opposite sides)
+    "centred",  # offset of the daughters' midpoint from the mother, per half separation
+    "total",  # log of the daughters' summed area over the mother's
+    "balance",  # log of the larger daughter's area over the smaller's
+    "larger",  # the larger daughter's area over the mother's
+    "apart",  # separation over the sum of the daughters' disc radii
+    "separation",  # daughters' separation over the division distance
+    "brighter",  # log of the mother's last intensity over her recent mean (0: unknown)
+    "rounder",  # the mother's last roundness minus her recent mean
+    "roundness",  # the mother's last roundness
+    "a_roundness",  # the larger daughter's roundness
+    "b_roundness",  # the smaller daughter's
+    "a_intensity",  # log of the larger daughter's intensity over the mother's (0: unknown)
+    "b_intensity",  # the smaller daughter's
+    "cut",  # 1 when the mother or a daughter touches the frame's edge
+    "continuation",  # 1 when a daughter is the mother's own continuation
+    "take_a",  # what taking the larger daughter from another track costs (0: free)
+    "take_b",  # the smaller daughter's
+)
+"""The scalar features of a division candidate, in the order a `DivisionScorer` receives them."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,10 @@ class Cells:
     `intensities` is the object's mean intensity (NaN when no image was given), `roundness`
     its minor/major axis ratio from the second moments (1 = round) and `edge` whether it
     touches the frame's border (its size is then partly unseen); all feed division scoring.
+    `patches` (optional, from `measure(..., patch_size=P)`): a (N, P, P, 2) uint8 window
+    centred on each object, channel 0 the frame's normalised image, channel 1 its mask (255 the
+    object, 100 its neighbours): what a learned `DivisionScorer` looks at, kept small so that a
+    long movie's tables stay far below its frames' size.
     """
 
     frame: int
@@ -75,6 +114,7 @@ class Cells:
     intensities: FloatArray
     roundness: FloatArray
     edge: NDArray[np.bool_]
+    patches: NDArray[np.uint8] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -89,6 +129,16 @@ class Cells:
                     f"frame {self.frame}: {name} must have one value per label ({n}); "
                     f"got shape {np.shape(getattr(self, name))}"
                 )
+        if self.patches is not None and (
+            self.patches.ndim != 4
+            or self.patches.shape[0] != n
+            or self.patches.shape[1] != self.patches.shape[2]
+            or self.patches.shape[3] != 2
+        ):
+            raise ValueError(
+                f"frame {self.frame}: patches must be ({n}, P, P, 2), one square window with "
+                f"image and mask per label; got {self.patches.shape}"
+            )
         if n and int(np.min(self.labels)) <= 0:
             raise ValueError(f"frame {self.frame}: labels must be positive (0 is background)")
         if len(np.unique(self.labels)) != n:
@@ -98,20 +148,38 @@ class Cells:
         return len(self.labels)
 
     @classmethod
-    def empty(cls, frame: int) -> Cells:
+    def empty(cls, frame: int, patch_size: int = 0) -> Cells:
         """A frame with no objects."""
         none = np.zeros(0, np.float64)
+        patches = np.zeros((0, patch_size, patch_size, 2), np.uint8) if patch_size else None
         return cls(
-            frame, np.zeros(0, np.int64), np.zeros((0, 2)), none, none, none, np.zeros(0, bool)
+            frame,
+            np.zeros(0, np.int64),
+            np.zeros((0, 2)),
+            none,
+            none,
+            none,
+            np.zeros(0, bool),
+            patches,
         )
 
 
-def measure(labels: np.ndarray, image: np.ndarray | None = None, frame: int = 0) -> Cells:
+def measure(
+    labels: np.ndarray, image: np.ndarray | None = None, frame: int = 0, patch_size: int = 0
+) -> Cells:
     """Centroid, area, mean intensity and roundness of every object of one labelled frame.
 
     Sums over the labelled pixels with `np.bincount` (one pass per feature) rather than
     regionprops' per-object loop: a 512 x 512 frame of 150 nuclei costs a few milliseconds.
+    `patch_size` > 0 also keeps each object's window (`Cells.patches`; needs the image).
     """
+    if patch_size < 0 or patch_size % 2:
+        raise ValueError(
+            f"patch_size must be 0 (no patches) or a positive even number of pixels; "
+            f"got {patch_size}"
+        )
+    if patch_size and image is None:
+        raise ValueError(f"frame {frame}: patches need the image; pass image= or patch_size=0")
     lab = np.asarray(labels)
     if lab.ndim != 2:
         raise ValueError(f"frame {frame}: labels must be one 2-D (Y, X) frame; got {lab.shape}")
@@ -124,7 +192,7 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, frame: int = 0)
     flat = lab.ravel()
     pixels = np.flatnonzero(flat > 0)
     if pixels.size == 0:
-        return Cells.empty(frame)
+        return Cells.empty(frame, patch_size)
     values = flat[pixels].astype(np.int64)
     ids, index = np.unique(values, return_inverse=True)
     n = ids.size
@@ -147,7 +215,36 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, frame: int = 0)
         intensity = np.bincount(index, pixel_values, n) / area
     border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
     edge = np.isin(ids, border)
-    return Cells(frame, ids, np.stack([cy, cx], axis=1), area, intensity, roundness, edge)
+    centroids = np.stack([cy, cx], axis=1)
+    patches = None
+    if patch_size:
+        assert image is not None
+        patches = _patches(lab, np.asarray(image), ids, centroids, patch_size)
+    return Cells(frame, ids, centroids, area, intensity, roundness, edge, patches)
+
+
+def _patches(
+    lab: np.ndarray, image: np.ndarray, ids: IntArray, centroids: FloatArray, size: int
+) -> NDArray[np.uint8]:
+    """(N, size, size, 2) uint8 windows centred on each object: the image scaled from its
+    1st..99.8th percentile to 0..255 (one scale per frame, so brightness changes show), and the
+    mask (255 the object, 100 other objects). Outside the frame is 0 in both."""
+    plane = image.astype(np.float32)
+    low, high = np.percentile(plane, (1.0, 99.8))
+    scaled = np.clip((plane - low) / max(float(high - low), 1e-6), 0.0, 1.0) * 255.0
+    half = size // 2
+    img = np.pad(scaled.astype(np.uint8), half)
+    mask = np.pad(lab, half)
+    top = np.rint(centroids).astype(np.int64)  # the window's corner in padded coordinates
+    offsets = np.arange(size)
+    rows = top[:, 0, None] + offsets[None, :]  # (N, size)
+    cols = top[:, 1, None] + offsets[None, :]
+    window = (rows[:, :, None], cols[:, None, :])
+    out = np.empty((len(ids), size, size, 2), np.uint8)
+    out[..., 0] = img[window]
+    objects = mask[window]
+    out[..., 1] = np.where(objects == ids[:, None, None], _OWN, np.where(objects > 0, _OTHER, 0))
+    return out
 
 
 @dataclass(frozen=True)
@@ -236,6 +333,39 @@ class Tracking:
         return out
 
 
+@dataclass(frozen=True)
+class DivisionCandidates:
+    """One frame's division candidates, for a `DivisionScorer`: mother and daughters as the
+    linker sees them, each row one (mother, larger daughter, smaller daughter)."""
+
+    frame: int
+    """The daughters' frame; each mother was last seen the frame before."""
+    mother_labels: IntArray
+    """(n,) the mother's segmentation label in her last frame."""
+    daughter_labels: IntArray
+    """(n, 2) the daughters' segmentation labels, the larger first."""
+    features: NDArray[np.float32]
+    """(n, len(DIVISION_FEATURES)) the scalar cues, in `DIVISION_FEATURES` order."""
+    patches: NDArray[np.uint8] | None
+    """(n, 3, P, P, 2) mother, larger and smaller daughter's `Cells.patches`; None when the
+    frames were measured without patches."""
+
+    def __len__(self) -> int:
+        return len(self.mother_labels)
+
+
+class DivisionScorer(Protocol):
+    """Scores one frame's division candidates: the probability that each is a true division.
+
+    Given to `link`, it replaces the feature score: a candidate's score is then the logit of
+    its probability (accepted from `LinkParams.division_threshold`, 0 = even odds), and the
+    cost of taking cells from other tracks is the scorer's to weigh (it is among the
+    features). A scorer that looks at `patches` needs frames measured with `patch_size`.
+    """
+
+    def __call__(self, candidates: DivisionCandidates) -> NDArray[np.float64]: ...
+
+
 @dataclass
 class _State:
     """Per-track working values, grown as tracks are created (index = creation order)."""
@@ -252,9 +382,13 @@ class _State:
     last: list[int] = field(default_factory=list)
     parent: list[int] = field(default_factory=list)  # -1 = none
     daughters: list[list[int]] = field(default_factory=list)
+    label: list[int] = field(default_factory=list)  # segmentation label at the last frame
+    patch: list[NDArray[np.uint8] | None] = field(default_factory=list)  # at the last frame
 
     def new(self, cells: Cells, i: int, parent: int = -1) -> int:
         key = len(self.first)
+        self.label.append(int(cells.labels[i]))
+        self.patch.append(None if cells.patches is None else cells.patches[i])
         self.pos.append((float(cells.centroids[i, 0]), float(cells.centroids[i, 1])))
         self.vel.append((0.0, 0.0))
         self.area.append(float(cells.areas[i]))
@@ -282,6 +416,8 @@ class _State:
         self.roundness[key] = float(cells.roundness[i])
         self.edge[key] = bool(cells.edge[i])
         self.last[key] = cells.frame
+        self.label[key] = int(cells.labels[i])
+        self.patch[key] = None if cells.patches is None else cells.patches[i]
 
 
 def _blend(mean: float, value: float, weight: float = 0.25) -> float:
@@ -292,10 +428,12 @@ def link(
     frames: Sequence[Cells],
     params: LinkParams = LinkParams(),
     progress: Callable[[int, int], None] | None = None,
+    division_scorer: DivisionScorer | None = None,
 ) -> Tracking:
     """Link every frame's cells into tracks with divisions; `progress(done, total)` per frame.
 
     `frames[t].frame` must be `t`: one `Cells` per frame of the movie, in order.
+    `division_scorer` (default: the feature score) decides which candidates divided.
     """
     state = _State()
     assigned: list[dict[int, int]] = []  # per frame: cell index -> track key
@@ -309,7 +447,7 @@ def link(
         links = _assign(state, open_keys, cells, range(len(cells)), params)
         divided: list[tuple[int, tuple[int, int]]] = []
         if params.divisions and t > 0 and len(cells):
-            divided = _divisions(state, open_keys, links, cells, params)
+            divided = _divisions(state, open_keys, links, cells, params, division_scorer)
         capped = {mother for mother, _ in divided}
         in_pairs = {cell for _, pair in divided for cell in pair}
         robbed = [links.pop(c)[0] for c in in_pairs if c in links and links[c][0] not in capped]
@@ -400,6 +538,7 @@ def _divisions(
     links: dict[int, tuple[int, float]],
     cells: Cells,
     params: LinkParams,
+    scorer: DivisionScorer | None = None,
 ) -> list[tuple[int, tuple[int, int]]]:
     """(mother key, (daughter cell, daughter cell)) for the divisions found in this frame.
 
@@ -430,7 +569,7 @@ def _divisions(
     taking = np.zeros(len(cells))  # what taking each cell from another track costs
     for cell, (_, cost) in links.items():
         taking[cell] = _TAKE_WEIGHT * max(0.0, 1.0 - cost)
-    candidates: list[tuple[float, int, tuple[int, int]]] = []
+    proposed: list[tuple[int, int, int, bool]] = []  # (mother key, larger, smaller, own)
     for m, key in enumerate(mothers):
         mine = own.get(key)
         nearby = [int(c) for c in np.flatnonzero(near[m]) if c != mine]
@@ -439,10 +578,37 @@ def _divisions(
         else:
             pairs = [(a, b) for i, a in enumerate(nearby) for b in nearby[i + 1 :]]
         for a, b in pairs:
-            score = _division_score(state, key, cells, a, b, params)
-            score -= (taking[a] if a != mine else 0.0) + taking[b]
-            if score >= params.division_threshold:
-                candidates.append((score, key, (min(a, b), max(a, b))))
+            big, small = (a, b) if (cells.areas[a], -a) >= (cells.areas[b], -b) else (b, a)
+            proposed.append((key, big, small, mine is not None))
+    if not proposed:
+        return []
+    scores = np.empty(len(proposed))
+    features = np.empty((len(proposed), len(DIVISION_FEATURES)), np.float32)
+    for i, (key, a, b, has_own) in enumerate(proposed):
+        mine = own.get(key)
+        take_a = 0.0 if a == mine else float(taking[a])
+        take_b = 0.0 if b == mine else float(taking[b])
+        feature_score = _division_score(state, key, cells, a, b, params)
+        scores[i] = feature_score - (take_a + take_b)
+        if scorer is not None:
+            features[i] = _division_features(
+                state, key, cells, a, b, params, feature_score, (take_a, take_b), has_own
+            )
+    if scorer is not None:
+        batch = _candidates(state, cells, proposed, features)
+        p = np.asarray(scorer(batch), np.float64).reshape(-1)
+        if p.shape != (len(proposed),) or not np.all((p >= 0) & (p <= 1)):
+            raise ValueError(
+                f"the division scorer must give one probability in [0, 1] per candidate "
+                f"({len(proposed)}); got shape {p.shape}"
+            )
+        q = np.clip(p, 1e-6, 1 - 1e-6)
+        scores = np.log(q / (1 - q))
+    candidates = [
+        (float(score), key, (min(a, b), max(a, b)))
+        for score, (key, a, b, _) in zip(scores, proposed, strict=True)
+        if score >= params.division_threshold
+    ]
     found: list[tuple[int, tuple[int, int]]] = []
     used_mothers: set[int] = set()
     used_cells: set[int] = set()
@@ -552,6 +718,88 @@ def _division_score(
     rounder = (state.roundness[key] - state.roundness_mean[key]) / 0.1
     bonus += min(1.0, max(-1.0, rounder))
     return (1.0 if cut else 4.0) + bonus - penalty
+
+
+def _division_features(
+    state: _State,
+    key: int,
+    cells: Cells,
+    a: int,
+    b: int,
+    params: LinkParams,
+    score: float,
+    taking: tuple[float, float],
+    own: bool,
+) -> list[float]:
+    """The `DIVISION_FEATURES` of mother `key` dividing into `a` (the larger) and `b`."""
+    m_area = state.area[key]
+    my, mx = state.pos[key]
+    ay, ax = float(cells.centroids[a, 0]), float(cells.centroids[a, 1])
+    by, bx = float(cells.centroids[b, 0]), float(cells.centroids[b, 1])
+    a_area, b_area = float(cells.areas[a]), float(cells.areas[b])
+    na, nb = math.hypot(ay - my, ax - mx), math.hypot(by - my, bx - mx)
+    dot = (ay - my) * (by - my) + (ax - mx) * (bx - mx)
+    cos = dot / (na * nb) if na > 0 and nb > 0 else 0.0
+    separation = math.hypot(ay - by, ax - bx)
+    offset = math.hypot((ay + by) / 2 - my, (ax + bx) / 2 - mx)
+    apart = separation / (math.sqrt(a_area / math.pi) + math.sqrt(b_area / math.pi))
+    m_int = state.intensity[key]
+
+    def log_ratio(value: float, reference: float) -> float:
+        ok = not (math.isnan(value) or math.isnan(reference)) and value > 0 and reference > 0
+        return math.log(value / reference) if ok else 0.0
+
+    cut = bool(state.edge[key] or cells.edge[a] or cells.edge[b])
+    return [
+        score,
+        cos,
+        offset / max(separation / 2, 0.25 * params.division_distance),
+        math.log((a_area + b_area) / m_area),
+        math.log(a_area / b_area),
+        a_area / m_area,
+        apart,
+        separation / params.division_distance,
+        log_ratio(m_int, state.intensity_mean[key]),
+        state.roundness[key] - state.roundness_mean[key],
+        state.roundness[key],
+        float(cells.roundness[a]),
+        float(cells.roundness[b]),
+        log_ratio(float(cells.intensities[a]), m_int),
+        log_ratio(float(cells.intensities[b]), m_int),
+        float(cut),
+        float(own),
+        taking[0],
+        taking[1],
+    ]
+
+
+def _candidates(
+    state: _State,
+    cells: Cells,
+    proposed: Sequence[tuple[int, int, int, bool]],
+    features: NDArray[np.float32],
+) -> DivisionCandidates:
+    """The proposed (mother key, larger, smaller, own) rows as a scorer's batch."""
+    keys = [p[0] for p in proposed]
+    pairs = np.asarray([(p[1], p[2]) for p in proposed], np.int64)
+    patches = None
+    if cells.patches is not None:
+        mothers = [m for k in keys if (m := state.patch[k]) is not None]
+        if len(mothers) != len(keys):
+            raise ValueError(
+                f"frame {cells.frame}: a mother was measured without patches; measure every "
+                "frame with the same patch_size"
+            )
+        patches = np.stack(
+            [np.stack(mothers), cells.patches[pairs[:, 0]], cells.patches[pairs[:, 1]]], axis=1
+        ).astype(np.uint8)
+    return DivisionCandidates(
+        frame=cells.frame,
+        mother_labels=np.asarray([state.label[k] for k in keys], np.int64),
+        daughter_labels=cells.labels[pairs],
+        features=features,
+        patches=patches,
+    )
 
 
 def _tracking(state: _State, assigned: list[dict[int, int]], frames: Sequence[Cells]) -> Tracking:
