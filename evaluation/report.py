@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from consumers.division_scorer import DIVISION_MODEL
 from consumers.processing.contract import ModelContract
 from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.pipeline import Postprocess, Predict, segment_frames
@@ -402,9 +403,20 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
     }
     if args.tracking != "off":
         report["tracking"] = tracking_report.evaluate_tracking(
-            args, methods["model"], hela="ctc-hela" in names
+            args,
+            methods["model"],
+            hela="ctc-hela" in names,
+            linkers=tracking_report.served_linkers(target),
         )
     return report
+
+
+def served_models(args: argparse.Namespace, model: str) -> tuple[str, ...]:
+    """The segmentation model, and the division model when tracking is scored and the models
+    folder has it (its linker then gets a row of its own)."""
+    if args.tracking != "off" and (args.models_dir / DIVISION_MODEL.name).is_dir():
+        return (model, DIVISION_MODEL.name)
+    return (model,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_server:
             report = evaluate(args, args.model_server, args.model_server)
         else:
-            with embedded_model_server(args.models_dir, (model,)) as server:
+            with embedded_model_server(args.models_dir, served_models(args, model)) as server:
                 report = evaluate(args, server.target, "embedded (python -m model_server)")
     except (EvaluationError, PredictError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,8 +21,9 @@ holds, and scored against the truth with :func:`evaluation.tracking_quality.scor
   ground truth for these frames can be had offline (see :data:`HELA_NO_TRUTH`), so they are
   not scored.
 
-:data:`LINKERS` is a registry: another linker (a learned scorer, say) adds a row to every
-table by adding an entry.
+:data:`LINKERS` is a registry: every linker in it adds a row to every table. Against a model
+server that has the division model, :func:`served_linkers` adds the learned division scorer's
+row beside the feature score's, on the same measured frames.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from typing import Any
 
 import numpy as np
 
+from consumers.division_scorer import DivisionModelMissing, ServedDivisionScorer
 from consumers.processing.linking import Cells, LinkParams, Tracking, ctc_tracking, link, measure
 from consumers.tracking import scaled_link_params
 from evaluation import EvaluationError
 from evaluation.datasets import HELA_MPP, ctc_hela_dataset
 from evaluation.movies import Movie, generate_movie
 from evaluation.tracking_quality import TrackingScores, score_tracking
+from kiosk.serving.client import ServingClient
 
 Segmenter = Callable[[np.ndarray, float], np.ndarray]
 """(image, image_mpp) -> labels: one frame, as a segmentation job segments it."""
@@ -53,12 +56,49 @@ Frames = np.ndarray | Sequence[np.ndarray]
 
 
 def kiosk_linker(frames: Sequence[Cells], params: LinkParams) -> Tracking:
-    """The tracking consumer's linker: :func:`consumers.processing.linking.link`."""
+    """The tracking consumer's linker with its feature score for divisions (no
+    ``KIOSK_DIVISION_MODEL``): :func:`consumers.processing.linking.link`."""
     return link(frames, params)
+
+
+@dataclass(frozen=True)
+class LearnedLinker:
+    """The tracking consumer's linker with divisions scored by the served division model, as
+    with ``KIOSK_DIVISION_MODEL`` set; its frames are measured with the model's windows."""
+
+    scorer: ServedDivisionScorer
+
+    @property
+    def patch_size(self) -> int:
+        return self.scorer.contract.patch_size
+
+    def __call__(self, frames: Sequence[Cells], params: LinkParams) -> Tracking:
+        return link(frames, params, division_scorer=self.scorer)
 
 
 LINKERS: dict[str, Linker] = {"kiosk": kiosk_linker}
 """Linkers scored side by side: name -> linker. The first is the headline."""
+
+
+LEARNED = "kiosk, learned divisions"
+"""The row of the linker whose divisions the served division model scores."""
+
+
+def served_linkers(target: str) -> dict[str, Linker]:
+    """:data:`LINKERS`, and the learned division scorer when the model server at ``target``
+    has the division model (it is bundled; a server without it leaves its row out)."""
+    scorer = ServedDivisionScorer(ServingClient(target))
+    try:
+        scorer.check()
+    except DivisionModelMissing:
+        return dict(LINKERS)
+    return {**LINKERS, LEARNED: LearnedLinker(scorer)}
+
+
+def patch_size_for(linkers: Mapping[str, Linker]) -> int:
+    """The cell windows the linkers need measured (0: none)."""
+    return max((int(getattr(linker, "patch_size", 0)) for linker in linkers.values()), default=0)
+
 
 SEED_BASE = 930_000
 """Held-out movies: seeds 930000 + 100 * condition index + i (benchmarks use 810000+, tests
@@ -146,9 +186,9 @@ def _check_sizes(movies: int, frames: int, size: int) -> None:
 # Tracking a movie as the consumer does
 
 
-def measure_frames(images: Frames, labels: Frames) -> list[Cells]:
+def measure_frames(images: Frames, labels: Frames, patch_size: int = 0) -> list[Cells]:
     """Every frame's objects, measured as the consumer's fan-in measures them."""
-    return [measure(labels[t], images[t], t) for t in range(len(labels))]
+    return [measure(labels[t], images[t], t, patch_size) for t in range(len(labels))]
 
 
 def ctc_prediction(
@@ -253,7 +293,7 @@ def evaluate_generated(
             clock.frames += frames
             for source, labels in zip(SOURCES, (list(movie.labels), segmented), strict=True):
                 with clock.timing(f"measure ({source})"):
-                    cells = measure_frames(movie.images, labels)
+                    cells = measure_frames(movie.images, labels, patch_size_for(linkers))
                 for name, linker in linkers.items():
                     with clock.timing(f"link {name} ({source})"):
                         tracking = linker(cells, params)
@@ -325,7 +365,7 @@ def track_real_movie(
     figures: dict[str, dict[str, Any]] = {}
     for source, labels in sources.items():
         with clock.timing(f"measure ({source})"):
-            cells = measure_frames(images, labels)
+            cells = measure_frames(images, labels, patch_size_for(linkers))
         for name, linker in linkers.items():
             with clock.timing(f"link {name} ({source})"):
                 tracking = linker(cells, params)
@@ -355,7 +395,11 @@ def evaluate_hela(
 
 
 def evaluate_tracking(
-    args: argparse.Namespace, segmenter: Segmenter, *, hela: bool
+    args: argparse.Namespace,
+    segmenter: Segmenter,
+    *,
+    hela: bool,
+    linkers: Mapping[str, Linker] = LINKERS,
 ) -> dict[str, Any]:
     """The report's ``tracking`` section for the parsed options."""
     generated = evaluate_generated(
@@ -364,6 +408,7 @@ def evaluate_tracking(
         movies=args.tracking_movies,
         frames=args.tracking_frames,
         size=args.tracking_size,
+        linkers=linkers,
     )
     section: dict[str, Any] = {
         "scoring": "CTC measures by py-ctcmetrics (evaluation.tracking_quality): TRA, DET, LNK "
@@ -371,11 +416,11 @@ def evaluate_tracking(
         "matches when mother and both daughters match, same frames)",
         "targets": {"end_to_end_tra": TARGET_TRA, "end_to_end_division_f1": TARGET_DIVISION_F1},
         "anchor": ANCHOR,
-        "linkers": list(LINKERS),
+        "linkers": list(linkers),
         "generated": generated,
     }
     if hela:
-        section["ctc_hela"] = evaluate_hela(segmenter, args.cache_dir)
+        section["ctc_hela"] = evaluate_hela(segmenter, args.cache_dir, linkers)
     section["verdicts"] = tracking_verdicts(section)
     return section
 

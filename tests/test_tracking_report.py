@@ -18,6 +18,7 @@ from evaluation.movies import generate_movie
 from evaluation.report import main as run_evaluation
 from evaluation.served import BUNDLED_MODELS
 from evaluation.tracking_report import (
+    LEARNED,
     LINKERS,
     Segmenter,
     conditions_of,
@@ -174,3 +175,23 @@ def test_evaluation_tracks_generated_movies_through_the_served_model(
     assert end_to_end["tra"] >= 0.98 and end_to_end["division_f1"] >= 0.85
     assert "ctc_hela" not in tracking  # not asked for
     assert "tracking, kiosk, end to end on generated movies" in printed
+    # The bundled division model is served too: the learned scorer gets a row of its own.
+    assert tracking["linkers"] == ["kiosk", LEARNED]
+    learned = tracking["generated"]["results"]["end to end"][LEARNED]["all"]
+    assert learned["movies"] == 1 and learned["tra"] >= 0.98
+
+
+def test_without_the_division_model_the_evaluation_scores_the_feature_score_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "NuclearSegmentation").symlink_to(BUNDLED_MODELS / "NuclearSegmentation")
+    out = tmp_path / "evaluation.json"
+    argv = ["--tracking", "only", "--tracking-conditions", "default", "--tracking-movies", "1"]
+    argv += ["--tracking-frames", "4", "--tracking-size", "64"]
+
+    code = run_evaluation([*argv, "--models-dir", str(models), "--out", str(out)])
+
+    assert code == 0, capsys.readouterr().out
+    assert json.loads(out.read_text())["tracking"]["linkers"] == ["kiosk"]
