@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     p.add_argument("--steps", type=int, default=2500, help="optimiser steps")
     p.add_argument("--batch", type=int, default=12, help="patches per step")
     p.add_argument("--tile", type=int, default=128, help="training patch size (px)")
-    p.add_argument("--pool", type=int, default=300, help="generated images held in memory")
+    p.add_argument("--pool", type=int, default=250, help="generated images held in memory")
     p.add_argument("--pool-tile", type=int, default=256, help="size of a pool image (px)")
     p.add_argument("--refresh", type=int, default=1, help="pool images replaced per refresh")
     p.add_argument("--refresh-every", type=int, default=2, help="steps between refreshes")
