@@ -158,7 +158,17 @@ WHOLE_CELL_MODEL = ModelContract(
         foreground="whole_cell_fgbg",
     ),
     compartment="whole-cell",
-    postprocessing=_frozen({}),
+    postprocessing=_frozen(
+        {
+            "radius": 3,
+            "maxima_threshold": 0.4,
+            "interior_threshold": 0.1,
+            "fgbg_threshold": 0.6,
+            "interior_smooth": 1.0,
+            "maxima_smooth": 0.0,
+            "small_objects_threshold": 30,
+        }
+    ),
     also=(
         Compartment(
             "nuclear",
@@ -167,7 +177,17 @@ WHOLE_CELL_MODEL = ModelContract(
                 outer="nuclear_outer_distance",
                 foreground="nuclear_fgbg",
             ),
-            _frozen({}),
+            _frozen(
+                {
+                    "radius": 3,
+                    "maxima_threshold": 0.3,
+                    "interior_threshold": 0.01,
+                    "fgbg_threshold": 0.4,
+                    "interior_smooth": 0.0,
+                    "maxima_smooth": 0.0,
+                    "small_objects_threshold": 10,
+                }
+            ),
         ),
     ),
 )
