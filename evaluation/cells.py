@@ -679,7 +679,9 @@ def _render_brightfield(
         1.0 + 0.05 * smooth_noise(rng, cells.shape, rng.uniform(20.0, 60.0))
     )
     optics = ndi.gaussian_filter(np.clip(transmission, 0.0, None), params.blur)
-    return sensor(rng, (optics * light * params.brightfield_photons).astype(np.float32))
+    # On small images the light's smooth noise can dip below zero: no light, not negative light.
+    expected = np.clip(optics * light * params.brightfield_photons, 0.0, None)
+    return sensor(rng, expected.astype(np.float32))
 
 
 def _debris(

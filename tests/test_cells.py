@@ -285,3 +285,10 @@ def test_rejects_bad_arguments_saying_what_is_wrong(kwargs: dict, message: str) 
     arguments = {"shape": (64, 64), "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
         generate_cells(**arguments)
+
+
+@pytest.mark.parametrize(("seed", "size"), [(2, 48), (11, 64), (73, 64)])
+def test_small_images_draw_brightfield_without_negative_light(seed: int, size: int) -> None:
+    # These seeds once drew a light field below zero and crashed in the camera's shot noise.
+    image = generate_cells((size, size), seed=seed)
+    assert np.isfinite(image.brightfield).all() and image.brightfield.min() >= 0.0
