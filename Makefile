@@ -27,7 +27,7 @@ UV_COMPILE := $(LOCK_ENV) $(BIN)/uv --no-config pip compile --quiet --generate-h
 compile = cp requirements/$(1) $(VENV)/$(1) && $(UV_COMPILE) $(2) -o $(VENV)/$(1) \
 	&& { cmp -s $(VENV)/$(1) requirements/$(1) || cp $(VENV)/$(1) requirements/$(1); }
 
-.PHONY: help setup system-deps test-deps run test lint format lock bench evaluate model division-model samples protos settings-table clean
+.PHONY: help setup system-deps test-deps run test lint format lock bench evaluate model model-wholecell model-division samples protos settings-table clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,18 +82,22 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.deep_watershed
 	$(BIN)/python -m benchmark.linking
 	$(BIN)/python -m benchmark.zip_throughput
+	$(BIN)/python -m benchmark.tracking_overhead
 	$(BIN)/python -m benchmark.consumer_memory
 	$(BIN)/python -m benchmark.redis_failover
 	$(BIN)/python -m benchmark.cluster_sim
 	$(BIN)/python -m benchmark.scaling_policies
 
-evaluate: setup ## segmentation quality, model vs classical baseline, generated and real nuclei
+evaluate: setup ## segmentation quality (model vs classical baseline, generated and real nuclei), then tracking
 	$(BIN)/python -m evaluation
 
 model: $(INSTALLED) ## retrain the bundled nuclear model into models/NuclearSegmentation (~20 min on 2 cores)
 	$(BIN)/python -m models.training.train_nuclear --out models/NuclearSegmentation
 
-division-model: $(INSTALLED) ## retrain the bundled division scorer into models/DivisionScoring (a few minutes on 2 cores)
+model-wholecell: $(INSTALLED) ## retrain the bundled whole-cell model into models/WholeCellSegmentation (~25 min on 2 cores)
+	$(BIN)/python -m models.training.train_wholecell --out models/WholeCellSegmentation
+
+model-division: $(INSTALLED) ## retrain the bundled division scorer into models/DivisionScoring (a few minutes on 2 cores)
 	$(BIN)/python -m models.training.train_division --out models/DivisionScoring
 
 samples: $(INSTALLED) ## regenerate the sample images in samples/ (same seeds, same images)

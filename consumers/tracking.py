@@ -168,6 +168,12 @@ def link_params(job: Job) -> linking.LinkParams:
         scale = parse_scale(job.get(JobField.SCALE))
     except OptionError as exc:
         raise JobError(f"{exc} (the model works at {NUCLEAR_MODEL.mpp} um/px)") from None
+    return scaled_link_params(scale)
+
+
+def scaled_link_params(scale: float | None) -> linking.LinkParams:
+    """The linking settings for a movie of ``scale`` um/px (None: the model's own); the
+    evaluation links the same way."""
     params = linking.LinkParams()
     if scale is None:
         return params

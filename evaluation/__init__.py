@@ -1,5 +1,6 @@
-"""Offline evaluation: generated images with exact ground truth (:mod:`.synthetic`), object
-quality metrics (:mod:`.quality`), a classical baseline (:mod:`.baseline`) and the quality report
+"""Offline evaluation: generated images with exact ground truth (nuclei: :mod:`.synthetic`; whole
+cells in four channels: :mod:`.cells`; movies: :mod:`.movies`), object quality metrics
+(:mod:`.quality`), a classical baseline (:mod:`.baseline`) and the quality report
 (``python -m evaluation``). Used by training and benchmarks; no service imports it."""
 
 from pathlib import Path

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from consumers.ctc import TrackTruth, write_ctc_result, write_ctc_truth_folder
+from evaluation.drawing import illumination, smooth_noise
 from evaluation.synthetic import (
     _KIND_APOPTOTIC,
     _KIND_DIVIDING,
@@ -41,11 +42,9 @@ from evaluation.synthetic import (
     _KIND_NORMAL,
     MODEL_MPP,
     _Appearance,
-    _illumination,
     _Nucleus,
     _paint,
     _rasterise,
-    _smooth_noise,
 )
 
 __all__ = [
@@ -516,9 +515,9 @@ class _Camera:
     def __init__(self, rng: np.random.Generator, params: MovieParams, height: int, width: int):
         self.rng = rng
         self.params = params
-        self.illumination = _illumination(rng, height, width)
+        self.illumination = illumination(rng, height, width)
         haze = params.background * (
-            1.0 + 0.3 * _smooth_noise(rng, (height, width), float(rng.uniform(15.0, 40.0)))
+            1.0 + 0.3 * smooth_noise(rng, (height, width), float(rng.uniform(15.0, 40.0)))
         )
         self.background = np.clip(haze, 0.0, None)
         self.gain = float(rng.uniform(1.0, 3.0))

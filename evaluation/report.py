@@ -11,7 +11,9 @@ measured, not remembered.
 The data sets are in :mod:`evaluation.datasets`. Figures are pooled over a data set's images
 (counts summed, rates from the sums): precision, recall and F1 at IoU 0.5, mean AP over IoU
 0.5..0.95 (AP = TP / (TP + FP + FN)), mean IoU of matched pairs, splits, merges, objects, seconds
-per image. Output: a table on stdout and JSON (default ``benchmark/results/evaluation.json``).
+per image. Then tracking (:mod:`evaluation.tracking_report`, ``--tracking on|off|only``): held-out
+generated movies tracked from true masks and end to end, and the HeLa frames when ``ctc-hela``
+is chosen. Output: a table on stdout and JSON (default ``benchmark/results/evaluation.json``).
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from consumers.division_scorer import DIVISION_MODEL
 from consumers.processing.contract import ModelContract
 from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.pipeline import Postprocess, Predict, segment_frames
 from consumers.segmentation import NUCLEAR_MODEL, SegmentationSettings
-from evaluation import REPO, EvaluationError
+from evaluation import REPO, EvaluationError, tracking_report
 from evaluation.baseline import classical_segment
 from evaluation.datasets import (
     CACHE,
@@ -329,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="JSON report (default: %(default)s)"
     )
+    tracking_report.add_arguments(p)
     return p
 
 
@@ -339,8 +343,12 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
     version = args.version
     config = PipelineConfig.from_settings(settings)
     names = list(DATASETS) if args.datasets == "all" else args.datasets.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise EvaluationError(f"unknown data set {unknown[0]!r}; choose from {', '.join(DATASETS)}")
     datasets = load_datasets(
-        [n.strip() for n in names if n.strip()],
+        names if args.tracking != "only" else [],
         limit=args.limit,
         cache=args.cache_dir,
         synthetic=(args.synthetic_count, args.synthetic_size),
@@ -361,7 +369,7 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
             predict, config, tuned_postprocess(tuned)
         )
     results = {d.name: evaluate_dataset(d, methods, config.model_mpp) for d in datasets}
-    return {
+    report: dict[str, Any] = {
         "evaluation": "nuclear segmentation quality",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -393,6 +401,22 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
         "target_f1_real": TARGET_F1,
         "datasets": results,
     }
+    if args.tracking != "off":
+        report["tracking"] = tracking_report.evaluate_tracking(
+            args,
+            methods["model"],
+            hela="ctc-hela" in names,
+            linkers=tracking_report.served_linkers(target),
+        )
+    return report
+
+
+def served_models(args: argparse.Namespace, model: str) -> tuple[str, ...]:
+    """The segmentation model, and the division model when tracking is scored and the models
+    folder has it (its linker then gets a row of its own)."""
+    if args.tracking != "off" and (args.models_dir / DIVISION_MODEL.name).is_dir():
+        return (model, DIVISION_MODEL.name)
+    return (model,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,10 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     from kiosk.serving.client import PredictError, close_channels
 
     try:
+        if args.tracking != "off":
+            tracking_report.check_arguments(args)  # refused before the server starts
         if args.model_server:
             report = evaluate(args, args.model_server, args.model_server)
         else:
-            with embedded_model_server(args.models_dir, (model,)) as server:
+            with embedded_model_server(args.models_dir, served_models(args, model)) as server:
                 report = evaluate(args, server.target, "embedded (python -m model_server)")
     except (EvaluationError, PredictError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -413,10 +439,17 @@ def main(argv: list[str] | None = None) -> int:
         close_channels()
     answered = report["model"]["version_answered"]
     print(f"model {model} version {answered} via {report['model']['server']}")
-    print(format_table(report))
-    print()
-    for line in verdicts(report):
-        print(line)
+    if report["datasets"]:
+        print(format_table(report))
+        print()
+        for line in verdicts(report):
+            print(line)
+    if "tracking" in report:
+        print()
+        print(tracking_report.format_tracking(report["tracking"]))
+        print()
+        for line in report["tracking"]["verdicts"]:
+            print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -30,7 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
-from skimage.measure import label as connected_components
+
+from evaluation.drawing import (
+    camera,
+    keep_largest_pieces,
+    paint_depth,
+    random_shape,
+    smooth_noise,
+)
 
 __all__ = ["MODEL_MPP", "generate"]
 
@@ -118,22 +125,10 @@ def generate(
     )
     labels, depth = _rasterise(nuclei, height, width)
     signal = _render_nuclei(rng, labels, depth, nuclei, dim_fraction)
-    image = _camera(rng, signal, blur, photons)
+    image = camera(rng, signal, blur, photons)
     if dtype == "uint16":
         return np.clip(np.rint(image), 0, 65535).astype(np.uint16), labels
     return image, labels
-
-
-def _random_shape(
-    rng: np.random.Generator, radius: float, aspect: float, irregularity: float
-) -> tuple[float, float, float, NDArray[np.float64]]:
-    """Semi-axes, orientation and radial harmonics of one perturbed ellipse of mean radius."""
-    a = radius * np.sqrt(aspect)
-    b = radius / np.sqrt(aspect)
-    orders = np.arange(2, 6, dtype=np.float64)
-    amplitudes = rng.normal(0.0, irregularity, orders.size) / orders
-    phases = rng.uniform(0.0, 2 * np.pi, orders.size)
-    return a, b, float(rng.uniform(0, np.pi)), np.stack([orders, amplitudes, phases], axis=1)
 
 
 def _place_nuclei(
@@ -185,7 +180,7 @@ def _place_nuclei(
             offset = (r + gap / 2) * np.array([np.sin(axis), np.cos(axis)])
             pair = []
             for sign in (-1, 1):
-                a, b, _, harm = _random_shape(rng, r, rng.uniform(1.1, 1.6), irregularity)
+                a, b, _, harm = random_shape(rng, r, rng.uniform(1.1, 1.6), irregularity)
                 # Daughters are flattened along the division axis.
                 pair.append(
                     _Nucleus(
@@ -206,10 +201,10 @@ def _place_nuclei(
             kind = _KIND_MITOTIC if rng.random() < 0.7 else _KIND_APOPTOTIC
             if kind == _KIND_MITOTIC:
                 r = mean_radius * rng.uniform(0.45, 0.65)
-                a, b, angle, harm = _random_shape(rng, r, rng.uniform(2.0, 4.0), irregularity * 2)
+                a, b, angle, harm = random_shape(rng, r, rng.uniform(2.0, 4.0), irregularity * 2)
             else:
                 r = rng.uniform(2.2, 3.8)
-                a, b, angle, harm = _random_shape(rng, r, rng.uniform(1.0, 1.3), 0.02)
+                a, b, angle, harm = random_shape(rng, r, rng.uniform(1.0, 1.3), 0.02)
             cy, cx = rng.uniform(0, height), rng.uniform(0, width)
             if fits(cy, cx, r, 1.0):
                 add(_Nucleus(cy, cx, a, b, angle, harm, kind))
@@ -217,7 +212,7 @@ def _place_nuclei(
         r = mean_radius * float(np.exp(rng.normal(0.0, size_spread)))
         r = float(np.clip(r, 0.55 * mean_radius, 1.8 * mean_radius))
         aspect = 1.0 + abs(rng.normal(0.0, aspect_scale))
-        a, b, angle, harm = _random_shape(rng, r, min(aspect, 2.5), irregularity)
+        a, b, angle, harm = random_shape(rng, r, min(aspect, 2.5), irregularity)
         normal = [n for n in nuclei if n.kind == _KIND_NORMAL]
         if normal and rng.random() < clumping:
             anchor = normal[rng.integers(len(normal))]
@@ -242,76 +237,12 @@ def _rasterise(
     nuclei meet along a curve, as nuclei pressed together do. Pieces a label lost contact with
     and slivers cut by the border are dropped, then labels are renumbered 1..N.
     """
-    owner = np.zeros((height, width), dtype=np.int32)
-    depth = np.full((height, width), np.inf, dtype=np.float32)
-    for index, n in enumerate(nuclei, start=1):
-        extent = n.a * (1.0 + np.abs(n.harmonics[:, 1]).sum()) + 1.5
-        y0, y1 = max(int(n.cy - extent), 0), min(int(np.ceil(n.cy + extent)) + 1, height)
-        x0, x1 = max(int(n.cx - extent), 0), min(int(np.ceil(n.cx + extent)) + 1, width)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        dy = np.arange(y0, y1, dtype=np.float64)[:, None] - n.cy
-        dx = np.arange(x0, x1, dtype=np.float64)[None, :] - n.cx
-        r = np.hypot(dy, dx)
-        theta = np.arctan2(dy, dx)
-        local = theta - n.angle
-        ellipse = n.a * n.b / np.hypot(n.b * np.cos(local), n.a * np.sin(local))
-        wobble = 1.0 + sum(amp * np.cos(order * theta + phase) for order, amp, phase in n.harmonics)
-        s = (r / (ellipse * np.maximum(wobble, 0.6))).astype(np.float32)
-        best = depth[y0:y1, x0:x1]
-        take = (s < 1.0) & (s < best)
-        best[take] = s[take]
-        owner[y0:y1, x0:x1][take] = index
-
-    pieces = connected_components(owner, background=0, connectivity=1)
-    n_pieces = int(pieces.max())
-    if n_pieces:
-        piece_owner = np.zeros(n_pieces + 1, dtype=np.int64)
-        piece_owner[pieces.ravel()] = owner.ravel()
-        piece_size = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
-        piece_size[0] = 0
-        # Keep each label's largest piece if it is big enough; drop the rest.
-        order = np.lexsort((piece_size, piece_owner))
-        last = np.ones(order.size, dtype=bool)
-        last[:-1] = piece_owner[order][1:] != piece_owner[order][:-1]
-        keep = np.zeros(n_pieces + 1, dtype=bool)
-        keep[order[last]] = True
-        keep &= piece_size >= _MIN_AREA
-        keep[0] = False
-        kept_owner = piece_owner[keep]
-        relabel = np.zeros(n_pieces + 1, dtype=np.int32)
-        # New label numbers follow placement order of the kept nuclei.
-        rank = np.argsort(np.argsort(kept_owner, kind="stable"), kind="stable")
-        relabel[np.flatnonzero(keep)] = rank.astype(np.int32) + 1
-        labels = relabel[pieces]
-    else:
-        labels = np.zeros((height, width), dtype=np.int32)
+    owner, depth = paint_depth(nuclei, height, width)
+    labels, kept_owner = keep_largest_pieces(owner, _MIN_AREA)
     depth[labels == 0] = np.inf
     # Keep only the nuclei that survived, in label order, for rendering.
-    if n_pieces:
-        survivors = [nuclei[o - 1] for o in np.sort(kept_owner)]
-        nuclei[:] = survivors
-    else:
-        nuclei.clear()
+    nuclei[:] = [nuclei[o - 1] for o in kept_owner]
     return labels, depth
-
-
-def _smooth_noise(
-    rng: np.random.Generator, shape: tuple[int, int], sigma: float
-) -> NDArray[np.float32]:
-    """Gaussian-filtered white noise rescaled to unit standard deviation.
-
-    Wide filters run on a coarser grid and are interpolated back up: same look, far less time.
-    """
-    step = max(1, int(sigma // 3))
-    coarse_shape = (shape[0] // step + 2, shape[1] // step + 2)
-    field = ndi.gaussian_filter(rng.standard_normal(coarse_shape, dtype=np.float32), sigma / step)
-    if step > 1:
-        field = ndi.zoom(field, step, order=1)[: shape[0], : shape[1]]
-    else:
-        field = field[: shape[0], : shape[1]]
-    std = float(field.std())
-    return field / std if std > 0 else field
 
 
 @dataclass(frozen=True)
@@ -372,8 +303,8 @@ def _paint(
     profile = np.power(np.clip(1.0 - s * s, 0.0, 1.0), lut(dome)[labels])
     profile += lut(rim)[labels] * np.exp(-(((1.0 - s) / 0.18) ** 2))
 
-    fine = _smooth_noise(rng, shape, rng.uniform(0.7, 1.3))
-    coarse = _smooth_noise(rng, shape, rng.uniform(2.0, 3.5))
+    fine = smooth_noise(rng, shape, rng.uniform(0.7, 1.3))
+    coarse = smooth_noise(rng, shape, rng.uniform(2.0, 3.5))
     mix = rng.uniform(0.3, 0.8)
     chromatin = 1.0 + lut(texture)[labels] * (mix * fine + (1 - mix) * coarse)
 
@@ -396,51 +327,3 @@ def _paint(
     signal = profile * np.maximum(chromatin + spots, 0.05) * lut(brightness)[labels]
     signal[~fg] = 0.0
     return signal.astype(np.float32)
-
-
-def _illumination(rng: np.random.Generator, height: int, width: int) -> NDArray[np.float32]:
-    """Uneven illumination: an off-centre vignette and a tilt, 1 at best, never below 0.2."""
-    yy = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
-    xx = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
-    centre_y, centre_x = rng.uniform(-0.5, 0.5, 2)
-    vignette = 1.0 - rng.uniform(0.0, 0.45) * ((yy - centre_y) ** 2 + (xx - centre_x) ** 2) / 2
-    tilt = rng.uniform(-0.15, 0.15, 2)
-    return np.clip(vignette + tilt[0] * yy + tilt[1] * xx, 0.2, None)
-
-
-def _camera(
-    rng: np.random.Generator, signal: NDArray[np.float32], blur: float, photons: float
-) -> NDArray[np.float32]:
-    """Illumination, background, PSF and camera: signal (about 1 per nucleus) to counts."""
-    height, width = signal.shape
-    illumination = _illumination(rng, height, width)
-    background = rng.uniform(0.0, 0.12) + rng.uniform(0.0, 0.04) * _smooth_noise(
-        rng, (height, width), rng.uniform(15.0, 40.0)
-    )
-    optics = ndi.gaussian_filter(signal, blur)
-    if rng.random() < 0.4:
-        # Focus drifting across the field (tilted slide, field curvature): blend in a softer
-        # image where a smooth random weight says so.
-        soft = ndi.gaussian_filter(signal, blur * rng.uniform(1.8, 3.0))
-        weight = np.clip(0.5 + 0.5 * _smooth_noise(rng, (height, width), 40.0), 0.0, 1.0)
-        weight *= rng.uniform(0.3, 1.0)
-        optics += weight * (soft - optics)
-    if rng.random() < 0.5:
-        # Out-of-focus glow: a faint, wide halo of light around bright nuclei.
-        optics += rng.uniform(0.02, 0.15) * ndi.gaussian_filter(signal, rng.uniform(4.0, 8.0))
-    scene = optics + np.clip(background, 0.0, None)
-    expected = np.clip(scene * illumination * photons, 0.0, None)
-
-    counts = rng.poisson(expected).astype(np.float32)
-    gain = rng.uniform(0.5, 4.0)
-    offset = rng.choice([0.0, 100.0, rng.uniform(0.0, 500.0)])
-    image = counts * gain + offset + rng.normal(0.0, rng.uniform(0.5, 6.0), signal.shape)
-    image = np.clip(image, 0.0, None).astype(np.float32)
-    if rng.random() < 0.25:
-        # An 8-bit export (as in many public data sets): rescaled, maybe saturated, quantised,
-        # often using only part of the 0..255 range.
-        top = np.percentile(image, rng.uniform(99.0, 100.0))
-        lo = float(image.min())
-        levels = float(rng.choice([255.0, rng.uniform(30.0, 255.0)]))
-        image = np.rint(np.clip((image - lo) / max(top - lo, 1e-6), 0.0, 1.0) * levels)
-    return image.astype(np.float32)

@@ -68,3 +68,30 @@ def test_baseline_quality_on_synthetic_nuclei_is_recorded_floor():
     total = aggregate(scores)
     # A floor, not a target: the baseline scores about F1 0.76 on 20 seeds at 512x512.
     assert total.f1 > 0.6, total
+
+
+@pytest.mark.parametrize("stain", ["membrane", "cytoplasm"])
+def test_whole_cell_baseline_grows_each_nucleus_into_its_cell(stain: str) -> None:
+    from evaluation.baseline import classical_whole_cell
+    from evaluation.cells import generate_cells
+
+    drawn = generate_cells((192, 192), seed=3, setting="culture")
+    cells, nuclei = classical_whole_cell(drawn.nuclear, getattr(drawn, stain), stain_kind=stain)
+    assert cells.shape == nuclei.shape == drawn.cells.shape
+    found = np.unique(nuclei[nuclei > 0])
+    assert found.size > 0
+    # Cell k holds nucleus k, and is larger than it.
+    assert np.all(cells[nuclei > 0] == nuclei[nuclei > 0])
+    assert (cells > 0).sum() > (nuclei > 0).sum()
+    s = score(drawn.cells, cells)
+    assert s.tp > 0
+
+
+def test_whole_cell_baseline_refuses_an_unknown_stain_and_mismatched_images() -> None:
+    from evaluation.baseline import classical_whole_cell
+
+    image = np.zeros((32, 32))
+    with pytest.raises(ValueError, match="stain_kind must be one of membrane, cytoplasm"):
+        classical_whole_cell(image, image, stain_kind="brightfield")
+    with pytest.raises(ValueError, match="two 2D images of one shape"):
+        classical_whole_cell(image, np.zeros((16, 16)), stain_kind="membrane")

@@ -25,7 +25,16 @@ def test_evaluation_runs_the_served_model_and_beats_the_baseline_on_synthetic_im
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "evaluation.json"
-    argv = ["--datasets", "synthetic", "--limit", "2", "--synthetic-size", "384"]
+    argv = [
+        "--datasets",
+        "synthetic",
+        "--limit",
+        "2",
+        "--synthetic-size",
+        "384",
+        "--tracking",
+        "off",
+    ]
     code = run_evaluation([*argv, "--models-dir", str(MODELS_DIR), "--out", str(out)])
 
     printed = capsys.readouterr().out
@@ -44,6 +53,7 @@ def test_evaluation_runs_the_served_model_and_beats_the_baseline_on_synthetic_im
         assert len(figures["images"]) == 2
         assert 0.0 <= figures["mean_ap"] <= figures["f1"] <= 1.0
     assert model["f1"] > baseline["f1"]
+    assert "tracking" not in report  # --tracking off
     assert "synthetic" in printed and "baseline" in printed
 
 

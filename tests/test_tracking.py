@@ -14,8 +14,8 @@ import pytest
 import tifffile
 from fastapi.testclient import TestClient
 
+from autoscaler.policy import total_demand
 from consumers.base import Job, JobError, Result, Waiting
-from consumers.ctc import parse_tracks
 from consumers.registry import resolve
 from consumers.tracking import (
     TrackingConsumer,
@@ -25,13 +25,12 @@ from consumers.tracking import (
     frame_upload_key,
 )
 from consumers.zips import ZipConsumer
-from evaluation.movies import generate_movie
-from evaluation.tracking_quality import score_tracking
 from frontend.app import create_app
 from kiosk.jobs import JobRequest
 from kiosk.keys import (
     JobField,
     Status,
+    all_queues,
     children_upload_prefix,
     validate_queue_name,
 )
@@ -41,7 +40,6 @@ from kiosk.settings import CommonSettings, ConsumerSettings, FrontendSettings
 from kiosk.storage.local import LocalBucket
 from tests.conftest import ServiceGroup, start_stack
 from tests.helpers import submit_file
-from tests.support import services
 from tests.support.servers import wait_for
 from tests.support.tracking import (
     frames_zip,
@@ -395,6 +393,32 @@ def test_tracking_and_its_zips_have_their_consumers() -> None:
     assert "tracking" in CommonSettings.model_fields["queues"].default  # kiosk up serves it
 
 
+# ----------------------------------------------------------------------------- autoscaling
+
+
+def test_a_movie_is_tracking_demand_until_it_waits_then_only_its_frames_are(
+    consumer: TrackingConsumer, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    """What the autoscaler sees (queued + in flight, over every queue it watches): a waiting
+    movie holds no consumer, so it is no demand; its frames are, then its fan-in is."""
+    watched = all_queues(("segmentation", "tracking"))
+
+    def demand() -> dict[str, int]:
+        return {s.queue: s.demand for s in queue.stats(watched) if s.demand}
+
+    submit_movie(queue, bucket, tiff_bytes(moving_discs(5)))
+    assert demand() == {"tracking": 1}
+    job = claim_job(queue, bucket, "tracking")
+    assert demand() == {"tracking": 1}  # in flight
+    result = consumer.process(job)
+    assert isinstance(result, Waiting)
+    park(queue, job, result)
+    assert demand() == {"segmentation": 5}
+    assert total_demand(queue.stats(watched)) == 5
+    segment_waiting_frames(queue, bucket)
+    assert demand() == {"tracking": 1}  # back for its fan-in
+
+
 # ----------------------------------------------------------------------------- caliban
 
 
@@ -499,28 +523,3 @@ def test_a_zip_of_frames_submitted_as_caliban_is_tracked_by_real_consumers(
     with zipfile.ZipFile(io.BytesIO(output.content)) as out:
         assert hyperstack(out.read("cells_tracked.tif")).shape == (8, 64, 80)
     assert httpx.get(job[JobField.PREVIEW_URL], timeout=30).content[:4] == b"GIF8"
-
-
-def test_a_generated_movie_is_segmented_by_the_model_and_tracked_end_to_end(
-    segmentation_env: dict, processes: ServiceGroup, queue: JobQueue, bucket: LocalBucket
-) -> None:
-    """Real consumers and the embedded model server with the bundled nuclear model: the CTC
-    result in the zip scores against the generator's exact ground truth (deterministic: the
-    same movie and model every run)."""
-    env = {**segmentation_env, "KIOSK_QUEUES": "segmentation,tracking"}
-    for name in ("segmentation", "tracking"):
-        processes.add(services.consumer(name, env, processes.log_dir))
-    movie = generate_movie(3, frames=12, shape=(192, 192))
-    data = tiff_bytes(movie.images, imagej=True, metadata={"axes": "TYX"})
-    key = submit_movie(queue, bucket, data, name="live.tif")
-    wait_for(lambda: queue.get(key)[JobField.STATUS] in ("done", "failed"), timeout=300)
-    job = queue.get(key)
-    assert job[JobField.STATUS] == "done", job.get(JobField.REASON)
-    with results(bucket, Result(job[JobField.OUTPUT_FILE_NAME])) as out:
-        tracks = parse_tracks(out.read("01_RES/res_track.txt").decode())
-        masks = np.stack(
-            [hyperstack(out.read(f"01_RES/mask{t:03d}.tif")) for t in range(len(movie.images))]
-        )
-    scores = score_tracking(movie.labels, movie.tracks, masks, tracks)
-    assert scores.true_divisions >= 2  # the seed's movie has divisions to find
-    assert scores.tra >= 0.98 and scores.division_f1 >= 0.85, scores  # the feature's targets

@@ -7,6 +7,10 @@ type: ``consumers.segmentation.NUCLEAR_MODEL``). Training exports a SavedModel w
 uses these names; the consumer sends its input under ``input`` and reads the heads by name; the
 pipeline rescales to ``mpp`` and pads tiles to ``size_multiple``; post-processing finds the
 three maps through :class:`Heads`.
+
+A model may segment several compartments (whole cells and their nuclei, like Mesmer): each is a
+:class:`Compartment`, its own three heads with its own post-processing settings, and
+:meth:`ModelContract.postprocess_compartments` gives one label image per compartment.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["DivisionContract", "Heads", "ModelContract"]
+__all__ = ["WHOLE_CELL_MODEL", "Compartment", "DivisionContract", "Heads", "ModelContract"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,24 @@ class Heads:
         return deep_watershed(*self.planes(maps), **params)
 
 
+def _frozen(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(params))
+
+
+@dataclass(frozen=True)
+class Compartment:
+    """One thing a model segments (``whole-cell``, ``nuclear``): its heads and the
+    ``deep_watershed`` settings tuned for them."""
+
+    name: str
+    heads: Heads = field(default_factory=Heads)
+    postprocessing: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def postprocess(self, maps: Mapping[str, np.ndarray]) -> NDArray[np.int32]:
+        """This compartment's labels from blended heads, with its own settings."""
+        return self.heads.postprocess(maps, **self.postprocessing)
+
+
 @dataclass(frozen=True)
 class ModelContract:
     """A model's signature and the pixel size it learned at."""
@@ -82,10 +104,100 @@ class ModelContract:
     """Height and width the network takes must be multiples of this (its downsampling)."""
     postprocessing: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """``deep_watershed`` settings tuned for this model (empty: the function's defaults)."""
+    compartment: str = "nuclear"
+    """What :attr:`heads` segment: the model's first (or only) compartment."""
+    also: tuple[Compartment, ...] = ()
+    """Further compartments with heads of their own (a whole-cell model's nuclei)."""
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.compartments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"compartment names must differ, got {names}")
+        heads = [h for c in self.compartments for h in c.heads.names]
+        if len(set(heads)) != len(heads):
+            raise ValueError(f"head names must differ between compartments, got {heads}")
+
+    @property
+    def compartments(self) -> tuple[Compartment, ...]:
+        """Every compartment, the first one being :attr:`heads` with :attr:`postprocessing`."""
+        first = Compartment(self.compartment, self.heads, self.postprocessing)
+        return (first, *self.also)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Every head the SavedModel's signature gives, compartment by compartment."""
+        return tuple(name for c in self.compartments for name in c.heads.names)
+
+    def foreground_only(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`Heads.foreground_only` for every compartment's foreground head."""
+        kept = dict(outputs)
+        for c in self.compartments:
+            kept = c.heads.foreground_only(kept)
+        return kept
 
     def postprocess(self, maps: Mapping[str, np.ndarray]) -> NDArray[np.int32]:
-        """Labels from blended heads, with this model's post-processing settings."""
+        """Labels from blended heads, with this model's post-processing settings (the first
+        compartment's, for a model with several)."""
         return self.heads.postprocess(maps, **self.postprocessing)
+
+    def postprocess_compartments(
+        self, maps: Mapping[str, np.ndarray]
+    ) -> dict[str, NDArray[np.int32]]:
+        """One label image per compartment (``{"whole-cell": ..., "nuclear": ...}``), each
+        from its own heads and settings; labels are numbered per compartment."""
+        return {c.name: c.postprocess(maps) for c in self.compartments}
+
+
+WHOLE_CELL_MODEL = ModelContract(
+    name="WholeCellSegmentation",
+    mpp=0.65,
+    input_channels=2,
+    size_multiple=16,
+    heads=Heads(
+        inner="whole_cell_inner_distance",
+        outer="whole_cell_outer_distance",
+        foreground="whole_cell_fgbg",
+    ),
+    compartment="whole-cell",
+    postprocessing=_frozen(
+        {
+            "radius": 3,
+            "maxima_threshold": 0.4,
+            "interior_threshold": 0.1,
+            "fgbg_threshold": 0.6,
+            "interior_smooth": 1.0,
+            "maxima_smooth": 0.0,
+            "small_objects_threshold": 30,
+        }
+    ),
+    also=(
+        Compartment(
+            "nuclear",
+            Heads(
+                inner="nuclear_inner_distance",
+                outer="nuclear_outer_distance",
+                foreground="nuclear_fgbg",
+            ),
+            _frozen(
+                {
+                    "radius": 3,
+                    "maxima_threshold": 0.3,
+                    "interior_threshold": 0.01,
+                    "fgbg_threshold": 0.4,
+                    "interior_smooth": 0.0,
+                    "maxima_smooth": 0.0,
+                    "small_objects_threshold": 10,
+                }
+            ),
+        ),
+    ),
+)
+"""The bundled whole-cell model (models/WholeCellSegmentation), Mesmer's task: input ``image``,
+float32 (batch, y, x, 2), channel 0 the nuclear stain and channel 1 the membrane or cytoplasm
+stain; three heads per compartment (``whole_cell_*`` and ``nuclear_*``: inner distance, outer
+distance, fgbg softmax with channel 1 the foreground); trained on cells at 0.65 um/px. Each
+compartment's post-processing settings are those tuned on held-out generated images
+(models/WholeCellSegmentation/training.json)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The nuclear deep-watershed network and its TF-Serving export.
+"""The deep-watershed network and its TF-Serving export, for any deep-watershed contract.
 
 Why this shape: a small U-Net that downsamples at once (strided stem) and uses depthwise-
 separable convolutions, so a 1024x1024 image runs in a fraction of a second on two CPU cores
@@ -6,10 +6,12 @@ and the SavedModel is a few hundred kB. Four 2x downsamplings reach a 1/16 grid 
 receptive field (well over 100 px) spans a clump of 30 px nuclei; skips carry the fine detail
 back, and a last full-resolution step sees the input again to place boundaries to the pixel.
 
-Its signature is the segmentation job type's contract (``consumers.segmentation.NUCLEAR_MODEL``):
-input ``image`` [b, H, W, 1]; heads ``inner_distance`` (linear, 1 channel), ``outer_distance``
-(linear, 1 channel) and ``fgbg`` (softmax over 2 channels; channel 1 is the foreground), under
-whatever names the contract gives them.
+Its signature is a :class:`~consumers.processing.contract.ModelContract` (by default the
+segmentation job type's ``consumers.segmentation.NUCLEAR_MODEL``): input ``image``
+[b, H, W, input_channels]; per compartment, heads ``inner_distance`` (linear, 1 channel),
+``outer_distance`` (linear, 1 channel) and ``fgbg`` (softmax over 2 channels; channel 1 is the
+foreground), under whatever names the contract gives them. Compartments share the whole network
+but their last 1x1 convolutions.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from consumers.processing.contract import ModelContract
 from consumers.segmentation import NUCLEAR_MODEL as CONTRACT
 
 __all__ = ["CONTRACT", "OUTPUT_NAMES", "SIZE_MULTIPLE", "build_model", "export_saved_model"]
@@ -30,11 +33,17 @@ WIDTHS = (16, 32, 64, 96, 128)
 """Channels at 1/2, 1/4, 1/8, 1/16 of the input (and the 1/16 bottleneck's second block)."""
 SIZE_MULTIPLE = 2 ** (len(WIDTHS) - 1)
 """Height and width must be multiples of this (four 2x downsamplings)."""
-if CONTRACT.size_multiple != SIZE_MULTIPLE:
-    raise ImportError(
-        f"the network needs multiples of {SIZE_MULTIPLE}; the contract says "
-        f"{CONTRACT.size_multiple}"
-    )
+
+
+def _check_size_multiple(contract: ModelContract) -> None:
+    if contract.size_multiple != SIZE_MULTIPLE:
+        raise ValueError(
+            f"the network needs multiples of {SIZE_MULTIPLE}; the contract of {contract.name} "
+            f"says {contract.size_multiple}"
+        )
+
+
+_check_size_multiple(CONTRACT)
 
 
 class Upsample2x(layers.Layer):
@@ -67,10 +76,15 @@ def _pointwise(x: keras.KerasTensor, width: int, name: str) -> keras.KerasTensor
     return _bn_relu(x, name)
 
 
-def build_model(widths: tuple[int, ...] = WIDTHS) -> keras.Model:
-    """A fully convolutional model: image [b, H, W, 1] -> dict of the three heads."""
-    image = keras.Input(shape=(None, None, CONTRACT.input_channels), name=CONTRACT.input)
-    # 1/2: strided full 3x3 conv (one input channel, so it is cheap).
+def build_model(
+    widths: tuple[int, ...] = WIDTHS,
+    contract: ModelContract = CONTRACT,
+    name: str = "nuclear_deep_watershed",
+) -> keras.Model:
+    """A fully convolutional model: image [b, H, W, C] -> dict of every compartment's heads."""
+    _check_size_multiple(contract)
+    image = keras.Input(shape=(None, None, contract.input_channels), name=contract.input)
+    # 1/2: strided full 3x3 conv (few input channels, so it is cheap).
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem")(image)
     x = _bn_relu(x, "stem")
     x = _sep(x, widths[0], "enc1")
@@ -93,55 +107,63 @@ def build_model(widths: tuple[int, ...] = WIDTHS) -> keras.Model:
     x = _pointwise(x, 8, "mix0")
     x = layers.DepthwiseConv2D(3, padding="same", name="refine_dw")(x)
     x = layers.ReLU(name="refine_relu")(x)
-    inner = layers.Conv2D(1, 1, name=HEADS.inner)(x)
-    outer = layers.Conv2D(1, 1, name=HEADS.outer)(x)
-    fg_logits = layers.Conv2D(2, 1, name=f"{HEADS.foreground}_logits")(x)
-    fgbg = layers.Softmax(axis=-1, name=HEADS.foreground)(fg_logits)
-    outputs = {HEADS.inner: inner, HEADS.outer: outer, HEADS.foreground: fgbg}
-    return keras.Model(image, outputs, name="nuclear_deep_watershed")
+    outputs = {}
+    for compartment in contract.compartments:
+        heads = compartment.heads
+        outputs[heads.inner] = layers.Conv2D(1, 1, name=heads.inner)(x)
+        outputs[heads.outer] = layers.Conv2D(1, 1, name=heads.outer)(x)
+        fg_logits = layers.Conv2D(2, 1, name=f"{heads.foreground}_logits")(x)
+        outputs[heads.foreground] = layers.Softmax(axis=-1, name=heads.foreground)(fg_logits)
+    return keras.Model(image, outputs, name=name)
 
 
-def export_saved_model(model: keras.Model, path: Path) -> None:
+def export_saved_model(model: keras.Model, path: Path, contract: ModelContract = CONTRACT) -> None:
     """Write a TF Serving SavedModel: signature ``serving_default``, the contract's input."""
     archive = keras.export.ExportArchive()
     archive.track(model)
+    output_names = contract.output_names
 
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = model(image, training=False)
-        return {name: tf.identity(outputs[name], name=name) for name in OUTPUT_NAMES}
+        return {name: tf.identity(outputs[name], name=name) for name in output_names}
 
     archive.add_endpoint(
         name="serving_default",
         fn=serve,
         input_signature=[
             tf.TensorSpec(
-                shape=(None, None, None, CONTRACT.input_channels),
+                shape=(None, None, None, contract.input_channels),
                 dtype=tf.float32,
-                name=CONTRACT.input,
+                name=contract.input,
             )
         ],
     )
     archive.write_out(str(path), verbose=False)
 
 
-def check_signature(path: Path) -> dict[str, object]:
+def check_signature(path: Path, contract: ModelContract = CONTRACT) -> dict[str, object]:
     """Reload the SavedModel and confirm the serving contract (names, dtypes, ranks)."""
     loaded = tf.saved_model.load(str(path))
     signature = loaded.signatures["serving_default"]
     _, inputs = signature.structured_input_signature
     outputs = signature.structured_outputs
-    if set(inputs) != {CONTRACT.input}:
-        raise AssertionError(f"serving_default inputs are {sorted(inputs)}, not {CONTRACT.input}")
-    if set(outputs) != set(OUTPUT_NAMES):
-        raise AssertionError(f"serving_default outputs are {sorted(outputs)}, not {OUTPUT_NAMES}")
-    spec = inputs[CONTRACT.input]
+    if set(inputs) != {contract.input}:
+        raise AssertionError(f"serving_default inputs are {sorted(inputs)}, not {contract.input}")
+    if set(outputs) != set(contract.output_names):
+        raise AssertionError(
+            f"serving_default outputs are {sorted(outputs)}, not {contract.output_names}"
+        )
+    spec = inputs[contract.input]
     if (
         spec.dtype != tf.float32
         or spec.shape.rank != 4
-        or spec.shape[-1] != CONTRACT.input_channels
+        or spec.shape[-1] != contract.input_channels
     ):
         raise AssertionError(f"unexpected input spec {spec}")
-    channels = {HEADS.inner: 1, HEADS.outer: 1, HEADS.foreground: 2}
+    channels = {}
+    for compartment in contract.compartments:
+        heads = compartment.heads
+        channels.update({heads.inner: 1, heads.outer: 1, heads.foreground: 2})
     for name, want in channels.items():
         out = outputs[name]
         if out.dtype != tf.float32 or out.shape.rank != 4 or out.shape[-1] != want:

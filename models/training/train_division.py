@@ -301,7 +301,7 @@ Every figure and setting is in `training.json`.
 - Seed {t["seed"]}; {t["fit_seconds"]:.0f} s of training, {t["total_seconds"]:.0f} s in all, on
   {t["threads"]} CPU threads.
 
-Reproduce from the repository root (`make division-model`):
+Reproduce from the repository root (`make model-division`):
 
     .venv/bin/python -m models.training.train_division --out models/DivisionScoring
 

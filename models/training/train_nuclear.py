@@ -20,23 +20,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.normalize import normalize
 from consumers.segmentation import NUCLEAR_MODEL as CONTRACT
-from evaluation.quality import DEFAULT_AP_THRESHOLDS, score_thresholds, summary
+from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from evaluation.synthetic import generate
+from models.training.data import Pool
 from models.training.targets import targets
+from models.training.tuning import figures, segment_all, tune
 
 HEADS = CONTRACT.heads
 
@@ -130,120 +130,41 @@ def make_example(
     return x.astype(np.float16), targets(labels).astype(np.float16)
 
 
-class Pool:
-    """Generated examples held in memory, a few replaced every step for fresh variety."""
+def split_targets(ys: np.ndarray) -> dict[str, np.ndarray]:
+    """(B, t, t, 3) targets -> the three heads (fgbg one-hot from the foreground)."""
+    fg = ys[..., 2:3]
+    return {
+        HEADS.inner: ys[..., 0:1],
+        HEADS.outer: ys[..., 1:2],
+        HEADS.foreground: np.concatenate([1.0 - fg, fg], axis=-1),
+    }
 
-    def __init__(self, args: Args) -> None:
-        self.args = args
-        self.next_seed = TRAIN_SEED_BASE + args.seed * 100_000_000
-        n, s = args.pool, args.pool_tile
-        self.x = np.zeros((n, s, s, 1), np.float16)
-        self.y = np.zeros((n, s, s, 3), np.float16)
-        self.rng = np.random.default_rng(args.seed)
-        for i in range(n):
-            self._fill(i)
 
-    def _fill(self, i: int) -> None:
-        self.x[i], self.y[i] = make_example(
-            self.next_seed,
-            self.args.pool_tile,
-            clahe_fraction=self.args.clahe_fraction,
-            scale_jitter=self.args.scale_jitter,
-        )
-        self.next_seed += 1
-
-    def refresh(self) -> None:
-        for i in self.rng.integers(0, len(self.x), self.args.refresh):
-            self._fill(int(i))
-
-    def batch(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Random crops with dihedral flips and intensity gamma/contrast jitter."""
-        a, rng, t = self.args, self.rng, self.args.tile
-        xs = np.empty((a.batch, t, t, 1), np.float32)
-        ys = np.empty((a.batch, t, t, 3), np.float32)
-        for b in range(a.batch):
-            i = rng.integers(len(self.x))
-            r, c = rng.integers(0, a.pool_tile - t + 1, 2)
-            x = self.x[i, r : r + t, c : c + t].astype(np.float32)
-            y = self.y[i, r : r + t, c : c + t].astype(np.float32)
-            k = int(rng.integers(4))
-            x, y = np.rot90(x, k), np.rot90(y, k)
-            if rng.random() < 0.5:
-                x, y = x[:, ::-1], y[:, ::-1]
-            gamma = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
-            x = np.power(np.clip(x, 0.0, 1.0), gamma)
-            x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
-            xs[b], ys[b] = x, y
-        fg = ys[..., 2:3]
-        return xs, {
-            HEADS.inner: ys[..., 0:1],
-            HEADS.outer: ys[..., 1:2],
-            HEADS.foreground: np.concatenate([1.0 - fg, fg], axis=-1),
-        }
+def make_pool(args: Args) -> Pool:
+    """The training pool: seeds from TRAIN_SEED_BASE, one range per --seed."""
+    return Pool(
+        partial(
+            make_example,
+            size=args.pool_tile,
+            clahe_fraction=args.clahe_fraction,
+            scale_jitter=args.scale_jitter,
+        ),
+        split_targets,
+        size=args.pool_tile,
+        images=args.pool,
+        in_channels=1,
+        target_channels=3,
+        first_seed=TRAIN_SEED_BASE + args.seed * 100_000_000,
+        seed=args.seed,
+        batch=args.batch,
+        tile=args.tile,
+        refresh=args.refresh,
+    )
 
 
 def held_out(base: int, args: Args) -> list[tuple[np.ndarray, np.ndarray]]:
     """(raw image, labels) pairs from a reserved seed range, varied like the training data."""
     return [generate((args.val_size, args.val_size), seed=base + i) for i in range(args.val_images)]
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-
-def figures(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int]:
-    """Data-set scores, counts pooled over images; mAP: mean over IoU 0.5..0.95 of TP/(TP+FP+FN)."""
-    per_threshold: dict[float, list[Any]] = {}
-    for true, pred in pairs:
-        for s in score_thresholds(true, pred):
-            per_threshold.setdefault(s.iou_threshold, []).append(s)
-    return summary(per_threshold)
-
-
-def segment_all(maps: list[dict[str, np.ndarray]], params: dict[str, Any]) -> list[np.ndarray]:
-    return [
-        deep_watershed(m[HEADS.inner], m[HEADS.outer], m[HEADS.foreground], **params) for m in maps
-    ]
-
-
-def tune(
-    maps: list[dict[str, np.ndarray]], truth: list[np.ndarray], log: Any
-) -> tuple[dict[str, Any], dict[str, float | int]]:
-    """Coordinate search over deep_watershed's settings; objective F1@0.5 + mean AP."""
-    grid: dict[str, list[Any]] = {
-        "radius": [2, 3, 4, 5, 6, 8, 10],
-        "maxima_threshold": [0.05, 0.1, 0.15, 0.2, 0.3, 0.4],
-        "interior_threshold": [0.01, 0.05, 0.1, 0.2, 0.3],
-        "fgbg_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
-        "interior_smooth": [0.0, 0.5, 1.0, 2.0],
-        "maxima_smooth": [0.0, 0.5, 1.0, 2.0],
-        "small_objects_threshold": [0, 10, 20, 30],
-    }
-    params: dict[str, Any] = {
-        "radius": 4,
-        "maxima_threshold": 0.1,
-        "interior_threshold": 0.01,
-        "fgbg_threshold": 0.5,
-        "interior_smooth": 1.0,
-        "maxima_smooth": 0.0,
-        "small_objects_threshold": 0,
-    }
-
-    def objective(p: dict[str, Any]) -> tuple[float, dict[str, float | int]]:
-        f = figures(list(zip(truth, segment_all(maps, p), strict=True)))
-        return f["f1"] + f["mean_ap"], f
-
-    best, best_fig = objective(params)
-    for _ in range(2):
-        for name, values in grid.items():
-            for v in values:
-                if v == params[name]:
-                    continue
-                trial = {**params, name: v}
-                value, fig = objective(trial)
-                if value > best + 1e-6:
-                    best, best_fig, params = value, fig, trial
-        log(f"tune: {params} -> F1 {best_fig['f1']} mAP {best_fig['mean_ap']}")
-    return params, best_fig
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -253,20 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
+    from models.training import fit
+    from models.training.model import SIZE_MULTIPLE, build_model
 
-    from models.training.model import (
-        SIZE_MULTIPLE,
-        build_model,
-        check_signature,
-        export_saved_model,
-    )
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    keras.utils.set_random_seed(args.seed)
-    tf.config.experimental.enable_op_determinism()
+    fit.setup(args.threads, args.seed)
     if args.tile % SIZE_MULTIPLE or args.val_size % SIZE_MULTIPLE:
         raise SystemExit(f"--tile and --val-size must be multiples of {SIZE_MULTIPLE}")
 
@@ -274,102 +185,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
 
     log(f"settings: {vars(args)}")
-    pool = Pool(args)
+    pool = make_pool(args)
     log(f"pool: {args.pool} images of {args.pool_tile}px generated")
     tune_set = held_out(TUNE_SEED_BASE, args)
     test_set = held_out(TEST_SEED_BASE, args)
 
     model = build_model()
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=args.lr * 0.1,
-        decay_steps=max(args.steps - args.steps // 20, 1),
-        alpha=0.01,
-        warmup_target=args.lr,
-        warmup_steps=args.steps // 20,
-    )
-    loss_weights = {HEADS.inner: 1.0, HEADS.outer: 1.0, HEADS.foreground: 0.2}
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss={HEADS.inner: "mse", HEADS.outer: "mse", HEADS.foreground: "categorical_crossentropy"},
-        loss_weights=loss_weights,
-    )
+    loss, loss_weights = fit.compile_model(model, CONTRACT, lr=args.lr, steps=args.steps)
     log(f"model: {model.count_params()} parameters")
-
-    train_started = time.time()
-    history: list[dict[str, float]] = []
-    running: dict[str, float] = {}
-    for step in range(1, args.steps + 1):
-        x, y = pool.batch()
-        out = model.train_on_batch(x, y, return_dict=True)
-        for k, v in out.items():
-            running[k] = running.get(k, 0.0) + float(v)
-        pool.refresh()
-        if step % args.log_every == 0 or step == args.steps:
-            n = args.log_every if step % args.log_every == 0 else step % args.log_every
-            mean = {k: round(v / n, 5) for k, v in running.items()}
-            history.append({"step": step, **mean})
-            rate = (time.time() - train_started) / step
-            log(f"step {step}/{args.steps} {mean} ({rate:.2f} s/step)")
-            running = {}
-    train_seconds = time.time() - train_started
+    history, train_seconds = fit.train(
+        model, pool, steps=args.steps, log_every=args.log_every, log=log
+    )
 
     # Export, reload and check the serving contract; all figures below use the reloaded model.
-    version_dir = args.out / "1"
-    if version_dir.exists():
-        shutil.rmtree(version_dir)
-    args.out.mkdir(parents=True, exist_ok=True)
-    export_saved_model(model, version_dir)
-    signature = check_signature(version_dir)
-    serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    log(f"exported {version_dir}: {signature}")
+    version_dir, signature, serve = fit.export(model, args.out, CONTRACT, log)
 
-    def predict(image: np.ndarray) -> dict[str, np.ndarray]:
-        x = normalize(image)[None, ..., None]
-        out = serve(image=tf.constant(x))
-        return {
-            HEADS.inner: out[HEADS.inner].numpy()[0, ..., 0],
-            HEADS.outer: out[HEADS.outer].numpy()[0, ..., 0],
-            HEADS.foreground: out[HEADS.foreground].numpy()[0, ..., HEADS.foreground_channel],
-        }
+    def predict(image: np.ndarray, method: str = "percentile") -> dict[str, np.ndarray]:
+        return fit.predict_planes(serve, CONTRACT, normalize(image, method)[None, ..., None])
 
     tune_maps = [predict(img) for img, _ in tune_set]
-    params, tune_fig = tune(tune_maps, [lab for _, lab in tune_set], log)
+    params, tune_fig = tune(tune_maps, [lab for _, lab in tune_set], log, HEADS)
     test_maps = [predict(img) for img, _ in test_set]
     test_labels = [lab for _, lab in test_set]
     t0 = time.perf_counter()
-    test_pred = segment_all(test_maps, params)
+    test_pred = segment_all(test_maps, params, HEADS)
     ws_seconds = time.perf_counter() - t0
     megapixels = sum(lab.size for lab in test_labels) / 1e6
     test_fig = figures(list(zip(test_labels, test_pred, strict=True)))
-    clahe_pred = []
-    for img, _ in test_set:
-        out = serve(image=tf.constant(normalize(img, "clahe")[None, ..., None]))
-        clahe_pred.append(
-            deep_watershed(
-                out[HEADS.inner].numpy()[0, ..., 0],
-                out[HEADS.outer].numpy()[0, ..., 0],
-                out[HEADS.foreground].numpy()[0, ..., HEADS.foreground_channel],
-                **params,
-            )
-        )
+    clahe_pred = segment_all([predict(img, "clahe") for img, _ in test_set], params, HEADS)
     clahe_fig = figures(list(zip(test_labels, clahe_pred, strict=True)))
     log(f"test (percentile): {test_fig}")
     log(f"test (clahe): {clahe_fig}")
 
-    timings = {}
-    for size in (512, 1024):
-        x = tf.constant(np.random.default_rng(0).random((1, size, size, 1), dtype=np.float32))
-        for _ in range(3):
-            serve(**{CONTRACT.input: x})[HEADS.foreground].numpy()
-        runs = []
-        for _ in range(7):
-            t = time.perf_counter()
-            serve(**{CONTRACT.input: x})[HEADS.foreground].numpy()
-            runs.append(time.perf_counter() - t)
-        timings[f"{size}x{size}"] = round(1000 * float(np.median(runs)), 1)
-    log(f"inference ms (median of 7, {args.threads} threads): {timings}")
+    timings = fit.inference_ms(serve, CONTRACT, args.threads, log)
 
-    size_bytes = sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
+    size_bytes = fit.saved_model_bytes(version_dir)
     report = {
         "model": "NuclearSegmentation",
         "version": 1,
@@ -392,13 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "training": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "loss": {
-                HEADS.inner: "mse",
-                HEADS.outer: "mse",
-                HEADS.foreground: "categorical_crossentropy",
-            },
+            "loss": loss,
             "loss_weights": loss_weights,
-            "optimizer": "Adam, linear warm-up (5%) then cosine decay to 1% of lr",
+            "optimizer": fit.OPTIMIZER,
             "augmentation": "random crops, rot90/flips, gamma 0.6-1.6, contrast x0.85-1.15, "
             "offset +-0.05, scale jitter",
             "seed_ranges": {
@@ -424,16 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             "note": "exported SavedModel, one image, after warm-up, median of 7",
         },
         "deep_watershed_ms_per_megapixel": round(1000 * ws_seconds / megapixels, 1),
-        "environment": {
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": np.__version__,
-            "scipy": __import__("scipy").__version__,
-            "scikit-image": __import__("skimage").__version__,
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-        },
+        "environment": fit.environment(),
         "command": "python -m models.training.train_nuclear " + " ".join(sys.argv[1:]),
         "wall_seconds": round(time.time() - started, 1),
     }
