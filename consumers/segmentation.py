@@ -23,6 +23,14 @@ from pydantic import Field
 from consumers import imaging
 from consumers.base import Consumer, Finish, Job, JobError, Result
 from consumers.metrics import PREDICT_RETRIES
+from consumers.movie_frames import (
+    LABELS_SUFFIX,
+    PATCH_SIZE,
+    cells_key,
+    encode_cells,
+    is_movie_frame,
+)
+from consumers.processing import linking
 from consumers.processing.contract import ModelContract
 from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import Predict, segment_frames
@@ -150,7 +158,10 @@ class SegmentationConsumer(Consumer):
             axes = _label_axes(loaded.frame_axes, labels)
             label_tiff = imaging.encode_labels_tiff(labels if axes else labels[0], axes=axes)
             preview_png = overlay_png(loaded.pixels[0], labels[0])
-        output = job.put_output(f"{stem}_labels.tif", label_tiff)
+            table = _movie_frame_cells(job, loaded, labels)
+        output = job.put_output(f"{stem}{LABELS_SUFFIX}", label_tiff)
+        if table is not None:
+            job.put_output(PurePosixPath(cells_key(output)).name, table)
         preview = job.put_output(f"{stem}_overlay.png", preview_png)
         return Result(
             output,
@@ -238,6 +249,16 @@ class _TileProgress:
             self.predicting = False
         else:
             self.job.set_progress(progress)
+
+
+def _movie_frame_cells(job: Job, loaded: imaging.LoadedImage, labels: np.ndarray) -> bytes | None:
+    """A movie frame's cells table, measured from the labels and image in hand, so that the
+    movie's fan-in need not decode and measure the frame again; None for any other job."""
+    if not is_movie_frame(job.get(JobField.PARENT)) or labels.shape[0] != 1:
+        return None
+    image = loaded.pixels[0, ..., 0]
+    cells = linking.measure(labels[0], image, 0, PATCH_SIZE)
+    return encode_cells(cells, (int(labels.shape[1]), int(labels.shape[2])))
 
 
 def _label_axes(frame_axes: str, labels: np.ndarray) -> str | None:

@@ -59,6 +59,14 @@ from consumers.base import (
     queue_child,
 )
 from consumers.division_scorer import DivisionModelMissing, ServedDivisionScorer
+from consumers.movie_frames import (
+    SEGMENTATION,
+    cells_key,
+    decode_cells,
+    frame_child_key,
+    frame_file_name,
+    frame_upload_key,
+)
 from consumers.movies import FramesZip, Movie, MovieLimits, open_movies
 from consumers.processing import linking
 from consumers.segmentation import NUCLEAR_MODEL
@@ -69,8 +77,6 @@ from kiosk.jobs import JobRequest, JobView, Stages
 from kiosk.keys import (
     JobField,
     Status,
-    child_uuid,
-    children_upload_prefix,
     clean_name,
     file_url,
     parse_job_key,
@@ -81,12 +87,13 @@ from kiosk.serving.client import ServingClient
 from kiosk.settings import JobTypeSettings, PredictSettings
 from kiosk.storage import Bucket, ObjectNotFound
 
-SEGMENTATION = "segmentation"
-"""The job type each frame goes to."""
 BATCH = 500
 """Child jobs read from Redis in one round trip."""
 PROGRESS_INTERVAL = 1.0
 """Seconds between progress writes during the fan-in."""
+
+TableReader = Callable[[int, int], "tuple[linking.Cells, tuple[int, int]] | None"]
+"""Frame ``t``'s measured cells (windows of the given size) and shape, or None: measure it."""
 
 
 class TrackingSettings(JobTypeSettings):
@@ -128,27 +135,6 @@ class TrackingZipSettings(ZipSettings, TrackingSettings):
 
 
 # ------------------------------------------------------------------------------ frame jobs
-
-
-def frame_child_uuid(parent_key: str, frame: int) -> str:
-    return child_uuid(parent_key, f"frame:{frame}")
-
-
-def frame_file_name(stem: str, frame: int, frames: int) -> str:
-    """``{movie stem}-frame-0007.tif``: the frame job's original_name."""
-    return f"{stem}-frame-{frame:0{max(4, len(str(frames - 1)))}d}.tif"
-
-
-def frame_child_key(parent_key: str, stem: str, frame: int, frames: int) -> str:
-    """``segmentation:{stem}-frame-0007.tif:{uuid}``, the uuid derived from the movie's."""
-    name = clean_name(frame_file_name(stem, frame, frames))
-    return f"{SEGMENTATION}:{name}:{frame_child_uuid(parent_key, frame)}"
-
-
-def frame_upload_key(parent_key: str, frame: int) -> str:
-    """``uploads/{movie uuid}/{frame uuid}.tif``: a movie's frames share its children folder,
-    which goes with the movie when it is deleted."""
-    return f"{children_upload_prefix(parent_key)}{frame_child_uuid(parent_key, frame)}.tif"
 
 
 def division_scorer(
@@ -334,13 +320,17 @@ class MovieTracker:
             key = children[t].fields.get(JobField.INPUT_FILE_NAME, "")
             return self._read_plane(key, f"the image of frame {t}")
 
+        def table_of(t: int, patch_size: int) -> tuple[linking.Cells, tuple[int, int]] | None:
+            key = children[t].fields[JobField.OUTPUT_FILE_NAME]
+            return self._read_table(cells_key(key), t, patch_size)
+
         with tempfile.TemporaryDirectory(prefix="kiosk-tracking-") as tmp:
             stem = movie_stem(job)
             results = Path(tmp) / f"{stem}_tracking.zip"
             with job.stage(Stages.POSTPROCESS), zipfile.ZipFile(results, "w") as out:
                 job.set_progress(0)
                 tracking, previews = self._track_and_write(
-                    job, out, Path(tmp), ResultNames(stem), frames, labels_of, image_of
+                    job, out, Path(tmp), ResultNames(stem), frames, labels_of, image_of, table_of
                 )
             key = job.upload_output(results)
             return self._result(job, key, stem, previews, tracking, frames)
@@ -354,9 +344,11 @@ class MovieTracker:
         frames: int,
         labels_of: Callable[[int], np.ndarray],
         image_of: Callable[[int], np.ndarray],
+        table_of: TableReader | None = None,
         share: tuple[int, int] = (0, 100),
     ) -> tuple[linking.Tracking, Previews]:
-        """Measure every frame, link, write: the progress runs over ``share`` percent."""
+        """Measure every frame (or read the table its frame job measured), link, write: the
+        progress runs over ``share`` percent."""
         low, high = share
         span = high - low
         measured = _Progress(job, low, low + span * 45 // 100)
@@ -369,15 +361,21 @@ class MovieTracker:
         cells = []
         shape: tuple[int, int] | None = None
         for t in range(frames):
-            labels = labels_of(t)
+            table = table_of(t, patch_size) if table_of is not None else None
+            if table is None:
+                labels = labels_of(t)
+                frame_cells = linking.measure(labels, image_of(t), t, patch_size)
+                frame_shape = (int(labels.shape[0]), int(labels.shape[1]))
+            else:
+                frame_cells, frame_shape = table
             if shape is None:
-                shape = (int(labels.shape[0]), int(labels.shape[1]))
-            elif labels.shape != shape:
+                shape = frame_shape
+            elif frame_shape != shape:
                 raise JobError(
-                    f"the labels of frame {t} are {labels.shape[0]} x {labels.shape[1]} but "
+                    f"the labels of frame {t} are {frame_shape[0]} x {frame_shape[1]} but "
                     f"those of frame 0 are {shape[0]} x {shape[1]}; submit the movie again"
                 )
-            cells.append(linking.measure(labels, image_of(t), t, patch_size))
+            cells.append(frame_cells)
             measured(t + 1, frames)
         try:
             tracking = linking.link(
@@ -422,6 +420,18 @@ class MovieTracker:
                 JobField.CLEANUP_TIME: "0",
             },
         )
+
+    def _read_table(
+        self, key: str, t: int, patch_size: int
+    ) -> tuple[linking.Cells, tuple[int, int]] | None:
+        """The cells table frame ``t``'s job measured; None (measure the frame) when it has
+        none (jobs from before the tables) or none with the windows the scorer needs."""
+        try:
+            with self.bucket.open_read(key) as src:
+                data = src.read()
+            return decode_cells(data, t, patch_size)
+        except (ObjectNotFound, FileNotFoundError, ValueError):
+            return None
 
     def _read_plane(self, key: str, what: str) -> np.ndarray:
         """A frame's labels or image from the bucket, as one 2-D plane."""
@@ -469,7 +479,7 @@ class MovieTracker:
                         movie.frames,
                         _labels_reader(movie),
                         _frame_reader(movie),
-                        share,
+                        share=share,
                     )
                     tracks += len(done[0].tracks)
                     first = first or done

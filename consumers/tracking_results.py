@@ -156,6 +156,17 @@ def _write_stack(
         )
 
 
+def _ctc_labels(tracking: linking.Tracking, ctc: linking.Tracking) -> list[dict[int, int]]:
+    """Per frame, each track label's label in the CTC form: the masks are the tracked frames
+    looked up once more, not the segmentation relabelled a second time."""
+    if ctc is tracking:
+        return []
+    return [
+        {label: ctc.assignments[t][obj] for obj, label in mapping.items()}
+        for t, mapping in enumerate(tracking.assignments)
+    ]
+
+
 def write_results(
     out: zipfile.ZipFile,
     workdir: Path,
@@ -173,6 +184,8 @@ def write_results(
     (read only for the frames the animation shows)."""
     dtype = np.dtype(tracking.dtype)
     ctc = linking.ctc_tracking(tracking)
+    ctc_dtype = np.dtype(ctc.dtype)
+    ctc_of = _ctc_labels(tracking, ctc)
     shown = set(preview_frames(frames))
     animation: list[np.ndarray] = []
 
@@ -185,7 +198,7 @@ def write_results(
             tracked = np.asarray(tracking.relabel(t, segmented), dtype=dtype)
             if tracked.shape != shape:
                 raise ValueError(f"frame {t}'s labels are {tracked.shape}, not {shape}")
-            mask = tracked if ctc is tracking else ctc.relabel(t, segmented)
+            mask = tracked if ctc is tracking else linking.relabel(tracked, ctc_of[t], ctc_dtype)
             (masks / f"{t}.tif").write_bytes(_tiff_bytes(mask))
             if t in shown:
                 animation.append(outline_frame(image_of(t), tracked))

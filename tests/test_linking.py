@@ -18,6 +18,7 @@ from consumers.processing.linking import (
     lineage_json,
     link,
     measure,
+    relabel,
 )
 
 SHAPE = (100, 100)
@@ -366,6 +367,20 @@ def test_relabel_maps_objects_to_tracks_drops_unknown_ones_and_widens_past_uint1
     assert big.dtype == np.uint32 and big.relabel(0, frame).tolist() == [[0, 0, 70000]]
     with pytest.raises(ValueError, match="outside the movie"):
         small.relabel(1, frame)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64, np.uint32])
+def test_relabel_by_lookup_table_matches_a_search_for_any_label_range(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    top = 2**40 if dtype == np.int64 else 600  # past the table's limit: the search
+    frame = rng.integers(-5 if dtype in (np.int32, np.int64) else 0, top, (64, 64)).astype(dtype)
+    objects = [int(v) for v in np.unique(frame)[::3] if v > 0] + [top + 7]  # one not in frame
+    mapping = {obj: i + 1 for i, obj in enumerate(objects)}
+    out = relabel(frame, mapping, np.dtype(np.uint16))
+    expected = np.zeros(frame.shape, np.uint16)
+    for obj, track in mapping.items():
+        expected[frame == obj] = track
+    assert out.dtype == np.uint16 and np.array_equal(out, expected)
 
 
 def test_progress_is_reported_after_every_frame():

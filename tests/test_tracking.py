@@ -235,6 +235,34 @@ def test_a_fan_in_run_again_after_a_crash_writes_the_same_results(
     assert {key: bucket.get_bytes(key) for key in bucket.list("output/")} == written
 
 
+def test_the_fan_in_reads_the_frames_cells_tables_and_measures_only_without_them(
+    consumer: TrackingConsumer,
+    queue: JobQueue,
+    bucket: LocalBucket,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    submit_movie(queue, bucket, tiff_bytes(moving_discs(5)))
+    fan_out(consumer, queue, bucket, "tracking")
+    segment_waiting_frames(queue, bucket, tables=True)
+    job = claim_job(queue, bucket, "tracking")
+    tables = [key for key in bucket.list("output/") if key.endswith("_cells.npz")]
+    assert len(tables) == 5
+
+    def no_measuring(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a frame with a cells table was measured again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("consumers.processing.linking.measure", no_measuring)
+        from_tables = consumer.process(job)
+        written = {key: bucket.get_bytes(key) for key in bucket.list("output/")}
+    for key in tables:  # jobs from before the tables: the fan-in measures the frames
+        bucket.delete(key)
+    measured = consumer.process(job)
+    assert measured == from_tables
+    again = {key: bucket.get_bytes(key) for key in bucket.list("output/")}
+    assert again == {key: data for key, data in written.items() if key not in tables}
+
+
 def test_a_failed_frame_fails_the_movie_naming_the_frame_and_why(
     consumer: TrackingConsumer, queue: JobQueue, bucket: LocalBucket
 ) -> None:

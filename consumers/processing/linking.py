@@ -58,6 +58,7 @@ __all__ = [
     "lineage_json",
     "link",
     "measure",
+    "relabel",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -69,6 +70,8 @@ _TAKE_WEIGHT = 6.0  # division score lost by taking a cell from a sure link (cos
 _REMERGED = 0.8  # a lone daughter this close to its mother's size was never divided
 _MERGED = -1  # `first` of a working track merged back into its mother
 _OWN, _OTHER = 255, 100  # a patch's mask channel: the object itself, its neighbours
+LOOKUP_LIMIT = 1 << 24
+"""Largest label :func:`relabel` maps through a lookup table (64 MiB of uint32 at most)."""
 
 DIVISION_FEATURES: tuple[str, ...] = (
     "score",  # the feature score (`_division_score`), before the cost of taking cells
@@ -320,17 +323,37 @@ class Tracking:
         """
         if not 0 <= frame < len(self.assignments):
             raise ValueError(f"frame {frame} is outside the movie (0..{len(self.assignments) - 1})")
-        lab = np.asarray(labels)
-        out = np.zeros(lab.shape, self.dtype)
-        mapping = self.assignments[frame]
-        if not mapping:
-            return out
-        keys = np.fromiter(sorted(mapping), np.int64, len(mapping))
-        values = np.array([mapping[k] for k in keys.tolist()], self.dtype)
-        pos = np.clip(np.searchsorted(keys, lab), 0, len(keys) - 1)
-        hit = keys[pos] == lab
-        out[hit] = values[pos[hit]]
-        return out
+        return relabel(labels, self.assignments[frame], self.dtype)
+
+
+def relabel(labels: np.ndarray, mapping: dict[int, int], dtype: np.dtype) -> np.ndarray:
+    """``labels`` with each value ``mapping`` names replaced by what it maps to; every other
+    value becomes 0 (background).
+
+    Labels are small integers (a frame's objects, a movie's tracks), so one lookup table indexed
+    by the label image does it in a single gather, several times faster than a binary search
+    per pixel; labels past :data:`LOOKUP_LIMIT` (or not integers) take the search instead.
+    """
+    lab = np.asarray(labels)
+    out_dtype = np.dtype(dtype)
+    if not mapping or lab.size == 0:
+        return np.zeros(lab.shape, out_dtype)
+    keys = np.fromiter(mapping, np.int64, len(mapping))
+    values = np.fromiter(mapping.values(), np.int64, len(mapping)).astype(out_dtype)
+    if lab.dtype.kind in "ui":
+        low, high = int(lab.min()), int(lab.max())
+        if low >= 0 and high <= LOOKUP_LIMIT:
+            table = np.zeros(high + 1, out_dtype)
+            inside = keys <= high
+            table[keys[inside]] = values[inside]
+            return table[lab]
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+    out = np.zeros(lab.shape, out_dtype)
+    pos = np.clip(np.searchsorted(keys, lab), 0, len(keys) - 1)
+    hit = keys[pos] == lab
+    out[hit] = values[pos[hit]]
+    return out
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import tifffile
 from scipy import ndimage as ndi
 
 from consumers.base import Consumer, Job, Result
+from consumers.movie_frames import PATCH_SIZE, cells_key, encode_cells
+from consumers.processing import linking
 from kiosk.keys import JobField
 from kiosk.queue import JobQueue
 from kiosk.storage import Bucket
@@ -83,10 +85,15 @@ def trk_bytes(raw: np.ndarray, tracked: np.ndarray, several: bool = False) -> by
 
 
 def segment_waiting_frames(
-    queue: JobQueue, bucket: Bucket, fail: dict[int, str] | None = None, consumer: str = "seg"
+    queue: JobQueue,
+    bucket: Bucket,
+    fail: dict[int, str] | None = None,
+    consumer: str = "seg",
+    tables: bool = False,
 ) -> int:
     """Play the segmentation consumer in-process: label every queued frame job (or fail those
-    whose frame index is in ``fail``, with that reason). Returns how many it ended."""
+    whose frame index is in ``fail``, with that reason), with its cells table beside the labels
+    when ``tables``. Returns how many it ended."""
     ended = 0
     while (claim := queue.claim("segmentation", consumer, 0.05)) is not None:
         fields = claim.fields
@@ -97,7 +104,11 @@ def segment_waiting_frames(
             image = tifffile.imread(io.BytesIO(bucket.get_bytes(fields[JobField.INPUT_FILE_NAME])))
             parsed = claim.key.rsplit(":", 1)[1]
             key = f"output/{fields[JobField.PARENT].rsplit(':', 1)[1]}/{parsed}/labels.tif"
-            bucket.put_bytes(key, tiff_bytes(label_frame(image), compression="zlib"))
+            labels = label_frame(image)
+            bucket.put_bytes(key, tiff_bytes(labels, compression="zlib"))
+            if tables:
+                cells = linking.measure(labels, image, 0, PATCH_SIZE)
+                bucket.put_bytes(cells_key(key), encode_cells(cells, labels.shape))
             queue.finish(claim, consumer, {JobField.OUTPUT_FILE_NAME: key})
         ended += 1
     return ended
