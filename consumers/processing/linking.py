@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -713,6 +713,39 @@ def _division_score(
     cut by the frame's edge show only part of their size: their size cues count a quarter,
     and the allowance drops to a quarter, so that the mother's cues must carry the decision.
     """
+    m_area, a_area, b_area, cos, separation, offset, apart = _geometry(state, key, cells, a, b)
+    opposite = (1 + cos) / 0.7  # on opposite sides of the mother
+    centred = offset / max(separation / 2, 0.25 * params.division_distance)
+    penalty = opposite**2 + centred**2
+    cut = bool(state.edge[key] or cells.edge[a] or cells.edge[b])
+    total = math.log((a_area + b_area) / m_area) / 0.35  # together about the mother
+    balance = math.log(a_area / b_area) / 0.4  # alike
+    larger = max(0.0, (max(a_area, b_area) / m_area - 0.75) / 0.15)  # each smaller
+    # Apart, not two halves of one nucleus (those overlap as discs of their areas).
+    overlap = max(0.0, (0.85 - apart) / 0.1)
+    penalty += (total**2 + balance**2 + larger**2 + overlap**2) / (4.0 if cut else 1.0)
+    bonus = 0.0
+    if not math.isnan(state.intensity[key]) and state.intensity_mean[key] > 0:
+        brighter = math.log(state.intensity[key] / state.intensity_mean[key])
+        bonus += min(2.0, max(-1.0, brighter / 0.15))
+    rounder = (state.roundness[key] - state.roundness_mean[key]) / 0.1
+    bonus += min(1.0, max(-1.0, rounder))
+    return (1.0 if cut else 4.0) + bonus - penalty
+
+
+class _Geometry(NamedTuple):
+    """Where and how big a candidate's mother and daughters are, for scoring and for the cues."""
+
+    m_area: float
+    a_area: float
+    b_area: float
+    cos: float  # of the angle daughter a - mother - daughter b (-1: opposite sides)
+    separation: float  # between the daughters (px)
+    offset: float  # of the daughters' midpoint from the mother (px)
+    apart: float  # separation over the sum of the daughters' radii as discs
+
+
+def _geometry(state: _State, key: int, cells: Cells, a: int, b: int) -> _Geometry:
     m_area = state.area[key]
     my, mx = state.pos[key]
     ay, ax = float(cells.centroids[a, 0]), float(cells.centroids[a, 1])
@@ -723,24 +756,8 @@ def _division_score(
     cos = dot / (na * nb) if na > 0 and nb > 0 else 0.0
     separation = math.hypot(ay - by, ax - bx)
     offset = math.hypot((ay + by) / 2 - my, (ax + bx) / 2 - mx)
-    opposite = (1 + cos) / 0.7  # on opposite sides of the mother
-    centred = offset / max(separation / 2, 0.25 * params.division_distance)
-    penalty = opposite**2 + centred**2
-    cut = bool(state.edge[key] or cells.edge[a] or cells.edge[b])
-    total = math.log((a_area + b_area) / m_area) / 0.35  # together about the mother
-    balance = math.log(a_area / b_area) / 0.4  # alike
-    larger = max(0.0, (max(a_area, b_area) / m_area - 0.75) / 0.15)  # each smaller
-    # Apart, not two halves of one nucleus (those overlap as discs of their areas).
     apart = separation / (math.sqrt(a_area / math.pi) + math.sqrt(b_area / math.pi))
-    overlap = max(0.0, (0.85 - apart) / 0.1)
-    penalty += (total**2 + balance**2 + larger**2 + overlap**2) / (4.0 if cut else 1.0)
-    bonus = 0.0
-    if not math.isnan(state.intensity[key]) and state.intensity_mean[key] > 0:
-        brighter = math.log(state.intensity[key] / state.intensity_mean[key])
-        bonus += min(2.0, max(-1.0, brighter / 0.15))
-    rounder = (state.roundness[key] - state.roundness_mean[key]) / 0.1
-    bonus += min(1.0, max(-1.0, rounder))
-    return (1.0 if cut else 4.0) + bonus - penalty
+    return _Geometry(m_area, a_area, b_area, cos, separation, offset, apart)
 
 
 def _division_features(
@@ -755,17 +772,7 @@ def _division_features(
     own: bool,
 ) -> list[float]:
     """The `DIVISION_FEATURES` of mother `key` dividing into `a` (the larger) and `b`."""
-    m_area = state.area[key]
-    my, mx = state.pos[key]
-    ay, ax = float(cells.centroids[a, 0]), float(cells.centroids[a, 1])
-    by, bx = float(cells.centroids[b, 0]), float(cells.centroids[b, 1])
-    a_area, b_area = float(cells.areas[a]), float(cells.areas[b])
-    na, nb = math.hypot(ay - my, ax - mx), math.hypot(by - my, bx - mx)
-    dot = (ay - my) * (by - my) + (ax - mx) * (bx - mx)
-    cos = dot / (na * nb) if na > 0 and nb > 0 else 0.0
-    separation = math.hypot(ay - by, ax - bx)
-    offset = math.hypot((ay + by) / 2 - my, (ax + bx) / 2 - mx)
-    apart = separation / (math.sqrt(a_area / math.pi) + math.sqrt(b_area / math.pi))
+    m_area, a_area, b_area, cos, separation, offset, apart = _geometry(state, key, cells, a, b)
     m_int = state.intensity[key]
 
     def log_ratio(value: float, reference: float) -> float:
