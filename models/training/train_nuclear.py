@@ -17,12 +17,10 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from consumers.segmentation import NUCLEAR_MODEL as CONTRACT
 from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from evaluation.synthetic import generate
 from models.training.data import Pool
+from models.training.options import Smoke, TrainingArgs, training_parser
 from models.training.targets import targets
 from models.training.tuning import figures, segment_all, tune
 
@@ -46,61 +45,20 @@ TUNE_SEED_BASE = 10_000_000
 TEST_SEED_BASE = 20_000_000
 
 
-@dataclass
-class Args:
-    """Command-line settings (all of them land in training.json)."""
-
-    out: Path
-    steps: int
-    batch: int
-    tile: int
-    pool: int
-    pool_tile: int
-    refresh: int
-    lr: float
-    seed: int
-    clahe_fraction: float
-    scale_jitter: float
-    val_images: int
-    val_size: int
-    threads: int
-    log_every: int
-    smoke: bool
+Args = TrainingArgs
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("models/NuclearSegmentation"))
-    p.add_argument("--steps", type=int, default=5000, help="optimiser steps")
-    p.add_argument("--batch", type=int, default=16, help="patches per step")
-    p.add_argument("--tile", type=int, default=128, help="training patch size (px)")
-    p.add_argument("--pool", type=int, default=1000, help="generated images held in memory")
-    p.add_argument("--pool-tile", type=int, default=256, help="size of a pool image (px)")
-    p.add_argument("--refresh", type=int, default=1, help="pool images replaced per step")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--clahe-fraction",
-        type=float,
-        default=0.2,
-        help="share of training images normalised with 'clahe' instead of 'percentile'",
+    parser = training_parser(
+        __doc__,
+        out=Path("models/NuclearSegmentation"),
+        steps=5000,
+        batch=16,
+        pool=1000,
+        val_images=16,
     )
-    p.add_argument(
-        "--scale-jitter",
-        type=float,
-        default=0.25,
-        help="resample half the images by a factor in [1/(1+j), 1+j]",
-    )
-    p.add_argument("--val-images", type=int, default=16, help="images in each held-out set")
-    p.add_argument("--val-size", type=int, default=512, help="held-out image size (px)")
-    p.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
-    p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--smoke", action="store_true", help="tiny run to check the pipeline")
-    ns = p.parse_args(argv)
-    args = Args(**{k: v for k, v in vars(ns).items()})
-    if args.smoke:
-        args.steps, args.pool, args.val_images, args.val_size = 30, 32, 3, 256
-        args.log_every = 10
+    args = Args(**vars(parser.parse_args(argv)))
+    Smoke(steps=30, pool=32, val_images=3).apply(args)
     return args
 
 
@@ -159,6 +117,7 @@ def make_pool(args: Args) -> Pool:
         batch=args.batch,
         tile=args.tile,
         refresh=args.refresh,
+        refresh_every=args.refresh_every,
     )
 
 

@@ -19,7 +19,6 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -38,6 +37,7 @@ from evaluation.baseline import STAINS, classical_whole_cell
 from evaluation.cells import CellImage, generate_cells
 from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from models.training.data import Pool
+from models.training.options import Smoke, TrainingArgs, training_parser
 from models.training.targets import targets
 from models.training.tuning import figures, segment_all, tune
 
@@ -50,59 +50,30 @@ TEST_SEED_BASE = 40_000_000
 
 
 @dataclass
-class Args:
-    """Command-line settings (all of them land in training.json)."""
+class Args(TrainingArgs):
+    """The shared settings and the whole-cell model's own."""
 
-    out: Path
-    steps: int
-    batch: int
-    tile: int
-    pool: int
-    pool_tile: int
-    refresh: int
-    refresh_every: int
-    lr: float
-    seed: int
-    clahe_fraction: float
-    scale_jitter: float
-    membrane_fraction: float
-    val_images: int
-    val_size: int
-    threads: int
-    log_every: int
-    smoke: bool
+    membrane_fraction: float = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("models/WholeCellSegmentation"))
-    p.add_argument("--steps", type=int, default=2500, help="optimiser steps")
-    p.add_argument("--batch", type=int, default=12, help="patches per step")
-    p.add_argument("--tile", type=int, default=128, help="training patch size (px)")
-    p.add_argument("--pool", type=int, default=250, help="generated images held in memory")
-    p.add_argument("--pool-tile", type=int, default=256, help="size of a pool image (px)")
-    p.add_argument("--refresh", type=int, default=1, help="pool images replaced per refresh")
-    p.add_argument("--refresh-every", type=int, default=2, help="steps between refreshes")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clahe-fraction", type=float, default=0.2)
-    p.add_argument("--scale-jitter", type=float, default=0.25)
-    p.add_argument(
+    parser = training_parser(
+        __doc__,
+        out=Path("models/WholeCellSegmentation"),
+        steps=2500,
+        batch=12,
+        pool=250,
+        val_images=12,
+        refresh_every=2,
+    )
+    parser.add_argument(
         "--membrane-fraction",
         type=float,
         default=0.5,
         help="share of training images whose second channel is membrane (else cytoplasm)",
     )
-    p.add_argument("--val-images", type=int, default=12, help="images in each held-out set")
-    p.add_argument("--val-size", type=int, default=512, help="held-out image size (px)")
-    p.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
-    p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--smoke", action="store_true", help="tiny run to check the pipeline")
-    ns = p.parse_args(argv)
-    args = Args(**{k: v for k, v in vars(ns).items()})
-    if args.smoke:
-        args.steps, args.pool, args.val_images, args.val_size = 20, 16, 2, 256
-        args.log_every = 10
+    args = Args(**vars(parser.parse_args(argv)))
+    Smoke(steps=20, pool=16, val_images=2).apply(args)
     return args
 
 
