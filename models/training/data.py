@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from models.training.options import TrainingArgs
+
 __all__ = ["Example", "Pool", "Split"]
 
 Example = Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -48,6 +50,34 @@ class Pool:
         self.rng = np.random.default_rng(seed)
         for i in range(images):
             self._fill(i)
+
+    @classmethod
+    def from_options(
+        cls,
+        make: Example,
+        split: Split,
+        args: TrainingArgs,
+        *,
+        in_channels: int,
+        target_channels: int,
+        seed_base: int,
+    ) -> Pool:
+        """The pool a training's options describe: seeds from ``seed_base``, one range of 1e8
+        per ``--seed``, so runs with different seeds never share an image."""
+        return cls(
+            make,
+            split,
+            size=args.pool_tile,
+            images=args.pool,
+            in_channels=in_channels,
+            target_channels=target_channels,
+            first_seed=seed_base + args.seed * 100_000_000,
+            seed=args.seed,
+            batch=args.batch,
+            tile=args.tile,
+            refresh=args.refresh,
+            refresh_every=args.refresh_every,
+        )
 
     def _fill(self, i: int) -> None:
         self.x[i], self.y[i] = self.make(self.next_seed)

@@ -100,7 +100,7 @@ def split_targets(ys: np.ndarray) -> dict[str, np.ndarray]:
 
 def make_pool(args: Args) -> Pool:
     """The training pool: seeds from TRAIN_SEED_BASE, one range per --seed."""
-    return Pool(
+    return Pool.from_options(
         partial(
             make_example,
             size=args.pool_tile,
@@ -108,16 +108,10 @@ def make_pool(args: Args) -> Pool:
             scale_jitter=args.scale_jitter,
         ),
         split_targets,
-        size=args.pool_tile,
-        images=args.pool,
+        args,
         in_channels=1,
         target_channels=3,
-        first_seed=TRAIN_SEED_BASE + args.seed * 100_000_000,
-        seed=args.seed,
-        batch=args.batch,
-        tile=args.tile,
-        refresh=args.refresh,
-        refresh_every=args.refresh_every,
+        seed_base=TRAIN_SEED_BASE,
     )
 
 

@@ -122,7 +122,7 @@ def split_targets(ys: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def make_pool(args: Args) -> Pool:
-    return Pool(
+    return Pool.from_options(
         partial(
             make_example,
             size=args.pool_tile,
@@ -131,16 +131,10 @@ def make_pool(args: Args) -> Pool:
             membrane_fraction=args.membrane_fraction,
         ),
         split_targets,
-        size=args.pool_tile,
-        images=args.pool,
+        args,
         in_channels=CONTRACT.input_channels,
         target_channels=6,
-        first_seed=TRAIN_SEED_BASE + args.seed * 100_000_000,
-        seed=args.seed,
-        batch=args.batch,
-        tile=args.tile,
-        refresh=args.refresh,
-        refresh_every=args.refresh_every,
+        seed_base=TRAIN_SEED_BASE,
     )
 
 
