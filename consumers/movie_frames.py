@@ -90,7 +90,13 @@ def encode_cells(cells: linking.Cells, shape: tuple[int, int]) -> bytes:
     if cells.patches is not None:
         arrays["patches"] = cells.patches
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    # An npz (np.load reads it) deflated at level 1: the windows dominate, and level 1 packs
+    # them within a few per cent of savez_compressed's level 6 at a fifth of the time, which
+    # every movie frame's job pays.
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as npz:
+        for name, array in arrays.items():
+            with npz.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
     return buffer.getvalue()
 
 
