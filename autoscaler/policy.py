@@ -458,7 +458,8 @@ class BacklogPolicy:
                 waiting = sum(q.queued for q in work)
                 held = sum(q.in_flight for q in work)
                 backlogged = waiting >= held > 0  # consumers, not arrivals, set the pace
-                if backlogged and 5.0 < obs.gpu_utilization < b.measure_below:
+                # Utilisation from a server not yet ready serves nothing: no cycle to learn.
+                if backlogged and served > 0 and 5.0 < obs.gpu_utilization < b.measure_below:
                     self.cycle_s += weight * (held / served - self.cycle_s)
         self._previous = (obs.now, images)
 

@@ -143,6 +143,17 @@ def test_the_cycle_is_not_learned_from_misleading_moments(queued: int, util: flo
     assert p.cycle_s == 3.0
 
 
+def test_a_busy_gpu_of_a_server_not_yet_ready_teaches_nothing_and_breaks_nothing():
+    # A model server still loading its models reports utilisation but serves no images.
+    p = policy(consumer_cycle_s=3.0, rate_window=1e-6)
+    for t in (15, 30):
+        decision = p.decide(
+            obs(t, queued=1000, in_flight=100, consumers=100, servers=1, ready=0, util=50)
+        )
+    assert p.cycle_s == 3.0
+    assert decision.model_servers >= 1
+
+
 def test_everything_goes_to_zero_after_the_idle_grace_and_not_before():
     p = policy()
     p.decide(obs(15, queued=10, consumers=2, servers=1, util=50))
