@@ -161,6 +161,12 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each side; medians are reported"
     )
+    parser.add_argument(
+        "--division-model",
+        default="",
+        help="KIOSK_DIVISION_MODEL for the tracking consumer (DivisionScoring: the learned "
+        "division scorer, as the Helm chart runs it; empty: the feature score)",
+    )
     add_model_args(parser)
     args = parser.parse_args()
     model_path = check_model(args.models_dir)
@@ -181,7 +187,10 @@ def main() -> None:
         write_frames_zip(root / "warmup.zip", warm.images, "warmup")
         with (
             kiosk_up(
-                args.models_dir, consumers=args.consumers, queues="segmentation,tracking"
+                args.models_dir,
+                consumers=args.consumers,
+                queues="segmentation,tracking",
+                extra_env={"KIOSK_DIVISION_MODEL": args.division_model},
             ) as stack,
             KioskClient(stack.url) as client,
         ):
@@ -228,7 +237,7 @@ def main() -> None:
         f"tracking adds {adds:.1%} (target < {TARGET:.0%}): {'met' if adds < TARGET else 'NOT met'}"
     )
     path = save(
-        "tracking_overhead",
+        "tracking_overhead" + (f"-{args.division_model}" if args.division_model else ""),
         {
             "frames": args.frames,
             "frame_size": args.size,
@@ -236,6 +245,7 @@ def main() -> None:
             "zip_mib": round(zip_bytes / 2**20, 2),
             "true_tracks": len(movie.tracks),
             "consumers_per_job_type": args.consumers,
+            "division_model": args.division_model or "(feature score)",
             "model": model_path,
             "baseline": "the same frames as one segmentation zip through the same stack",
             "tracking_seconds": round(tracking_s, 3),

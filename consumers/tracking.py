@@ -120,8 +120,9 @@ class TrackingSettings(JobTypeSettings):
     division_model: str = Field(
         "",
         description="Model on the model server that scores division candidates: DivisionScoring, "
-        "the bundled one (higher division F1 than the feature score on generated movies; the "
-        "Helm chart sets it); empty: the linker's feature score, with no model server needed.",
+        "the bundled one (higher division F1 than the feature score on generated movies; off by "
+        "default until checked on real lineages); empty: the linker's feature score, with no "
+        "model server needed.",
     )
 
     def limits(self) -> MovieLimits:
