@@ -4,9 +4,9 @@ The one home of the names: the tracking consumer creates the frame jobs under th
 reads their results back by them; the segmentation consumer writes a frame's cells table
 (:func:`consumers.processing.linking.measure` of the labels and image it already holds) beside
 its labels, so that the fan-in reads small tables instead of decoding and measuring every
-frame again. A table holds each cell's window at :data:`PATCH_SIZE` (what the bundled division
-model looks at) whether or not the movie's tracking uses it: the frame job cannot know, and the
-windows cost a few milliseconds and tens of kilobytes a frame.
+frame again. A table holds each cell's window only when the movie's tracking scores divisions
+with a model (the frame job's ``cell_windows`` field, set by the fan-out, gives the side): the
+windows cost more than the rest of the measuring and make up most of the table.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from consumers.division_scorer import DIVISION_MODEL
 from consumers.processing import linking
 from kiosk.keys import child_uuid, children_upload_prefix, clean_name, is_job_key
 
 __all__ = [
     "LABELS_SUFFIX",
     "MOVIE_JOB_TYPES",
-    "PATCH_SIZE",
     "SEGMENTATION",
+    "cell_windows",
     "cells_key",
     "decode_cells",
     "encode_cells",
@@ -42,8 +41,14 @@ SEGMENTATION = "segmentation"
 MOVIE_JOB_TYPES = ("tracking",)
 """Job types whose segmentation children are the frames of one movie (a ``tracking-zip`` queue
 is the tracking job type's too)."""
-PATCH_SIZE = DIVISION_MODEL.patch_size
-"""Side of the cell windows a frame's table keeps."""
+def cell_windows(value: str) -> int:
+    """The side of the cell windows a frame's table keeps, from its job's ``cell_windows``
+    field (0: none; an unreadable value keeps none, and the fan-in measures the frame)."""
+    try:
+        side = int(value or 0)
+    except ValueError:
+        return 0
+    return side if side > 0 and side % 2 == 0 else 0
 LABELS_SUFFIX = "_labels.tif"
 """How a segmentation job names its label image (its original name's stem before it)."""
 CELLS_SUFFIX = "_cells.npz"

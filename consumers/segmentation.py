@@ -25,7 +25,7 @@ from consumers.base import Consumer, Finish, Job, JobError, Result
 from consumers.metrics import PREDICT_RETRIES
 from consumers.movie_frames import (
     LABELS_SUFFIX,
-    PATCH_SIZE,
+    cell_windows,
     cells_key,
     encode_cells,
     is_movie_frame,
@@ -257,7 +257,7 @@ def _movie_frame_cells(job: Job, loaded: imaging.LoadedImage, labels: np.ndarray
     if not is_movie_frame(job.get(JobField.PARENT)) or labels.shape[0] != 1:
         return None
     image = loaded.pixels[0, ..., 0]
-    cells = linking.measure(labels[0], image, 0, PATCH_SIZE)
+    cells = linking.measure(labels[0], image, 0, cell_windows(job.get(JobField.CELL_WINDOWS)))
     return encode_cells(cells, (int(labels.shape[1]), int(labels.shape[2])))
 
 

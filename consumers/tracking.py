@@ -293,6 +293,7 @@ class MovieTracker:
             parent=job.key,
             dimension_order="YX",  # the chosen channel, as one plane
             channels="",
+            cell_windows=str(self.scorer.contract.patch_size) if self.scorer else "",
         )
         queue_child(
             job,

@@ -65,6 +65,9 @@ class JobRequest:
     segmentation_type: str = ""
     parent: str = ""
     """A zip child's parent job key: the child's end is counted there."""
+    cell_windows: str = ""
+    """A movie frame's: the side (px) of the cell windows its cells table keeps, for the
+    movie's division model ("": the movie's tracking needs none)."""
 
     def __post_init__(self) -> None:
         # A job type's other name (``caliban``) is the job type itself from here on.
@@ -96,6 +99,7 @@ _REQUEST_FIELDS: dict[str, JobField] = {
     "channels": JobField.CHANNELS,
     "segmentation_type": JobField.SEGMENTATION_TYPE,
     "parent": JobField.PARENT,
+    "cell_windows": JobField.CELL_WINDOWS,
 }
 """The hash field each request attribute is stored in (every attribute but ``job_type``)."""
 
@@ -106,8 +110,9 @@ def creation_fields(request: JobRequest, identity: str) -> dict[str, str]:
     fields: dict[str, str] = {
         field: getattr(request, name) for name, field in _REQUEST_FIELDS.items()
     }
-    if not request.parent:
-        del fields[JobField.PARENT]
+    for optional in (JobField.PARENT, JobField.CELL_WINDOWS):
+        if not fields[optional]:
+            del fields[optional]
     return {
         **fields,
         JobField.ORIGINAL_NAME: clean_name(request.original_name),

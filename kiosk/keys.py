@@ -88,6 +88,7 @@ class JobField(StrEnum):
     CLEANUP_TIME = "cleanup_time"
     FAILURES = "failures"
     PARENT = "parent"  # Kiosk: a zip child's parent job key; its end is counted there
+    CELL_WINDOWS = "cell_windows"  # Kiosk: a movie frame's cell window side (px; "": none)
     # Kiosk's own bookkeeping
     ATTEMPTS = "attempts"  # Kiosk: claims so far, compared with max_attempts
     LAST_ERROR = "last_error"  # Kiosk: why the previous attempt did not finish

@@ -24,13 +24,14 @@ from consumers.processing.linking import (
 from consumers.tracking import TrackingConsumer, TrackingSettings, division_scorer
 from evaluation.movies import generate_movie
 from evaluation.served import BUNDLED_MODELS, ModelServer, embedded_model_server
+from kiosk.keys import JobField
 from kiosk.queue import JobQueue
 from kiosk.serving.client import ServingClient, close_channels
 from kiosk.settings import ConsumerSettings
 from kiosk.storage.local import LocalBucket
 from models.training.division_data import Recorder, feature_probability, true_division
-from tests.support.tracking import trk_bytes
-from tests.test_tracking import claim_job, results, submit_movie
+from tests.support.tracking import segment_waiting_frames, tiff_bytes, trk_bytes
+from tests.test_tracking import claim_job, fan_in, fan_out, results, submit_movie
 
 PATCH = DIVISION_MODEL.patch_size
 
@@ -217,6 +218,23 @@ def test_the_tracking_consumer_scores_divisions_with_the_model_the_setting_names
         lineage = json.loads(out.read("lineage.json"))
     divided = [t for t in lineage.values() if t["daughters"]]
     assert len(divided) == 2
+
+
+def test_a_movies_frames_keep_the_windows_the_division_model_looks_at(
+    served: ModelServer, redis_url: str, bucket_dir: Path, bucket: LocalBucket, queue: JobQueue
+) -> None:
+    movie = generate_movie(6, frames=6, shape=(128, 128))
+    data = tiff_bytes(movie.images, imagej=True, metadata={"axes": "TYX"})
+    key = submit_movie(queue, bucket, data)
+    consumer = tracking_consumer(served, DIVISION_MODEL.name, redis_url, bucket_dir, bucket, queue)
+    fan_out(consumer, queue, bucket, "tracking")
+    children = queue.get(key)[JobField.CHILDREN].split(",")
+    windows = {queue.get(child)[JobField.CELL_WINDOWS] for child in children}
+    assert windows == {str(DIVISION_MODEL.patch_size)}
+    segment_waiting_frames(queue, bucket, tables=True)
+    before = predicts_answered(served, DIVISION_MODEL.name)
+    fan_in(consumer, queue, bucket, "tracking")  # the tables' windows serve the model
+    assert predicts_answered(served, DIVISION_MODEL.name) > before
 
 
 def test_a_division_model_the_server_lacks_fails_the_job_saying_what_to_set(

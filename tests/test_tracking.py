@@ -152,6 +152,7 @@ def test_each_frame_becomes_a_segmentation_job_of_the_movie_with_its_options(
         assert (child[JobField.DIMENSION_ORDER], child[JobField.CHANNELS]) == ("YX", "")
         assert (child[JobField.SCALE], child[JobField.MODEL_NAME]) == ("0.65", "Nuclear")
         assert child[JobField.MODEL_VERSION] == "2"
+        assert JobField.CELL_WINDOWS not in child  # the feature score needs no windows
         upload = child[JobField.INPUT_FILE_NAME]
         assert upload == frame_upload_key(key, t)
         assert upload.startswith(children_upload_prefix(key))

@@ -13,7 +13,7 @@ import tifffile
 from scipy import ndimage as ndi
 
 from consumers.base import Consumer, Job, Result
-from consumers.movie_frames import PATCH_SIZE, cells_key, encode_cells
+from consumers.movie_frames import cell_windows, cells_key, encode_cells
 from consumers.processing import linking
 from kiosk.keys import JobField
 from kiosk.queue import JobQueue
@@ -107,7 +107,8 @@ def segment_waiting_frames(
             labels = label_frame(image)
             bucket.put_bytes(key, tiff_bytes(labels, compression="zlib"))
             if tables:
-                cells = linking.measure(labels, image, 0, PATCH_SIZE)
+                windows = cell_windows(fields.get(JobField.CELL_WINDOWS, ""))
+                cells = linking.measure(labels, image, 0, windows)
                 bucket.put_bytes(cells_key(key), encode_cells(cells, labels.shape))
             queue.finish(claim, consumer, {JobField.OUTPUT_FILE_NAME: key})
         ended += 1
