@@ -579,14 +579,7 @@ class TrackingConsumer(Consumer):
 
     @property
     def tracker(self) -> MovieTracker:
-        settings = cast(TrackingSettings, self.job_settings)
-        return MovieTracker(
-            self.bucket,
-            self.queue,
-            settings,
-            self.settings.public_url,
-            division_scorer(settings, self.settings),
-        )
+        return movie_tracker(self, cast(TrackingSettings, self.job_settings))
 
     def process(self, job: Job) -> Result | Waiting:
         tracker = self.tracker
@@ -605,6 +598,18 @@ class TrackingConsumer(Consumer):
         return done
 
 
+def movie_tracker(consumer: Consumer, settings: TrackingSettings) -> MovieTracker:
+    """The movie pipeline with a consumer's bucket, queue and settings (both tracking job types
+    run it: a zip of frames is one movie)."""
+    return MovieTracker(
+        consumer.bucket,
+        consumer.queue,
+        settings,
+        consumer.settings.public_url,
+        division_scorer(settings, consumer.settings),
+    )
+
+
 class TrackingZipConsumer(ZipConsumer):
     """Serves ``tracking-zip``: a zip of single frames is one movie; a zip of movies is split
     into tracking jobs like any zip (see the module docstring)."""
@@ -613,14 +618,7 @@ class TrackingZipConsumer(ZipConsumer):
 
     @property
     def tracker(self) -> MovieTracker:
-        settings = cast(TrackingZipSettings, self.job_settings)
-        return MovieTracker(
-            self.bucket,
-            self.queue,
-            settings,
-            self.settings.public_url,
-            division_scorer(settings, self.settings),
-        )
+        return movie_tracker(self, cast(TrackingZipSettings, self.job_settings))
 
     def process(self, job: Job) -> Result | Waiting:
         if children_ended(job):
