@@ -42,6 +42,11 @@ MOVIE_JOB_TYPES = ("tracking",)
 """Job types whose segmentation children are the frames of one movie (a ``tracking-zip`` queue
 is the tracking job type's too)."""
 
+LABELS_SUFFIX = "_labels.tif"
+"""How a segmentation job names its label image (its original name's stem before it)."""
+CELLS_SUFFIX = "_cells.npz"
+_FIELDS = ("labels", "centroids", "areas", "intensities", "roundness", "edge")
+
 
 def cell_windows(value: str) -> int:
     """The side of the cell windows a frame's table keeps, from its job's ``cell_windows``
@@ -51,12 +56,6 @@ def cell_windows(value: str) -> int:
     except ValueError:
         return 0
     return side if side > 0 and side % 2 == 0 else 0
-
-
-LABELS_SUFFIX = "_labels.tif"
-"""How a segmentation job names its label image (its original name's stem before it)."""
-CELLS_SUFFIX = "_cells.npz"
-_FIELDS = ("labels", "centroids", "areas", "intensities", "roundness", "edge")
 
 
 def frame_child_uuid(parent_key: str, frame: int) -> str:
