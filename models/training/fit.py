@@ -13,6 +13,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import tensorflow as tf
 from consumers.processing.contract import ModelContract
 from models.training.data import Pool
 from models.training.model import check_signature, export_saved_model
+from models.training.options import TrainingArgs
 
 __all__ = [
     "Serve",
@@ -113,6 +115,45 @@ def export(
     serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     log(f"exported {version_dir}: {signature}")
     return version_dir, signature, serve
+
+
+def begin(args: TrainingArgs, started: float, size_multiple: int) -> Log:
+    """Seed and thread TensorFlow, check the sizes, and return a log of seconds since
+    ``started``, the settings its first line."""
+    setup(args.threads, args.seed)
+    if args.tile % size_multiple or args.val_size % size_multiple:
+        raise SystemExit(f"--tile and --val-size must be multiples of {size_multiple}")
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
+
+    log(f"settings: {vars(args)}")
+    return log
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained model, exported and reloaded (every figure reported comes from ``serve``)."""
+
+    model: keras.Model
+    loss: dict
+    loss_weights: dict
+    history: list[dict[str, float]]
+    train_seconds: float
+    version_dir: Path
+    signature: dict[str, object]
+    serve: Serve
+
+
+def train_and_export(
+    model: keras.Model, pool: Pool, contract: ModelContract, args: TrainingArgs, log: Log
+) -> Trained:
+    """Compile, train for ``args.steps`` on ``pool``, export to ``args.out`` and reload."""
+    loss, loss_weights = compile_model(model, contract, lr=args.lr, steps=args.steps)
+    log(f"model: {model.count_params()} parameters")
+    history, train_seconds = train(model, pool, steps=args.steps, log_every=args.log_every, log=log)
+    version_dir, signature, serve = export(model, args.out, contract, log)
+    return Trained(model, loss, loss_weights, history, train_seconds, version_dir, signature, serve)
 
 
 def predict_planes(serve: Serve, contract: ModelContract, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -154,26 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     from models.training import fit
     from models.training.model import SIZE_MULTIPLE, build_model
 
-    fit.setup(args.threads, args.seed)
-    if args.tile % SIZE_MULTIPLE or args.val_size % SIZE_MULTIPLE:
-        raise SystemExit(f"--tile and --val-size must be multiples of {SIZE_MULTIPLE}")
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
-
-    log(f"settings: {vars(args)}")
+    log = fit.begin(args, started, SIZE_MULTIPLE)
     pool = make_pool(args)
     log(f"pool: {args.pool} images of {args.pool_tile}px generated")
     tune_set = held_out(TUNE_SEED_BASE, args)
     test_set = held_out(TEST_SEED_BASE, args)
 
     model = build_model(contract=CONTRACT, name="whole_cell_deep_watershed")
-    loss, loss_weights = fit.compile_model(model, CONTRACT, lr=args.lr, steps=args.steps)
-    log(f"model: {model.count_params()} parameters")
-    history, train_seconds = fit.train(
-        model, pool, steps=args.steps, log_every=args.log_every, log=log
-    )
-    version_dir, signature, serve = fit.export(model, args.out, CONTRACT, log)
+    trained = fit.train_and_export(model, pool, CONTRACT, args, log)
+    model, serve, version_dir = trained.model, trained.serve, trained.version_dir
 
     def predict(drawn: CellImage, stain: str) -> dict[str, np.ndarray]:
         x = normalize(drawn.stack(("nuclear", stain)))[None]
@@ -225,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "2 compartments x 3 heads",
         "parameters": int(model.count_params()),
         "saved_model_bytes": int(fit.saved_model_bytes(version_dir)),
-        "signature": {"name": "serving_default", **signature},
+        "signature": {"name": "serving_default", **trained.signature},
         "size_multiple": SIZE_MULTIPLE,
         "model_mpp": CONTRACT.mpp,
         "input_channels": ["nuclear", "membrane or cytoplasm"],
@@ -243,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "training": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "loss": loss,
-            "loss_weights": loss_weights,
+            "loss": trained.loss,
+            "loss_weights": trained.loss_weights,
             "optimizer": fit.OPTIMIZER,
             "augmentation": "random crops, rot90/flips, gamma 0.6-1.6, contrast x0.85-1.15, "
             "offset +-0.05, scale jitter; second channel membrane or cytoplasm per image",
@@ -253,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 "tune": TUNE_SEED_BASE,
                 "test": TEST_SEED_BASE,
             },
-            "train_seconds": round(train_seconds, 1),
-            "history": history,
+            "train_seconds": round(trained.train_seconds, 1),
+            "history": trained.history,
         },
         "validation": {
             "data": f"{args.val_images} generated {args.val_size}x{args.val_size} images per set "
