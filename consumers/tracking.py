@@ -71,7 +71,7 @@ from consumers.movies import FramesZip, Movie, MovieLimits, open_movies
 from consumers.processing import linking
 from consumers.segmentation import NUCLEAR_MODEL
 from consumers.tracking_results import Previews, ResultNames, write_results
-from consumers.zips import ZipConsumer, ZipSettings, _open_zip, plan_entries
+from consumers.zips import ZipConsumer, ZipSettings, open_zip, plan_zip
 from kiosk.filetypes import kind_from_name
 from kiosk.jobs import JobRequest, JobView, Stages
 from kiosk.keys import (
@@ -637,16 +637,9 @@ class TrackingZipConsumer(ZipConsumer):
         """The zip as one movie when it holds single frames; None for a zip of movies."""
         limits = cast(TrackingZipSettings, self.job_settings)
         name = job.get(JobField.ORIGINAL_NAME) or path.name
-        archive = _open_zip(path, name)
+        archive = open_zip(path, name)
         try:
-            entries, skipped = plan_entries(
-                archive.infolist(),
-                max_entries=limits.max_zip_entries,
-                max_entry_bytes=limits.max_zip_entry_bytes,
-                max_total_bytes=limits.max_zip_total_bytes,
-                zip_size=path.stat().st_size,
-                max_ratio=limits.max_zip_ratio,
-            )
+            entries, skipped = plan_zip(archive, path, limits)
             infos = [entry.info for entry in entries]
             if not holds_single_frames(archive, infos):
                 archive.close()

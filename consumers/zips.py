@@ -153,6 +153,20 @@ def padding_problem(size: int, compressed: int, pixels: int | None) -> str | Non
     )
 
 
+def plan_zip(
+    archive: zipfile.ZipFile, path: Path, limits: ZipSettings
+) -> tuple[list[Entry], list[Skipped]]:
+    """:func:`plan_entries` of the open zip at ``path`` under a job type's zip limits."""
+    return plan_entries(
+        archive.infolist(),
+        max_entries=limits.max_zip_entries,
+        max_entry_bytes=limits.max_zip_entry_bytes,
+        max_total_bytes=limits.max_zip_total_bytes,
+        zip_size=path.stat().st_size,
+        max_ratio=limits.max_zip_ratio,
+    )
+
+
 def plan_entries(
     infos: list[zipfile.ZipInfo],
     *,
@@ -296,15 +310,8 @@ class ZipConsumer(Consumer):
         job_type = job_type_of(job.queue)
         limits = cast(ZipSettings, self.job_settings)
         with job.stage(Stages.PREPROCESS):
-            archive = _open_zip(path, job.get(JobField.ORIGINAL_NAME))
-            entries, skipped = plan_entries(
-                archive.infolist(),
-                max_entries=limits.max_zip_entries,
-                max_entry_bytes=limits.max_zip_entry_bytes,
-                max_total_bytes=limits.max_zip_total_bytes,
-                zip_size=path.stat().st_size,
-                max_ratio=limits.max_zip_ratio,
-            )
+            archive = open_zip(path, job.get(JobField.ORIGINAL_NAME))
+            entries, skipped = plan_zip(archive, path, limits)
             entries, padded = _account(archive, entries, limits.max_zip_ratio)
             skipped += padded
         if not entries:
@@ -509,7 +516,8 @@ def _failures_csv(failures: list[dict[str, str]]) -> str:
     return text.getvalue()
 
 
-def _open_zip(path: Path, name: str) -> zipfile.ZipFile:
+def open_zip(path: Path, name: str) -> zipfile.ZipFile:
+    """The upload at ``path`` as a zip, or a :class:`JobError` saying it is not one."""
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
