@@ -88,7 +88,7 @@ def children_of(url: str, parent: str) -> list[dict[str, Any]]:
 
 
 def wait_watching_fan_in(
-    client: KioskClient, job_id: str, interval: float = 0.5, close: float = 0.02
+    client: KioskClient, job_id: str, interval: float = 0.5, close: float = 0.2
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Wait for a job to end; near and during its post-processing (a movie's fan-in), look
     often enough to see its progress pass the fan-in's marks: every frame measured at 45 %,

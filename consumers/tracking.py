@@ -188,11 +188,10 @@ def movie_stem(job: Job) -> str:
 
 
 def encode_frame(plane: np.ndarray) -> bytes:
-    """A frame for its segmentation job: one 2-D plane, quickly compressed."""
+    """A frame for its segmentation job: one 2-D plane, stored as it is (as a zip's frames
+    are): deflating it cost more than the rest of the fan-out."""
     buffer = io.BytesIO()
-    tifffile.imwrite(
-        buffer, plane, photometric="minisblack", compression="zlib", compressionargs={"level": 1}
-    )
+    tifffile.imwrite(buffer, plane, photometric="minisblack")
     return buffer.getvalue()
 
 

@@ -16,6 +16,8 @@ from consumers.ctc import TrackTruth, check_tracks, parse_tracks
 from consumers.processing.linking import Track, Tracking, lineage_json
 from consumers.processing.track_preview import (
     GREYS,
+    PREVIEW_MAX_SIDE,
+    TRACK_COLOURS,
     animated_gif,
     lineage_png,
     lineage_rows,
@@ -174,14 +176,15 @@ def test_the_preview_shows_few_frames_small_with_outlines_in_track_colours() -> 
     assert len(shown) == 60 and shown[0] == 0 and shown[-1] == 999
     image = np.zeros((2048, 1024), np.uint16)
     tracks = np.zeros((2048, 1024), np.uint16)
-    tracks[100:300, 100:300] = 70  # same colour slot as track 6 (64 colours)
+    tracks[100:300, 100:300] = TRACK_COLOURS + 6  # the colour slot of track 6
     frame = outline_frame(image, tracks)
-    assert frame.shape == (512, 256)
+    assert frame.shape == (PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE // 2)
     assert set(np.unique(frame[frame >= GREYS])) == {GREYS + 5}
-    assert track_colour(70) == track_colour(6) != track_colour(7)
+    assert track_colour(TRACK_COLOURS + 6) == track_colour(6) != track_colour(7)
     gif = Image.open(io.BytesIO(animated_gif([frame, frame[::-1]])))
     assert gif.format == "GIF" and gif.n_frames == 2
-    assert gif.convert("RGB").getpixel((25, 25)) == track_colour(70)  # an outline pixel
+    y, x = (int(v[0]) for v in np.nonzero(frame >= GREYS))  # an outline pixel
+    assert gif.convert("RGB").getpixel((x, y)) == track_colour(TRACK_COLOURS + 6)
 
 
 def test_the_lineage_plot_puts_daughters_under_their_mother() -> None:

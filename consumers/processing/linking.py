@@ -197,7 +197,7 @@ def measure(
     if pixels.size == 0:
         return Cells.empty(frame, patch_size)
     values = flat[pixels].astype(np.int64)
-    ids, index = np.unique(values, return_inverse=True)
+    ids, index, border_cells = _index_labels(values, lab)
     n = ids.size
     ys, xs = np.divmod(pixels, lab.shape[1])
     area = np.bincount(index, minlength=n).astype(np.float64)
@@ -216,14 +216,35 @@ def measure(
     else:
         pixel_values = np.asarray(image).ravel()[pixels].astype(np.float64)
         intensity = np.bincount(index, pixel_values, n) / area
-    border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
-    edge = np.isin(ids, border)
+    edge = np.zeros(n, bool)
+    edge[border_cells] = True
     centroids = np.stack([cy, cx], axis=1)
     patches = None
     if patch_size:
         assert image is not None
         patches = _patches(lab, np.asarray(image), ids, centroids, patch_size)
     return Cells(frame, ids, centroids, area, intensity, roundness, edge, patches)
+
+
+def _index_labels(
+    values: NDArray[np.int64], labels: np.ndarray
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """The sorted object ids, each pixel's position among them, and the positions of the
+    objects touching the border. Labels as segmentation writes them (1..n, or a few gaps)
+    are indexed through a lookup table, 4x faster than sorting every pixel; sparse ids
+    (e.g. a .trk's track labels in the millions) fall back to `np.unique`."""
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).astype(np.int64)
+    border = border[border > 0]
+    top = int(values.max())
+    if top <= 4 * values.size + 65_536:
+        present = np.bincount(values, minlength=top + 1) > 0
+        present[0] = False
+        ids = np.flatnonzero(present)
+        position = np.zeros(top + 1, np.int64)
+        position[ids] = np.arange(ids.size)
+        return ids, position[values], position[border]
+    ids, index = np.unique(values, return_inverse=True)
+    return ids, index, np.flatnonzero(np.isin(ids, border))
 
 
 def _patches(
@@ -524,7 +545,10 @@ def _assign(
     dt = cells.frame - np.asarray([state.last[k] for k in open_keys], np.float64)
     area = np.asarray([state.area[k] for k in open_keys])
     predicted = pos + params.velocity * vel * dt[:, None]
-    d2 = ((predicted[:, None, :] - cells.centroids[subset][None, :, :]) ** 2).sum(-1)
+    centroids = cells.centroids[subset]
+    dy = predicted[:, 0, None] - centroids[None, :, 0]
+    dx = predicted[:, 1, None] - centroids[None, :, 1]
+    d2 = dy * dy + dx * dx
     reach2 = params.max_distance**2 * dt
     feasible = d2 <= reach2[:, None]
     rows = np.flatnonzero(feasible.any(1))
@@ -538,10 +562,31 @@ def _assign(
         + params.area_weight * ratio**2
         + params.gap_penalty * (dt[rows] - 1)[:, None]
     )
-    # Birth + death together cost 1: a pair is linked when its cost is below 1.
-    n_t, n_c = cost.shape
+    return {
+        int(subset[cols[j]]): (int(keys[rows[i]]), float(cost[i, j]))
+        for i, j in _link_pairs(cost, feasible)
+    }
+
+
+def _link_pairs(cost: FloatArray, feasible: NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """The (track, cell) pairs of the cheapest assignment in which a track may also end and
+    a cell begin a track, the two together costing 1.
+
+    That is the matching with the least sum of (cost - 1) over its pairs, so a pair costing 1
+    or more never belongs to it and is dropped first. A track and a cell then left reaching
+    only each other (most of them) are a pair; one linear assignment with birth and death
+    blocks settles the rest."""
+    feasible = feasible & (cost < 1.0)
+    lone = feasible & (feasible.sum(1) == 1)[:, None] & (feasible.sum(0) == 1)[None, :]
+    lone_rows, lone_cols = np.nonzero(lone)
+    pairs = list(zip(lone_rows.tolist(), lone_cols.tolist(), strict=True))
+    rows = np.flatnonzero(~lone.any(1) & feasible.any(1))
+    cols = np.flatnonzero(~lone.any(0) & feasible.any(0))
+    if rows.size == 0 or cols.size == 0:
+        return pairs
+    n_t, n_c = rows.size, cols.size
     big = np.full((n_t + n_c, n_t + n_c), _UNREACHABLE)
-    big[:n_t, :n_c] = np.where(feasible, cost, _UNREACHABLE)
+    big[:n_t, :n_c] = np.where(feasible[np.ix_(rows, cols)], cost[np.ix_(rows, cols)], _UNREACHABLE)
     big[np.arange(n_t), n_c + np.arange(n_t)] = 0.5  # death
     big[n_t + np.arange(n_c), np.arange(n_c)] = 0.5  # birth
     big[n_t:, n_c:] = 0.0
@@ -549,10 +594,7 @@ def _assign(
     keep = (r < n_t) & (c < n_c)
     r, c = r[keep], c[keep]
     good = big[r, c] < _UNREACHABLE
-    return {
-        int(subset[cols[j]]): (int(keys[rows[i]]), float(big[i, j]))
-        for i, j in zip(r[good], c[good], strict=True)
-    }
+    return pairs + list(zip(rows[r[good]].tolist(), cols[c[good]].tolist(), strict=True))
 
 
 def _divisions(
