@@ -16,6 +16,7 @@ from kiosk.settings import JobTypeSettings
 BUILTIN: dict[str, str] = {
     "segmentation": "consumers.segmentation:SegmentationConsumer",
     "tracking": "consumers.tracking:TrackingConsumer",
+    "mesmer": "consumers.mesmer:MesmerConsumer",
 }
 # A job type's zips are split by the same fan-out consumer, unless the job type names its own
 # (Consumer.zip_consumer: tracking takes a zip of frames as one movie).

@@ -33,7 +33,7 @@ from consumers.movie_frames import (
 from consumers.processing import linking
 from consumers.processing.contract import ModelContract
 from consumers.processing.overlay import overlay_png
-from consumers.processing.pipeline import Predict, segment_frames
+from consumers.processing.pipeline import Postprocess, Predict, segment_frames
 from kiosk.jobs import Stage, Stages
 from kiosk.keys import JobField, Status, file_url
 from kiosk.options import OptionError, parse_scale
@@ -61,18 +61,10 @@ STAGE_TIMINGS: dict[Stage, tuple[str, ...]] = {
 }
 
 
-class SegmentationSettings(JobTypeSettings):
-    """The segmentation job type's own settings."""
+class PipelineSettings(JobTypeSettings):
+    """Settings of every job type that runs the segmentation pipeline (segmentation, mesmer):
+    one tiling, batching, normalisation and size limit for all of them."""
 
-    service_name: ClassVar[str] = "segmentation"
-
-    segmentation_model: str = Field(
-        NUCLEAR_MODEL.name,
-        description="Model the segmentation job type runs when a job names none.",
-    )
-    segmentation_model_version: int = Field(
-        0, ge=0, description="Version of that model (0: the newest the model server has)."
-    )
     tile_size: int = Field(
         512, ge=64, description="Side of the square tiles large images are cut into, in pixels."
     )
@@ -90,25 +82,61 @@ class SegmentationSettings(JobTypeSettings):
     )
 
 
+class SegmentationSettings(PipelineSettings):
+    """The segmentation job type's own settings."""
+
+    service_name: ClassVar[str] = "segmentation"
+
+    segmentation_model: str = Field(
+        NUCLEAR_MODEL.name,
+        description="Model the segmentation job type runs when a job names none.",
+    )
+    segmentation_model_version: int = Field(
+        0, ge=0, description="Version of that model (0: the newest the model server has)."
+    )
+
+
 class SegmentationConsumer(Consumer):
     job_type = "segmentation"
-    settings_class = SegmentationSettings
+    settings_class: ClassVar[type[PipelineSettings]] = SegmentationSettings
     contract: ClassVar[ModelContract] = NUCLEAR_MODEL
 
     def setup(self) -> None:
         self.client = ServingClient.from_settings(self.settings)
 
     @property
-    def options(self) -> SegmentationSettings:
-        return cast(SegmentationSettings, self.job_settings)
+    def options(self) -> PipelineSettings:
+        return cast(PipelineSettings, self.job_settings)
+
+    # ------------------------------------------------------------ what a job type changes
+
+    def default_model(self) -> tuple[str, int]:
+        """The model (and version, 0 the newest) a job that names none runs."""
+        options = cast(SegmentationSettings, self.job_settings)
+        return options.segmentation_model, options.segmentation_model_version
+
+    def postprocess_for(self, job: Job) -> Postprocess:
+        """Labels from the blended heads: (y, x), or (y, x, K) for K label images."""
+        return self.contract.postprocess
+
+    def channel_advice(self) -> str:
+        """Said after a channel error: what the model needs."""
+        return ""
+
+    def preview(self, job: Job, loaded: imaging.LoadedImage, labels: np.ndarray) -> bytes:
+        """The job's preview PNG of its first plane."""
+        return overlay_png(loaded.pixels[0], labels[0])
+
+    # ------------------------------------------------------------------ the job
 
     def process(self, job: Job) -> Finish:
         model, version = self._model(job)
         image_mpp = self._scale(job)
+        postprocess = self.postprocess_for(job)
         with job.input_file() as path, job.stage(Stages.PREPROCESS):
             loaded = self._open(job, path)
         retries = 0
-        heads = self.contract.heads
+        contract = self.contract
 
         def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
             nonlocal retries
@@ -116,7 +144,7 @@ class SegmentationConsumer(Consumer):
             retries += prediction.retries
             if prediction.retries:
                 PREDICT_RETRIES.labels(job.queue).inc(prediction.retries)
-            return heads.foreground_only(prediction.outputs)
+            return contract.foreground_only(prediction.outputs)
 
         progress = _TileProgress(job, len(loaded.pixels))
         labels = segment_frames(
@@ -128,7 +156,7 @@ class SegmentationConsumer(Consumer):
             tile_size=self.options.tile_size,
             batch_size=self.options.predict_batch_size,
             normalize_method=self.options.normalization,
-            postprocess=self.contract.postprocess,
+            postprocess=postprocess,
             progress=progress,
             frame_done=lambda index, timings: job.record_times(
                 {
@@ -155,9 +183,9 @@ class SegmentationConsumer(Consumer):
         which runs while the consumer's next job predicts."""
         stem = PurePosixPath(job.get(JobField.ORIGINAL_NAME, "image")).stem or "image"
         with job.stage(Stages.POSTPROCESS):
-            axes = _label_axes(loaded.frame_axes, labels)
-            label_tiff = imaging.encode_labels_tiff(labels if axes else labels[0], axes=axes)
-            preview_png = overlay_png(loaded.pixels[0], labels[0])
+            planes, axes = _label_planes(loaded.frame_axes, labels)
+            label_tiff = imaging.encode_labels_tiff(planes, axes=axes)
+            preview_png = self.preview(job, loaded, labels)
             table = _movie_frame_cells(job, loaded, labels)
         output = job.put_output(f"{stem}{LABELS_SUFFIX}", label_tiff)
         if table is not None:
@@ -175,10 +203,9 @@ class SegmentationConsumer(Consumer):
     # ------------------------------------------------------------------ job options
 
     def _model(self, job: Job) -> tuple[str, int | None]:
-        name = job.get(JobField.MODEL_NAME) or self.options.segmentation_model
-        version_text = job.get(JobField.MODEL_VERSION) or str(
-            self.options.segmentation_model_version
-        )
+        default_name, default_version = self.default_model()
+        name = job.get(JobField.MODEL_NAME) or default_name
+        version_text = job.get(JobField.MODEL_VERSION) or str(default_version)
         try:
             version = int(version_text)
         except ValueError:
@@ -204,9 +231,11 @@ class SegmentationConsumer(Consumer):
                 name=name,
                 dimension_order=job.get(JobField.DIMENSION_ORDER) or "infer",
                 channels=job.get(JobField.CHANNELS) or None,
-                required_channels=1,
+                required_channels=self.contract.input_channels,
                 max_pixels=self.options.max_image_pixels,
             )
+        except imaging.ChannelError as exc:
+            raise JobError(f"{exc} {self.channel_advice()}".strip()) from exc
         except imaging.ImageError as exc:
             raise JobError(str(exc)) from exc
 
@@ -261,14 +290,19 @@ def _movie_frame_cells(job: Job, loaded: imaging.LoadedImage, labels: np.ndarray
     return encode_cells(cells, (int(labels.shape[1]), int(labels.shape[2])))
 
 
-def _label_axes(frame_axes: str, labels: np.ndarray) -> str | None:
-    """Axes for the label TIFF: None for one plane, else the folded axes (Z, T, ...) + YX."""
+def _label_planes(frame_axes: str, labels: np.ndarray) -> tuple[np.ndarray, str]:
+    """The label TIFF's array and axes: (Y, X) for one plane, the folded axes (Z, T, ...)
+    before YX for several; a C axis for several label images per plane (mesmer's ``both``)."""
+    planes = labels if labels.ndim == 3 else np.moveaxis(labels, -1, 1)  # (F, [C,] Y, X)
+    channels = "C" if labels.ndim == 4 else ""
     if labels.shape[0] == 1:
-        return None
+        return planes[0], f"{channels}YX"
     axes = frame_axes if len(frame_axes) == 1 else "Z"
-    return f"{axes}YX"
+    return planes, f"{axes}{channels}YX"
 
 
 def _count_objects(labels: np.ndarray) -> int:
-    """Objects over all planes (label ids are small and dense: a bincount beats a sort)."""
-    return sum(int(np.count_nonzero(np.bincount(plane.ravel())[1:])) for plane in labels)
+    """Objects over all planes, of the first label image where a plane has several (a mesmer
+    job's cells); label ids are small and dense: a bincount beats a sort."""
+    first = labels if labels.ndim == 3 else labels[..., 0]
+    return sum(int(np.count_nonzero(np.bincount(plane.ravel())[1:])) for plane in first)

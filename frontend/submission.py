@@ -57,10 +57,16 @@ def check_input(services: Services, key: str) -> FileKind:
     return kind
 
 
-def check_job_options(scale: str = "", channels: str = "", dimension_order: str = "") -> None:
+def check_job_options(
+    scale: str = "",
+    channels: str = "",
+    dimension_order: str = "",
+    compartment: str = "",
+    job_type: str | None = None,
+) -> None:
     """The job options every job type reads, checked as the consumers will read them."""
     try:
-        check_options(scale, channels, dimension_order)
+        check_options(scale, channels, dimension_order, compartment, job_type)
     except OptionError as exc:
         raise ApiError(422, f"invalid job options: {exc}") from None
 
@@ -69,7 +75,13 @@ def create_job(services: Services, request: JobRequest) -> str:
     """Check a request and queue it (as its job type's, when it names an alias); returns the
     new job's key."""
     request = replace(request, job_type=check_job_type(services, request.job_type))
-    check_job_options(request.scale, request.channels, request.dimension_order)
+    check_job_options(
+        request.scale,
+        request.channels,
+        request.dimension_order,
+        request.compartment,
+        request.job_type,
+    )
     kind = check_input(services, request.input_file_name)
     check_for_job_type(request.original_name, kind, request.job_type)
     key = new_job_key(request.queue, request.original_name)

@@ -16,7 +16,8 @@
 #                       BUCKET_TTL_DAYS), the Kiosk service account, Workload Identity bindings
 #   registry            the Artifact Registry repository for the images
 #   images              build and push both images with Cloud Build (TAG, default: git commit)
-#   models              copy the bundled models (DivisionScoring, NuclearSegmentation) to gs://BUCKET/models/
+#   models              copy the bundled models (DivisionScoring, NuclearSegmentation,
+#                       WholeCellSegmentation) to gs://BUCKET/models/
 #   credentials         point kubectl at the cluster
 #   install-monitoring  kube-prometheus-stack, prometheus-adapter (helm/prometheus-adapter-values.yaml),
 #                       the DCGM exporter and the Grafana dashboard, in namespace monitoring
@@ -415,10 +416,12 @@ cmd_images() {
 
 cmd_models() {
   need_tools "$GCLOUD"
-  [ -d "$ROOT/models/NuclearSegmentation" ] || die 2 "no models/NuclearSegmentation in $ROOT"
-  [ -d "$ROOT/models/DivisionScoring" ] || die 2 "no models/DivisionScoring in $ROOT"
+  local model
+  for model in DivisionScoring NuclearSegmentation WholeCellSegmentation; do
+    [ -d "$ROOT/models/$model" ] || die 2 "no models/$model in $ROOT"
+  done
   run "$GCLOUD" storage cp --recursive "$ROOT/models/DivisionScoring" \
-    "$ROOT/models/NuclearSegmentation" "gs://$BUCKET/models/"
+    "$ROOT/models/NuclearSegmentation" "$ROOT/models/WholeCellSegmentation" "gs://$BUCKET/models/"
 }
 
 cmd_install_monitoring() {

@@ -63,6 +63,8 @@ class JobRequest:
     dimension_order: str = ""
     channels: str = ""
     segmentation_type: str = ""
+    compartment: str = ""
+    """A mesmer job's labels: whole-cell, nuclear or both ("": the job type's default)."""
     parent: str = ""
     """A zip child's parent job key: the child's end is counted there."""
     cell_windows: str = ""
@@ -98,6 +100,7 @@ _REQUEST_FIELDS: dict[str, JobField] = {
     "dimension_order": JobField.DIMENSION_ORDER,
     "channels": JobField.CHANNELS,
     "segmentation_type": JobField.SEGMENTATION_TYPE,
+    "compartment": JobField.COMPARTMENT,
     "parent": JobField.PARENT,
     "cell_windows": JobField.CELL_WINDOWS,
 }
@@ -110,7 +113,7 @@ def creation_fields(request: JobRequest, identity: str) -> dict[str, str]:
     fields: dict[str, str] = {
         field: getattr(request, name) for name, field in _REQUEST_FIELDS.items()
     }
-    for optional in (JobField.PARENT, JobField.CELL_WINDOWS):
+    for optional in (JobField.PARENT, JobField.CELL_WINDOWS, JobField.COMPARTMENT):
         if not fields[optional]:
             del fields[optional]
     return {

@@ -61,6 +61,7 @@ class JobField(StrEnum):
     CHANNELS = "channels"
     SCALE = "scale"
     SEGMENTATION_TYPE = "segmentation_type"
+    COMPARTMENT = "compartment"  # Kiosk: what a mesmer job labels (kiosk.options.COMPARTMENTS)
     # written by consumers
     UPDATED_BY = "updated_by"
     IDENTITY_STARTED = "identity_started"
@@ -128,14 +129,15 @@ def validate_queue_name(name: str) -> str:
     return name
 
 
-JOB_TYPE_ALIASES: dict[str, str] = {"caliban": "tracking"}
+JOB_TYPE_ALIASES: dict[str, str] = {"caliban": "tracking", "multiplex": "mesmer"}
 """Other names clients may submit a job type under: the original's names. An alias is resolved
 when a job is created (:func:`canonical_job_type`), so its jobs go to the job type's own queue
 and keys; it is never a queue itself."""
 
 
 def canonical_job_type(name: str) -> str:
-    """The job type a name submitted by a client means (``caliban`` -> ``tracking``)."""
+    """The job type a name submitted by a client means (``caliban`` -> ``tracking``,
+    ``multiplex`` -> ``mesmer``)."""
     return JOB_TYPE_ALIASES.get(name, name)
 
 

@@ -1,8 +1,8 @@
-"""A job's options (``scale``, ``channels``, ``dimension_order``), checked one way wherever they
-enter: both APIs and the CLI refuse a bad option before anything is uploaded or queued, and the
-consumers read the same values with the same functions. What depends on the image itself (an
-order's length against the image's axes, a channel index against its channels) is checked by
-the consumer once it has read the image.
+"""A job's options (``scale``, ``channels``, ``dimension_order``, ``compartment``), checked one
+way wherever they enter: both APIs and the CLI refuse a bad option before anything is uploaded
+or queued, and the consumers read the same values with the same functions. What depends on the
+image itself (an order's length against the image's axes, a channel index against its
+channels) is checked by the consumer once it has read the image.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ AXIS_LETTERS = "BTZCSYX"
 """Axis letters a ``dimension_order`` may use: batch, time, depth, channel, sample (RGB), Y, X."""
 INFER = frozenset({"", "INFER", "AUTO"})
 """``dimension_order`` values that mean: read it from the file, else guess from the shape."""
+
+
+COMPARTMENTS = ("whole-cell", "nuclear", "both")
+"""What a mesmer job may label: whole cells, nuclei, or both (two label images)."""
+COMPARTMENT_JOB_TYPES = frozenset({"mesmer", "multiplex"})
+"""The job types (and their other names) that take a ``compartment``."""
 
 
 class OptionError(ValueError):
@@ -66,7 +72,29 @@ def parse_channels(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
         raise OptionError(
             f"channels {value!r} has negative index {negative[0]}; channels count from 0."
         )
+    twice = sorted({c for c in picked if picked.count(c) > 1})
+    if twice:
+        raise OptionError(
+            f"channels {value!r} gives channel {twice[0]} twice; name each channel once, in the "
+            "order the model takes them (for mesmer: nuclear, then membrane, e.g. '0,1')."
+        )
     return picked
+
+
+def parse_compartment(value: str | None) -> str | None:
+    """A mesmer job's ``compartment`` (``whole-cell``, ``nuclear``, ``both``), or None when not
+    given (the job type's default applies)."""
+    text = (value or "").strip().lower().replace("_", "-")
+    if not text:
+        return None
+    if text == "wholecell":
+        text = "whole-cell"
+    if text not in COMPARTMENTS:
+        raise OptionError(
+            f"compartment {value!r} is not one of {', '.join(COMPARTMENTS)}: choose whole-cell "
+            "(one label per cell), nuclear (one per nucleus) or both (a two-channel label image)."
+        )
+    return text
 
 
 def parse_dimension_order(value: str | None) -> str | None:
@@ -99,13 +127,25 @@ def check_options(
     scale: str | float | None = None,
     channels: str | Sequence[int] | None = None,
     dimension_order: str | None = None,
+    compartment: str | None = None,
+    job_type: str | None = None,
 ) -> None:
-    """Refuse bad options with :class:`OptionError`: every problem, a sentence each."""
+    """Refuse bad options with :class:`OptionError`: every problem, a sentence each.
+    ``job_type``, when known, refuses a ``compartment`` the job type does not take."""
     problems = []
+
+    def check_compartment() -> None:
+        if parse_compartment(compartment) and job_type and job_type not in COMPARTMENT_JOB_TYPES:
+            raise OptionError(
+                f"compartment is an option of mesmer jobs; a {job_type} job labels what its "
+                "model segments: leave compartment empty, or submit the job as mesmer"
+            )
+
     for check in (
         lambda: parse_scale(scale),
         lambda: parse_channels(channels),
         lambda: parse_dimension_order(dimension_order),
+        check_compartment,
     ):
         try:
             check()

@@ -60,7 +60,7 @@ class CommonSettings(BaseSettings):
         description="Where images and results live: file://DIR (a local directory) or gs://NAME.",
     )
     queues: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("segmentation", "tracking"),
+        ("segmentation", "tracking", "mesmer"),
         description="Comma-separated job types; each is a Redis queue (zips go to TYPE-zip). "
         "The one list the frontend, consumers and janitor share.",
     )

@@ -241,6 +241,10 @@ def submit(
     model: Annotated[str, typer.Option(help="Model as NAME or NAME:VERSION.")] = "",
     channels: Annotated[str, typer.Option(help="Channels to use, e.g. 0 or 0,1.")] = "",
     dimension_order: Annotated[str, typer.Option(help="Axis order, e.g. CYX.")] = "",
+    compartment: Annotated[
+        str,
+        typer.Option(help="mesmer jobs: whole-cell (the default), nuclear or both."),
+    ] = "",
     timeout: Annotated[
         float | None, typer.Option(help="Stop waiting after this many seconds.")
     ] = None,
@@ -248,10 +252,11 @@ def submit(
     """Upload images, zips or movies and create a job for each; optionally wait and download.
 
     With -j tracking each file is a movie; its progress shows frames segmented, then linking.
+    With -j mesmer each image has a nuclear and a membrane channel (--channels NUCLEAR,MEMBRANE).
     """
     target: Target = ctx.obj
     try:
-        check_options(scale, channels, dimension_order)
+        check_options(scale, channels, dimension_order, compartment, job_type)
     except OptionError as exc:
         raise fail(str(exc), 2) from None
     files, refused, skipped = collect_files(paths, job_type)
@@ -266,6 +271,7 @@ def submit(
         "model": model,
         "channels": channels,
         "dimension_order": dimension_order,
+        **({"compartment": compartment} if compartment else {}),
     }
     jobs: dict[Path, dict[str, Any]] = {}
     problems: dict[Path, str] = {}

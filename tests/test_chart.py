@@ -593,12 +593,12 @@ def test_tf_serving_model_config_parses_as_the_official_proto() -> None:
 
 
 def test_tracking_runs_by_default_with_room_for_movies_and_no_gpu() -> None:
-    """The default list is segmentation and tracking (the DeepCell Kiosk's chart ran both):
+    """The default list is segmentation, tracking and mesmer (the DeepCell Kiosk's job types):
     tracking and its zip queue get consumers like any queue, with the entry's larger
     resources and caps from consumers.defaults (so the presets size them too)."""
     for name in ("default", "1gpu-v100", "4gpu-t4"):
         chart = rendered(name)
-        assert chart.settings()["KIOSK_QUEUES"] == "segmentation,tracking"
+        assert chart.settings()["KIOSK_QUEUES"] == "segmentation,tracking,mesmer"
         assert "tracking" not in chart.settings().get("KIOSK_JOB_TYPE_PLUGINS", "")  # built in
         defaults = chart.values["consumers"]["defaults"]
         caps = dict(
@@ -620,6 +620,10 @@ def test_tracking_runs_by_default_with_room_for_movies_and_no_gpu() -> None:
             assert quantity_bytes(resources["limits"]["ephemeral-storage"]) > quantity_bytes(
                 defaults["resources"]["limits"]["ephemeral-storage"]
             )
+    mesmer = chart.get("Deployment", "consumer-mesmer")["spec"]["template"]["spec"]
+    assert mesmer["containers"][0]["command"] == ["python", "-m", "consumers", "mesmer"]
+    served = [m["name"] for m in chart.values["modelServer"]["models"]]
+    assert {"NuclearSegmentation", "WholeCellSegmentation"} <= set(served)
     only_segmentation = render(values_for("default", jobTypes=[{"name": "segmentation"}]))
     assert only_segmentation.settings()["KIOSK_QUEUES"] == "segmentation"
     assert not [

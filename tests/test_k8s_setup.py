@@ -466,7 +466,8 @@ def test_dry_run_images_pushes_to_the_regions_artifact_registry():
     )
     cmds = commands(gke("--dry-run", "models"))
     (copy,) = find(cmds, "storage", "cp")
-    assert copy[-2].endswith("models/NuclearSegmentation")
+    copied = {path.rsplit("/", 1)[1] for path in copy[-4:-1]}
+    assert copied == {"DivisionScoring", "NuclearSegmentation", "WholeCellSegmentation"}
     assert copy[-1] == "gs://test-project-kiosk/models/"
 
 

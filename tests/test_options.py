@@ -8,6 +8,7 @@ from kiosk.options import (
     OptionError,
     check_options,
     parse_channels,
+    parse_compartment,
     parse_dimension_order,
     parse_scale,
 )
@@ -62,3 +63,24 @@ def test_every_bad_option_is_named_at_once() -> None:
     message = str(raised.value)
     assert "scale 'nan'" in message and "channels 'x'" in message and "letter(s) Q" in message
     check_options("0.65", "0", "YX")  # good options pass
+
+
+def test_a_channel_named_twice_is_refused() -> None:
+    with pytest.raises(OptionError, match="channel 1 twice"):
+        parse_channels("1,1")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", None), ("whole-cell", "whole-cell"), ("Whole_Cell", "whole-cell"), ("both", "both")],
+)
+def test_a_compartment_is_one_of_the_three(text: str, expected: str | None) -> None:
+    assert parse_compartment(text) == expected
+
+
+def test_a_compartment_is_refused_where_the_job_type_takes_none() -> None:
+    with pytest.raises(OptionError, match="whole-cell, nuclear, both"):
+        check_options(compartment="membrane", job_type="mesmer")
+    with pytest.raises(OptionError, match="option of mesmer jobs"):
+        check_options(compartment="nuclear", job_type="segmentation")
+    check_options(compartment="both", job_type="multiplex")

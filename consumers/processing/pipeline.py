@@ -156,7 +156,8 @@ def segment(
     timings: MutableMapping[str, float] | None = None,
     progress: Progress | None = None,
 ) -> NDArray[np.int32]:
-    """Segment one (Y, X) or (Y, X, C) image into int32 labels of shape (Y, X).
+    """Segment one (Y, X) or (Y, X, C) image into int32 labels of shape (Y, X) (or (Y, X, K)
+    for a `postprocess` giving K label images).
 
     `predict` is the model (see the module docstring); `image_mpp`/`model_mpp` set the rescale
     (None: the image is taken to be at the model's pixel size); `normalize_method` is
@@ -204,7 +205,8 @@ def segment_frames(
     frame_done: Callable[[int, Mapping[str, float]], None] | None = None,
     **kwargs: Any,
 ) -> NDArray[np.int32]:
-    """`segment` each plane of a (frames, Y, X[, C]) stack: (frames, Y, X) labels.
+    """`segment` each plane of a (frames, Y, X[, C]) stack: (frames, Y, X) labels, or
+    (frames, Y, X, K) where `postprocess` gives K label images a plane.
 
     Labels are numbered per frame (each frame's objects start at 1), as tracking expects.
     `timings` sums over frames; `progress` gets (frame, tiles done, tiles); `frame_done` gets
@@ -215,14 +217,19 @@ def segment_frames(
         frames = frames[..., None]
     if frames.ndim != 4:
         raise ValueError(f"expected a (frames, Y, X, C) stack, got shape {frames.shape}")
-    out = np.zeros(frames.shape[:3], np.int32)
+    out: NDArray[np.int32] | None = None
     for i, frame in enumerate(frames):
         frame_timings: dict[str, float] = {}
         tiles = None if progress is None else partial(progress, i)
-        out[i] = segment(frame, predict, timings=frame_timings, progress=tiles, **kwargs)
+        labels = segment(frame, predict, timings=frame_timings, progress=tiles, **kwargs)
+        if out is None:  # (frames, Y, X), or (frames, Y, X, K) for K label images a frame
+            out = np.zeros((len(frames), *labels.shape), np.int32)
+        out[i] = labels
         if timings is not None:
             for stage, seconds in frame_timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
         if frame_done is not None:
             frame_done(i, frame_timings)
+    if out is None:
+        raise ValueError("a stack of no frames has nothing to segment")
     return out

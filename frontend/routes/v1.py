@@ -39,6 +39,7 @@ from kiosk.keys import (
     is_job_key,
     parse_job_key,
 )
+from kiosk.options import COMPARTMENT_JOB_TYPES, COMPARTMENTS
 from kiosk.reclaim import JobFiles, remove_files, remove_job
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class JobOptions(BaseModel):
     channels: str = Field("", description="Channels to use, comma-separated indices.")
     dimension_order: str = Field("", description="Axis order of the image, e.g. CYX or ZYX.")
     segmentation_type: str = Field("", description="Kind of segmentation, if the type has several.")
+    compartment: str = Field(
+        "", description="mesmer jobs: whole-cell (default), nuclear or both (two label images)."
+    )
     label: str = Field("", description="Data label (DeepCell's dataLabel).")
     preprocess: str = Field("", description="Pre-processing function name.")
     postprocess: str = Field("", description="Post-processing function name.")
@@ -95,6 +99,7 @@ class JobOptions(BaseModel):
             dimension_order=self.dimension_order,
             channels=self.channels,
             segmentation_type=self.segmentation_type,
+            compartment=self.compartment,
         )
 
 
@@ -200,6 +205,7 @@ class JobOut(BaseModel):
                     JobField.CHANNELS,
                     JobField.DIMENSION_ORDER,
                     JobField.SEGMENTATION_TYPE,
+                    JobField.COMPARTMENT,
                 )
                 if f.get(k)
             },
@@ -319,6 +325,10 @@ class Limits(BaseModel):
     movie_extensions: list[str] = Field(
         [], description="Endings only those job types take ('.trk', '.trks')."
     )
+    compartment_job_types: list[str] = Field(
+        [], description="Job types here that take a compartment (mesmer)."
+    )
+    compartments: list[str] = Field([], description="The compartments they may be asked for.")
 
 
 def _movie_job_types(services: Services) -> list[str]:
@@ -339,6 +349,8 @@ def limits(services: ServicesDep) -> Limits:
         accepted=accepted,
         movie_job_types=movies,
         movie_extensions=movie_only if movies else [],
+        compartment_job_types=[t for t in services.settings.queues if t in COMPARTMENT_JOB_TYPES],
+        compartments=list(COMPARTMENTS),
     )
 
 
@@ -354,6 +366,7 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
 
     def before_file(fields: dict[str, str], file_name: str) -> None:
         """Refuse what the fields sent ahead of the file already show to be wrong."""
+        job_type = None
         if "job_type" in fields:
             job_type = check_job_type(services, fields["job_type"].strip())
             check_for_job_type(file_name, check_name(file_name), job_type)
@@ -361,6 +374,8 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
             fields.get("scale", "").strip(),
             fields.get("channels", "").strip(),
             fields.get("dimension_order", "").strip(),
+            fields.get("compartment", "").strip(),
+            job_type,
         )
 
     received = await receive_upload(

@@ -36,6 +36,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   limits: null,       // GET /api/v1/limits
   movieTypes: new Set(),  // job types that take a whole movie (tracking)
+  compartmentTypes: new Set(),  // job types that take a compartment (mesmer)
   chosen: [],         // Files accepted and waiting for "Upload and start"
   jobs: new Map(),    // id -> {id, name, job, children, shown}
   uploading: false,
@@ -199,6 +200,7 @@ function formOptions() {
     const value = $(id).value.trim();
     if (value) options[field] = value;
   }
+  if (state.compartmentTypes.has(options.job_type)) options.compartment = $("compartment").value;
   return options;
 }
 
@@ -481,11 +483,13 @@ function wireDropzone() {
   }
 }
 
-// Under the job type: what a movie job type takes and gives, when one is chosen.
+// Under the job type: what a movie job type takes and gives, and a mesmer job type's choice
+// of labels, when one is chosen.
 function showJobTypeHint() {
   const hint = $("job-type-hint");
   hint.hidden = !state.movieTypes.has($("job-type").value);
   hint.textContent = hint.hidden ? "" : MOVIE_HINT;
+  $("compartment-field").hidden = !state.compartmentTypes.has($("job-type").value);
 }
 
 async function start() {
@@ -510,6 +514,7 @@ async function start() {
       [getJson(`${API}/limits`), getJson(`${API}/job-types`)]);
     state.limits = limits;
     state.movieTypes = new Set(limits.movie_job_types || []);
+    state.compartmentTypes = new Set(limits.compartment_job_types || []);
     $("file-input").accept = limits.extensions.join(",");
     $("accepted").textContent =
       `Kiosk takes ${limits.accepted}, up to ${humanBytes(limits.max_upload_bytes)} each.`;
