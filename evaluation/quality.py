@@ -32,6 +32,7 @@ __all__ = [
     "Scores",
     "aggregate",
     "average_precision",
+    "figures",
     "overlap",
     "score",
     "score_thresholds",
@@ -325,6 +326,15 @@ def summary(per_threshold: Mapping[float, Sequence[Scores]]) -> dict[str, float 
         "splits": at50.splits,
         "merges": at50.merges,
     }
+
+
+def figures(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int]:
+    """:func:`summary` of (truth, prediction) pairs: counts pooled over the images."""
+    per_threshold: dict[float, list[Scores]] = {}
+    for true, pred in pairs:
+        for s in score_thresholds(true, pred):
+            per_threshold.setdefault(s.iou_threshold, []).append(s)
+    return summary(per_threshold)
 
 
 def median_area(labels: np.ndarray) -> float:

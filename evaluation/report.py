@@ -34,16 +34,17 @@ from typing import Any
 import numpy as np
 
 from consumers.division_scorer import DIVISION_MODEL
-from consumers.processing.contract import ModelContract
+from consumers.processing.contract import CYTOPLASM_MODEL, WHOLE_CELL_MODEL, ModelContract
 from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.pipeline import Postprocess, Predict, segment_frames
 from consumers.segmentation import NUCLEAR_MODEL, SegmentationSettings
-from evaluation import REPO, EvaluationError, tracking_report
+from evaluation import REPO, EvaluationError, tracking_report, wholecell_report
 from evaluation.baseline import classical_segment
 from evaluation.datasets import (
     CACHE,
     DATASETS,
     DEFAULT_DATASETS,
+    WHOLE_CELL_DATASETS,
     Dataset,
     load_datasets,
 )
@@ -95,12 +96,12 @@ def model_segmenter(
 ) -> Segmenter:
     """The segmentation consumer's maths: ``pipeline.segment_frames`` with the consumer's
     contract and settings, on one image or a stack."""
-    heads = config.contract.heads
+    contract = config.contract
 
     def run(image: np.ndarray, image_mpp: float) -> np.ndarray:
         labels = segment_frames(
-            image if image.ndim == 3 else image[None],
-            lambda batch: heads.foreground_only(predict(batch)),
+            image if image.ndim >= 3 else image[None],
+            lambda batch: contract.foreground_only(predict(batch)),
             image_mpp=image_mpp,
             model_mpp=config.contract.mpp,
             size_multiple=config.contract.size_multiple,
@@ -109,9 +110,26 @@ def model_segmenter(
             normalize_method=config.normalization,
             postprocess=postprocess or config.contract.postprocess,
         )
-        return labels if image.ndim == 3 else labels[0]
+        return labels if image.ndim >= 3 else labels[0]
 
     return run
+
+
+def compartments_segmenter(predict: Predict, config: PipelineConfig) -> wholecell_report.Segment:
+    """The consumers' maths for a model of one or more compartments, on one (Y, X, C) image:
+    labels per compartment, each from its own heads and post-processing settings."""
+    contract = config.contract
+
+    def postprocess(maps: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.stack(list(contract.postprocess_compartments(maps).values()), axis=-1)
+
+    run = model_segmenter(predict, config, postprocess)
+
+    def segment(image: np.ndarray, image_mpp: float) -> dict[str, np.ndarray]:
+        labels = run(image[None], image_mpp)[0]  # one (Y, X, C) image as a stack of one
+        return {c.name: labels[..., k] for k, c in enumerate(contract.compartments)}
+
+    return segment
 
 
 def baseline_segmenter(image: np.ndarray, image_mpp: float) -> np.ndarray:
@@ -333,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=DEFAULT_OUT, help="JSON report (default: %(default)s)"
     )
     tracking_report.add_arguments(p)
+    wholecell_report.add_arguments(p)
     return p
 
 
@@ -347,8 +366,9 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
         raise EvaluationError(f"unknown data set {unknown[0]!r}; choose from {', '.join(DATASETS)}")
+    nuclear_sets = [n for n in names if n not in WHOLE_CELL_DATASETS]
     datasets = load_datasets(
-        names if args.tracking != "only" else [],
+        nuclear_sets if "only" not in (args.tracking, args.wholecell) else [],
         limit=args.limit,
         cache=args.cache_dir,
         synthetic=(args.synthetic_count, args.synthetic_size),
@@ -401,7 +421,18 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
         "target_f1_real": TARGET_F1,
         "datasets": results,
     }
-    if args.tracking != "off":
+    if args.wholecell != "off" and args.tracking != "only":
+        segmenters = {}
+        for name in wholecell_report.served_models(args.models_dir):
+            contract = WHOLE_CELL_MODEL if name == WHOLE_CELL_MODEL.name else CYTOPLASM_MODEL
+            served_model = ServedModel(target, name, None, contract)
+            segmenters[name] = compartments_segmenter(
+                served_model, PipelineConfig.from_settings(settings, contract)
+            )
+        report["wholecell"] = wholecell_report.evaluate_wholecell(
+            args, segmenters, args.cache_dir, bacteria="bacteria" in names
+        )
+    if args.tracking != "off" and args.wholecell != "only":
         report["tracking"] = tracking_report.evaluate_tracking(
             args,
             methods["model"],
@@ -412,11 +443,15 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
 
 
 def served_models(args: argparse.Namespace, model: str) -> tuple[str, ...]:
-    """The segmentation model, and the division model when tracking is scored and the models
-    folder has it (its linker then gets a row of its own)."""
+    """The segmentation model; the division model when tracking is scored and the models
+    folder has it (its linker then gets a row of its own); the whole-cell models when they
+    are scored."""
+    models = [model]
     if args.tracking != "off" and (args.models_dir / DIVISION_MODEL.name).is_dir():
-        return (model, DIVISION_MODEL.name)
-    return (model,)
+        models.append(DIVISION_MODEL.name)
+    if args.wholecell != "off":
+        models += [m for m in wholecell_report.served_models(args.models_dir) if m not in models]
+    return tuple(models)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,6 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(report))
         print()
         for line in verdicts(report):
+            print(line)
+    if "wholecell" in report:
+        print()
+        print(wholecell_report.format_wholecell(report["wholecell"]))
+        print()
+        for line in report["wholecell"]["verdicts"]:
             print(line)
     if "tracking" in report:
         print()

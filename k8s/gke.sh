@@ -16,8 +16,8 @@
 #                       BUCKET_TTL_DAYS), the Kiosk service account, Workload Identity bindings
 #   registry            the Artifact Registry repository for the images
 #   images              build and push both images with Cloud Build (TAG, default: git commit)
-#   models              copy the bundled models (DivisionScoring, NuclearSegmentation,
-#                       WholeCellSegmentation) to gs://BUCKET/models/
+#   models              copy the bundled models (CytoplasmSegmentation, DivisionScoring,
+#                       NuclearSegmentation, WholeCellSegmentation) to gs://BUCKET/models/
 #   credentials         point kubectl at the cluster
 #   install-monitoring  kube-prometheus-stack, prometheus-adapter (helm/prometheus-adapter-values.yaml),
 #                       the DCGM exporter and the Grafana dashboard, in namespace monitoring
@@ -417,11 +417,12 @@ cmd_images() {
 cmd_models() {
   need_tools "$GCLOUD"
   local model
-  for model in DivisionScoring NuclearSegmentation WholeCellSegmentation; do
+  local model paths=()
+  for model in CytoplasmSegmentation DivisionScoring NuclearSegmentation WholeCellSegmentation; do
     [ -d "$ROOT/models/$model" ] || die 2 "no models/$model in $ROOT"
+    paths+=("$ROOT/models/$model")
   done
-  run "$GCLOUD" storage cp --recursive "$ROOT/models/DivisionScoring" \
-    "$ROOT/models/NuclearSegmentation" "$ROOT/models/WholeCellSegmentation" "gs://$BUCKET/models/"
+  run "$GCLOUD" storage cp --recursive "${paths[@]}" "gs://$BUCKET/models/"
 }
 
 cmd_install_monitoring() {

@@ -81,6 +81,19 @@ def parse_channels(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
     return picked
 
 
+def parse_channel_slots(value: str | None) -> tuple[int | None, ...] | None:
+    """The original's slot form of ``channels``, where a position is a model's input and an
+    empty one is left out: ``'0,,'`` puts channel 0 in the first slot, ``',2'`` channel 2 in
+    the second. None when ``value`` leaves no slot empty (the plain list :func:`parse_channels`
+    reads)."""
+    text = (value or "").strip().strip("[]()")
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) < 2 or all(parts):
+        return None
+    parse_channels(text)  # the same refusals as the plain form
+    return tuple(int(part) if part else None for part in parts)
+
+
 def parse_compartment(value: str | None) -> str | None:
     """A mesmer job's ``compartment`` (``whole-cell``, ``nuclear``, ``both``), or None when not
     given (the job type's default applies)."""

@@ -239,7 +239,13 @@ def submit(
     ] = None,
     scale: Annotated[str, typer.Option(help="Microns per pixel of the images.")] = "",
     model: Annotated[str, typer.Option(help="Model as NAME or NAME:VERSION.")] = "",
-    channels: Annotated[str, typer.Option(help="Channels to use, e.g. 0 or 0,1.")] = "",
+    channels: Annotated[
+        str,
+        typer.Option(
+            help="Channel(s) counted from 0: 1 (nuclei); ,1 (whole cells in a cytoplasm or "
+            "brightfield channel); mesmer: NUCLEAR,MEMBRANE, e.g. 0,1."
+        ),
+    ] = "",
     dimension_order: Annotated[str, typer.Option(help="Axis order, e.g. CYX.")] = "",
     compartment: Annotated[
         str,

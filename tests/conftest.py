@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -167,3 +168,36 @@ def start_stack(
 def stack(env: dict, queue: JobQueue, processes: ServiceGroup) -> RunningStack:
     """Janitor, frontend and one consumer per test job type."""
     return start_stack(env, queue, processes, {"echo": 1, "slow": 1})
+
+
+# ------------------------------------------------------------------ the portal's browser
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, one per test (it starts in about a second), so no
+    test sees another's state."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_portal import launch
+
+    with sync_playwright() as playwright:
+        started = launch(playwright)
+        yield started
+        started.close()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A desktop-sized page."""
+    from tests.test_portal import DESKTOP, open_page
+
+    yield from open_page(browser, request, DESKTOP)
+
+
+@pytest.fixture
+def phone(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A phone-sized page."""
+    from tests.test_portal import PHONE, open_page
+
+    yield from open_page(browser, request, PHONE)

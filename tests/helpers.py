@@ -1,4 +1,5 @@
-"""Small builders shared by tests: valid file bytes of each accepted kind."""
+"""Small builders shared by tests: valid file bytes of each accepted kind, and jobs queued and
+awaited as the frontend and a client would."""
 
 from __future__ import annotations
 
@@ -17,13 +18,35 @@ def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) 
     return buffer.getvalue()
 
 
-def submit_file(queue, bucket, job_type: str, name: str = "cells.tif", data: bytes = TIFF) -> str:
-    """Queue a job the way the frontend does: file in uploads/, hash and list entry in Redis."""
+def submit_file(
+    queue, bucket, job_type: str, name: str = "cells.tif", data: bytes = TIFF, **options: str
+) -> str:
+    """Queue a job the way the frontend does: file in uploads/, hash and list entry in Redis;
+    ``options`` are the request's (channels, compartment, ...)."""
     from kiosk.jobs import JobRequest, creation_fields
     from kiosk.keys import new_job_key, upload_key
 
     key = upload_key(name)
     bucket.put_bytes(key, data)
-    request = JobRequest(job_type, name, key)
+    request = JobRequest(job_type, name, key, **options)
     job = new_job_key(request.queue, name)
     return queue.submit(request.queue, job, creation_fields(request, "test"))
+
+
+def finished(queue, key: str, timeout: float = 120) -> dict[str, str]:
+    """The job's fields once it is done or failed."""
+    from kiosk.keys import JobField
+    from tests.support.servers import wait_for
+
+    wait_for(lambda: queue.get(key)[JobField.STATUS] in ("done", "failed"), timeout, 0.1)
+    return queue.get(key)
+
+
+def labels_of(bucket, job: dict[str, str]):
+    """A done job's label image."""
+    import tifffile
+
+    from kiosk.keys import JobField
+
+    assert job[JobField.STATUS] == "done", job.get(JobField.REASON)
+    return tifffile.imread(io.BytesIO(bucket.get_bytes(job[JobField.OUTPUT_FILE_NAME])))

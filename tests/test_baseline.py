@@ -95,3 +95,24 @@ def test_whole_cell_baseline_refuses_an_unknown_stain_and_mismatched_images() ->
         classical_whole_cell(image, image, stain_kind="brightfield")
     with pytest.raises(ValueError, match="two 2D images of one shape"):
         classical_whole_cell(image, np.zeros((16, 16)), stain_kind="membrane")
+
+
+@pytest.mark.parametrize(("stain", "floor"), [("cytoplasm", 0.5), ("brightfield", 0.02)])
+def test_the_one_channel_baseline_finds_cells_in_cytoplasm_and_brightfield(
+    stain: str, floor: float
+) -> None:
+    from evaluation.baseline import classical_cytoplasm
+    from evaluation.cells import generate_cells
+
+    pooled = [
+        score(d.cells, classical_cytoplasm(getattr(d, stain), stain_kind=stain))
+        for d in (generate_cells((256, 256), seed=77_000_000 + s) for s in range(4))
+    ]
+    assert aggregate(pooled).f1 > floor  # a floor: the figures are in make evaluate
+
+
+def test_the_one_channel_baseline_refuses_an_unknown_stain() -> None:
+    from evaluation.baseline import classical_cytoplasm
+
+    with pytest.raises(ValueError, match="cytoplasm, brightfield"):
+        classical_cytoplasm(np.zeros((32, 32)), stain_kind="membrane")

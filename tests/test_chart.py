@@ -623,7 +623,7 @@ def test_tracking_runs_by_default_with_room_for_movies_and_no_gpu() -> None:
     mesmer = chart.get("Deployment", "consumer-mesmer")["spec"]["template"]["spec"]
     assert mesmer["containers"][0]["command"] == ["python", "-m", "consumers", "mesmer"]
     served = [m["name"] for m in chart.values["modelServer"]["models"]]
-    assert {"NuclearSegmentation", "WholeCellSegmentation"} <= set(served)
+    assert {"NuclearSegmentation", "WholeCellSegmentation", "CytoplasmSegmentation"} <= set(served)
     only_segmentation = render(values_for("default", jobTypes=[{"name": "segmentation"}]))
     assert only_segmentation.settings()["KIOSK_QUEUES"] == "segmentation"
     assert not [

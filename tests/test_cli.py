@@ -127,6 +127,10 @@ def test_submit_refuses_a_bad_option_before_uploading(stack: RunningStack, image
     assert result.exit_code == 2
     assert "scale 'inf' is not a pixel size" in result.output
     assert stack.queue.redis.zcard(JOB_INDEX) == jobs_before
+    result = kiosk(stack.url, "submit", str(images), "-j", "echo", "--compartment", "nuclear")
+    assert result.exit_code == 2
+    assert "compartment is an option of mesmer jobs" in result.output
+    assert stack.queue.redis.zcard(JOB_INDEX) == jobs_before
 
 
 def test_submit_names_results_after_inputs_in_any_script(

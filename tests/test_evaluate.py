@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from evaluation import EvaluationError, datasets
+from evaluation import EvaluationError, datasets, wholecell_report
 from evaluation.datasets import dsb2018_dataset, extract_members, prepare_dsb2018
 from evaluation.report import main as run_evaluation
 from evaluation.served import BUNDLED_MODELS
@@ -33,6 +33,8 @@ def test_evaluation_runs_the_served_model_and_beats_the_baseline_on_synthetic_im
         "--synthetic-size",
         "384",
         "--tracking",
+        "off",
+        "--wholecell",
         "off",
     ]
     code = run_evaluation([*argv, "--models-dir", str(MODELS_DIR), "--out", str(out)])
@@ -55,6 +57,32 @@ def test_evaluation_runs_the_served_model_and_beats_the_baseline_on_synthetic_im
     assert model["f1"] > baseline["f1"]
     assert "tracking" not in report  # --tracking off
     assert "synthetic" in printed and "baseline" in printed
+
+
+def test_the_whole_cell_models_are_scored_per_stain_and_compartment_beside_their_baselines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "evaluation.json"
+    argv = ["--datasets", "synthetic", "--tracking", "off", "--wholecell", "only"]
+    argv += ["--wholecell-count", "2", "--wholecell-size", "256"]
+    code = run_evaluation([*argv, "--models-dir", str(MODELS_DIR), "--out", str(out)])
+
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads(out.read_text())
+    assert report["datasets"] == {}  # only the whole-cell section
+    section = report["wholecell"]
+    assert set(section["models"]) == set(wholecell_report.served_models(MODELS_DIR))
+    mesmer = section["models"]["WholeCellSegmentation"]
+    assert set(mesmer) == {"membrane", "cytoplasm"}
+    for by_compartment in mesmer.values():
+        assert set(by_compartment) == {"whole-cell", "nuclear"}
+        for figures in by_compartment.values():
+            assert figures["model"]["n_true"] == figures["baseline"]["n_true"] > 0
+            assert figures["model"]["f1"] > figures["baseline"]["f1"]
+    assert "bacteria_out_of_domain" not in section  # not among the --datasets
+    assert any("WholeCellSegmentation whole-cell from membrane" in v for v in section["verdicts"])
+    assert "| WholeCellSegmentation | membrane | whole-cell | model |" in printed
 
 
 def _tiff(array: np.ndarray) -> bytes:

@@ -466,8 +466,13 @@ def test_dry_run_images_pushes_to_the_regions_artifact_registry():
     )
     cmds = commands(gke("--dry-run", "models"))
     (copy,) = find(cmds, "storage", "cp")
-    copied = {path.rsplit("/", 1)[1] for path in copy[-4:-1]}
-    assert copied == {"DivisionScoring", "NuclearSegmentation", "WholeCellSegmentation"}
+    copied = {path.rsplit("/", 1)[1] for path in copy[-5:-1]}
+    assert copied == {
+        "CytoplasmSegmentation",
+        "DivisionScoring",
+        "NuclearSegmentation",
+        "WholeCellSegmentation",
+    }
     assert copy[-1] == "gs://test-project-kiosk/models/"
 
 

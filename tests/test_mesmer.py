@@ -18,13 +18,12 @@ from PIL import Image
 from evaluation.cells import generate_cells
 from evaluation.quality import score
 from frontend.app import create_app
-from kiosk.jobs import JobRequest, creation_fields
-from kiosk.keys import JOB_INDEX, JobField, Status, new_job_key, upload_key
+from kiosk.keys import JOB_INDEX, JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.settings import FrontendSettings
 from kiosk.storage.local import LocalBucket
 from tests.conftest import RunningStack, ServiceGroup, start_stack
-from tests.helpers import TIFF, zip_bytes
+from tests.helpers import TIFF, finished, labels_of, submit_file, zip_bytes
 from tests.support import services
 from tests.support.kiosk_client import run_kiosk_client
 from tests.support.servers import wait_for
@@ -60,21 +59,7 @@ def two_channels(
 def submit(
     queue: JobQueue, bucket: LocalBucket, name: str, data: bytes, job_type: str = "mesmer", **opts
 ) -> str:
-    key = upload_key(name)
-    bucket.put_bytes(key, data)
-    request = JobRequest(job_type, name, key, **opts)
-    job = new_job_key(request.queue, name)
-    return queue.submit(request.queue, job, creation_fields(request, "test"))
-
-
-def finished(queue: JobQueue, key: str, timeout: float = 120) -> dict[str, str]:
-    wait_for(lambda: queue.get(key)[JobField.STATUS] in ("done", "failed"), timeout, 0.1)
-    return queue.get(key)
-
-
-def labels_of(bucket: LocalBucket, job: dict[str, str]) -> np.ndarray:
-    assert job[JobField.STATUS] == "done", job.get(JobField.REASON)
-    return tifffile.imread(io.BytesIO(bucket.get_bytes(job[JobField.OUTPUT_FILE_NAME])))
+    return submit_file(queue, bucket, job_type, name, data, **opts)
 
 
 def f1(truth: np.ndarray, labels: np.ndarray) -> float:

@@ -7,6 +7,7 @@ import pytest
 from kiosk.options import (
     OptionError,
     check_options,
+    parse_channel_slots,
     parse_channels,
     parse_compartment,
     parse_dimension_order,
@@ -84,3 +85,16 @@ def test_a_compartment_is_refused_where_the_job_type_takes_none() -> None:
     with pytest.raises(OptionError, match="option of mesmer jobs"):
         check_options(compartment="nuclear", job_type="segmentation")
     check_options(compartment="both", job_type="multiplex")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", None), ("0", None), ("0,1", None), ("0,,", (0, None, None)), (",2", (None, 2))],
+)
+def test_channel_slots_are_read_where_a_slot_is_left_empty(text: str, expected) -> None:
+    assert parse_channel_slots(text) == expected
+
+
+def test_channel_slots_refuse_what_plain_channels_refuse() -> None:
+    with pytest.raises(OptionError, match="negative"):
+        parse_channel_slots(",-1")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import tifffile
 from fastapi.testclient import TestClient
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect
 
 from evaluation.synthetic import generate
 from kiosk.keys import JobField
@@ -176,16 +176,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KioskUp]:
     started.stop()
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    """A browser per test (it starts in about a second), so no test sees another's state."""
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
-def _page(browser: Browser, request: pytest.FixtureRequest, viewport: dict) -> Iterator[Page]:
+def open_page(browser: Browser, request: pytest.FixtureRequest, viewport: dict) -> Iterator[Page]:
+    """A page in a fresh context (the ``page`` and ``phone`` fixtures in tests/conftest.py);
+    a screenshot of it when the test failed."""
     context = browser.new_context(viewport=viewport, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -194,16 +187,6 @@ def _page(browser: Browser, request: pytest.FixtureRequest, viewport: dict) -> I
     if report is not None and report.failed:
         screenshot(page, f"FAILED-{request.node.name}")
     context.close()
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    yield from _page(browser, request, DESKTOP)
-
-
-@pytest.fixture
-def phone(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    yield from _page(browser, request, PHONE)
 
 
 # ---------------------------------------------------------------- in the browser

@@ -11,15 +11,13 @@ import httpx
 import numpy as np
 import pytest
 import tifffile
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from evaluation.cells import generate_cells
 from tests.support.kiosk_up import KioskUp
 from tests.test_portal import (
-    DESKTOP,
     chromium_path,
     drop_file,
-    launch,
     open_portal,
     screenshot,
     wait_until_done,
@@ -36,20 +34,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KioskUp]:
     ).start()
     yield started
     started.stop()
-
-
-@pytest.fixture
-def page(request: pytest.FixtureRequest) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        context = browser.new_context(viewport=DESKTOP)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        yield page
-        report = getattr(request.node, "report_call", None)
-        if report is not None and report.failed:
-            screenshot(page, f"FAILED-{request.node.name}")
-        browser.close()
 
 
 def two_channel_tiff() -> bytes:

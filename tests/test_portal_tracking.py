@@ -17,21 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from kiosk.queue import connect
 from tests.support import tracking_standin
 from tests.support.jobtypes import PLUGINS
 from tests.support.kiosk_up import KioskUp
 from tests.test_portal import (
-    DESKTOP,
     LOW_CONTRAST_JS,
     PHONE,
     chromium_path,
     drop_file,
     job_card,
     job_ids,
-    launch,
     open_portal,
     screenshot,
     wait_for_images,
@@ -67,35 +65,6 @@ def let_go(stack: KioskUp, name: str, times: int = 1) -> None:
     redis = connect(stack.redis_url())
     redis.rpush(tracking_standin.gate(name), *["go"] * times)
     redis.close()
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
-def _page(browser: Browser, request: pytest.FixtureRequest, viewport: dict) -> Iterator[Page]:
-    context = browser.new_context(viewport=viewport, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        screenshot(page, f"FAILED-{request.node.name}")
-    context.close()
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    yield from _page(browser, request, DESKTOP)
-
-
-@pytest.fixture
-def phone(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    yield from _page(browser, request, PHONE)
 
 
 def test_a_movie_shows_frames_segmented_then_linking_then_its_animated_preview_and_zip(

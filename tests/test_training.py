@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumers.processing.contract import WHOLE_CELL_MODEL
-from models.training import train_nuclear, train_wholecell
+from consumers.processing.contract import CYTOPLASM_MODEL, WHOLE_CELL_MODEL
+from models.training import train_cytoplasm, train_nuclear, train_wholecell
 from models.training.data import Pool
 from models.training.tuning import figures, segment_all, tune
 
@@ -37,6 +37,14 @@ def test_the_whole_cell_pool_serves_two_channels_and_six_heads() -> None:
     # Nuclei lie inside cells: nuclear foreground implies whole-cell foreground.
     nuclear = y["nuclear_fgbg"][..., 1] > 0.5
     assert np.all(y["whole_cell_fgbg"][..., 1][nuclear] > 0.5)
+
+
+def test_the_cytoplasm_pool_serves_one_channel_and_three_whole_cell_heads() -> None:
+    pool = tiny_pool(train_cytoplasm)
+    x, y = pool.batch()
+    assert x.shape == (3, 32, 32, 1)
+    assert set(y) == set(CYTOPLASM_MODEL.output_names)
+    np.testing.assert_allclose(y[CYTOPLASM_MODEL.heads.foreground].sum(-1), 1.0)
 
 
 def test_the_nuclear_pool_is_the_same_for_the_same_seed() -> None:

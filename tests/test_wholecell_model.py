@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from consumers.processing.contract import WHOLE_CELL_MODEL
+from consumers.processing.contract import CYTOPLASM_MODEL, WHOLE_CELL_MODEL
 from consumers.processing.pipeline import segment
 from evaluation.cells import generate_cells
 from evaluation.quality import score
@@ -28,6 +28,16 @@ def test_the_committed_model_declares_the_settings_the_contract_uses() -> None:
         tuned = report["postprocessing"][c.name]
         assert dict(c.postprocessing) == tuned, c.name
     assert report["signature"]["outputs"].keys() == set(WHOLE_CELL_MODEL.output_names)
+
+
+def test_the_committed_cytoplasm_model_declares_the_settings_its_contract_uses() -> None:
+    report = json.loads((MODEL_DIR.parent / CYTOPLASM_MODEL.name / "training.json").read_text())
+    tuned = {
+        k: v for k, v in report["postprocessing"].items() if k in CYTOPLASM_MODEL.postprocessing
+    }
+    assert dict(CYTOPLASM_MODEL.postprocessing) == tuned
+    assert report["signature"]["outputs"].keys() == set(CYTOPLASM_MODEL.output_names)
+    assert report["input_channels"] == ["fluorescent cytoplasm or brightfield"]
 
 
 def test_the_served_model_answers_with_every_head_of_the_contract(

@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["WHOLE_CELL_MODEL", "Compartment", "DivisionContract", "Heads", "ModelContract"]
+__all__ = [
+    "CYTOPLASM_MODEL",
+    "WHOLE_CELL_MODEL",
+    "Compartment",
+    "DivisionContract",
+    "Heads",
+    "ModelContract",
+]
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,30 @@ stain; three heads per compartment (``whole_cell_*`` and ``nuclear_*``: inner di
 distance, fgbg softmax with channel 1 the foreground); trained on cells at 0.65 um/px. Each
 compartment's post-processing settings are those tuned on held-out generated images
 (models/WholeCellSegmentation/training.json)."""
+
+
+CYTOPLASM_MODEL = ModelContract(
+    name="CytoplasmSegmentation",
+    mpp=0.65,
+    input_channels=1,
+    size_multiple=16,
+    compartment="whole-cell",
+    postprocessing=_frozen(
+        {
+            "radius": 5,
+            "maxima_threshold": 0.4,
+            "interior_threshold": 0.01,
+            "fgbg_threshold": 0.7,
+            "interior_smooth": 1.0,
+            "maxima_smooth": 0.0,
+            "small_objects_threshold": 20,
+        }
+    ),
+)
+"""The bundled cytoplasm model (models/CytoplasmSegmentation): whole cells from one channel, a
+fluorescent cytoplasm stain or a brightfield image; input ``image`` float32 (batch, y, x, 1),
+DeepCell's three heads; trained on cells at 0.65 um/px. The post-processing settings are those
+tuned on held-out generated images (models/CytoplasmSegmentation/training.json)."""
 
 
 @dataclass(frozen=True)

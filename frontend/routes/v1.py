@@ -66,7 +66,11 @@ class JobOptions(BaseModel):
     job_type: str = Field(description="A job type from GET /api/v1/job-types.")
     model: str = Field("", description="NAME or NAME:VERSION of a served model.")
     scale: str = Field("", description="Microns per pixel of the image.")
-    channels: str = Field("", description="Channels to use, comma-separated indices.")
+    channels: str = Field(
+        "",
+        description="Channels to use, comma-separated indices from 0; segmentation: ',N' puts "
+        "channel N in the cytoplasm model's slot; mesmer: the nuclear, then the membrane channel.",
+    )
     dimension_order: str = Field("", description="Axis order of the image, e.g. CYX or ZYX.")
     segmentation_type: str = Field("", description="Kind of segmentation, if the type has several.")
     compartment: str = Field(

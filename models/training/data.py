@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from models.training.options import TrainingArgs
 
-__all__ = ["Example", "Pool", "Split"]
+__all__ = ["Example", "Pool", "Split", "drawn_side", "jitter_zoom", "resampled"]
 
 Example = Callable[[int], tuple[np.ndarray, np.ndarray]]
 """seed -> (normalised input (S, S, C), targets (S, S, T)), both float16-able."""
@@ -112,3 +113,28 @@ class Pool:
             x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
             xs[b], ys[b] = x, y
         return xs, self.split(ys)
+
+
+def jitter_zoom(rng: np.random.Generator, scale_jitter: float) -> float:
+    """Scale jitter: half the examples at their own size, the rest resampled by a factor
+    log-uniform in 1/(1 + j)..1 + j (the consumer resamples inputs to the model's pixel size,
+    so the model must tolerate interpolation and slightly off sizes)."""
+    if scale_jitter > 0 and rng.random() < 0.5:
+        return float(np.exp(rng.uniform(-np.log1p(scale_jitter), np.log1p(scale_jitter))))
+    return 1.0
+
+
+def drawn_side(size: int, zoom: float) -> int:
+    """The side to draw at so that, resampled by ``zoom``, the image still covers ``size``."""
+    return int(np.ceil(size / zoom)) + 2
+
+
+def resampled(
+    size: int, zoom: float, image: np.ndarray, *labels: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The image (linear; channels last, if any) and label images (nearest) resampled by
+    ``zoom`` and cropped to ``size`` x ``size``."""
+    if zoom != 1.0:
+        image = ndi.zoom(image, (zoom, zoom) + (1,) * (image.ndim - 2), order=1)
+        labels = tuple(ndi.zoom(label, zoom, order=0) for label in labels)
+    return (image[:size, :size], *(label[:size, :size] for label in labels))

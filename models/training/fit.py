@@ -203,3 +203,29 @@ def environment() -> dict[str, Any]:
 
 def saved_model_bytes(version_dir: Path) -> int:
     return sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
+
+
+AUGMENTATION = (
+    "random crops, rot90/flips, gamma 0.6-1.6, contrast x0.85-1.15, offset +-0.05, scale jitter"
+)
+
+
+def training_record(
+    args: TrainingArgs,
+    trained: Trained,
+    seed_bases: tuple[int, int, int],
+    augmentation_note: str = "",
+) -> dict[str, Any]:
+    """training.json's ``training`` section: the settings, losses, schedule, augmentation,
+    the (train, tune, test) seed ranges, time and loss history; one shape for every model."""
+    train, tune, test = seed_bases
+    return {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "loss": trained.loss,
+        "loss_weights": trained.loss_weights,
+        "optimizer": OPTIMIZER,
+        "augmentation": AUGMENTATION + (f"; {augmentation_note}" if augmentation_note else ""),
+        "seed_ranges": {"train": train + args.seed * 100_000_000, "tune": tune, "test": test},
+        "train_seconds": round(trained.train_seconds, 1),
+        "history": trained.history,
+    }

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from consumers.processing.normalize import normalize
 from consumers.segmentation import NUCLEAR_MODEL as CONTRACT
 from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from evaluation.synthetic import generate
-from models.training.data import Pool
+from models.training.data import Pool, drawn_side, jitter_zoom, resampled
 from models.training.options import Smoke, TrainingArgs, training_parser
 from models.training.targets import targets
 from models.training.tuning import figures, segment_all, tune
@@ -74,15 +73,9 @@ def make_example(
     inputs to 0.65 um/px, so the model must tolerate interpolation and slightly off sizes).
     """
     rng = np.random.default_rng(seed)
-    zoom = 1.0
-    if scale_jitter > 0 and rng.random() < 0.5:
-        zoom = float(np.exp(rng.uniform(-np.log1p(scale_jitter), np.log1p(scale_jitter))))
-    raw_size = int(np.ceil(size / zoom)) + 2
-    image, labels = generate((raw_size, raw_size), seed=rng)
-    if zoom != 1.0:
-        image = ndi.zoom(image, zoom, order=1)
-        labels = ndi.zoom(labels, zoom, order=0)
-    image, labels = image[:size, :size], labels[:size, :size]
+    zoom = jitter_zoom(rng, scale_jitter)
+    side = drawn_side(size, zoom)
+    image, labels = resampled(size, zoom, *generate((side, side), seed=rng))
     method = "clahe" if rng.random() < clahe_fraction else "percentile"
     x = normalize(image, method)[..., None]
     return x.astype(np.float16), targets(labels).astype(np.float16)
@@ -179,21 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             "maxima_algorithm": "peak_local_max",
             **params,
         },
-        "training": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "loss": trained.loss,
-            "loss_weights": trained.loss_weights,
-            "optimizer": fit.OPTIMIZER,
-            "augmentation": "random crops, rot90/flips, gamma 0.6-1.6, contrast x0.85-1.15, "
-            "offset +-0.05, scale jitter",
-            "seed_ranges": {
-                "train": TRAIN_SEED_BASE + args.seed * 100_000_000,
-                "tune": TUNE_SEED_BASE,
-                "test": TEST_SEED_BASE,
-            },
-            "train_seconds": round(trained.train_seconds, 1),
-            "history": trained.history,
-        },
+        "training": fit.training_record(
+            args, trained, (TRAIN_SEED_BASE, TUNE_SEED_BASE, TEST_SEED_BASE)
+        ),
         "validation": {
             "data": f"{args.val_images} generated {args.val_size}x{args.val_size} images per set "
             "(evaluation.synthetic, held-out seeds); thresholds tuned on 'tune', "

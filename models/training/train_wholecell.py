@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from consumers.processing.contract import WHOLE_CELL_MODEL as CONTRACT
 from consumers.processing.normalize import normalize
 from evaluation.baseline import STAINS, classical_whole_cell
 from evaluation.cells import CellImage, generate_cells
 from evaluation.quality import DEFAULT_AP_THRESHOLDS
-from models.training.data import Pool
+from models.training.data import Pool, drawn_side, jitter_zoom, resampled
 from models.training.options import Smoke, TrainingArgs, training_parser
 from models.training.targets import targets
 from models.training.tuning import figures, segment_all, tune
@@ -91,19 +90,12 @@ def make_example(
     """One generated (nuclear, membrane-or-cytoplasm) image, normalised, and its six targets
     (whole cell: inner, outer, fg; nucleus: inner, outer, fg); float16."""
     rng = np.random.default_rng(seed)
-    zoom = 1.0
-    if scale_jitter > 0 and rng.random() < 0.5:
-        zoom = float(np.exp(rng.uniform(-np.log1p(scale_jitter), np.log1p(scale_jitter))))
-    raw_size = int(np.ceil(size / zoom)) + 2
-    drawn = generate_cells((raw_size, raw_size), seed=rng)
+    zoom = jitter_zoom(rng, scale_jitter)
+    side = drawn_side(size, zoom)
+    drawn = generate_cells((side, side), seed=rng)
     stain = "membrane" if rng.random() < membrane_fraction else "cytoplasm"
     image = drawn.stack(("nuclear", stain))
-    cells, nuclei = drawn.cells, drawn.nuclei
-    if zoom != 1.0:
-        image = ndi.zoom(image, (zoom, zoom, 1), order=1)
-        cells = ndi.zoom(cells, zoom, order=0)
-        nuclei = ndi.zoom(nuclei, zoom, order=0)
-    image, cells, nuclei = image[:size, :size], cells[:size, :size], nuclei[:size, :size]
+    image, cells, nuclei = resampled(size, zoom, image, drawn.cells, drawn.nuclei)
     method = "clahe" if rng.random() < clahe_fraction else "percentile"
     x = normalize(image, method)
     y = np.concatenate([targets(cells), targets(nuclei)], axis=-1)
@@ -230,21 +222,12 @@ def main(argv: list[str] | None = None) -> int:
             "maxima_algorithm": "peak_local_max",
             **params,
         },
-        "training": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "loss": trained.loss,
-            "loss_weights": trained.loss_weights,
-            "optimizer": fit.OPTIMIZER,
-            "augmentation": "random crops, rot90/flips, gamma 0.6-1.6, contrast x0.85-1.15, "
-            "offset +-0.05, scale jitter; second channel membrane or cytoplasm per image",
-            "seed_ranges": {
-                "train": TRAIN_SEED_BASE + args.seed * 100_000_000,
-                "tune": TUNE_SEED_BASE,
-                "test": TEST_SEED_BASE,
-            },
-            "train_seconds": round(trained.train_seconds, 1),
-            "history": trained.history,
-        },
+        "training": fit.training_record(
+            args,
+            trained,
+            (TRAIN_SEED_BASE, TUNE_SEED_BASE, TEST_SEED_BASE),
+            "second channel membrane or cytoplasm per image",
+        ),
         "validation": {
             "data": f"{args.val_images} generated {args.val_size}x{args.val_size} images per set "
             "(evaluation.cells, held-out seeds), half with a membrane and half with a cytoplasm "

@@ -14,7 +14,7 @@ import numpy as np
 
 from consumers.processing.contract import Heads
 from consumers.processing.deep_watershed import deep_watershed
-from evaluation.quality import score_thresholds, summary
+from evaluation.quality import figures
 
 __all__ = ["GRID", "START", "figures", "segment_all", "tune"]
 
@@ -38,15 +38,6 @@ START: dict[str, Any] = {
     "small_objects_threshold": 0,
 }
 """Where the search starts."""
-
-
-def figures(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | int]:
-    """Data-set scores, counts pooled over images; mAP: mean over IoU 0.5..0.95 of TP/(TP+FP+FN)."""
-    per_threshold: dict[float, list[Any]] = {}
-    for true, pred in pairs:
-        for s in score_thresholds(true, pred):
-            per_threshold.setdefault(s.iou_threshold, []).append(s)
-    return summary(per_threshold)
 
 
 def segment_all(
