@@ -98,6 +98,10 @@ def _claimed(queue: JobQueue, consumer: str = "c1") -> Claim:
     return claim
 
 
+REPLICA_WAIT = 1.0
+"""Long enough for a healthy replica to acknowledge on a busy 2-core machine (0.2 s was missed
+there once), short enough that a frozen one costs a second a write."""
+
 ENDINGS: dict[str, Callable[[JobQueue, Claim], Settled]] = {
     "finish": lambda q, c: q.finish(c, "c1", {JobField.OUTPUT_URL: "x"}),
     "fail": lambda q, c: q.fail(c, "c1", "bad input"),
@@ -109,7 +113,7 @@ ENDINGS: dict[str, Callable[[JobQueue, Claim], Settled]] = {
 
 @pytest.mark.parametrize("ending", sorted(ENDINGS))
 def test_every_end_of_a_claim_waits_for_a_replica(pair: Replicated, ending: str) -> None:
-    queue = pair.queue(timeout=0.2)
+    queue = pair.queue(timeout=REPLICA_WAIT)
     claim = _claimed(queue)
     assert queue.unreplicated == 0
     pair.freeze_replica()
@@ -120,7 +124,7 @@ def test_every_end_of_a_claim_waits_for_a_replica(pair: Replicated, ending: str)
 
 
 def test_deleting_and_zip_children_wait_for_a_replica_too(pair: Replicated) -> None:
-    queue = pair.queue(timeout=0.2)
+    queue = pair.queue(timeout=REPLICA_WAIT)
     key = submit(queue)
     parent = submit(queue, "echo-zip", "images.zip")
     pair.freeze_replica()
