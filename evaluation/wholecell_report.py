@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="score the whole-cell models too (on), not (off), or only them (only)",
     )
     p.add_argument(
-        "--wholecell-count", type=int, default=12, help="generated images per stain (default 12)"
+        "--wholecell-count", type=int, default=36, help="generated images per stain (default 36)"
     )
     p.add_argument(
         "--wholecell-size", type=int, default=512, help="side of a generated image (default 512)"

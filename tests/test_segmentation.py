@@ -79,9 +79,10 @@ def test_the_chosen_channel_of_a_multichannel_image_is_segmented(
     assert "2 channels" in unpicked[JobField.REASON] and "channels" in unpicked[JobField.REASON]
 
 
-# Floors well under the model's held-out figures (cytoplasm 0.87, brightfield 0.35: the
-# model card), and the margin over the classical baseline on the same image.
-@pytest.mark.parametrize(("stain", "floor"), [("cytoplasm", 0.7), ("brightfield", 0.2)])
+# One packed 256x256 image swings far from the model's pooled figures (make evaluate: cytoplasm
+# 0.89, brightfield 0.75): the floors are for this image, with a margin over the classical
+# baseline on it, and the labels must be cells, not nuclei.
+@pytest.mark.parametrize(("stain", "floor"), [("cytoplasm", 0.7), ("brightfield", 0.25)])
 def test_the_cytoplasm_slot_runs_the_cytoplasm_model_on_that_channel(
     consumers: dict, queue: JobQueue, bucket: LocalBucket, stain: str, floor: float
 ) -> None:
@@ -92,7 +93,9 @@ def test_the_cytoplasm_slot_runs_the_cytoplasm_model_on_that_channel(
     data = tiff(image, photometric="minisblack")
     cells = labels_of(bucket, finished(queue, submit(queue, bucket, "c.tif", data, channels=",1")))
     baseline = classical_cytoplasm(getattr(drawn, stain), stain_kind=stain)
-    assert score(drawn.cells, cells).f1 >= max(floor, score(drawn.cells, baseline).f1 + 0.1)
+    found = score(drawn.cells, cells).f1
+    assert found >= max(floor, score(drawn.cells, baseline).f1 + 0.1)
+    assert found > score(drawn.nuclei, cells).f1
     nuclei = labels_of(bucket, finished(queue, submit(queue, bucket, "n.tif", data, channels="0,")))
     assert score(drawn.nuclei, nuclei).f1 > score(drawn.cells, nuclei).f1
 

@@ -215,13 +215,13 @@ CYTOPLASM_MODEL = ModelContract(
     compartment="whole-cell",
     postprocessing=_frozen(
         {
-            "radius": 5,
+            "radius": 6,
             "maxima_threshold": 0.4,
             "interior_threshold": 0.01,
             "fgbg_threshold": 0.7,
-            "interior_smooth": 1.0,
-            "maxima_smooth": 0.0,
-            "small_objects_threshold": 20,
+            "interior_smooth": 0.5,
+            "maxima_smooth": 0.5,
+            "small_objects_threshold": 0,
         }
     ),
 )

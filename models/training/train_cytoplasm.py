@@ -51,14 +51,14 @@ TEST_SEED_BASE = 60_000_000
 class Args(TrainingArgs):
     """The shared settings and the cytoplasm model's own."""
 
-    brightfield_fraction: float = 0.5
+    brightfield_fraction: float = 0.7
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
     parser = training_parser(
         __doc__,
         out=Path("models/CytoplasmSegmentation"),
-        steps=2500,
+        steps=6000,
         batch=12,
         pool=250,
         val_images=12,
@@ -67,8 +67,9 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument(
         "--brightfield-fraction",
         type=float,
-        default=0.5,
-        help="share of training images that are brightfield (else fluorescent cytoplasm)",
+        default=0.7,
+        help="share of training images that are brightfield (else fluorescent cytoplasm): "
+        "the harder of the two gets more of the training",
     )
     args = Args(**vars(parser.parse_args(argv)))
     Smoke(steps=20, pool=16, val_images=2).apply(args)
