@@ -22,7 +22,9 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-__all__ = ["fgbg", "inner_distance", "outer_distance", "targets"]
+from consumers.processing.contract import Heads
+
+__all__ = ["fgbg", "head_targets", "inner_distance", "outer_distance", "targets"]
 
 
 def _own_boundary_distance(labels: NDArray[np.integer]) -> NDArray[np.float32]:
@@ -87,3 +89,14 @@ def targets(labels: NDArray[np.integer]) -> NDArray[np.float32]:
         [inner_distance(labels), outer_distance(labels), (labels > 0).astype(np.float32)],
         axis=-1,
     )
+
+
+def head_targets(ys: np.ndarray, heads: Heads, offset: int = 0) -> dict[str, np.ndarray]:
+    """A batch's (B, t, t, T) targets -> one compartment's three heads, from channels
+    ``offset``.. ``offset + 2`` (inner, outer, foreground; fgbg one-hot from the foreground)."""
+    fg = ys[..., offset + 2 : offset + 3]
+    return {
+        heads.inner: ys[..., offset : offset + 1],
+        heads.outer: ys[..., offset + 1 : offset + 2],
+        heads.foreground: np.concatenate([1.0 - fg, fg], axis=-1),
+    }

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,7 @@ from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from evaluation.synthetic import generate
 from models.training.data import Pool, drawn_side, jitter_zoom, resampled
 from models.training.options import Smoke, TrainingArgs, training_parser
-from models.training.targets import targets
+from models.training.targets import head_targets, targets
 from models.training.tuning import figures, segment_all, tune
 
 HEADS = CONTRACT.heads
@@ -82,13 +81,8 @@ def make_example(
 
 
 def split_targets(ys: np.ndarray) -> dict[str, np.ndarray]:
-    """(B, t, t, 3) targets -> the three heads (fgbg one-hot from the foreground)."""
-    fg = ys[..., 2:3]
-    return {
-        HEADS.inner: ys[..., 0:1],
-        HEADS.outer: ys[..., 1:2],
-        HEADS.foreground: np.concatenate([1.0 - fg, fg], axis=-1),
-    }
+    """(B, t, t, 3) targets -> the three heads."""
+    return head_targets(ys, HEADS)
 
 
 def make_pool(args: Args) -> Pool:
@@ -184,15 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             "test": test_fig,
             "test_clahe_input": clahe_fig,
         },
-        "inference_ms": {
-            **timings,
-            "threads": args.threads,
-            "note": "exported SavedModel, one image, after warm-up, median of 7",
-        },
-        "deep_watershed_ms_per_megapixel": round(1000 * ws_seconds / megapixels, 1),
-        "environment": fit.environment(),
-        "command": "python -m models.training.train_nuclear " + " ".join(sys.argv[1:]),
-        "wall_seconds": round(time.time() - started, 1),
+        **fit.closing_record(
+            args, timings, 1000 * ws_seconds / megapixels, "train_nuclear", started
+        ),
     }
     (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "MODEL.md").write_text(model_card(report))

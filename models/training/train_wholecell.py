@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -37,7 +36,7 @@ from evaluation.cells import CellImage, generate_cells
 from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from models.training.data import Pool, drawn_side, jitter_zoom, resampled
 from models.training.options import Smoke, TrainingArgs, training_parser
-from models.training.targets import targets
+from models.training.targets import head_targets, targets
 from models.training.tuning import figures, segment_all, tune
 
 CELL, NUCLEUS = CONTRACT.compartments
@@ -103,14 +102,9 @@ def make_example(
 
 
 def split_targets(ys: np.ndarray) -> dict[str, np.ndarray]:
-    """(B, t, t, 6) targets -> the six heads (fgbg one-hot from each foreground)."""
-    heads = {}
-    for offset, compartment in ((0, CELL), (3, NUCLEUS)):
-        h, fg = compartment.heads, ys[..., offset + 2 : offset + 3]
-        heads[h.inner] = ys[..., offset : offset + 1]
-        heads[h.outer] = ys[..., offset + 1 : offset + 2]
-        heads[h.foreground] = np.concatenate([1.0 - fg, fg], axis=-1)
-    return heads
+    """(B, t, t, 6) targets -> the six heads: the whole cell's from channels 0-2, the
+    nucleus' from 3-5."""
+    return {**head_targets(ys, CELL.heads, 0), **head_targets(ys, NUCLEUS.heads, 3)}
 
 
 def make_pool(args: Args) -> Pool:
@@ -240,15 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                 **baseline_fig,
             },
         },
-        "inference_ms": {
-            **timings,
-            "threads": args.threads,
-            "note": "exported SavedModel, one image, after warm-up, median of 7",
-        },
-        "deep_watershed_ms_per_megapixel": round(1000 * ws_seconds / megapixels, 1),
-        "environment": fit.environment(),
-        "command": "python -m models.training.train_wholecell " + " ".join(sys.argv[1:]),
-        "wall_seconds": round(time.time() - started, 1),
+        **fit.closing_record(
+            args, timings, 1000 * ws_seconds / megapixels, "train_wholecell", started
+        ),
     }
     (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "MODEL.md").write_text(model_card(report))
