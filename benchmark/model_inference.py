@@ -19,7 +19,6 @@ its ratio to the nuclear model's in the same run (the baseline: these machines a
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 import numpy as np
 
@@ -52,10 +51,6 @@ def measure(contract: ModelContract, target: str, repeat: int) -> dict[str, floa
     tiles = rng.random((4, SIDE // 2, SIDE // 2, channels), dtype=np.float32)
     image = _image(contract)
 
-    def postprocess(maps: Any) -> np.ndarray:
-        labels = contract.postprocess_compartments(maps).values()
-        return np.stack(list(labels), axis=-1)
-
     def pipeline() -> object:
         return segment(
             image,
@@ -63,7 +58,7 @@ def measure(contract: ModelContract, target: str, repeat: int) -> dict[str, floa
             model_mpp=contract.mpp,
             size_multiple=contract.size_multiple,
             batch_size=4,
-            postprocess=postprocess,
+            postprocess=contract.postprocess_stacked,
         )
 
     for call in (lambda: predict(one), lambda: predict(tiles), pipeline):

@@ -88,9 +88,7 @@ class MesmerConsumer(SegmentationConsumer):
     def postprocess_for(self, job: Job, contract: ModelContract) -> Postprocess:
         chosen = self.compartment(job)
         if chosen == BOTH:
-            return lambda maps: np.stack(
-                list(contract.postprocess_compartments(maps).values()), axis=-1
-            )
+            return contract.postprocess_stacked
         compartment = next(c for c in contract.compartments if c.name == chosen)
         return compartment.postprocess
 

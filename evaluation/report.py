@@ -119,11 +119,7 @@ def compartments_segmenter(predict: Predict, config: PipelineConfig) -> wholecel
     """The consumers' maths for a model of one or more compartments, on one (Y, X, C) image:
     labels per compartment, each from its own heads and post-processing settings."""
     contract = config.contract
-
-    def postprocess(maps: Mapping[str, np.ndarray]) -> np.ndarray:
-        return np.stack(list(contract.postprocess_compartments(maps).values()), axis=-1)
-
-    run = model_segmenter(predict, config, postprocess)
+    run = model_segmenter(predict, config, contract.postprocess_stacked)
 
     def segment(image: np.ndarray, image_mpp: float) -> dict[str, np.ndarray]:
         labels = run(image[None], image_mpp)[0]  # one (Y, X, C) image as a stack of one

@@ -154,6 +154,11 @@ class ModelContract:
         from its own heads and settings; labels are numbered per compartment."""
         return {c.name: c.postprocess(maps) for c in self.compartments}
 
+    def postprocess_stacked(self, maps: Mapping[str, np.ndarray]) -> NDArray[np.int32]:
+        """Every compartment's labels as one (y, x, K) array, in :attr:`compartments` order
+        (a mesmer job's ``both``: cells, then nuclei)."""
+        return np.stack(list(self.postprocess_compartments(maps).values()), axis=-1)
+
 
 WHOLE_CELL_MODEL = ModelContract(
     name="WholeCellSegmentation",
