@@ -88,10 +88,10 @@ def main() -> None:
         with model_server(args.models_dir) as server:
             predict = ServedModel(server.target, MODEL)
             for size, (image, _) in images.items():
-                x = normalize(image, config.normalization)[..., None]
-                maps[size] = predict_maps(
-                    x, predict, tile_size=config.tile_size, batch_size=config.batch_size
-                )
+                options = dict(config.options)
+                x = normalize(image, options.pop("normalize_method"))[..., None]
+                del options["model_mpp"]
+                maps[size] = predict_maps(x, predict, **options)
     else:
         maps = {size: ideal_maps(labels) for size, (_, labels) in images.items()}
 

@@ -40,20 +40,40 @@ __all__ = [
     "mapped_files",
     "memory_mib",
     "model_server",
+    "runs",
+    "spread",
+    "spread_text",
+    "timed",
 ]
 
 MODEL = "NuclearSegmentation"
 STACK_READY_TIMEOUT = 300.0  # Redis, janitor, the model server (TensorFlow), frontend, consumers
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    """Median seconds of ``repeat`` calls: the middle run, not a noisy mean."""
-    runs = []
+def runs(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Seconds of each of ``repeat`` calls."""
+    seconds = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        runs.append(time.perf_counter() - start)
-    return median(runs)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds of ``repeat`` calls: the middle run, not a noisy mean."""
+    return median(runs(fn, repeat))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """min, median and max of some runs: what a README figure shows."""
+    return {"min": min(values), "median": median(values), "max": max(values)}
+
+
+def spread_text(values: list[float], digits: int = 3) -> str:
+    """``median (min-max)``."""
+    s = spread(values)
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
 def service_env(redis_url: str, bucket_dir: Path, **settings: str) -> dict[str, str]:

@@ -112,13 +112,9 @@ def _alone_worker(
             image,
             lambda batch: heads.foreground_only(predict(batch)),
             image_mpp=config.model_mpp,
-            model_mpp=config.model_mpp,
-            size_multiple=config.contract.size_multiple,
             postprocess=config.contract.postprocess,
-            tile_size=config.tile_size,
-            batch_size=config.batch_size,
-            normalize_method=config.normalization,
             timings=timings,
+            **config.options,
         )
 
     run(images[0])  # connect, warm up

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from consumers import imaging
 from consumers.base import Job, JobError
-from consumers.processing.contract import WHOLE_CELL_MODEL, ModelContract
+from consumers.processing.contract import WHOLE_CELL_MODEL, Compartment, ModelContract
 from consumers.processing.overlay import overlay_layers_png
 from consumers.processing.pipeline import Postprocess
 from consumers.segmentation import ModelPlan, PipelineSettings, SegmentationConsumer
@@ -86,11 +86,19 @@ class MesmerConsumer(SegmentationConsumer):
         return chosen or self.mesmer_options.mesmer_compartment
 
     def postprocess_for(self, job: Job, contract: ModelContract) -> Postprocess:
+        chosen = self._compartment_of(job, contract)
+        return contract.postprocess_stacked if chosen is None else chosen.postprocess
+
+    def outputs_for(self, job: Job, contract: ModelContract) -> tuple[str, ...]:
+        chosen = self._compartment_of(job, contract)
+        return contract.output_names if chosen is None else chosen.heads.names
+
+    def _compartment_of(self, job: Job, contract: ModelContract) -> Compartment | None:
+        """The contract's compartment the job asks for; None for ``both``."""
         chosen = self.compartment(job)
         if chosen == BOTH:
-            return contract.postprocess_stacked
-        compartment = next(c for c in contract.compartments if c.name == chosen)
-        return compartment.postprocess
+            return None
+        return next(c for c in contract.compartments if c.name == chosen)
 
     def channel_advice(self, plan: ModelPlan) -> str:
         return (

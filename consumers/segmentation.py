@@ -13,10 +13,10 @@ says what to do. Model-server trouble that may pass (unavailable, busy, timeouts
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from pydantic import Field
@@ -32,13 +32,20 @@ from consumers.movie_frames import (
     is_movie_frame,
 )
 from consumers.processing import linking
-from consumers.processing.contract import CYTOPLASM_MODEL, ModelContract
+from consumers.processing.contract import (
+    BUNDLED_REACH,
+    CYTOPLASM_MODEL,
+    LEAN_SIGNATURE,
+    WHOLE_CELL_MODEL,
+    ModelContract,
+)
 from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import Postprocess, Predict, segment_frames
 from kiosk.jobs import Stage, Stages
 from kiosk.keys import JobField, Status, file_url
 from kiosk.options import OptionError, parse_channel_slots, parse_scale
 from kiosk.serving.client import (
+    DEFAULT_SIGNATURE,
     InvalidRequest,
     ModelNotFound,
     PredictError,
@@ -49,10 +56,19 @@ from kiosk.settings import JobTypeSettings
 
 log = logging.getLogger(__name__)
 
-NUCLEAR_MODEL = ModelContract(name="NuclearSegmentation", mpp=0.65, size_multiple=16)
+NUCLEAR_MODEL = ModelContract(
+    name="NuclearSegmentation",
+    mpp=0.65,
+    size_multiple=16,
+    reach=BUNDLED_REACH,
+    lean_signature=LEAN_SIGNATURE,
+)
 """The bundled nuclear model (models/NuclearSegmentation): input ``image``, float32
 (batch, y, x, 1); heads ``inner_distance``, ``outer_distance`` and ``fgbg`` (softmax, channel 1
 the foreground); trained on nuclei at 0.65 um/px."""
+
+BUNDLED_CONTRACTS = (NUCLEAR_MODEL, WHOLE_CELL_MODEL, CYTOPLASM_MODEL)
+"""Every bundled deep-watershed model's contract."""
 
 CONTRACTS: dict[str, ModelContract] = {c.name: c for c in (NUCLEAR_MODEL, CYTOPLASM_MODEL)}
 """The bundled single-channel models by name: a job naming one runs under its contract (its
@@ -71,9 +87,23 @@ class PipelineSettings(JobTypeSettings):
     one tiling, batching, normalisation and size limit for all of them."""
 
     tile_size: int = Field(
-        512, ge=64, description="Side of the square tiles large images are cut into, in pixels."
+        1024,
+        ge=256,
+        description="Side of the square tiles images larger than whole_image_pixels are cut "
+        "into, in pixels (they overlap by twice the model's receptive field).",
+    )
+    whole_image_pixels: int = Field(
+        2048 * 2048,
+        ge=0,
+        description="Images up to this many pixels (at the model's pixel size) go to the model "
+        "in one piece; larger ones are tiled (0: always tile).",
     )
     predict_batch_size: int = Field(4, ge=1, description="Tiles sent in one Predict call.")
+    lean_wire: bool = Field(
+        True,
+        description="Ask the model server for the model's float16 signature (half the bytes "
+        "in, 3/8 out) when the served version has one, and only the heads the job uses.",
+    )
     normalization: str = Field(
         "percentile",
         pattern="^(percentile|clahe)$",
@@ -85,6 +115,19 @@ class PipelineSettings(JobTypeSettings):
         description="Largest image plane (height x width) a segmentation job takes; larger ones "
         "fail with a message before they are decoded.",
     )
+
+    def pipeline_options(self, contract: ModelContract) -> dict[str, Any]:
+        """``pipeline.segment``'s keywords for a model under these settings: the one place the
+        consumer, the evaluation and the benchmarks take its tiling and normalisation from."""
+        return {
+            "model_mpp": contract.mpp,
+            "size_multiple": contract.size_multiple,
+            "reach": contract.reach,
+            "tile_size": self.tile_size,
+            "whole_pixels": self.whole_image_pixels,
+            "batch_size": self.predict_batch_size,
+            "normalize_method": self.normalization,
+        }
 
 
 class SegmentationSettings(PipelineSettings):
@@ -169,6 +212,10 @@ class SegmentationConsumer(Consumer):
         """Labels from the blended heads: (y, x), or (y, x, K) for K label images."""
         return contract.postprocess
 
+    def outputs_for(self, job: Job, contract: ModelContract) -> tuple[str, ...]:
+        """The heads that post-processing reads: all the model has."""
+        return contract.output_names
+
     def channel_advice(self, plan: ModelPlan) -> str:
         """Said after a channel error: what the model needs."""
         return ""
@@ -184,13 +231,14 @@ class SegmentationConsumer(Consumer):
         contract = plan.contract
         image_mpp = self._scale(job, contract)
         postprocess = self.postprocess_for(job, contract)
+        outputs = self.outputs_for(job, contract)
         with job.input_file() as path, job.stage(Stages.PREPROCESS):
             loaded = self._open(job, path, plan)
         retries = 0
 
         def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
             nonlocal retries
-            prediction = self._predict(plan, batch)
+            prediction = self._predict(plan, batch, outputs)
             retries += prediction.retries
             if prediction.retries:
                 PREDICT_RETRIES.labels(job.queue).inc(prediction.retries)
@@ -201,13 +249,9 @@ class SegmentationConsumer(Consumer):
             loaded.pixels,
             progress.wrap(predict),
             image_mpp=image_mpp,
-            model_mpp=contract.mpp,
-            size_multiple=contract.size_multiple,
-            tile_size=self.options.tile_size,
-            batch_size=self.options.predict_batch_size,
-            normalize_method=self.options.normalization,
             postprocess=postprocess,
             progress=progress,
+            **self.options.pipeline_options(contract),
             frame_done=lambda index, timings: job.record_times(
                 {
                     stage: sum(timings.get(name, 0.0) for name in names)
@@ -292,16 +336,34 @@ class SegmentationConsumer(Consumer):
 
     # ------------------------------------------------------------------ model server
 
-    def _predict(self, plan: ModelPlan, batch: np.ndarray) -> Prediction:
+    def _predict(self, plan: ModelPlan, batch: np.ndarray, outputs: Sequence[str]) -> Prediction:
         try:
-            inputs = {plan.contract.input: batch}
-            return self.client.predict(plan.name, inputs, version=plan.version, check=True)
+            signature = self._signature(plan)
+            if signature != DEFAULT_SIGNATURE:
+                batch = batch.astype(np.float16)
+            return self.client.predict(
+                plan.name,
+                {plan.contract.input: batch},
+                version=plan.version,
+                signature_name=signature,
+                output_filter=outputs if self.options.lean_wire else None,
+                check=True,
+            )
         except (ModelNotFound, InvalidRequest) as exc:
             raise JobError(str(exc)) from exc
         except PredictError as exc:
             if not exc.transient:
                 raise JobError(str(exc)) from exc
             raise
+
+    def _signature(self, plan: ModelPlan) -> str:
+        """The contract's lean signature where the served version has it (the model server's
+        metadata, cached by the client), else ``serving_default``."""
+        lean = plan.contract.lean_signature
+        if not (self.options.lean_wire and lean):
+            return DEFAULT_SIGNATURE
+        served = self.client.metadata(plan.name, plan.version).signatures
+        return lean if lean in served else DEFAULT_SIGNATURE
 
 
 class _TileProgress:

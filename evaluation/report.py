@@ -37,7 +37,7 @@ from consumers.division_scorer import DIVISION_MODEL
 from consumers.processing.contract import CYTOPLASM_MODEL, WHOLE_CELL_MODEL, ModelContract
 from consumers.processing.deep_watershed import deep_watershed
 from consumers.processing.pipeline import Postprocess, Predict, segment_frames
-from consumers.segmentation import NUCLEAR_MODEL, SegmentationSettings
+from consumers.segmentation import NUCLEAR_MODEL, PipelineSettings, SegmentationSettings
 from evaluation import REPO, EvaluationError, tracking_report, wholecell_report
 from evaluation.baseline import classical_segment
 from evaluation.datasets import (
@@ -75,20 +75,22 @@ class PipelineConfig:
     like the consumer does)."""
 
     contract: ModelContract
-    tile_size: int
-    batch_size: int
-    normalization: str
+    settings: PipelineSettings
 
     @property
     def model_mpp(self) -> float:
         return self.contract.mpp
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """``pipeline.segment``'s keywords, as the consumer passes them."""
+        return self.settings.pipeline_options(self.contract)
+
     @classmethod
     def from_settings(
-        cls, settings: SegmentationSettings | None = None, contract: ModelContract = NUCLEAR_MODEL
+        cls, settings: PipelineSettings | None = None, contract: ModelContract = NUCLEAR_MODEL
     ) -> PipelineConfig:
-        s = settings or SegmentationSettings()
-        return cls(contract, s.tile_size, s.predict_batch_size, s.normalization)
+        return cls(contract, settings or SegmentationSettings())
 
 
 def model_segmenter(
@@ -103,12 +105,8 @@ def model_segmenter(
             image if image.ndim >= 3 else image[None],
             lambda batch: contract.foreground_only(predict(batch)),
             image_mpp=image_mpp,
-            model_mpp=config.contract.mpp,
-            size_multiple=config.contract.size_multiple,
-            tile_size=config.tile_size,
-            batch_size=config.batch_size,
-            normalize_method=config.normalization,
             postprocess=postprocess or config.contract.postprocess,
+            **config.options,
         )
         return labels if image.ndim >= 3 else labels[0]
 
@@ -401,10 +399,7 @@ def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[str, An
             "models_dir": str(args.models_dir),
         },
         "pipeline": {
-            "model_mpp": config.model_mpp,
-            "tile_size": config.tile_size,
-            "batch_size": config.batch_size,
-            "normalization": config.normalization,
+            **{k: v for k, v in config.options.items() if k != "size_multiple"},
             "postprocess": {
                 k: v for k, v in served.items() if isinstance(v, int | float | str | bool)
             },

@@ -135,18 +135,27 @@ class ServedModel:
         model: str,
         version: int | None = None,
         contract: ModelContract = NUCLEAR_MODEL,
+        *,
+        lean: bool = False,
     ) -> None:
-        from kiosk.serving.client import ServingClient
+        from kiosk.serving.client import DEFAULT_SIGNATURE, ServingClient
 
         self.client = ServingClient(target)
         self.model = model
         self.input = contract.input
         self.version = version
         self.answered: int | None = None
+        self.lean = lean and contract.lean_signature is not None
+        """Ask for the contract's float16 signature, as consumers do by default."""
+        self.signature = (contract.lean_signature if self.lean else None) or DEFAULT_SIGNATURE
 
     def __call__(self, batch: np.ndarray) -> Mapping[str, np.ndarray]:
         prediction = self.client.predict(
-            self.model, {self.input: batch}, version=self.version, check=True
+            self.model,
+            {self.input: batch.astype(np.float16) if self.lean else batch},
+            version=self.version,
+            signature_name=self.signature,
+            check=True,
         )
         self.answered = prediction.model_version
         return prediction.outputs

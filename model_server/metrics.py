@@ -122,6 +122,13 @@ class ServerMetrics:
             registry=registry,
         )
         self.busy_ratio.set_function(self.busy.ratio)
+        self.wire_bytes = Counter(
+            "kiosk_model_server_predict_bytes",
+            "Tensor bytes of Predict requests (in) and replies (out), by model and signature: "
+            "what the lean float16 signature saves.",
+            ["model", "signature", "direction"],
+            registry=registry,
+        )
         self.loaded_versions = Gauge(
             "kiosk_model_server_loaded_versions",
             "Model versions loaded and AVAILABLE, by model.",
@@ -132,6 +139,10 @@ class ServerMetrics:
     def request(self, model: str, method: str, code: str, seconds: float) -> None:
         self.requests.labels(model, method, code).inc()
         self.request_seconds.labels(model, method).observe(seconds)
+
+    def predict_bytes(self, model: str, signature: str, inbound: int, outbound: int) -> None:
+        self.wire_bytes.labels(model, signature, "in").inc(inbound)
+        self.wire_bytes.labels(model, signature, "out").inc(outbound)
 
     @contextmanager
     def inference(self, model: str) -> Iterator[None]:

@@ -128,6 +128,12 @@ class ModelServerService:
         fill_spec(response.model_spec, loaded, signature_name)
         for name in wanted:
             to_tensor_proto(outputs[name], out=response.outputs[name])
+        self.metrics.predict_bytes(
+            loaded.name,
+            signature_name,
+            sum(a.nbytes for a in arrays.values()),
+            sum(len(t.tensor_content) for t in response.outputs.values()),
+        )
         return response
 
     # ------------------------------------------------------------------ metadata and status

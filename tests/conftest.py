@@ -3,10 +3,11 @@ as real processes whose logs are printed when a test fails."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -111,15 +112,28 @@ def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Servic
 
 
 @pytest.fixture(scope="session")
-def nuclear_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The embedded model server with the bundled nuclear model, shared by the session; its
-    gRPC target."""
+def shared_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The embedded model server with the bundled models, shared by the session: its gRPC
+    target and HTTP base URL."""
     from tests.support import services
 
     root = tmp_path_factory.mktemp("model-server")
-    server, target = services.model_server(root / "bucket", root / "logs")
-    yield target
+    server, target, http_url = services.model_server(root / "bucket", root / "logs")
+    yield target, http_url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def nuclear_model_server(shared_model_server: tuple[str, str]) -> str:
+    """The shared model server's gRPC target."""
+    return shared_model_server[0]
+
+
+@pytest.fixture
+def model_server_metrics(shared_model_server: tuple[str, str]) -> Callable[[], str]:
+    """Reads the shared model server's Prometheus metrics."""
+    url = f"{shared_model_server[1]}/monitoring/prometheus/metrics"
+    return lambda: httpx.get(url, timeout=10).text
 
 
 @pytest.fixture

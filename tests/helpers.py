@@ -50,3 +50,16 @@ def labels_of(bucket, job: dict[str, str]):
 
     assert job[JobField.STATUS] == "done", job.get(JobField.REASON)
     return tifffile.imread(io.BytesIO(bucket.get_bytes(job[JobField.OUTPUT_FILE_NAME])))
+
+
+def predict_bytes(metrics_text: str, model: str) -> dict[tuple[str, str], float]:
+    """The model server's Predict tensor bytes for ``model``: {(signature, direction): bytes}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.labels["signature"], s.labels["direction"]): s.value
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "kiosk_model_server_predict_bytes"
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels["model"] == model
+    }

@@ -23,7 +23,7 @@ from kiosk.queue import JobQueue
 from kiosk.settings import FrontendSettings
 from kiosk.storage.local import LocalBucket
 from tests.conftest import RunningStack, ServiceGroup, start_stack
-from tests.helpers import TIFF, finished, labels_of, submit_file, zip_bytes
+from tests.helpers import TIFF, finished, labels_of, predict_bytes, submit_file, zip_bytes
 from tests.support import services
 from tests.support.kiosk_client import run_kiosk_client
 from tests.support.servers import wait_for
@@ -94,6 +94,20 @@ def test_the_nuclear_compartment_gives_nuclei(
     labels = labels_of(bucket, finished(queue, key))
     assert f1(drawn.nuclei, labels) >= 0.85
     assert f1(drawn.nuclei, labels) > f1(drawn.cells, labels)
+
+
+def test_a_compartment_asks_the_model_server_for_its_own_heads_only(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket, model_server_metrics
+) -> None:
+    image, _ = two_channels(seed=43)
+    data = tiff(image, photometric="minisblack")
+    pixels = SHAPE[0] * SHAPE[1]  # a multiple of the model's 16-px grid: no padding
+    for compartment, heads in (("nuclear", 3), ("both", 6)):
+        before = predict_bytes(model_server_metrics(), "WholeCellSegmentation")
+        finished(queue, submit(queue, bucket, "c.tif", data, compartment=compartment))
+        after = predict_bytes(model_server_metrics(), "WholeCellSegmentation")
+        out = after[("lean", "out")] - before.get(("lean", "out"), 0.0)
+        assert out == pixels * 2 * heads, compartment  # float16 maps of one channel each
 
 
 def test_both_compartments_come_as_a_two_channel_label_image(

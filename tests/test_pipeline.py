@@ -250,3 +250,21 @@ def test_segment_frames_labels_each_plane_separately():
     assert labels[0].max() == labels[2].max() > 0
     assert labels[1].max() == 0
     assert set(timings) == set(STAGES)
+
+
+def test_an_image_that_fits_goes_to_the_model_once_whole_and_larger_ones_on_its_grid():
+    image, _ = generate((1000, 1030), seed=4, coverage=0.2, mean_diameter=18.0)
+    model = standin_model()
+    shapes: list[tuple[int, ...]] = []
+
+    def counted(batch: np.ndarray) -> dict[str, np.ndarray]:
+        shapes.append(batch.shape)
+        return model(batch)
+
+    common = {"size_multiple": 16, "reach": 32, "batch_size": 4}
+    whole = segment(image, counted, whole_pixels=1024 * 1040, **common)
+    assert shapes == [(1, 1008, 1040, 1)]  # padded to the grid, nothing twice
+    shapes.clear()
+    tiled = segment(image, counted, whole_pixels=0, tile_size=256, **common)
+    assert len(shapes) > 1 and all(s[1:3] == (256, 256) for s in shapes)
+    np.testing.assert_array_equal(tiled, whole)

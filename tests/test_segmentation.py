@@ -18,7 +18,7 @@ from kiosk.keys import JobField
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
 from tests.conftest import ServiceGroup
-from tests.helpers import finished, labels_of, submit_file, zip_bytes
+from tests.helpers import finished, labels_of, predict_bytes, submit_file, zip_bytes
 from tests.support import services
 
 
@@ -61,6 +61,21 @@ def test_a_nuclei_image_is_segmented_with_timings_and_a_preview(
     assert job[JobField.PREDICT_RETRIES] == "0"
     preview = job[JobField.PREVIEW_URL].split("/files/", 1)[1]
     assert bucket.get_bytes(preview).startswith(b"\x89PNG")
+
+
+def test_the_consumer_asks_for_the_lean_float16_signature(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket, model_server_metrics
+) -> None:
+    image, truth = generate((512, 512), seed=13, dtype="uint16")
+    before = predict_bytes(model_server_metrics(), "NuclearSegmentation")
+    job = finished(queue, submit(queue, bucket, "lean.tif", tiff(image)))
+    assert score(truth, labels_of(bucket, job)).f1 >= 0.8
+    after = predict_bytes(model_server_metrics(), "NuclearSegmentation")
+    sent = {key: after[key] - before.get(key, 0.0) for key in after}
+    # One whole 512x512 image: float16 in (2 B/px); three float16 heads of one channel out.
+    assert sent[("lean", "in")] == 512 * 512 * 2
+    assert sent[("lean", "out")] == 512 * 512 * 2 * 3
+    assert sent.get(("serving_default", "out"), 0.0) == 0.0
 
 
 def test_the_chosen_channel_of_a_multichannel_image_is_segmented(

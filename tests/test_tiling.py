@@ -17,6 +17,7 @@ from consumers.processing.tiling import (
     Untiler,
     extract_tiles,
     iter_batches,
+    plan_for_model,
     plan_tiles,
     untile,
 )
@@ -161,6 +162,58 @@ def test_model_reaching_past_the_margin_stays_within_a_small_tolerance_at_seams(
     whole = box(image[None])[0]
     whole_minus_mean = np.abs(whole - whole.mean()).max()
     assert np.abs(tiled - whole).max() < 1e-3 < whole_minus_mean
+
+
+def grid_model(sigma: float, grid: int = 16):
+    """A stand-in for a strided network: a Gaussian (reach 4 sigma) then averages over
+    `grid`-px blocks, so it is not shift-equivariant and its reach is 4 sigma + grid."""
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        blurred = ndi.gaussian_filter(tiles, (0, sigma, sigma, 0), mode="reflect", truncate=4.0)
+        n, h, w, c = blurred.shape
+        blocks = blurred.reshape(n, h // grid, grid, w // grid, grid, c).mean(axis=(2, 4))
+        return np.repeat(np.repeat(blocks, grid, axis=1), grid, axis=2)
+
+    return predict
+
+
+def test_model_plan_sends_an_image_that_fits_whole_padded_to_the_grid():
+    plan = plan_for_model((1000, 1030), size_multiple=16, reach=96, whole_pixels=2048 * 2048)
+    assert plan.n_tiles == 1
+    assert plan.tile_shape == plan.padded_shape == (1008, 1040)
+    assert plan.pad_before == (4, 5)
+
+
+def test_model_plan_tiles_a_larger_image_on_the_grid_overlapping_by_twice_the_reach():
+    plan = plan_for_model((3000, 2500), size_multiple=16, reach=96, tile_size=1024)
+    assert plan.padded_shape == (3008, 2512)
+    for length, starts in ((3008, plan.y_starts), (2512, plan.x_starts)):
+        assert starts[0] == 0 and starts[-1] == length - 1024
+        assert all(start % 16 == 0 for start in starts)
+        assert np.diff(starts).max() <= 1024 - (2 * 96 + 16)
+    w = plan.weights(0)
+    assert np.all(w[-96:, :] == 0) and np.all(w[:, -96:] == 0)  # the reach next to an edge
+    assert w[-97, 0] > 0
+    np.testing.assert_allclose(plan.weight_sum, 1.0, atol=1e-6)
+
+
+def test_model_plan_refuses_tiles_too_small_for_the_reach():
+    with pytest.raises(ValueError, match="use tiles of at least 224 px"):
+        plan_for_model((3000, 3000), size_multiple=16, reach=96, tile_size=208)
+
+
+def test_strided_model_tiled_on_its_grid_gives_the_whole_image_values():
+    image = smooth_random((1500, 1300, 1))
+    model = grid_model(4.0)  # reach 16 + 16 px
+    whole_plan = plan_for_model(image.shape, size_multiple=16, reach=32, whole_pixels=1 << 22)
+    whole = untile(model(extract_tiles(image, whole_plan)), whole_plan)
+    plan = plan_for_model(image.shape, size_multiple=16, reach=32, tile_size=256)
+    assert plan.n_tiles > 30
+    tiled = untile(model(extract_tiles(image, plan)), plan)
+    assert np.abs(tiled - whole).max() < 1e-6
+    # Tiles off the grid give other values: what the alignment is for.
+    loose = plan_tiles(image.shape, 256, overlap=2 * 32 + 16, size_multiple=16)
+    assert np.abs(untile(model(extract_tiles(image, loose)), loose) - whole).max() > 1e-3
 
 
 def test_untiling_in_batches_equals_untiling_at_once():

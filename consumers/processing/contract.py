@@ -24,7 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "BUNDLED_REACH",
     "CYTOPLASM_MODEL",
+    "LEAN_SIGNATURE",
     "WHOLE_CELL_MODEL",
     "Compartment",
     "DivisionContract",
@@ -77,6 +79,15 @@ class Heads:
         return deep_watershed(*self.planes(maps), **params)
 
 
+LEAN_SIGNATURE = "lean"
+"""The bundled models' float16 signature (see :attr:`ModelContract.lean_signature`)."""
+
+BUNDLED_REACH = 96
+"""The receptive field of the bundled models' U-Net (models/training/model.py), in pixels each
+side: on its 16-px grid, a crop with 96 px of context around a window gives the whole image's
+outputs there to float rounding (80 px: within 7e-4; 64 px: within 0.016)."""
+
+
 def _frozen(params: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(params))
 
@@ -109,6 +120,13 @@ class ModelContract:
     heads: Heads = field(default_factory=Heads)
     size_multiple: int = 16
     """Height and width the network takes must be multiples of this (its downsampling)."""
+    lean_signature: str | None = None
+    """A second signature taking :attr:`input` as float16 and giving every head as float16,
+    foregrounds as their one foreground channel (models/training/lean_signature.py): what
+    consumers ask for when the served version has it (None: only ``serving_default``)."""
+    reach: int | None = None
+    """Pixels of context each side that the network's outputs depend on (its receptive field):
+    tiles overlap by twice this, on the network's grid (None: unknown, a generic overlap)."""
     postprocessing: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """``deep_watershed`` settings tuned for this model (empty: the function's defaults)."""
     compartment: str = "nuclear"
@@ -165,6 +183,8 @@ WHOLE_CELL_MODEL = ModelContract(
     mpp=0.65,
     input_channels=2,
     size_multiple=16,
+    reach=BUNDLED_REACH,
+    lean_signature=LEAN_SIGNATURE,
     heads=Heads(
         inner="whole_cell_inner_distance",
         outer="whole_cell_outer_distance",
@@ -217,6 +237,8 @@ CYTOPLASM_MODEL = ModelContract(
     mpp=0.65,
     input_channels=1,
     size_multiple=16,
+    reach=BUNDLED_REACH,
+    lean_signature=LEAN_SIGNATURE,
     compartment="whole-cell",
     postprocessing=_frozen(
         {

@@ -27,7 +27,14 @@ from numpy.typing import NDArray
 
 from consumers.processing.contract import Heads
 from consumers.processing.rescale import rescale_to_model, restore_labels
-from consumers.processing.tiling import Untiler, extract_tiles, iter_batches, plan_tiles
+from consumers.processing.tiling import (
+    TilePlan,
+    Untiler,
+    extract_tiles,
+    iter_batches,
+    plan_for_model,
+    plan_tiles,
+)
 
 __all__ = [
     "STAGES",
@@ -85,25 +92,42 @@ def predict_maps(
     overlap: int | None = None,
     stride_ratio: float = 0.75,
     size_multiple: int = 32,
+    reach: int | None = None,
+    whole_pixels: int = 0,
     batch_size: int = 32,
     timings: MutableMapping[str, float] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, NDArray[np.float32]]:
     """Run `predict` over overlapping tiles of a (Y, X, C) image; blended (Y, X, K) per head.
 
+    With the model's `reach` (its receptive field, in pixels each side) the layout is
+    :func:`~.tiling.plan_for_model`'s: the whole image in one call up to `whole_pixels`, else
+    `tile_size` tiles on the model's grid overlapping by what the reach needs. Without it,
+    `overlap` or `stride_ratio` set a generic layout (:func:`~.tiling.plan_tiles`).
     Tiles go to the model `batch_size` at a time, so memory holds one batch of tiles and one
     float32 accumulator per head, whatever the image size.
     """
     image = _as_yxc(image)
     if image.dtype != np.float32:
         image = image.astype(np.float32)
-    plan = plan_tiles(
-        image.shape,
-        tile_size,
-        overlap=overlap,
-        stride_ratio=stride_ratio,
-        size_multiple=size_multiple,
-    )
+    if reach is not None:
+        plan = plan_for_model(
+            image.shape,
+            size_multiple=size_multiple,
+            reach=reach,
+            tile_size=tile_size,
+            whole_pixels=whole_pixels,
+        )
+    else:
+        plan = plan_tiles(
+            image.shape,
+            tile_size,
+            overlap=overlap,
+            stride_ratio=stride_ratio,
+            size_multiple=size_multiple,
+        )
+    if plan.n_tiles == 1:
+        return _predict_whole(image, plan, predict, timings, progress)
     untilers: dict[str, Untiler] = {}
     done = 0
     tile_time = 0.0
@@ -140,6 +164,39 @@ def predict_maps(
     return result
 
 
+def _predict_whole(
+    image: np.ndarray,
+    plan: TilePlan,
+    predict: Predict,
+    timings: MutableMapping[str, float] | None,
+    progress: Progress | None,
+) -> dict[str, NDArray[np.float32]]:
+    """One call for the whole (padded) image: no blending, the maps are cropped back."""
+    with _timed(timings, "tile"):
+        batch = extract_tiles(image, plan)
+    with _timed(timings, "predict"):
+        outputs = predict(batch)
+    with _timed(timings, "tile"):
+        if not outputs:
+            raise ValueError("the model returned no outputs")
+        (by, bx), (ny, nx) = plan.pad_before, plan.image_shape
+        result = {}
+        for head, maps in outputs.items():
+            maps = np.asarray(maps)
+            if maps.ndim == 3:
+                maps = maps[..., None]
+            if maps.shape[:3] != batch.shape[:3]:
+                raise ValueError(
+                    f"model output {head!r} has shape {maps.shape}; expected "
+                    f"{batch.shape[:3]} + (channels,) to match the input"
+                )
+            plane = maps[0, by : by + ny, bx : bx + nx]
+            result[head] = np.ascontiguousarray(plane, dtype=np.float32)
+    if progress is not None:
+        progress(1, 1)
+    return result
+
+
 def segment(
     image: np.ndarray,
     predict: Predict,
@@ -150,6 +207,8 @@ def segment(
     overlap: int | None = None,
     stride_ratio: float = 0.75,
     size_multiple: int = 32,
+    reach: int | None = None,
+    whole_pixels: int = 0,
     batch_size: int = 32,
     normalize_method: str | None = "percentile",
     postprocess: Postprocess | None = None,
@@ -161,7 +220,8 @@ def segment(
 
     `predict` is the model (see the module docstring); `image_mpp`/`model_mpp` set the rescale
     (None: the image is taken to be at the model's pixel size); `normalize_method` is
-    "percentile", "clahe" or None (the image is already normalised); `postprocess` maps the
+    "percentile", "clahe" or None (the image is already normalised); `reach` and
+    `whole_pixels` choose the model's own tiling (see `predict_maps`); `postprocess` maps the
     blended heads {name: (y, x, K)} to labels on the model's grid (default: deep watershed).
     `timings`, when given, receives seconds per stage (see `STAGES`).
     """
@@ -183,6 +243,8 @@ def segment(
         overlap=overlap,
         stride_ratio=stride_ratio,
         size_multiple=size_multiple,
+        reach=reach,
+        whole_pixels=whole_pixels,
         batch_size=batch_size,
         timings=timings,
         progress=progress,

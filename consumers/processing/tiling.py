@@ -42,6 +42,7 @@ __all__ = [
     "Untiler",
     "extract_tiles",
     "iter_batches",
+    "plan_for_model",
     "plan_tiles",
     "untile",
 ]
@@ -58,6 +59,8 @@ class TilePlan:
     y_starts: tuple[int, ...]
     x_starts: tuple[int, ...]
     margin_fraction: float = 0.25
+    margin: int | None = None
+    """Pixels next to an inner tile edge with no weight (None: `margin_fraction` of the overlap)."""
 
     @property
     def n_tiles(self) -> int:
@@ -79,8 +82,8 @@ class TilePlan:
     @cached_property
     def _ramps(self) -> tuple[list[NDArray[np.float32]], list[NDArray[np.float32]]]:
         return (
-            _axis_weights(self.y_starts, self.tile_shape[0], self.margin_fraction),
-            _axis_weights(self.x_starts, self.tile_shape[1], self.margin_fraction),
+            _axis_weights(self.y_starts, self.tile_shape[0], self.margin_fraction, self.margin),
+            _axis_weights(self.x_starts, self.tile_shape[1], self.margin_fraction, self.margin),
         )
 
     def weights(self, index: int) -> NDArray[np.float32]:
@@ -109,16 +112,18 @@ class TilePlan:
         return np.outer(sy, sx)
 
 
-def _starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
-    """Evenly spread tile starts covering [0, length) with steps of at most `stride`."""
+def _starts(length: int, tile: int, stride: int, grid: int = 1) -> tuple[int, ...]:
+    """Evenly spread tile starts covering [0, length) with steps of at most `stride`, each a
+    multiple of `grid` (`length - tile` must be one)."""
     if length <= tile:
         return (0,)
-    n = math.ceil((length - tile) / stride) + 1
-    return tuple(np.rint(np.linspace(0, length - tile, n)).astype(int).tolist())
+    units, step = (length - tile) // grid, max(1, stride // grid)
+    n = math.ceil(units / step) + 1
+    return tuple((np.rint(np.linspace(0, units, n)).astype(int) * grid).tolist())
 
 
 def _axis_weights(
-    starts: Sequence[int], tile: int, margin_fraction: float
+    starts: Sequence[int], tile: int, margin_fraction: float, margin: int | None = None
 ) -> list[NDArray[np.float32]]:
     """1D weights per tile: flat, with a complementary pair of ramps over each overlap.
 
@@ -132,20 +137,21 @@ def _axis_weights(
     for i, start in enumerate(starts):
         w = np.ones(tile, np.float64)
         if i > 0:
-            ramp = _ramp(min(starts[i - 1] + tile - start, tile), margin_fraction)
+            ramp = _ramp(min(starts[i - 1] + tile - start, tile), margin_fraction, margin)
             w[: ramp.size] *= ramp
         if i + 1 < len(starts):
-            ramp = _ramp(min(start + tile - starts[i + 1], tile), margin_fraction)
+            ramp = _ramp(min(start + tile - starts[i + 1], tile), margin_fraction, margin)
             w[tile - ramp.size :] *= ramp[::-1]
         out.append(w.astype(np.float32))
     return out
 
 
-def _ramp(overlap: int, margin_fraction: float) -> NDArray[np.float64]:
+def _ramp(overlap: int, margin_fraction: float, margin: int | None = None) -> NDArray[np.float64]:
     """Rising weights over an overlap: `m` zeros, a sin^2 ramp, `m` ones (m = margin)."""
     if overlap <= 0:
         return np.ones(0)
-    margin = min(int(overlap * margin_fraction), (overlap - 1) // 2)
+    wanted = int(overlap * margin_fraction) if margin is None else margin
+    margin = min(wanted, (overlap - 1) // 2)
     length = overlap - 2 * margin
     rise = np.sin(0.5 * np.pi * (np.arange(length) + 0.5) / length) ** 2
     return np.concatenate([np.zeros(margin), rise, np.ones(margin)])
@@ -159,6 +165,8 @@ def plan_tiles(
     stride_ratio: float = 0.75,
     size_multiple: int = 32,
     margin_fraction: float = 0.25,
+    margin: int | None = None,
+    aligned: bool = False,
 ) -> TilePlan:
     """Lay out tiles over an image of `shape` (Y, X[, ...]).
 
@@ -166,7 +174,11 @@ def plan_tiles(
     or `stride_ratio` (step / tile) sets how much neighbours share, the overlap winning when
     both are given. Axes shorter than a tile are padded to a multiple of `size_multiple`.
     `margin_fraction` of each overlap, next to a tile's edge, gets no weight (see the module
-    docstring): predictions whose receptive field reaches past the tile edge are not used.
+    docstring): predictions whose receptive field reaches past the tile edge are not used;
+    `margin` gives it in pixels instead. `aligned` pads every axis to a multiple of
+    `size_multiple` and starts every tile on that grid: a strided network is not
+    shift-equivariant, and only tiles on its grid give the whole image's values (see
+    :func:`plan_for_model`).
     """
     if len(shape) < 2 or min(shape[:2]) < 1:
         raise ValueError(f"cannot tile an image of shape {tuple(shape)}")
@@ -175,6 +187,8 @@ def plan_tiles(
         raise ValueError(f"tile_size must be a positive int or (ty, tx), got {tile_size!r}")
     if not 0.0 <= margin_fraction < 0.5:
         raise ValueError(f"margin_fraction must be in [0, 0.5), got {margin_fraction}")
+    if margin is not None and margin < 0:
+        raise ValueError(f"margin must be >= 0 pixels, got {margin}")
     if size_multiple < 1:
         raise ValueError(f"size_multiple must be >= 1, got {size_multiple}")
     if any(t % size_multiple for t in tiles):
@@ -186,17 +200,17 @@ def plan_tiles(
     image_shape = (int(shape[0]), int(shape[1]))
     padded, before, tile_shape, starts = [], [], [], []
     for length, tile in zip(image_shape, tiles, strict=True):
-        if length < tile:
-            tile = min(tile, math.ceil(length / size_multiple) * size_multiple)
+        on_grid = math.ceil(length / size_multiple) * size_multiple
+        tile = min(tile, on_grid)
         if overlap is not None:
             stride = max(1, tile - overlap)
         else:
             stride = max(1, round(tile * stride_ratio))
-        padded_length = max(length, tile)
+        padded_length = on_grid if aligned else max(length, tile)
         padded.append(padded_length)
         before.append((padded_length - length) // 2)
         tile_shape.append(tile)
-        starts.append(_starts(padded_length, tile, stride))
+        starts.append(_starts(padded_length, tile, stride, size_multiple if aligned else 1))
     return TilePlan(
         image_shape=image_shape,
         padded_shape=(padded[0], padded[1]),
@@ -205,6 +219,47 @@ def plan_tiles(
         y_starts=starts[0],
         x_starts=starts[1],
         margin_fraction=margin_fraction,
+        margin=margin,
+    )
+
+
+def plan_for_model(
+    shape: Sequence[int],
+    *,
+    size_multiple: int,
+    reach: int,
+    tile_size: int = 1024,
+    whole_pixels: int = 0,
+) -> TilePlan:
+    """The layout a network with a `size_multiple` grid and a receptive field of `reach`
+    pixels (each side) gets: tiles that cost what they must and give the whole image's values.
+
+    - An image whose grid-padded area is at most `whole_pixels` is one tile: no pixel twice.
+    - A larger one is cut into `tile_size` tiles on the network's grid, overlapping by
+      ``2 * reach`` plus a ramp of one grid step. The `reach` pixels next to an inner tile edge
+      carry no weight, so every weighted prediction saw all the context it would have seen in
+      the whole image: tiled maps equal whole-image maps to float rounding.
+    """
+    if reach < 0:
+        raise ValueError(f"reach must be >= 0 pixels, got {reach}")
+    padded = [math.ceil(int(n) / size_multiple) * size_multiple for n in shape[:2]]
+    if whole_pixels and padded[0] * padded[1] <= whole_pixels:
+        return plan_tiles(shape, tuple(padded), size_multiple=size_multiple, aligned=True)
+    ramp = size_multiple
+    overlap = 2 * reach + ramp
+    if tile_size - overlap < size_multiple:
+        raise ValueError(
+            f"tiles of {tile_size} px cannot overlap by {overlap} px (a reach of {reach} px on "
+            f"each side and a {ramp} px ramp) and still advance: use tiles of at least "
+            f"{overlap + size_multiple} px"
+        )
+    return plan_tiles(
+        shape,
+        tile_size,
+        overlap=overlap,
+        size_multiple=size_multiple,
+        margin=reach,
+        aligned=True,
     )
 
 

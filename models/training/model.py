@@ -118,7 +118,8 @@ def build_model(
 
 
 def export_saved_model(model: keras.Model, path: Path, contract: ModelContract = CONTRACT) -> None:
-    """Write a TF Serving SavedModel: signature ``serving_default``, the contract's input."""
+    """Write a TF Serving SavedModel: signature ``serving_default``, the contract's input, and
+    the contract's lean (float16) signature when it declares one."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     output_names = contract.output_names
@@ -139,6 +140,10 @@ def export_saved_model(model: keras.Model, path: Path, contract: ModelContract =
         ],
     )
     archive.write_out(str(path), verbose=False)
+    if contract.lean_signature:
+        from models.training.lean_signature import add_lean_signature
+
+        add_lean_signature(path, contract)
 
 
 def check_signature(path: Path, contract: ModelContract = CONTRACT) -> dict[str, object]:
@@ -168,7 +173,14 @@ def check_signature(path: Path, contract: ModelContract = CONTRACT) -> dict[str,
         out = outputs[name]
         if out.dtype != tf.float32 or out.shape.rank != 4 or out.shape[-1] != want:
             raise AssertionError(f"unexpected output spec for {name}: {out}")
-    return {
+    described: dict[str, object] = {
         "inputs": {name: str(spec) for name, spec in inputs.items()},
         "outputs": {name: str(spec) for name, spec in outputs.items()},
     }
+    if contract.lean_signature:
+        lean = loaded.signatures[contract.lean_signature]
+        described[contract.lean_signature] = {
+            "inputs": {k: str(v) for k, v in lean.structured_input_signature[1].items()},
+            "outputs": {k: str(v) for k, v in lean.structured_outputs.items()},
+        }
+    return described

@@ -36,6 +36,7 @@ from evaluation.baseline import SINGLE_STAINS, classical_cytoplasm
 from evaluation.cells import CellImage, generate_cells
 from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from models.training.data import Pool, drawn_side, jitter_zoom, resampled
+from models.training.lean_signature import CARD_LINE
 from models.training.options import Smoke, TrainingArgs, training_parser
 from models.training.targets import head_targets, targets
 from models.training.tuning import figures, segment_all, tune
@@ -239,7 +240,7 @@ model trained from scratch on procedurally generated cells (`evaluation/cells.py
 figure and setting is in `training.json`.
 
 ## Contract (`consumers.processing.contract.CYTOPLASM_MODEL`)
-- TF Serving SavedModel in `1/`, signature `serving_default`.
+{CARD_LINE}
 - Input `image`: float32 `[batch, H, W, 1]`; H and W multiples of {r["size_multiple"]}.
 - Pixel size {r["model_mpp"]} um/px: resample inputs by image_mpp / model_mpp.
 - Normalise with `consumers.processing.normalize.normalize(image, "percentile")`.

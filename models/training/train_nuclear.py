@@ -31,6 +31,7 @@ from consumers.segmentation import NUCLEAR_MODEL as CONTRACT
 from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from evaluation.synthetic import generate
 from models.training.data import Pool, drawn_side, jitter_zoom, resampled
+from models.training.lean_signature import CARD_LINE
 from models.training.options import Smoke, TrainingArgs, training_parser
 from models.training.targets import head_targets, targets
 from models.training.tuning import figures, segment_all, tune
@@ -205,7 +206,7 @@ model in the style of DeepCell's nuclear model, trained from scratch on procedur
 images (`evaluation/synthetic.py`). Every figure and setting is in `training.json`.
 
 ## Contract
-- TF Serving SavedModel in `1/`, signature `serving_default`.
+{CARD_LINE}
 - Input `image`: float32 `[batch, H, W, 1]`; H and W multiples of {r["size_multiple"]}
   (`size_multiple`; pad first), otherwise any size (fully convolutional).
 - Pixel size {r["model_mpp"]} um/px (`model_mpp`): resample inputs by image_mpp / model_mpp.

@@ -35,6 +35,7 @@ from evaluation.baseline import STAINS, classical_whole_cell
 from evaluation.cells import CellImage, generate_cells
 from evaluation.quality import DEFAULT_AP_THRESHOLDS
 from models.training.data import Pool, drawn_side, jitter_zoom, resampled
+from models.training.lean_signature import CARD_LINE
 from models.training.options import Smoke, TrainingArgs, training_parser
 from models.training.targets import head_targets, targets
 from models.training.tuning import figures, segment_all, tune
@@ -271,7 +272,7 @@ compartments, trained from scratch on procedurally generated cells (`evaluation/
 Every figure and setting is in `training.json`.
 
 ## Contract (`consumers.processing.contract.WHOLE_CELL_MODEL`)
-- TF Serving SavedModel in `1/`, signature `serving_default`.
+{CARD_LINE}
 - Input `image`: float32 `[batch, H, W, 2]`, channel 0 nuclear, channel 1 membrane or
   cytoplasm; H and W multiples of {r["size_multiple"]} (pad first).
 - Pixel size {r["model_mpp"]} um/px: resample inputs by image_mpp / model_mpp.

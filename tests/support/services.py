@@ -119,9 +119,10 @@ def frontend(env: dict[str, str], log_dir: Path) -> tuple[Service, str]:
 
 def model_server(
     bucket_dir: Path, log_dir: Path, models: Path | None = None
-) -> tuple[Service, str]:
+) -> tuple[Service, str, str]:
     """The embedded model server serving the bundled models (or ``models``) from its own
-    bucket; returns it and its gRPC target once /healthz says every model is loaded."""
+    bucket; returns it, its gRPC target and its HTTP base URL once /healthz says every model
+    is loaded."""
     from kiosk.storage.local import LocalBucket
     from local.stack import BUNDLED_MODELS, install_models
 
@@ -145,4 +146,4 @@ def model_server(
     wait_for(healthy, 120, interval=0.2, what="the model server")
     if not service.alive():
         raise RuntimeError(f"the model server exited:\n{service.log()[-3000:]}")
-    return service, f"127.0.0.1:{grpc_port}"
+    return service, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}"
