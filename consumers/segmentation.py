@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -62,10 +63,22 @@ NUCLEAR_MODEL = ModelContract(
     size_multiple=16,
     reach=BUNDLED_REACH,
     lean_signature=LEAN_SIGNATURE,
+    postprocessing=MappingProxyType(
+        {
+            "radius": 5,
+            "maxima_threshold": 0.2,
+            "interior_threshold": 0.01,
+            "fgbg_threshold": 0.6,
+            "interior_smooth": 0.0,
+            "maxima_smooth": 2.0,
+            "small_objects_threshold": 0,
+        }
+    ),
 )
 """The bundled nuclear model (models/NuclearSegmentation): input ``image``, float32
 (batch, y, x, 1); heads ``inner_distance``, ``outer_distance`` and ``fgbg`` (softmax, channel 1
-the foreground); trained on nuclei at 0.65 um/px."""
+the foreground); trained on nuclei at 0.65 um/px. The post-processing settings are those tuned
+on held-out generated images (models/NuclearSegmentation/training.json)."""
 
 BUNDLED_CONTRACTS = (NUCLEAR_MODEL, WHOLE_CELL_MODEL, CYTOPLASM_MODEL)
 """Every bundled deep-watershed model's contract."""

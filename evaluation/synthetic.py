@@ -7,7 +7,8 @@ are about 8-28 um (12-44 px) across.
 
 What an image contains (each property drawn per image from the seed unless given):
 
-- nuclei as perturbed ellipses (random low-order radial harmonics), varied size and elongation,
+- nuclei as perturbed ellipses (random low-order radial harmonics), varied size and elongation
+  (about a third of the images hold elongated nuclei, axis ratios up to 4),
   placed at a chosen density, partly in clumps where neighbours touch (a touching pair gets the
   boundary where both shapes are equally "deep", so labels stay distinct and each label is one
   4-connected piece);
@@ -46,6 +47,9 @@ MODEL_MPP = 0.65
 
 _MIN_AREA = 8
 """Objects smaller than this many pixels (slivers cut by the border) are dropped from labels."""
+
+_MAX_ASPECT = 4.0
+"""Longest-to-shortest axis ratio of a drawn interphase nucleus."""
 
 _KIND_NORMAL, _KIND_DIVIDING, _KIND_MITOTIC, _KIND_APOPTOTIC = 0, 1, 2, 3
 
@@ -145,7 +149,10 @@ def _place_nuclei(
     target = max(target, 1 if rng.random() < 0.95 else 0)
     packing = rng.uniform(0.72, 0.88)  # minimum centre distance / sum of radii
     size_spread = rng.uniform(0.08, 0.25)
-    aspect_scale = rng.uniform(0.1, 0.5)
+    # Most images hold roundish nuclei; about a third hold elongated ones (axis ratios of 2-4,
+    # as in many real preparations), which a model trained on round ones tends to split in two.
+    elongated = rng.random() < 0.35
+    aspect_scale = rng.uniform(0.6, 1.4) if elongated else rng.uniform(0.1, 0.5)
     irregularity = rng.uniform(0.02, 0.12)
     margin = 0.3 * mean_radius
 
@@ -212,7 +219,7 @@ def _place_nuclei(
         r = mean_radius * float(np.exp(rng.normal(0.0, size_spread)))
         r = float(np.clip(r, 0.55 * mean_radius, 1.8 * mean_radius))
         aspect = 1.0 + abs(rng.normal(0.0, aspect_scale))
-        a, b, angle, harm = random_shape(rng, r, min(aspect, 2.5), irregularity)
+        a, b, angle, harm = random_shape(rng, r, min(aspect, _MAX_ASPECT), irregularity)
         normal = [n for n in nuclei if n.kind == _KIND_NORMAL]
         if normal and rng.random() < clumping:
             anchor = normal[rng.integers(len(normal))]

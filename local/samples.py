@@ -17,7 +17,7 @@ from PIL import Image
 from evaluation.synthetic import generate
 from local.stack import SAMPLES
 
-# (file name, height, width, seed): one large enough to be tiled, one not square.
+# (file name, height, width, seed): one of a megapixel, one not square.
 IMAGES = (
     ("nuclei-1024.tif", 1024, 1024, 101),
     ("nuclei-480x640.tif", 480, 640, 102),

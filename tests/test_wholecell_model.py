@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from consumers.processing.contract import CYTOPLASM_MODEL, WHOLE_CELL_MODEL
+from consumers.segmentation import NUCLEAR_MODEL
 from consumers.processing.pipeline import segment
 from evaluation.cells import generate_cells
 from evaluation.quality import score
@@ -28,6 +29,16 @@ def test_the_committed_model_declares_the_settings_the_contract_uses() -> None:
         tuned = report["postprocessing"][c.name]
         assert dict(c.postprocessing) == tuned, c.name
     assert report["signature"]["outputs"].keys() == set(WHOLE_CELL_MODEL.output_names)
+
+
+def test_the_committed_nuclear_model_declares_the_settings_its_contract_uses() -> None:
+    report = json.loads((MODEL_DIR.parent / NUCLEAR_MODEL.name / "training.json").read_text())
+    tuned = {k: v for k, v in report["postprocessing"].items() if k in NUCLEAR_MODEL.postprocessing}
+    assert dict(NUCLEAR_MODEL.postprocessing) == tuned
+    assert len(tuned) == len(report["postprocessing"]) - 2  # all but function, maxima_algorithm
+    sweep = report["validation"]["sweep"]
+    best = max(sweep, key=lambda trial: trial["f1"] + trial["mean_ap"])
+    assert {k: best[k] for k in tuned} == tuned  # the sweep's best on generated images
 
 
 def test_the_committed_cytoplasm_model_declares_the_settings_its_contract_uses() -> None:

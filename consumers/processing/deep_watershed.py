@@ -44,9 +44,9 @@ def deep_watershed(
 ) -> NDArray[np.int32]:
     """Segment one image's model outputs into labels (int32, 0 background, 1..N nuclei).
 
-    The defaults were tuned for the bundled NuclearSegmentation model on held-out generated
-    images (models/NuclearSegmentation/training.json, "postprocessing"); the original's were
-    radius=10, maxima_threshold=0.1 with h_maxima, tuned for its own model.
+    The defaults suit a nuclear model; each bundled model's contract declares the settings
+    tuned for it on held-out generated images (its training.json, "postprocessing"). The
+    original's were radius=10, maxima_threshold=0.1 with h_maxima, tuned for its own model.
 
     Args:
         inner_distance: (H, W) inner distance map; its peaks seed one object each.

@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return fit.predict_planes(serve, CONTRACT, normalize(image, method)[None, ..., None])
 
     tune_maps = [predict(img) for img, _ in tune_set]
-    params, tune_fig = tune(tune_maps, [lab for _, lab in tune_set], log, HEADS)
+    sweep: list[dict[str, Any]] = []
+    params, tune_fig = tune(tune_maps, [lab for _, lab in tune_set], log, HEADS, trials=sweep)
     test_maps = [predict(img) for img, _ in test_set]
     test_labels = [lab for _, lab in test_set]
     t0 = time.perf_counter()
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             "figures reported on 'test'",
             "iou_thresholds_for_mean_ap": [float(t) for t in DEFAULT_AP_THRESHOLDS],
             "tune": tune_fig,
+            "sweep": sweep,
             "test": test_fig,
             "test_clahe_input": clahe_fig,
         },
@@ -216,7 +218,9 @@ images (`evaluation/synthetic.py`). Every figure and setting is in `training.jso
 - Outputs: `inner_distance` `[b,H,W,1]`, `outer_distance` `[b,H,W,1]`, `fgbg` `[b,H,W,2]`
   (softmax, channel 1 = foreground).
 - Post-processing: `consumers.processing.deep_watershed.deep_watershed(inner, outer, fg)`;
-  its defaults are the values tuned for this model:
+  the contract (`consumers.segmentation.NUCLEAR_MODEL`) declares the values tuned for this
+  model on the generated 'tune' set ({len(r["validation"]["sweep"])} settings tried, every one
+  in `training.json`, "validation", "sweep"):
   {ws}.
 
 ## Model

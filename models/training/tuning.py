@@ -57,13 +57,20 @@ def tune(
     *,
     grid: dict[str, list[Any]] | None = None,
     start: dict[str, Any] | None = None,
+    trials: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float | int]]:
-    """Coordinate search over deep_watershed's settings; objective F1@0.5 + mean AP."""
+    """Coordinate search over deep_watershed's settings; objective F1@0.5 + mean AP.
+
+    ``trials``, when given, receives every setting tried with its F1@0.5 and mean AP: the
+    sweep a model card reports.
+    """
     grid = GRID if grid is None else grid
     params: dict[str, Any] = dict(START if start is None else start)
 
     def objective(p: dict[str, Any]) -> tuple[float, dict[str, float | int]]:
         f = figures(list(zip(truth, segment_all(maps, p, heads), strict=True)))
+        if trials is not None:
+            trials.append({**p, "f1": f["f1"], "mean_ap": f["mean_ap"]})
         return f["f1"] + f["mean_ap"], f
 
     best, best_fig = objective(params)
