@@ -81,6 +81,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.tensor_encoding
 	$(BIN)/python -m benchmark.deep_watershed
 	$(BIN)/python -m benchmark.model_inference
+	$(BIN)/python -m benchmark.serving_overhead
 	$(BIN)/python -m benchmark.linking
 	$(BIN)/python -m benchmark.zip_throughput
 	$(BIN)/python -m benchmark.tracking_overhead

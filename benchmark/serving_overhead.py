@@ -12,7 +12,10 @@ that a slow spell hits them all:
   (what consumers ask for now).
 
 Each figure is the median (min-max) of ``--repeat`` calls after a warm-up; the ratios are served
-over in-process from the same run (target for the lean wire: at most 1.15x).
+over in-process from the same run (target for the lean wire: at most 1.15x). It also records the
+model server's cold start (process start to the first answer: what the first job after a
+0 -> 1 waits for) and its resident memory (VmRSS) serving the model, beside the in-process
+model's.
 
     python -m benchmark.serving_overhead [--repeat 15]
 """
@@ -27,7 +30,7 @@ import time
 import numpy as np
 
 from benchmark.report import median, save, table
-from benchmark.support import spread, spread_text
+from benchmark.support import memory_mib, spread, spread_text
 from consumers.segmentation import NUCLEAR_MODEL
 from evaluation import REPO
 from evaluation.served import BUNDLED_MODELS, embedded_model_server
@@ -75,8 +78,11 @@ def main() -> None:
     image = np.random.default_rng(0).random((1, SIDE, SIDE, 1), dtype=np.float32)
     in_process = InProcess()
     try:
+        started = time.perf_counter()
         with embedded_model_server(BUNDLED_MODELS, [contract.name]) as server:
             client = ServingClient(server.target)
+            client.predict(contract.name, {contract.input: image[:, :64, :64]})
+            cold_start = time.perf_counter() - started
 
             def served(lean: bool) -> float:
                 signature = contract.lean_signature if lean else None
@@ -101,6 +107,10 @@ def main() -> None:
             for _ in range(args.repeat):
                 for name, call in ways.items():
                     runs[name].append(call())
+            memory = {
+                "model_server": memory_mib(server.process.pid),
+                "in_process_model": memory_mib(in_process.process.pid),
+            }
     finally:
         in_process.close()
     base = median(runs["in_process"])
@@ -110,6 +120,12 @@ def main() -> None:
     print(f"one {SIDE}x{SIDE} Predict of {contract.name}, {args.repeat} rounds")
     print(table(rows))
     print(f"target: served_lean <= {TARGET}x in-process")
+    print(
+        f"model server: {cold_start:.1f} s from start to first answer, "
+        f"{memory['model_server']['VmRSS']:.0f} MiB resident "
+        f"(peak {memory['model_server']['VmHWM']:.0f}); the model in a process of its own: "
+        f"{memory['in_process_model']['VmRSS']:.0f} MiB"
+    )
     path = save(
         "serving_overhead",
         {
@@ -120,6 +136,8 @@ def main() -> None:
             "runs_s": runs,
             "spread_s": {name: spread(r) for name, r in runs.items()},
             "ratios": ratios,
+            "model_server_cold_start_s": round(cold_start, 2),
+            "memory_mib": memory,
         },
     )
     print(f"wrote {path}")
