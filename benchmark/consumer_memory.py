@@ -43,7 +43,7 @@ from kiosk.queue import JobQueue, connect
 from kiosk.storage.local import LocalBucket
 from tests.support.servers import RedisServer, wait_for
 
-TARGET_MIB = 400
+TARGET_MIB = 350
 SEED_BASE = 800_000
 
 

@@ -27,10 +27,12 @@ from __future__ import annotations
 import argparse
 import io
 import multiprocessing as mp
+import os
 import statistics
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -94,16 +96,28 @@ def breakdown(client: KioskClient, parent: dict[str, Any], folder: str) -> dict[
 # ------------------------------------------------------------------------------ alone
 
 
+def _in_process_model(models_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The model loaded in this process with the model server's own loader (so this worker is
+    a model-server-like process, the only kind that imports TensorFlow)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from model_server.model import DEFAULT_SIGNATURE, SavedModelServable
+
+    versions = [p for p in (models_dir / MODEL).iterdir() if p.name.isdigit()]
+    servable = SavedModelServable(max(versions, key=lambda p: int(p.name)))
+    return lambda batch: servable.run(DEFAULT_SIGNATURE, {"image": batch})
+
+
 def _alone_worker(
-    target: str, images: list[np.ndarray], ready: Any, start: Any, results: Any
+    target: str | Path, images: list[np.ndarray], ready: Any, start: Any, results: Any
 ) -> None:
-    """Segment ``images`` as the consumer would, minus everything around the pipeline."""
+    """Segment ``images`` as the consumer would, minus everything around the pipeline: with a
+    served model (``target`` a gRPC address) or the model in this process (a models folder)."""
     from consumers.processing.pipeline import segment
     from evaluation.report import PipelineConfig
     from evaluation.served import ServedModel
 
     config = PipelineConfig.from_settings()
-    predict = ServedModel(target, MODEL)
+    predict = _in_process_model(target) if isinstance(target, Path) else ServedModel(target, MODEL)
 
     heads = config.contract.heads
 
@@ -126,9 +140,11 @@ def _alone_worker(
     results.put((time.perf_counter(), timings))
 
 
-def alone(target: str, images: list[np.ndarray], workers: int) -> tuple[float, dict[str, float]]:
+def alone(
+    target: str | Path, images: list[np.ndarray], workers: int
+) -> tuple[float, dict[str, float]]:
     """Wall seconds for ``workers`` processes to segment ``images`` between them, and the
-    pipeline's mean seconds per image and stage."""
+    pipeline's mean seconds per image and stage (``target``: see ``_alone_worker``)."""
     ctx = mp.get_context("spawn")  # no gRPC state crosses a fork
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
     shares = [images[i::workers] for i in range(workers)]
@@ -192,9 +208,23 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=5, help="runs of each side; medians are reported"
     )
+    parser.add_argument(
+        "--baseline",
+        choices=("served", "in-process"),
+        default="served",
+        help="the alone side calls an embedded model server, or loads the model in each "
+        "worker process (N in-process loops on the same cores)",
+    )
+    parser.add_argument(
+        "--inference-workers",
+        type=int,
+        default=1,
+        help="the stack's model server's KIOSK_INFERENCE_WORKERS",
+    )
     add_model_args(parser)
     args = parser.parse_args()
     model_path = check_model(args.models_dir)
+    stack_env = {"KIOSK_INFERENCE_WORKERS": str(args.inference_workers)}
     counts = [int(c) for c in args.consumers.split(",")]
 
     images = [im for im, _ in generated_images(args.images, args.size, SEED_BASE)]
@@ -213,13 +243,14 @@ def main() -> None:
             alone_runs, runs = [], []
             with (
                 model_server(args.models_dir) as server,
-                kiosk_up(args.models_dir, consumers=n) as stack,
+                kiosk_up(args.models_dir, consumers=n, extra_env=stack_env) as stack,
                 KioskClient(stack.url) as client,
             ):
                 run_zip(client, warm)
                 # The two sides take turns, so a slow spell of the machine hits both alike.
                 for plate, folder in plates:
-                    alone_runs.append(alone(server.target, images, n))
+                    target = server.target if args.baseline == "served" else args.models_dir
+                    alone_runs.append(alone(target, images, n))
                     cpu_before = process_tree_cpu(stack.process.pid)
                     e2e = run_zip(client, plate)
                     e2e["cpu"] = cpu_spent(cpu_before, process_tree_cpu(stack.process.pid))
@@ -296,8 +327,13 @@ def main() -> None:
             "zip_mib": round(zip_bytes / 2**20, 2),
             "model": model_path,
             "target_overhead_fraction": 0.10,
-            "baseline": "pipeline.segment with ServingClient in as many processes as consumers, "
-            "images in memory, against an embedded model server with the same model",
+            "baseline": "pipeline.segment in as many processes as consumers, images in memory, "
+            + (
+                "against an embedded model server with the same model"
+                if args.baseline == "served"
+                else "each process with the model loaded in it"
+            ),
+            "inference_workers": args.inference_workers,
             "results": results,
         },
     )

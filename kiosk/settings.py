@@ -404,6 +404,12 @@ class ModelServerSettings(CommonSettings):
         ge=0,
         description="Seconds the model server waits for more requests to fill a batch.",
     )
+    inference_workers: int = Field(
+        1,
+        ge=1,
+        description="Batches of one model version the model server runs at once: 1 suits a "
+        "GPU; on CPUs, 2 lets concurrent consumers' requests run side by side.",
+    )
     model_cache_dir: str = Field(
         ".kiosk/model-cache",
         description="Local copy of model versions from a gs:// bucket.",

@@ -38,7 +38,7 @@ TICK = 0.2
 
 def grpc_workers(settings: ModelServerSettings) -> int:
     """Threads for gRPC calls: each waits on its batch, so a full batch needs that many."""
-    return max(16, 2 * settings.max_batch_size) + 8
+    return max(16, 2 * settings.max_batch_size * settings.inference_workers) + 8
 
 
 def grpc_address(host: str, port: int) -> str:
@@ -65,6 +65,7 @@ def serve(settings: ModelServerSettings, signals: StopSignals | None = None) -> 
         poll_interval=settings.model_poll_interval,
         max_batch_size=settings.max_batch_size,
         batch_timeout=settings.batch_timeout,
+        inference_workers=settings.inference_workers,
     )
 
     def ready() -> bool:

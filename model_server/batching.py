@@ -2,10 +2,13 @@
 
 A GPU runs one batch of 16 tiles in about the time of one tile, so requests for the same
 signature whose inputs agree on everything but dimension 0 are concatenated along axis 0 (up to
-``max_batch_size`` items, waiting at most ``timeout`` after the first arrived), run once on this
-version's single worker thread, and the outputs are split back. A request too large for a batch,
-or one that cannot be batched, runs alone. If a shared batch fails, or its outputs are not split
-by batch, each request is run again alone so that one bad request cannot fail its neighbours.
+``max_batch_size`` items, waiting at most ``timeout`` after the first arrived), run once on one
+of this version's worker threads, and the outputs are split back. With more than one worker
+(``workers``), batches run side by side: on a CPU, one inference rarely keeps every core busy,
+and concurrent consumers' requests otherwise queue behind each other. A request too large for
+a batch, or one that cannot be batched, runs alone. If a shared batch fails, or its outputs are
+not split by batch, each request is run again alone so that one bad request cannot fail its
+neighbours.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class _Request:
 
 
 class Batcher:
-    """Queues requests for one model version and runs them, batched, on one thread."""
+    """Queues requests for one model version and runs them, batched, on ``workers`` threads."""
 
     def __init__(
         self,
@@ -60,7 +63,10 @@ class Batcher:
         name: str = "model",
         on_batch: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._run = run
         self.max_batch_size = max_batch_size
         self.timeout = timeout
@@ -69,8 +75,12 @@ class Batcher:
         self._pending: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"infer-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"infer-{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, signature: str, inputs: Arrays, items: int | None) -> Future:
         """Queue a request; ``items`` is its size along axis 0, or None to run it alone.
@@ -90,11 +100,13 @@ class Batcher:
             return len(self._pending)
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new requests, finish the queued ones, and stop the worker thread."""
+        """Refuse new requests, finish the queued ones, and stop the worker threads."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------------ worker thread
 

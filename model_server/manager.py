@@ -125,6 +125,7 @@ class ModelManager:
         poll_interval: float = 2.0,
         max_batch_size: int = 32,
         batch_timeout: float = 0.002,
+        inference_workers: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repository = repository
@@ -134,6 +135,7 @@ class ModelManager:
         self.poll_interval = poll_interval
         self.max_batch_size = max_batch_size
         self.batch_timeout = batch_timeout
+        self.inference_workers = inference_workers
         self._clock = clock
         self._cond = threading.Condition()
         self._models: dict[str, _Model] = {name: _Model(name) for name in models}
@@ -286,6 +288,7 @@ class ModelManager:
             self.batch_timeout,
             name=f"{model.name}-{version}",
             on_batch=self.metrics.batch_size.labels(model.name).observe,
+            workers=self.inference_workers,
         )
         with self._cond:
             entry.loaded = LoadedVersion(model.name, version, servable, batcher)

@@ -134,3 +134,27 @@ def test_rejects_mismatched_shapes() -> None:
         deep_watershed(np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((9, 8)))
     with pytest.raises(ValueError):
         deep_watershed(np.zeros((8, 8)), np.zeros((8, 8)), maxima_algorithm="magic")
+
+
+def test_flooding_clumps_in_bands_gives_the_labels_of_one_whole_image_flood(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Crowded components flood a band at a time (to bound memory); the labels must be those
+    of flooding them all at once."""
+    from consumers.processing import deep_watershed as module
+
+    _, labels = generate((600, 700), seed=21, coverage=0.45, clumping=0.8)
+    rng = np.random.default_rng(0)
+    t = targets(labels).astype(np.float32)
+    inner = t[..., 0] + rng.normal(0, 0.05, labels.shape).astype(np.float32)
+    outer = t[..., 1] + rng.normal(0, 0.05, labels.shape).astype(np.float32)
+    floods = []
+    flood = module.watershed
+    monkeypatch.setattr(module, "watershed", lambda *a, **k: floods.append(1) or flood(*a, **k))
+    monkeypatch.setattr(module, "_FLOOD_PIXELS", 10**9)  # one flood over every clump
+    whole = deep_watershed(inner, outer, t[..., 2])
+    assert len(floods) == 1
+    monkeypatch.setattr(module, "_FLOOD_PIXELS", 2_000)  # a clump or two per flood
+    banded = deep_watershed(inner, outer, t[..., 2])
+    assert len(floods) > 20 and whole.max() > 150
+    np.testing.assert_array_equal(banded, whole)

@@ -136,6 +136,27 @@ def test_batcher_skips_cancelled_requests_and_drains_on_close() -> None:
         batcher.submit("s", {"x": np.array([4.0])}, 1)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batcher_runs_as_many_batches_at_once_as_it_has_workers(workers: int) -> None:
+    """Two requests that cannot share a batch (different shapes) meet inside ``run`` only
+    when two workers run them side by side."""
+    inside = threading.Barrier(2)
+
+    def run(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            inside.wait(timeout=1.0)
+            met = True
+        except threading.BrokenBarrierError:
+            met = False
+        return {"met": np.full(inputs["x"].shape[0], met)}
+
+    batcher = Batcher(run, max_batch_size=8, timeout=0, workers=workers)
+    futures = [batcher.submit("s", {"x": np.zeros((1, n), np.float32)}, 1) for n in (2, 3)]
+    met = [bool(f.result(5)["met"][0]) for f in futures]
+    batcher.close()
+    assert met == [workers == 2] * 2
+
+
 # ============================================================================ signatures
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from consumers.processing.contract import CYTOPLASM_MODEL, WHOLE_CELL_MODEL
-from consumers.segmentation import NUCLEAR_MODEL
 from consumers.processing.pipeline import segment
+from consumers.segmentation import NUCLEAR_MODEL
 from evaluation.cells import generate_cells
 from evaluation.quality import score
 from kiosk.serving.client import ServingClient

@@ -43,7 +43,6 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "DIVISION_FEATURES",
@@ -590,6 +589,10 @@ def _link_pairs(cost: FloatArray, feasible: NDArray[np.bool_]) -> list[tuple[int
     big[np.arange(n_t), n_c + np.arange(n_t)] = 0.5  # death
     big[n_t + np.arange(n_c), np.arange(n_c)] = 0.5  # birth
     big[n_t:, n_c:] = 0.0
+    # Imported here: segmentation consumers measure movie frames with this module but never
+    # link, and scipy.optimize is 20 MiB of their resident memory.
+    from scipy.optimize import linear_sum_assignment
+
     r, c = linear_sum_assignment(big)
     keep = (r < n_t) & (c < n_c)
     r, c = r[keep], c[keep]
