@@ -138,17 +138,7 @@ def predict_maps(
         t1 = time.perf_counter()
         outputs = predict(batch)
         t2 = time.perf_counter()
-        if not outputs:
-            raise ValueError("the model returned no outputs")
-        for head, maps in outputs.items():
-            maps = np.asarray(maps)
-            if maps.ndim == 3:
-                maps = maps[..., None]
-            if maps.shape[:3] != batch.shape[:3]:
-                raise ValueError(
-                    f"model output {head!r} has shape {maps.shape}; expected "
-                    f"{batch.shape[:3]} + (channels,) to match the input tiles"
-                )
+        for head, maps in _checked_outputs(outputs, batch).items():
             untilers.setdefault(head, Untiler(plan)).add(maps, indices)
         tile_time += t1 - t0 + time.perf_counter() - t2
         predict_time += t2 - t1
@@ -164,6 +154,24 @@ def predict_maps(
     return result
 
 
+def _checked_outputs(outputs: Mapping[str, np.ndarray], batch: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's outputs as (n, ty, tx, K) arrays, each checked against the input batch."""
+    if not outputs:
+        raise ValueError("the model returned no outputs")
+    checked = {}
+    for head, maps in outputs.items():
+        maps = np.asarray(maps)
+        if maps.ndim == 3:
+            maps = maps[..., None]
+        if maps.shape[:3] != batch.shape[:3]:
+            raise ValueError(
+                f"model output {head!r} has shape {maps.shape}; expected "
+                f"{batch.shape[:3]} + (channels,) to match the input tiles"
+            )
+        checked[head] = maps
+    return checked
+
+
 def _predict_whole(
     image: np.ndarray,
     plan: TilePlan,
@@ -177,21 +185,11 @@ def _predict_whole(
     with _timed(timings, "predict"):
         outputs = predict(batch)
     with _timed(timings, "tile"):
-        if not outputs:
-            raise ValueError("the model returned no outputs")
         (by, bx), (ny, nx) = plan.pad_before, plan.image_shape
-        result = {}
-        for head, maps in outputs.items():
-            maps = np.asarray(maps)
-            if maps.ndim == 3:
-                maps = maps[..., None]
-            if maps.shape[:3] != batch.shape[:3]:
-                raise ValueError(
-                    f"model output {head!r} has shape {maps.shape}; expected "
-                    f"{batch.shape[:3]} + (channels,) to match the input"
-                )
-            plane = maps[0, by : by + ny, bx : bx + nx]
-            result[head] = np.ascontiguousarray(plane, dtype=np.float32)
+        result = {
+            head: np.ascontiguousarray(maps[0, by : by + ny, bx : bx + nx], dtype=np.float32)
+            for head, maps in _checked_outputs(outputs, batch).items()
+        }
     if progress is not None:
         progress(1, 1)
     return result
