@@ -89,7 +89,7 @@ def main() -> None:
                 start = time.perf_counter()
                 client.predict(
                     contract.name,
-                    {contract.input: image.astype(np.float16) if lean else image},
+                    contract.inputs(image, lean=lean),
                     signature_name=signature or DEFAULT_SIGNATURE,
                     output_filter=contract.output_names if lean else None,
                 )

@@ -352,11 +352,9 @@ class SegmentationConsumer(Consumer):
     def _predict(self, plan: ModelPlan, batch: np.ndarray, outputs: Sequence[str]) -> Prediction:
         try:
             signature = self._signature(plan)
-            if signature != DEFAULT_SIGNATURE:
-                batch = batch.astype(np.float16)
             return self.client.predict(
                 plan.name,
-                {plan.contract.input: batch},
+                plan.contract.inputs(batch, lean=signature != DEFAULT_SIGNATURE),
                 version=plan.version,
                 signature_name=signature,
                 output_filter=outputs if self.options.lean_wire else None,

@@ -142,7 +142,7 @@ class ServedModel:
 
         self.client = ServingClient(target)
         self.model = model
-        self.input = contract.input
+        self.contract = contract
         self.version = version
         self.answered: int | None = None
         self.lean = lean and contract.lean_signature is not None
@@ -152,7 +152,7 @@ class ServedModel:
     def __call__(self, batch: np.ndarray) -> Mapping[str, np.ndarray]:
         prediction = self.client.predict(
             self.model,
-            {self.input: batch.astype(np.float16) if self.lean else batch},
+            self.contract.inputs(batch, lean=self.lean),
             version=self.version,
             signature_name=self.signature,
             check=True,

@@ -142,6 +142,13 @@ class ModelContract:
         if len(set(heads)) != len(heads):
             raise ValueError(f"head names must differ between compartments, got {heads}")
 
+    def inputs(self, batch: np.ndarray, *, lean: bool = False) -> dict[str, np.ndarray]:
+        """A Predict request's inputs for a normalised batch: float32 for ``serving_default``,
+        float16 for :attr:`lean_signature` (``lean``)."""
+        if lean and self.lean_signature is None:
+            raise ValueError(f"the contract of {self.name} declares no lean signature")
+        return {self.input: batch.astype(np.float16 if lean else np.float32, copy=False)}
+
     @property
     def compartments(self) -> tuple[Compartment, ...]:
         """Every compartment, the first one being :attr:`heads` with :attr:`postprocessing`."""
