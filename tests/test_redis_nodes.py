@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,19 @@ class Node:
     def named_master(self) -> str:
         return str(self.sentinel().sentinel_get_master_addr_by_name(self.env["MASTER_NAME"])[0])
 
-    def handover(self) -> None:
-        subprocess.run(["sh", str(SCRIPT), "handover"], env=self.env, check=True, timeout=60)
+    def handover(self, **env: str) -> str:
+        """Run the preStop handover; what it logged."""
+        done = subprocess.run(
+            ["sh", str(SCRIPT), "handover"],
+            env=self.env | env,
+            check=True,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
+        with self.log.open("a") as log:
+            log.write(done.stderr)
+        return done.stderr
 
     def kill(self) -> None:
         for process in self.processes:
@@ -89,25 +101,37 @@ class Node:
                 process.wait(10)
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[list[Node]]:
+@contextmanager
+def start_nodes(addresses: tuple[str, ...], directory: Path) -> Iterator[list[Node]]:
     env = chart_env()
     env |= {
-        "NODES": " ".join(NODES),
+        "NODES": " ".join(addresses),
         "REDIS_PORT": str(free_port()),
         "SENTINEL_PORT": str(free_port()),
         "DOWN_AFTER_MS": "1000",  # the chart's 5000, shortened for the test
     }
     started: list[Node] = []
     try:
-        for i, address in enumerate(NODES):
-            started.append(Node(address, env, tmp_path / f"node-{i}").start())
+        for i, address in enumerate(addresses):
+            started.append(Node(address, env, directory / f"node-{i}").start())
         yield started
     finally:
         for node in started:
             node.kill()
         for node in started:
-            print(f"----- {node.address} -----\n{node.log.read_text()[-3000:]}")
+            print(f"----- {node.address} -----\n{node.log.read_text()[-12000:]}")
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[Node]]:
+    with start_nodes(NODES, tmp_path) as started:
+        yield started
+
+
+@pytest.fixture
+def lone_node(tmp_path: Path) -> Iterator[Node]:
+    with start_nodes(NODES[:1], tmp_path) as (node,):
+        yield node
 
 
 def settled(nodes: list[Node], master: Node) -> bool:
@@ -169,3 +193,13 @@ def test_the_charts_redis_nodes_fail_over_hand_over_and_rejoin(nodes: list[Node]
     )
     assert queue.redis.lrange("echo", 0, -1) == keys[::-1]
     assert queue.unreplicated == 0
+
+
+@pytest.mark.slow
+def test_a_handover_with_no_replica_says_the_sentinel_refused_and_stays_master(
+    lone_node: Node,
+) -> None:
+    logged = lone_node.handover(HANDOVER_WAIT="3")
+    assert "would not fail over yet (NOGOODSLAVE" in logged
+    assert "no failover finished within 3s; stopping as master" in logged
+    assert lone_node.role() == "master"

@@ -17,7 +17,7 @@ set -eu
 ASK_TIMEOUT=2      # seconds for one question to another node
 AGREE_WAIT=30      # seconds to wait for the other Sentinels to agree on the master
 RESOLVE_WAIT=60    # seconds a Sentinel waits for the master's name to resolve
-HANDOVER_WAIT=20   # seconds preStop waits for a replica to take over
+HANDOVER_WAIT=${HANDOVER_WAIT:-20} # seconds preStop waits for a replica to take over
 
 log() { echo "redis-node $SELF: $*" >&2; }
 
@@ -111,28 +111,40 @@ role() {
 # Before this node stops as the master: the Sentinels promote a replica, this node follows it
 # at once (so no client writes here after the new master took over), and it stops once the
 # Sentinels have finished: a failover they leave half done blocks the next one for a while.
+# The Sentinel may refuse (NOGOODSLAVE: its view of a replica is a moment stale) or abort a
+# failover it started; while no failover runs and the role has not moved, ask again.
 handover() {
   [ "$(role)" = master ] || exit 0
-  if ! local_cli -p "$SENTINEL_PORT" sentinel failover "$MASTER_NAME" >/dev/null; then
-    log "the Sentinel would not fail over (no replica ready?); stopping as the master"
-    exit 0
-  fi
   waited=0
   followed=""
+  refused=""
   while [ "$waited" -lt "$HANDOVER_WAIT" ]; do
     master=$(sentinel_says get-master-addr-by-name | head -n 1)
-    if [ -z "$followed" ] && [ -n "$master" ] && [ "$master" != "$SELF" ]; then
-      local_cli -p "$REDIS_PORT" replicaof "$master" "$REDIS_PORT" >/dev/null || true
-      followed=$master
-    fi
-    if [ -n "$followed" ] && ! sentinel_says master | grep -q failover_in_progress; then
-      log "handed the master role to $followed after ${waited}s; now $(role)"
-      exit 0
+    if [ -n "$master" ] && [ "$master" != "$SELF" ]; then
+      if [ -z "$followed" ]; then
+        local_cli -p "$REDIS_PORT" replicaof "$master" "$REDIS_PORT" >/dev/null || true
+        followed=$master
+      fi
+      if ! failover_running; then
+        log "handed the master role to $followed after ${waited}s; now $(role)"
+        exit 0
+      fi
+    elif ! failover_running; then
+      # redis-cli exits 0 on an error reply: the reply itself says whether it was refused.
+      reply=$(local_cli -p "$SENTINEL_PORT" sentinel failover "$MASTER_NAME" 2>&1 || true)
+      if [ "$reply" != OK ] && [ "$reply" != "$refused" ]; then
+        log "the Sentinel would not fail over yet ($reply); asking again"
+        refused=$reply
+      fi
     fi
     sleep 1
     waited=$((waited + 1))
   done
   log "no failover finished within ${HANDOVER_WAIT}s; stopping as $(role)"
+}
+
+failover_running() {
+  sentinel_says master | grep -q failover_in_progress
 }
 
 sentinel_says() {
