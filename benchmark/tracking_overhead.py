@@ -21,8 +21,9 @@ Each side is warmed up first (a short movie, a small zip), then the two take tur
 medians (the runs are kept in the JSON). Where the time goes comes from the stage times the
 consumers record per job: the frames' own stages (summed over the frames; a consumer finishes
 one frame while the next predicts, so the sum can exceed the wall time), the movie's fan-out
-(its upload stage) and fan-in (its post-processing stage), and the fan-in's phases (measuring,
-linking, writing) from when its progress passes 45 % and 60 %.
+(its upload stage) and fan-in (its post-processing stage), and the fan-in's two phases
+(reading the frames' cells tables while linking them, then writing) from when its progress
+passes 60 %.
 
     python -m benchmark.tracking_overhead [--frames 100] [--size 512] [--consumers 1]
         [--repeats 3]
@@ -91,17 +92,15 @@ def wait_watching_fan_in(
     client: KioskClient, job_id: str, interval: float = 0.5, close: float = 0.2
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Wait for a job to end; near and during its post-processing (a movie's fan-in), look
-    often enough to see its progress pass the fan-in's marks: every frame measured at 45 %,
-    linked at 60 % (tracking's split of its progress). Returns the final job and when each
-    mark was first seen."""
+    often enough to see its progress pass the fan-in's mark: every frame read and linked at
+    60 % (tracking's split of its progress). Returns the final job and when each mark was
+    first seen."""
     seen: dict[str, float] = {}
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:
         job = client.job(job_id)
         now = time.time()
         fan_in = job["status"] == "post-processing"
-        if fan_in and job["progress"] >= 45:
-            seen.setdefault("measured", now)
         if fan_in and job["progress"] >= 60:
             seen.setdefault("linked", now)
         if job["status"] in ("done", "failed"):
@@ -112,12 +111,12 @@ def wait_watching_fan_in(
 
 
 def fan_in_phases(marks: dict[str, float], start: float, end: float) -> dict[str, float]:
-    """Seconds measuring, linking and writing, from the last frame's end to the job's."""
-    if "measured" not in marks:
+    """Seconds reading and linking, then writing, from the last frame's end to the job's."""
+    if "linked" not in marks:
         return {}
-    edges = [start, marks["measured"], marks.get("linked", end), end]
+    edges = [start, marks["linked"], end]
     seconds = np.diff(edges).round(2).tolist()
-    return dict(zip(("measuring", "linking", "writing"), seconds, strict=True))
+    return dict(zip(("reading and linking", "writing"), seconds, strict=True))
 
 
 def run_job(client: KioskClient, url: str, path: Path, job_type: str) -> dict[str, Any]:

@@ -287,25 +287,22 @@ class SegmentationConsumer(Consumer):
         fields: Mapping[str, str],
     ) -> Result:
         """The label TIFF and the overlay preview, encoded and uploaded: the job's finish,
-        which runs while the consumer's next job predicts."""
+        which runs while the consumer's next job predicts. A movie's frame keeps its cells
+        table instead of a preview: the movie shows its own animated one, never a frame's."""
         stem = PurePosixPath(job.get(JobField.ORIGINAL_NAME, "image")).stem or "image"
         with job.stage(Stages.POSTPROCESS):
             planes, axes = _label_planes(loaded.frame_axes, labels)
             label_tiff = imaging.encode_labels_tiff(planes, axes=axes)
-            preview_png = self.preview(job, loaded, labels)
             table = _movie_frame_cells(job, loaded, labels)
+            preview_png = self.preview(job, loaded, labels) if table is None else None
         output = job.put_output(f"{stem}{LABELS_SUFFIX}", label_tiff)
+        results = {**fields, JobField.OBJECTS: str(_count_objects(labels))}
         if table is not None:
             job.put_output(PurePosixPath(cells_key(output)).name, table)
-        preview = job.put_output(f"{stem}_overlay.png", preview_png)
-        return Result(
-            output,
-            {
-                **fields,
-                JobField.PREVIEW_URL: file_url(self.settings.public_url, preview),
-                JobField.OBJECTS: str(_count_objects(labels)),
-            },
-        )
+        if preview_png is not None:
+            preview = job.put_output(f"{stem}_overlay.png", preview_png)
+            results[JobField.PREVIEW_URL] = file_url(self.settings.public_url, preview)
+        return Result(output, results)
 
     # ------------------------------------------------------------------ job options
 

@@ -39,6 +39,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -348,46 +349,55 @@ class MovieTracker:
         table_of: TableReader | None = None,
         share: tuple[int, int] = (0, 100),
     ) -> tuple[linking.Tracking, Previews]:
-        """Measure every frame (or read the table its frame job measured), link, write: the
-        progress runs over ``share`` percent."""
+        """Read the table each frame's job measured (or measure the frame) and link, a thread
+        reading ahead while the linker works through the frames; then write. The progress
+        runs over ``share`` percent: reading and linking the first 60 % of it."""
         low, high = share
         span = high - low
-        measured = _Progress(job, low, low + span * 45 // 100)
         patch_size = self.scorer.contract.patch_size if self.scorer else 0
         if self.scorer is not None:
             try:
                 self.scorer.check()
             except DivisionModelMissing as exc:
                 raise JobError(str(exc)) from None
-        cells = []
-        shape: tuple[int, int] | None = None
-        for t in range(frames):
+
+        def read(t: int) -> tuple[linking.Cells, tuple[int, int]]:
             table = table_of(t, patch_size) if table_of is not None else None
-            if table is None:
-                labels = labels_of(t)
-                frame_cells = linking.measure(labels, image_of(t), t, patch_size)
-                frame_shape = (int(labels.shape[0]), int(labels.shape[1]))
-            else:
-                frame_cells, frame_shape = table
-            if shape is None:
-                shape = frame_shape
-            elif frame_shape != shape:
-                raise JobError(
-                    f"the labels of frame {t} are {frame_shape[0]} x {frame_shape[1]} but "
-                    f"those of frame 0 are {shape[0]} x {shape[1]}; submit the movie again"
-                )
-            cells.append(frame_cells)
-            measured(t + 1, frames)
+            if table is not None:
+                return table
+            labels = labels_of(t)
+            shape = (int(labels.shape[0]), int(labels.shape[1]))
+            return linking.measure(labels, image_of(t), t, patch_size), shape
+
+        shapes: list[tuple[int, int]] = []
+
+        def measured() -> Iterator[linking.Cells]:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="tracking-tables")
+            try:
+                for t, (frame_cells, frame_shape) in enumerate(pool.map(read, range(frames))):
+                    if shapes and frame_shape != shapes[0]:
+                        first = shapes[0]
+                        raise JobError(
+                            f"the labels of frame {t} are {frame_shape[0]} x {frame_shape[1]} "
+                            f"but those of frame 0 are {first[0]} x {first[1]}; submit the "
+                            "movie again"
+                        )
+                    shapes.append(frame_shape)
+                    yield frame_cells
+            finally:
+                pool.shutdown(cancel_futures=True)
+
         try:
             tracking = linking.link(
-                cells,
+                measured(),
                 link_params(job),
-                progress=_Progress(job, low + span * 45 // 100, low + span * 60 // 100),
+                progress=_Progress(job, low, low + span * 60 // 100),
                 division_scorer=self.scorer,
+                total=frames,
             )
         except DivisionModelMissing as exc:
             raise JobError(str(exc)) from None
-        del cells
+        shape = shapes[0] if shapes else None
         previews = write_results(
             out,
             workdir,

@@ -262,15 +262,16 @@ def write_results(
         (workdir / "masks.spool").open("w+b") as masks,
         ThreadPoolExecutor(1, thread_name_prefix="tracking-preview") as pool,
     ):
+        plot = pool.submit(lineage_png, tracking.tracks, frames)  # while the frames encode
         _write_stack(stack, pages(masks), (frames, *shape), dtype)
         gif = pool.submit(animated_gif, animation)  # Pillow encodes without the GIL
         _copy(out, stack, names.tracked)  # first: ImageJ opens a zip's first image
         _put(out, names.lineage, lineage_text(linking.lineage_json(tracking)), compress=True)
-        _put(out, names.res_track, linking.ctc_res_track(tracking).encode(), compress=True)
+        _put(out, names.res_track, linking.ctc_res_track(ctc).encode(), compress=True)
         for t, (offset, size) in enumerate(mask_spans):
             masks.seek(offset)
             _put(out, names.mask(t, frames), masks.read(size))
-        previews = Previews(gif.result(), lineage_png(tracking.tracks, frames))
+        previews = Previews(gif.result(), plot.result())
     (workdir / "masks.spool").unlink()
     _put(out, names.preview, previews.animation)
     _put(out, names.lineage_plot, previews.lineage)

@@ -390,6 +390,14 @@ def test_progress_is_reported_after_every_frame():
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
+def test_frames_given_one_at_a_time_link_as_a_list_of_them_does():
+    cells, _ = division_movie()
+    calls: list[tuple[int, int]] = []
+    streamed = link(iter(cells), progress=lambda *c: calls.append(c), total=len(cells))
+    assert streamed == link(cells)
+    assert calls == [(t + 1, len(cells)) for t in range(len(cells))]
+
+
 def test_frames_out_of_order_are_refused():
     cells, _ = movie([[(20, 20, 5, 100)]] * 2)
     with pytest.raises(ValueError, match="in order"):
