@@ -400,9 +400,11 @@ class ModelServerSettings(CommonSettings):
         32, ge=1, description="Most items the model server batches into one inference."
     )
     batch_timeout: float = Field(
-        0.002,
+        0.0,
         ge=0,
-        description="Seconds the model server waits for more requests to fill a batch.",
+        description="Seconds the model server waits for more requests to fill a batch; 0 "
+        "waits for none, and requests already queued still share an inference (on CPUs, "
+        "waiting only adds latency).",
     )
     inference_workers: int = Field(
         1,

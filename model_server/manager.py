@@ -124,7 +124,7 @@ class ModelManager:
         models: tuple[str, ...] = (),
         poll_interval: float = 2.0,
         max_batch_size: int = 32,
-        batch_timeout: float = 0.002,
+        batch_timeout: float = 0.0,
         inference_workers: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -71,6 +71,27 @@ def test_batcher_concatenates_concurrent_requests_and_splits_results() -> None:
         assert result["n"].tolist() == [6] * array.shape[0]
 
 
+def test_batcher_without_a_timeout_runs_at_once_and_batches_what_queued_meanwhile() -> None:
+    calls: list[int] = []
+    started, release = threading.Event(), threading.Event()
+    echo = _echo_plus(calls)
+
+    def run(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started.set()
+        release.wait(5)
+        return echo(signature, inputs)
+
+    batcher = Batcher(run, max_batch_size=8, timeout=0)
+    first = batcher.submit("s", {"x": np.zeros((1, 3), np.float32)}, 1)
+    assert started.wait(5)  # it did not wait for company
+    queued = [batcher.submit("s", {"x": np.zeros((1, 3), np.float32)}, 1) for _ in range(3)]
+    release.set()
+    for future in [first, *queued]:
+        future.result(5)
+    batcher.close()
+    assert calls == [1, 3]
+
+
 def test_batcher_keeps_to_max_size_and_never_mixes_shapes() -> None:
     calls: list[int] = []
     batcher = Batcher(_echo_plus(calls), max_batch_size=4, timeout=0.05)
@@ -679,6 +700,11 @@ def _batch_sizes(model_server: ModelServer, model: str) -> tuple[float, float]:
         samples.get(("kiosk_model_server_batch_size_count", labels), 0),
         samples.get(("kiosk_model_server_batch_size_sum", labels), 0),
     )
+
+
+def test_every_signature_is_warmed_up_before_a_version_serves(model_server: ModelServer) -> None:
+    log = model_server.service.log()
+    assert "Tiny/1: warmed up signatures double, serving_default" in log
 
 
 def test_concurrent_requests_are_batched(model_server: ModelServer) -> None:
