@@ -87,6 +87,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.tracking_overhead
 	$(BIN)/python -m benchmark.tracking_memory
 	$(BIN)/python -m benchmark.consumer_memory
+	$(BIN)/python -m benchmark.peer_stardist
 	$(BIN)/python -m benchmark.redis_failover
 	$(BIN)/python -m benchmark.cluster_sim
 	$(BIN)/python -m benchmark.scaling_policies
