@@ -1,8 +1,7 @@
-"""What routes depend on: settings, the job queue, the bucket and the optional API token."""
+"""What routes depend on: settings, the job queue, the bucket, the users and who is asking."""
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -12,6 +11,13 @@ from frontend.errors import ApiError
 from kiosk.queue import JobQueue
 from kiosk.settings import FrontendSettings
 from kiosk.storage import Bucket
+from kiosk.users import (
+    ADMIN_PRINCIPAL,
+    ANONYMOUS_PRINCIPAL,
+    Principal,
+    UserStore,
+    admin_token_matches,
+)
 
 
 @dataclass
@@ -19,6 +25,10 @@ class Services:
     settings: FrontendSettings
     queue: JobQueue
     bucket: Bucket
+
+    @property
+    def users(self) -> UserStore:
+        return UserStore(self.queue.redis)
 
 
 def get_services(request: Request) -> Services:
@@ -28,18 +38,47 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_token(request: Request, services: ServicesDep) -> None:
-    """With KIOSK_API_TOKEN set, a request needs 'Authorization: Bearer TOKEN' (or X-API-Key)."""
-    token = services.settings.api_token
-    if token is None:
-        return
+def given_token(request: Request) -> str:
+    """The token a request carries: 'Authorization: Bearer TOKEN', else 'X-API-Key'."""
     header = request.headers.get("authorization", "")
-    given = (
+    return (
         header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
     )
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+
+
+def get_caller(request: Request, services: ServicesDep) -> Principal:
+    """Who is asking: the administrator (KIOSK_API_TOKEN), a user (their token), or, without
+    a token where KIOSK_ANONYMOUS allows it, the anonymous user."""
+    settings = services.settings
+    token = given_token(request)
+    if token:
+        admin = settings.api_token.get_secret_value() if settings.api_token else None
+        if admin_token_matches(token, admin):
+            return ADMIN_PRINCIPAL
+        user = services.users.authenticate(token)
+        if user is not None:
+            return user
         raise ApiError(
             401,
-            "this Kiosk needs an API token: send 'Authorization: Bearer TOKEN' "
-            "(kiosk CLI: --token or KIOSK_API_TOKEN)",
+            "this API token is not valid (unknown, mistyped or revoked): send the token the "
+            "administrator gave you (kiosk users add) as 'Authorization: Bearer TOKEN'",
         )
+    if settings.anonymous_allowed:
+        return ANONYMOUS_PRINCIPAL
+    raise ApiError(
+        401,
+        "this Kiosk needs an API token: send 'Authorization: Bearer TOKEN' "
+        "(kiosk CLI: --token or KIOSK_API_TOKEN)",
+    )
+
+
+CallerDep = Annotated[Principal, Depends(get_caller)]
+
+
+def require_admin(caller: CallerDep) -> Principal:
+    if not caller.admin:
+        raise ApiError(403, "only the administrator (the holder of KIOSK_API_TOKEN) may do this")
+    return caller
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

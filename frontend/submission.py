@@ -12,6 +12,7 @@ from kiosk.jobs import JobRequest, creation_fields
 from kiosk.keys import JOB_TYPE_ALIASES, UPLOAD_PREFIX, canonical_job_type, new_job_key
 from kiosk.options import OptionError, check_options
 from kiosk.storage import safe_key
+from kiosk.users import Principal
 
 
 def check_job_type(services: Services, job_type: str | None) -> str:
@@ -71,10 +72,15 @@ def check_job_options(
         raise ApiError(422, f"invalid job options: {exc}") from None
 
 
-def create_job(services: Services, request: JobRequest) -> str:
-    """Check a request and queue it (as its job type's, when it names an alias); returns the
-    new job's key."""
-    request = replace(request, job_type=check_job_type(services, request.job_type))
+def create_job(services: Services, request: JobRequest, caller: Principal) -> str:
+    """Check a request and queue it (as its job type's, when it names an alias) as the
+    caller's; returns the new job's key."""
+    request = replace(
+        request,
+        job_type=check_job_type(services, request.job_type),
+        owner=caller.name,
+        group=caller.group,
+    )
     check_job_options(
         request.scale,
         request.channels,

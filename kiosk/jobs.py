@@ -70,6 +70,10 @@ class JobRequest:
     cell_windows: str = ""
     """A movie frame's: the side (px) of the cell windows its cells table keeps, for the
     movie's division model ("": the movie's tracking needs none)."""
+    owner: str = ""
+    """Who submitted it (kiosk.users; "": from before users, the anonymous user's)."""
+    group: str = ""
+    """The owner's group."""
 
     def __post_init__(self) -> None:
         # A job type's other name (``caliban``) is the job type itself from here on.
@@ -103,6 +107,8 @@ _REQUEST_FIELDS: dict[str, JobField] = {
     "compartment": JobField.COMPARTMENT,
     "parent": JobField.PARENT,
     "cell_windows": JobField.CELL_WINDOWS,
+    "owner": JobField.OWNER,
+    "group": JobField.GROUP,
 }
 """The hash field each request attribute is stored in (every attribute but ``job_type``)."""
 
@@ -113,7 +119,13 @@ def creation_fields(request: JobRequest, identity: str) -> dict[str, str]:
     fields: dict[str, str] = {
         field: getattr(request, name) for name, field in _REQUEST_FIELDS.items()
     }
-    for optional in (JobField.PARENT, JobField.CELL_WINDOWS, JobField.COMPARTMENT):
+    for optional in (
+        JobField.PARENT,
+        JobField.CELL_WINDOWS,
+        JobField.COMPARTMENT,
+        JobField.OWNER,
+        JobField.GROUP,
+    ):
         if not fields[optional]:
             del fields[optional]
     return {

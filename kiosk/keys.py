@@ -62,6 +62,8 @@ class JobField(StrEnum):
     SCALE = "scale"
     SEGMENTATION_TYPE = "segmentation_type"
     COMPARTMENT = "compartment"  # Kiosk: what a mesmer job labels (kiosk.options.COMPARTMENTS)
+    OWNER = "owner"  # Kiosk: the user who submitted it (kiosk.users; children inherit it)
+    GROUP = "group"  # Kiosk: that user's group, whose members see the job too
     # written by consumers
     UPDATED_BY = "updated_by"
     IDENTITY_STARTED = "identity_started"
@@ -163,6 +165,8 @@ def all_queues(job_types: Sequence[str]) -> list[str]:
 
 JOB_INDEX = KEY_PREFIX + "jobs"  # sorted set: job key -> created (epoch seconds)
 INPUT_USERS = KEY_PREFIX + "inputs"  # hash: upload key -> the jobs created with it, one a line
+USER_PREFIX = KEY_PREFIX + "user:"  # hash per API user (kiosk.users)
+USER_TOKEN_PREFIX = KEY_PREFIX + "user-token:"  # SHA-256 of a user's token -> the user's name
 MAX_NAME_LENGTH = 255
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _JOB_KEY = re.compile(

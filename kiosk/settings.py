@@ -128,8 +128,14 @@ class FrontendSettings(ListenSettings):
     api_token: SecretStr | None = Field(
         None,
         min_length=1,
-        description="When set, every API route needs 'Authorization: Bearer TOKEN' "
-        "(the health checks, / and /docs stay open). Set but empty is refused.",
+        description="The administrator's token ('Authorization: Bearer TOKEN'): sees every "
+        "job and manages users (kiosk users). Set but empty is refused.",
+    )
+    anonymous: bool | None = Field(
+        None,
+        description="Whether a request without a token is served, as the anonymous user "
+        "(kiosk-client and the ImageJ plugin send none); unset: yes unless KIOSK_API_TOKEN is "
+        "set. The health checks, / and /docs are always open.",
     )
     max_upload_bytes: int = Field(
         2 * GIB, ge=1, description="Largest upload accepted, in bytes (larger ones get 413)."
@@ -143,6 +149,10 @@ class FrontendSettings(ListenSettings):
         description="Seconds a request body may send nothing before the request is answered "
         "408 and dropped (an upload removes what it wrote).",
     )
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        return self.api_token is None if self.anonymous is None else self.anonymous
 
 
 class PredictSettings(CommonSettings):

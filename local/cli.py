@@ -562,5 +562,80 @@ def delete(ctx: typer.Context, job: Annotated[str, typer.Argument(help="Job id."
     console.print(f"deleted {escape(job)}")
 
 
+users_app = typer.Typer(
+    help="Users and their API tokens (the administrator's token: --token or KIOSK_API_TOKEN).",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def add_user(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="User name: lower-case letters, digits, . _ -")],
+    group: Annotated[str, typer.Option(help="The user's group (lab): members see its jobs.")] = "",
+) -> None:
+    """Create a user and print their token: it is shown this once, so hand it on now."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            user = client.add_user(name, group)
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    in_group = f" in group {escape(user['group'])}" if user["group"] else ""
+    errors.print(f"created user {escape(user['name'])}{in_group}; their token (shown once):")
+    console.print(user["token"])
+
+
+@users_app.command("list")
+def list_users(ctx: typer.Context) -> None:
+    """List users: name, group, created, revoked."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            found = client.users()
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"{len(found)} users on {target.url}")
+    for column in ("user", "group", "created", "revoked"):
+        table.add_column(column, overflow="fold")
+    for user in found:
+        table.add_row(
+            escape(user["name"]),
+            escape(user["group"]),
+            user["created_at"],
+            user.get("revoked_at") or "",
+        )
+    console.print(table)
+
+
+@users_app.command("revoke")
+def revoke_user(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="User name.")]
+) -> None:
+    """Turn a user's token off for good (their jobs stay theirs)."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            user = client.revoke_user(name)
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"revoked {escape(user['name'])} at {user['revoked_at']}")
+
+
+@app.command()
+def whoami(ctx: typer.Context) -> None:
+    """Who the token (or its absence) makes you on this Kiosk."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            me = client.me()
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    role = " (administrator)" if me["admin"] else ""
+    group = f", group {escape(me['group'])}" if me["group"] else ""
+    console.print(f"{escape(me['name'])}{group}{role}")
+
+
 def main() -> None:
     app()

@@ -129,6 +129,20 @@ class KioskClient:
     def delete(self, job_id: str) -> None:
         self._request("DELETE", self._job_path(job_id))
 
+    def me(self) -> dict[str, Any]:
+        """Who this client's token makes it: name, group, admin."""
+        return self._request("GET", "/api/v1/me").json()
+
+    def add_user(self, name: str, group: str = "") -> dict[str, Any]:
+        """Create a user (the administrator's token); the answer holds their token, once."""
+        return self._request("POST", "/api/v1/users", json={"name": name, "group": group}).json()
+
+    def users(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/api/v1/users").json()
+
+    def revoke_user(self, name: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/api/v1/users/{quote(name, safe='')}").json()
+
     def wait(
         self,
         job_ids: Iterable[str],

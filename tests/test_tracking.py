@@ -264,6 +264,23 @@ def test_the_fan_in_reads_the_frames_cells_tables_and_measures_only_without_them
     assert again == {key: data for key, data in written.items() if key not in tables}
 
 
+def test_a_frame_whose_table_says_another_size_fails_the_movie_naming_it(
+    consumer: TrackingConsumer, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    from consumers.movie_frames import cells_key, decode_cells, encode_cells
+
+    submit_movie(queue, bucket, tiff_bytes(moving_discs(5)))
+    fan_out(consumer, queue, bucket, "tracking")
+    segment_waiting_frames(queue, bucket, tables=True)
+    job = claim_job(queue, bucket, "tracking")
+    frame_2 = queue.get(job.get(JobField.CHILDREN).split(",")[2])
+    table = cells_key(frame_2[JobField.OUTPUT_FILE_NAME])
+    cells, _ = decode_cells(bucket.get_bytes(table), 2, 0)
+    bucket.put_bytes(table, encode_cells(cells, (10, 12)))
+    with pytest.raises(JobError, match=r"frame 2 are 10 x 12 but those of frame 0 are 64 x"):
+        consumer.process(job)
+
+
 def test_a_failed_frame_fails_the_movie_naming_the_frame_and_why(
     consumer: TrackingConsumer, queue: JobQueue, bucket: LocalBucket
 ) -> None:

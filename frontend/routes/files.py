@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.responses import Response
 
-from frontend.deps import ServicesDep, require_token
+from frontend.deps import ServicesDep, get_caller
 from frontend.errors import ApiError
 from kiosk.keys import FILES_PATH, OUTPUT_PREFIX, UPLOAD_PREFIX
 from kiosk.storage import Bucket, ObjectNotFound, safe_key
@@ -24,7 +24,7 @@ STREAM_CHUNK = 1024 * 1024
 mimetypes.add_type("image/tiff", ".tif")
 mimetypes.add_type("image/tiff", ".tiff")
 
-router = APIRouter(tags=["files"], dependencies=[Depends(require_token)])
+router = APIRouter(tags=["files"], dependencies=[Depends(get_caller)])
 
 
 def file_response(bucket: Bucket, key: str) -> Response:

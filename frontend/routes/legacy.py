@@ -15,19 +15,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from frontend.deps import ServicesDep, require_token
+from frontend.deps import CallerDep, ServicesDep, get_caller
 from frontend.errors import ApiError
 from frontend.submission import create_job
 from frontend.uploads import receive_upload
 from kiosk.jobs import JobRequest
 from kiosk.keys import MODELS_PREFIX, JobField, file_url, is_job_key
+from kiosk.users import Principal
 
 MAX_EXPIRE = 30 * 86400
 
 health = APIRouter(prefix="/api", tags=["DeepCell-compatible"])
-router = APIRouter(
-    prefix="/api", tags=["DeepCell-compatible"], dependencies=[Depends(require_token)]
-)
+router = APIRouter(prefix="/api", tags=["DeepCell-compatible"], dependencies=[Depends(get_caller)])
 
 
 def _route(target: APIRouter, path: str, methods: list[str], **kwargs: Any) -> Callable:
@@ -114,13 +113,19 @@ class ExpireBody(BaseModel):
     expireIn: int | None = Field(None, gt=0, le=MAX_EXPIRE)
 
 
-def _job_key(services: ServicesDep, key: str) -> str:
+def _job_key(services: ServicesDep, key: str, caller: Principal) -> str | None:
+    """The job's key; None when it is another user's (answered as a missing job)."""
     if not is_job_key(key, services.settings.queues):
         raise ApiError(
             400,
             f"{key!r} is not a job: this route reads only job hashes, named "
             "JOBTYPE:NAME:UUID as returned by /api/predict",
         )
+    owner = services.queue.get_fields(key, [JobField.OWNER, JobField.GROUP])
+    if owner is not None and not caller.may_see(
+        {JobField.OWNER: owner[0] or "", JobField.GROUP: owner[1] or ""}
+    ):
+        return None
     return key
 
 
@@ -140,34 +145,34 @@ async def upload(request: Request, services: ServicesDep) -> dict[str, str]:
 
 
 @_route(router, "/predict", ["POST"])
-def predict(body: PredictBody, services: ServicesDep) -> dict[str, str]:
+def predict(body: PredictBody, services: ServicesDep, caller: CallerDep) -> dict[str, str]:
     """Create a job for an uploaded file; returns its key as ``hash``."""
-    return {"hash": create_job(services, body.to_request())}
+    return {"hash": create_job(services, body.to_request(), caller)}
 
 
 @_route(router, "/redis", ["POST"])
-def redis_value(body: RedisBody, services: ServicesDep) -> dict[str, Any]:
+def redis_value(body: RedisBody, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """One field of a job hash (or several, given a list)."""
-    key = _job_key(services, body.hash)
+    key = _job_key(services, body.hash, caller)
     names = body.key if isinstance(body.key, list) else [body.key]
-    values = services.queue.get_fields(key, names) or [None] * len(names)
+    values = (services.queue.get_fields(key, names) if key else None) or [None] * len(names)
     return {"value": values if isinstance(body.key, list) else values[0]}
 
 
 @_route(router, "/status", ["POST"])
-def status(body: StatusBody, services: ServicesDep) -> dict[str, Any]:
-    key = _job_key(services, body.hash)
-    values = services.queue.get_fields(key, [JobField.STATUS]) or [None]
+def status(body: StatusBody, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    key = _job_key(services, body.hash, caller)
+    values = (services.queue.get_fields(key, [JobField.STATUS]) if key else None) or [None]
     return {"status": values[0]}
 
 
 @_route(router, "/redis/expire", ["POST"])
-def expire(body: ExpireBody, services: ServicesDep) -> JSONResponse:
+def expire(body: ExpireBody, services: ServicesDep, caller: CallerDep) -> JSONResponse:
     """Expire a job hash in ``expireIn`` seconds; ``value`` 1 when it was found."""
-    key = _job_key(services, body.hash)
+    key = _job_key(services, body.hash, caller)
     seconds = body.expireIn or services.settings.default_expire
-    if services.queue.get_fields(key, [JobField.STATUS]) is None:
-        return JSONResponse({"value": 0, "message": f"no job {key!r}"}, status_code=404)
+    if key is None or services.queue.get_fields(key, [JobField.STATUS]) is None:
+        return JSONResponse({"value": 0, "message": f"no job {body.hash!r}"}, status_code=404)
     found = services.queue.expire(key, seconds)
     return JSONResponse({"value": int(found)}, status_code=200 if found else 404)
 

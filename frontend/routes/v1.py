@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from frontend.deps import Services, ServicesDep, require_token
+from frontend.deps import AdminDep, CallerDep, Services, ServicesDep, get_caller
 from frontend.errors import ApiError
 from frontend.routes.files import file_response
 from frontend.submission import aliases, check_job_options, check_job_type, create_job
@@ -41,13 +41,14 @@ from kiosk.keys import (
 )
 from kiosk.options import COMPARTMENT_JOB_TYPES, COMPARTMENTS
 from kiosk.reclaim import JobFiles, remove_files, remove_job
+from kiosk.users import Principal, User, UserError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 SCAN_PAGES = 20  # index pages one listing request reads at most while filtering
 health = APIRouter(prefix=PREFIX, tags=["v1"])
-router = APIRouter(prefix=PREFIX, tags=["v1"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix=PREFIX, tags=["v1"], dependencies=[Depends(get_caller)])
 
 TIMING_FIELDS = (
     JobField.DOWNLOAD_TIME,
@@ -254,10 +255,11 @@ class QueueOut(BaseModel):
     dead_letters: int
 
 
-def _load(services: Services, job_id: str) -> JobView:
+def _load(services: Services, job_id: str, caller: Principal) -> JobView:
+    """The job, if the caller may see it (another user's job is as good as missing)."""
     known = is_job_key(job_id, services.settings.queues)
     fields = services.queue.get(job_id) if known else None
-    if not fields:
+    if not fields or not caller.may_see(fields):
         raise ApiError(404, f"no job {job_id!r}: it never existed or has expired")
     return JobView(job_id, fields)
 
@@ -365,7 +367,7 @@ def queues(services: ServicesDep) -> list[QueueOut]:
 
 
 @router.post("/jobs", status_code=201, openapi_extra=_FORM_SCHEMA, response_model=JobOut)
-async def create(request: Request, services: ServicesDep) -> JSONResponse:
+async def create(request: Request, services: ServicesDep, caller: CallerDep) -> JSONResponse:
     """Upload a file and create its job in one request (multipart: ``file`` + options)."""
 
     def before_file(fields: dict[str, str], file_name: str) -> None:
@@ -390,12 +392,12 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
         job_request = options.to_request(
             received.file_name, received.key, file_url(services.settings.public_url, received.key)
         )
-        key = await run_in_threadpool(create_job, services, job_request)
+        key = await run_in_threadpool(create_job, services, job_request, caller)
     except BaseException:
         await run_in_threadpool(services.bucket.delete, received.key)
         raise
     try:
-        view = await run_in_threadpool(_load, services, key)
+        view = await run_in_threadpool(_load, services, key, caller)
         return JSONResponse(
             JobOut.of(view).model_dump(),
             status_code=201,
@@ -415,6 +417,7 @@ def job_path(key: str) -> str:
 @router.get("/jobs")
 def list_jobs(
     services: ServicesDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
     status: Annotated[str | None, Query(description="Only jobs with this status.")] = None,
@@ -430,7 +433,7 @@ def list_jobs(
     if job_type:
         job_type = aliases(services).get(job_type, job_type)
     if parent is not None:
-        return _children_page(services, parent, limit, cursor, status, job_type)
+        return _children_page(services, caller, parent, limit, cursor, status, job_type)
     position = _position(cursor) if cursor else None
     jobs: list[JobOut] = []
     scanned, exhausted = 0, False
@@ -447,6 +450,7 @@ def list_jobs(
             view = JobView(key, fields)
             wanted = (
                 fields
+                and caller.may_see(fields)
                 and (not status or view.status == status)
                 and (not job_type or view.job_type == job_type)
             )
@@ -460,6 +464,7 @@ def list_jobs(
 
 def _children_page(
     services: Services,
+    caller: Principal,
     parent: str,
     limit: int,
     cursor: str | None,
@@ -468,7 +473,8 @@ def _children_page(
 ) -> JobList:
     """A zip's child jobs, read from the parent's list of them (exact, unlike scanning the
     index); the cursor is an offset into that list."""
-    keys = [k for k in _load(services, parent).fields.get(JobField.CHILDREN, "").split(",") if k]
+    children = _load(services, parent, caller).fields.get(JobField.CHILDREN, "")
+    keys = [k for k in children.split(",") if k]
     if cursor is not None and not cursor.isdigit():
         raise ApiError(422, f"invalid cursor {cursor!r}: pass the next_cursor of a listing")
     start = int(cursor or 0)
@@ -486,9 +492,9 @@ def _children_page(
 
 
 @router.get("/jobs/{job_id:path}/result")
-def result(job_id: str, services: ServicesDep) -> Response:
+def result(job_id: str, services: ServicesDep, caller: CallerDep) -> Response:
     """The job's result file, once it is done."""
-    view = _load(services, job_id)
+    view = _load(services, job_id, caller)
     if view.status != Status.DONE:
         if view.status in FINAL_STATUSES:
             raise ApiError(
@@ -506,17 +512,19 @@ def result(job_id: str, services: ServicesDep) -> Response:
 
 
 @router.get("/jobs/{job_id:path}")
-def get_job(job_id: str, services: ServicesDep) -> JobOut:
-    return JobOut.of(_load(services, job_id))
+def get_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JobOut:
+    return JobOut.of(_load(services, job_id, caller))
 
 
 @router.delete("/jobs/{job_id:path}", status_code=204)
-def delete_job(job_id: str, services: ServicesDep, background: BackgroundTasks) -> Response:
+def delete_job(
+    job_id: str, services: ServicesDep, caller: CallerDep, background: BackgroundTasks
+) -> Response:
     """Delete a job, with its files: out of its queue if waiting (a consumer working on it
     stops); its input unless another job uses it, and its results. A zip takes its images'
     jobs and their files with it. The jobs are gone when this answers (in batches of 500);
     their files go right after, so a zip of 10,000 images does not hold the request."""
-    view = _load(services, job_id)
+    view = _load(services, job_id, caller)
     files = remove_job(services.queue, job_id, view.fields)
     background.add_task(_remove_files, services, job_id, files)
     return Response(status_code=204)
@@ -529,3 +537,68 @@ def _remove_files(services: Services, job_id: str, files: JobFiles) -> None:
         log.exception("could not remove every file of the deleted job %s", job_id)
         return
     log.info("deleted job %s and %d of its files", job_id, deleted.files)
+
+
+# ----------------------------------------------------------------------------- users
+
+
+class Me(BaseModel):
+    name: str = Field(description="The caller: a user's name, 'admin' or 'anonymous'.")
+    group: str = Field("", description="The caller's group, whose members see each other's jobs.")
+    admin: bool = False
+
+
+@router.get("/me")
+def me(caller: CallerDep) -> Me:
+    """Who the token (or its absence) makes the caller."""
+    return Me(name=caller.name, group=caller.group, admin=caller.admin)
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    name: str
+    group: str = ""
+
+
+class UserOut(BaseModel):
+    name: str
+    group: str
+    created_at: str
+    revoked_at: str | None = None
+    token: str | None = Field(None, description="Only when the user is created: keep it.")
+
+    @classmethod
+    def of(cls, user: User, token: str | None = None) -> UserOut:
+        return cls(
+            name=user.name,
+            group=user.group,
+            created_at=user.created_at,
+            revoked_at=user.revoked_at or None,
+            token=token,
+        )
+
+
+@router.post("/users", status_code=201)
+def add_user(body: UserIn, services: ServicesDep, _: AdminDep) -> UserOut:
+    """Create a user (administrator only); the answer holds their token, shown this once."""
+    try:
+        token = services.users.add(body.name, body.group)
+    except UserError as exc:
+        raise ApiError(409 if "exists" in str(exc) else 422, str(exc)) from None
+    user = services.users.get(body.name)
+    assert user is not None
+    return UserOut.of(user, token)
+
+
+@router.get("/users")
+def list_users(services: ServicesDep, _: AdminDep) -> list[UserOut]:
+    return [UserOut.of(user) for user in services.users.list()]
+
+
+@router.delete("/users/{name}")
+def revoke_user(name: str, services: ServicesDep, _: AdminDep) -> UserOut:
+    """Revoke a user's token for good; their jobs stay theirs."""
+    try:
+        return UserOut.of(services.users.revoke(name))
+    except UserError as exc:
+        raise ApiError(404, str(exc)) from None
