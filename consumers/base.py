@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
+from kiosk.costs import PriceTable, recorded_usage, stage_usage
 from kiosk.jobs import JobRequest, Stage, Stages, creation_fields
 from kiosk.keys import JobField, Status, output_prefix
 from kiosk.queue import Claim, JobQueue, Outcome, ParentGone
@@ -77,6 +78,7 @@ class Job:
         self.queue = claim.queue
         self.attempt = claim.attempt
         self.fields: dict[str, str] = dict(claim.fields)
+        self._earlier_usage = recorded_usage(claim.fields)  # of the attempts before this one
         self.bucket = bucket
         self._update = update
         self._on_stage = on_stage
@@ -84,6 +86,11 @@ class Job:
         self.outputs: list[str] = []
         """Keys of the results written so far (removed if the job turns out deleted)."""
         self._unwritten: dict[str, str] = {}
+
+    def usage_fields(self, prices: PriceTable) -> dict[str, str]:
+        """The job's GPU seconds, CPU seconds and cost over every attempt, this one's so far
+        included: what the worker writes when it settles the attempt."""
+        return (self._earlier_usage + stage_usage(self.timings, prices)).fields()
 
     def get(self, name: JobField, default: str = "") -> str:
         return self.fields.get(name) or default

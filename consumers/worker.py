@@ -281,7 +281,8 @@ class Worker:
             self._write_unwritten(claim, job)
             settled = self._settle(lambda: self.queue.retry(claim, self.consumer_id, reason))
         else:
-            settled = self._settle_result(claim, job.unwritten(), result, started)
+            unwritten = {**job.unwritten(), **job.usage_fields(self.settings.prices)}
+            settled = self._settle_result(claim, unwritten, result, started)
             outcome = "waiting" if isinstance(result, Waiting) else "done"
         still_in_hand = self._release(claim)
         if settled is None or settled.outcome is not Outcome.APPLIED:
@@ -324,10 +325,9 @@ class Worker:
         log.info("removed %d results of %s, deleted while it ran", len(job.outputs), claim.key)
 
     def _write_unwritten(self, claim: Claim, job: Job) -> None:
-        """Keep the stage times of a job that failed: best effort, since failing comes first."""
-        unwritten = job.unwritten()
-        if not unwritten:
-            return
+        """Keep the stage times and usage of a job that failed: best effort, since failing
+        comes first."""
+        unwritten = {**job.unwritten(), **job.usage_fields(self.settings.prices)}
         try:
             self._update(claim, unwritten)
         except (JobLost, redis.RedisError) as exc:

@@ -79,6 +79,9 @@ class JobField(StrEnum):
     PREDICT_RETRIES = "predict_retries"
     PREVIEW_URL = "preview_url"  # Kiosk: an overlay PNG of the labels on the image
     OBJECTS = "objects"  # Kiosk: how many objects were segmented
+    GPU_SECONDS = "gpu_seconds"  # Kiosk: estimated, over every attempt (kiosk.costs)
+    CPU_SECONDS = "cpu_seconds"  # Kiosk: consumer seconds, over every attempt
+    COST = "cost"  # Kiosk: estimated dollars of the two, from the price table
     TOTAL_JOBS = "total_jobs"
     TOTAL_TIME = "total_time"
     FINISHED_AT = "finished_at"

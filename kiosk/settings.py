@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kiosk.costs import GPU_PRICES, VM_PRICES, PriceTable
 from kiosk.keys import validate_queue_name
 from kiosk.redis_url import check_redis_url, is_sentinel_url
 
@@ -220,6 +221,41 @@ class ConsumerSettings(PredictSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port for the consumer's Prometheus metrics (0: off)."
     )
+    gpu_type: str = Field(
+        "V100",
+        description="The model server's GPU, for each job's estimated cost (T4 or V100; "
+        "kiosk/costs.py holds the price table).",
+    )
+    node_type: str = Field(
+        "n1-highmem-2",
+        description="The machine type of the consumer and GPU nodes, for the cost estimate.",
+    )
+    preemptible: bool = Field(
+        True, description="Whether the nodes are preemptible, for the cost estimate."
+    )
+    consumers_per_node: int = Field(
+        5, ge=1, description="Consumer pods sharing a CPU node, for the cost estimate."
+    )
+
+    @property
+    def prices(self) -> PriceTable:
+        return PriceTable.of(
+            self.gpu_type, self.node_type, self.preemptible, self.consumers_per_node
+        )
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _known_gpu(cls, value: str) -> str:
+        if value not in GPU_PRICES:
+            raise ValueError(f"unknown GPU type {value!r}: use one of {', '.join(GPU_PRICES)}")
+        return value
+
+    @field_validator("node_type")
+    @classmethod
+    def _known_node(cls, value: str) -> str:
+        if value not in VM_PRICES:
+            raise ValueError(f"unknown machine type {value!r}: use one of {', '.join(VM_PRICES)}")
+        return value
 
     @field_validator("job_type_plugins", mode="before")
     @classmethod

@@ -624,6 +624,39 @@ def revoke_user(
 
 
 @app.command()
+def usage(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option(help="Only this user's jobs.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only jobs created since this date or time (ISO).")
+    ] = None,
+) -> None:
+    """GPU seconds, CPU seconds and estimated cost of the jobs you may see, per user and group."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            report = client.usage(user, since)
+    except KioskError as exc:
+        raise fail(str(exc)) from None
+    for kind in ("users", "groups"):
+        rows = report[kind]
+        if kind == "groups" and not rows:
+            continue
+        table = Table(title=f"usage by {kind[:-1]}" + (f" since {since}" if since else ""))
+        for column in (kind[:-1], "jobs", "GPU s", "CPU s", "cost $"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(
+                escape(row["name"]),
+                str(row["jobs"]),
+                f"{row['gpu_seconds']:.1f}",
+                f"{row['cpu_seconds']:.1f}",
+                f"{row['cost']:.4f}",
+            )
+        console.print(table)
+
+
+@app.command()
 def whoami(ctx: typer.Context) -> None:
     """Who the token (or its absence) makes you on this Kiosk."""
     target: Target = ctx.obj

@@ -129,6 +129,11 @@ class KioskClient:
     def delete(self, job_id: str) -> None:
         self._request("DELETE", self._job_path(job_id))
 
+    def usage(self, user: str | None = None, since: str | None = None) -> dict[str, Any]:
+        """GPU seconds, CPU seconds and cost per user and group, of the jobs this client sees."""
+        params = {k: v for k, v in {"user": user, "since": since}.items() if v}
+        return self._request("GET", "/api/v1/usage", params=params).json()
+
     def me(self) -> dict[str, Any]:
         """Who this client's token makes it: name, group, admin."""
         return self._request("GET", "/api/v1/me").json()

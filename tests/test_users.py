@@ -239,6 +239,22 @@ def test_the_cli_adds_lists_and_revokes_users_and_a_user_sees_only_their_jobs(
     children = queue.get(zip_job)[JobField.CHILDREN].split(",")
     assert [queue.get(c)[JobField.OWNER] for c in children] == ["ada", "ada"]  # inherited
 
+    # Every job recorded what it used; the usage sums them per user and group.
+    for key in [zip_job, *children]:
+        fields = queue.get(key)
+        assert float(fields[JobField.CPU_SECONDS]) > 0 and float(fields[JobField.COST]) > 0
+    ada_usage = kiosk("usage", "--user", "ada")
+    assert ada_usage.exit_code == 0, ada_usage.output
+    (row,) = [line for line in ada_usage.stdout.splitlines() if " ada " in f" {line} "]
+    assert "│ 4 " in row  # mine.tif, the zip and its two images
+    assert "lab-a" in ada_usage.stdout  # the group's table
+    assert "ada" in kiosk("usage", token=token).stdout
+    assert "ada" not in kiosk("usage", token=None).stdout  # the anonymous user sees none of it
+    late = kiosk("usage", "--since", "2999-01-01")
+    assert late.exit_code == 0 and "ada" not in late.stdout
+    bad = kiosk("usage", "--since", "last tuesday")
+    assert bad.exit_code == 1 and "not a date" in bad.output
+
     assert "revoked ada" in kiosk("users", "revoke", "ada").stdout
     gone = kiosk("jobs", token=token)
     assert gone.exit_code == 1 and "revoked" in gone.output

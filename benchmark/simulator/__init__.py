@@ -3,9 +3,10 @@ on simulated time: uploads, consumers, model servers on GPU nodes, start-up dela
 preemptions, the cluster autoscaler, prices. ``python -m benchmark.cluster_sim`` runs the
 paper's grid; ``simulate(Scenario(...))`` runs one scenario.
 
-Modules, one job each: ``model`` (scenario, cluster, stage times, prices, and every assumption),
-``events`` (the engine), ``workload`` (uploads), ``work`` (consumers and GPUs), ``cluster``
-(nodes, pods, the cluster autoscaler), ``run`` (the policy loop), ``report`` (table, JSON, plots).
+Modules, one job each: ``model`` (scenario, cluster, stage times, and every assumption; the
+prices are ``kiosk.costs``'s, the table jobs are costed by), ``events`` (the engine),
+``workload`` (uploads), ``work`` (consumers and GPUs), ``cluster`` (nodes, pods, the cluster
+autoscaler), ``run`` (the policy loop), ``report`` (table, JSON, plots).
 """
 
 from benchmark.simulator.model import ClusterParams, DataCosts, Scenario, StageTimes, Workload

@@ -41,26 +41,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiosk.costs import GPU_PRICES, VM_PRICES  # one price table for jobs and the simulator
+
 HOUR = 3600.0
-
-# ------------------------------------------------------------------------------ prices
-
-
-@dataclass(frozen=True)
-class Price:
-    """Dollars per node-hour, on demand and preemptible (2019 GCE list prices, as the paper
-    costed its runs)."""
-
-    on_demand: float
-    preemptible: float
-
-    def hourly(self, preemptible: bool) -> float:
-        return self.preemptible if preemptible else self.on_demand
-
-
-VM_PRICES: dict[str, Price] = {"n1-highmem-2": Price(0.1184, 0.025)}
-GPU_PRICES: dict[str, Price] = {"T4": Price(0.95, 0.29), "V100": Price(2.48, 0.74)}
-
 
 # ------------------------------------------------------------------------------ cluster
 

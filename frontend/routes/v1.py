@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -20,6 +22,7 @@ from frontend.errors import ApiError
 from frontend.routes.files import file_response
 from frontend.submission import aliases, check_job_options, check_job_type, create_job
 from frontend.uploads import FILE_FIELD, receive_upload
+from kiosk.costs import UsageRow, summarize
 from kiosk.filetypes import (
     ACCEPTED,
     EXTENSIONS,
@@ -41,7 +44,7 @@ from kiosk.keys import (
 )
 from kiosk.options import COMPARTMENT_JOB_TYPES, COMPARTMENTS
 from kiosk.reclaim import JobFiles, remove_files, remove_job
-from kiosk.users import Principal, User, UserError
+from kiosk.users import ANONYMOUS, Principal, User, UserError
 
 log = logging.getLogger(__name__)
 
@@ -602,3 +605,86 @@ def revoke_user(name: str, services: ServicesDep, _: AdminDep) -> UserOut:
         return UserOut.of(services.users.revoke(name))
     except UserError as exc:
         raise ApiError(404, str(exc)) from None
+
+
+# ----------------------------------------------------------------------------- usage
+
+
+class UsageOut(BaseModel):
+    name: str = Field(description="A user's name, or a group's.")
+    group: str = ""
+    jobs: int
+    gpu_seconds: float = Field(description="Estimated: seconds waiting on the model server.")
+    cpu_seconds: float = Field(description="Consumer seconds, every stage.")
+    cost: float = Field(description="Estimated dollars, from the consumers' price table.")
+
+    @classmethod
+    def of(cls, row: UsageRow) -> UsageOut:
+        return cls(
+            name=row.name,
+            group=row.group,
+            jobs=row.jobs,
+            gpu_seconds=round(row.usage.gpu_seconds, 3),
+            cpu_seconds=round(row.usage.cpu_seconds, 3),
+            cost=round(row.usage.cost, 6),
+        )
+
+
+class UsageReport(BaseModel):
+    since: str | None
+    users: list[UsageOut]
+    groups: list[UsageOut]
+
+
+@router.get("/usage")
+def usage(
+    services: ServicesDep,
+    caller: CallerDep,
+    user: Annotated[str | None, Query(description="Only this user's jobs.")] = None,
+    since: Annotated[
+        str | None, Query(description="Only jobs created at or after this ISO date or time.")
+    ] = None,
+) -> UsageReport:
+    """GPU seconds, CPU seconds and estimated cost of the jobs the caller may see (the
+    administrator: all), per user and per group."""
+    start = _since(since)
+
+    def wanted(fields: dict[str, str]) -> bool:
+        mine = user is None or (fields.get(JobField.OWNER) or ANONYMOUS) == user
+        return bool(fields) and mine and caller.may_see(fields)
+
+    seen = [fields for fields in _jobs_since(services, start) if wanted(fields)]
+    by_user, by_group = summarize(seen)
+    return UsageReport(
+        since=since,
+        users=[UsageOut.of(row) for row in by_user],
+        groups=[UsageOut.of(row) for row in by_group],
+    )
+
+
+def _jobs_since(services: Services, start: float) -> Iterator[dict[str, str]]:
+    """Every job hash created at or after ``start`` (epoch seconds), newest first."""
+    position: tuple[float, str] | None = None
+    while page := services.queue.recent(500, position):
+        position = page[-1][1], page[-1][0]
+        for (_, created), fields in zip(
+            page, services.queue.get_many([key for key, _ in page]), strict=True
+        ):
+            if created < start:
+                return
+            yield fields
+
+
+def _since(text: str | None) -> float:
+    """Epoch seconds of an ISO date or time (UTC unless it says otherwise); 0 for none."""
+    if not text:
+        return 0.0
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(
+            422, f"since={text!r} is not a date or time: write e.g. 2026-12-01 or 2026-12-01T09:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
