@@ -71,6 +71,9 @@ CONSUMER_METRIC = "kiosk_consumer_metric"
 EXPORTER_UP = "kiosk_exporter_up"
 SCRAPE_ERRORS = "kiosk_exporter_scrape_errors"  # exposed as ..._total
 SCRAPE_SECONDS = "kiosk_exporter_scrape_duration_seconds"
+USER_GPU_SECONDS = "kiosk_user_gpu_seconds"  # exposed as ..._total, as the next two
+USER_CPU_SECONDS = "kiosk_user_cpu_seconds"
+USER_COST = "kiosk_user_cost_dollars"
 # What the model server exports (model_server.metrics): the local GPU stand-in.
 BUSY_RATIO = "kiosk_model_server_busy_ratio"
 
@@ -218,6 +221,22 @@ class KioskCollector(Collector):
                 "computes the same in Prometheus.",
                 labels=["queue"],
             ),
+            CounterMetricFamily(
+                USER_GPU_SECONDS,
+                "Estimated GPU seconds of a user's jobs, every attempt (kiosk.costs): the "
+                "seconds they waited on the model server.",
+                labels=["user", "group"],
+            ),
+            CounterMetricFamily(
+                USER_CPU_SECONDS,
+                "Consumer seconds of a user's jobs, every attempt and stage.",
+                labels=["user", "group"],
+            ),
+            CounterMetricFamily(
+                USER_COST,
+                "Estimated dollars of a user's jobs, from the consumers' price table.",
+                labels=["user", "group"],
+            ),
             GaugeMetricFamily(
                 EXPORTER_UP,
                 "1 when this scrape read Redis, 0 when Redis could not be read (the queue "
@@ -243,6 +262,7 @@ class KioskCollector(Collector):
         started = time.perf_counter()
         f = self._families()
         readings = self._read_redis()
+        usage = self._call("redis", self.queue.usage_totals) if readings is not None else None
         replicas = self._call("replicas", self.replicas)
         gpu = self._call("gpu", self.gpu_utilization)
 
@@ -253,6 +273,10 @@ class KioskCollector(Collector):
                 f[DEAD_LETTER_ITEMS].add_metric([name], r.dead_letters)
                 f[CONSUMERS].add_metric([name], r.consumers)
                 f[CONSUMERS_BUSY].add_metric([name], r.busy)
+        for user, (group, used) in sorted((usage or {}).items()):
+            f[USER_GPU_SECONDS].add_metric([user, group], used.gpu_seconds)
+            f[USER_CPU_SECONDS].add_metric([user, group], used.cpu_seconds)
+            f[USER_COST].add_metric([user, group], used.cost)
         if replicas is not None:
             f[MODEL_SERVERS].add_metric(["desired"], replicas.model_servers)
             f[MODEL_SERVERS].add_metric(["ready"], replicas.model_servers_ready)

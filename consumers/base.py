@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
-from kiosk.costs import PriceTable, recorded_usage, stage_usage
+from kiosk.costs import PriceTable, Usage, recorded_usage, stage_usage
 from kiosk.jobs import JobRequest, Stage, Stages, creation_fields
 from kiosk.keys import JobField, Status, output_prefix
 from kiosk.queue import Claim, JobQueue, Outcome, ParentGone
@@ -86,6 +86,10 @@ class Job:
         self.outputs: list[str] = []
         """Keys of the results written so far (removed if the job turns out deleted)."""
         self._unwritten: dict[str, str] = {}
+
+    def attempt_usage(self, prices: PriceTable) -> Usage:
+        """What this attempt has used so far."""
+        return stage_usage(self.timings, prices)
 
     def usage_fields(self, prices: PriceTable) -> dict[str, str]:
         """The job's GPU seconds, CPU seconds and cost over every attempt, this one's so far

@@ -285,6 +285,8 @@ class Worker:
             settled = self._settle_result(claim, unwritten, result, started)
             outcome = "waiting" if isinstance(result, Waiting) else "done"
         still_in_hand = self._release(claim)
+        if settled is not None and settled.outcome is Outcome.APPLIED:
+            self._add_usage(job)
         if settled is None or settled.outcome is not Outcome.APPLIED:
             outcome = _outcome_name(settled)
         if settled and settled.outcome is Outcome.LOST and job_lost is None:
@@ -313,6 +315,18 @@ class Worker:
             **result.fields,
         }
         return self._settle(lambda: self.queue.finish(claim, self.consumer_id, fields))
+
+    def _add_usage(self, job: Job) -> None:
+        """Add a settled attempt's usage to its owner's running totals (best effort: the job
+        hash, written when it settled, stays the exact record)."""
+        try:
+            self.queue.add_usage(
+                job.get(JobField.OWNER),
+                job.get(JobField.GROUP),
+                job.attempt_usage(self.settings.prices),
+            )
+        except redis.RedisError as exc:
+            log.warning("usage of %s not added to its owner's totals: %s", job.key, exc)
 
     def _discard_outputs(self, claim: Claim, job: Job) -> None:
         """A job deleted (or expired) while it ran leaves no results behind: its deletion

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kiosk.keys import JobField
+from kiosk.keys import ANONYMOUS, JobField
 
 HOUR = 3600.0
 
@@ -131,7 +131,7 @@ def summarize(jobs: Iterable[Mapping[str, str]]) -> tuple[list[UsageRow], list[U
     groups: dict[str, tuple[int, Usage]] = {}
     for fields in jobs:
         used = recorded_usage(fields)
-        owner = fields.get(JobField.OWNER) or "anonymous"
+        owner = fields.get(JobField.OWNER) or ANONYMOUS
         group = fields.get(JobField.GROUP, "")
         _, count, total = users.get(owner, (group, 0, Usage()))
         users[owner] = (group, count + 1, total + used)

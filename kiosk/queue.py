@@ -29,12 +29,15 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from kiosk.costs import Usage
 from kiosk.jobs import now_iso, parse_iso
 from kiosk.keys import (
+    ANONYMOUS,
     INPUT_USERS,
     JOB_INDEX,
     PROCESSING_PREFIX,
     UPLOAD_PREFIX,
+    USAGE_PREFIX,
     JobField,
     Status,
     dead_letter_list,
@@ -645,6 +648,31 @@ class JobQueue:
         if reply == -1:
             raise ParentGone(f"{key} was not created: its zip job {parent} no longer exists")
         return key
+
+    def add_usage(self, owner: str, group: str, usage: Usage) -> None:
+        """Add one settled attempt's usage to its owner's running totals (what the exporter
+        gives Prometheus; the job hashes stay the exact record, ``kiosk usage``)."""
+        key = USAGE_PREFIX + (owner or ANONYMOUS)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "group", group)
+            pipe.hincrbyfloat(key, "gpu_seconds", usage.gpu_seconds)
+            pipe.hincrbyfloat(key, "cpu_seconds", usage.cpu_seconds)
+            pipe.hincrbyfloat(key, "cost", usage.cost)
+            pipe.execute()
+
+    def usage_totals(self) -> dict[str, tuple[str, Usage]]:
+        """Each owner's group and running usage totals."""
+        totals: dict[str, tuple[str, Usage]] = {}
+        for key in self.redis.scan_iter(match=USAGE_PREFIX + "*", count=500):
+            fields = cast(dict[str, str], self.redis.hgetall(key))
+            if fields:
+                used = Usage(
+                    float(fields.get("gpu_seconds", 0)),
+                    float(fields.get("cpu_seconds", 0)),
+                    float(fields.get("cost", 0)),
+                )
+                totals[str(key).removeprefix(USAGE_PREFIX)] = (fields.get("group", ""), used)
+        return totals
 
     def submit_ended_child(self, job_type: str, key: str, fields: Mapping[str, str]) -> str:
         """Create a zip child that has already ended (its entry was unreadable): it is never

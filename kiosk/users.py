@@ -27,10 +27,8 @@ from typing import Any, cast
 import redis
 
 from kiosk.jobs import now_iso
-from kiosk.keys import USER_PREFIX, USER_TOKEN_PREFIX, JobField
+from kiosk.keys import ANONYMOUS, USER_PREFIX, USER_TOKEN_PREFIX, JobField
 
-ANONYMOUS = "anonymous"
-"""The owner of jobs submitted without a token, and the name no user may take."""
 ADMIN = "admin"
 """The administrator's name as an owner (jobs submitted with ``KIOSK_API_TOKEN``)."""
 TOKEN_PREFIX = "kiosk_"

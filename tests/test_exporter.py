@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from autoscaler.backends import BackendError, Replicas
 from autoscaler.exporter import KioskCollector, busy_ratio_reader, serve_exporter
 from autoscaler.policy import consumer_metric
+from kiosk.costs import Usage
 from kiosk.jobs import JobRequest, creation_fields
 from kiosk.keys import all_queues, heartbeat_key, new_job_key
 from kiosk.processes import free_port
@@ -141,6 +142,21 @@ def test_the_consumer_metric_is_the_policys_function_of_the_exported_inputs(
     assert metric[labelled(queue="segmentation")] == pytest.approx(0.75)  # idle GPU 75 %
     assert metric[labelled(queue="segmentation-zip")] == pytest.approx(0.75)  # 0 consumers
     assert metric[labelled(queue="tracking")] == 0  # no work
+
+
+def test_each_users_running_usage_totals_are_counters_labelled_with_their_group(
+    queue: JobQueue,
+) -> None:
+    collector = KioskCollector(queue, QUEUES)
+    assert not series(scrape(collector), "kiosk_user_cost_dollars_total")  # no jobs yet
+    queue.add_usage("ada", "lab-a", Usage(10.0, 12.0, 0.5))
+    queue.add_usage("ada", "lab-a", Usage(5.0, 6.0, 0.25))
+    queue.add_usage("", "", Usage(1.0, 2.0, 0.125))  # a job without an owner: anonymous's
+    samples = scrape(collector)
+    ada, anonymous = labelled(user="ada", group="lab-a"), labelled(user="anonymous", group="")
+    assert series(samples, "kiosk_user_gpu_seconds_total") == {ada: 15.0, anonymous: 1.0}
+    assert series(samples, "kiosk_user_cpu_seconds_total") == {ada: 18.0, anonymous: 2.0}
+    assert series(samples, "kiosk_user_cost_dollars_total") == {ada: 0.75, anonymous: 0.125}
 
 
 def test_a_gpu_source_without_a_reading_counts_as_idle(loaded: JobQueue) -> None:

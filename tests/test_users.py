@@ -243,6 +243,8 @@ def test_the_cli_adds_lists_and_revokes_users_and_a_user_sees_only_their_jobs(
     for key in [zip_job, *children]:
         fields = queue.get(key)
         assert float(fields[JobField.CPU_SECONDS]) > 0 and float(fields[JobField.COST]) > 0
+    group, totals = queue.usage_totals()["ada"]  # what the exporter gives Prometheus
+    assert group == "lab-a" and totals.cpu_seconds > 0
     ada_usage = kiosk("usage", "--user", "ada")
     assert ada_usage.exit_code == 0, ada_usage.output
     (row,) = [line for line in ada_usage.stdout.splitlines() if " ada " in f" {line} "]

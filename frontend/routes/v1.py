@@ -33,6 +33,7 @@ from kiosk.filetypes import (
 )
 from kiosk.jobs import JobRequest, JobView
 from kiosk.keys import (
+    ANONYMOUS,
     FINAL_STATUSES,
     OUTPUT_PREFIX,
     JobField,
@@ -44,7 +45,7 @@ from kiosk.keys import (
 )
 from kiosk.options import COMPARTMENT_JOB_TYPES, COMPARTMENTS
 from kiosk.reclaim import JobFiles, remove_files, remove_job
-from kiosk.users import ANONYMOUS, Principal, User, UserError
+from kiosk.users import Principal, User, UserError
 
 log = logging.getLogger(__name__)
 
