@@ -124,16 +124,15 @@ class Job:
 
     @contextmanager
     def stage(self, stage: Stage) -> Iterator[None]:
-        """Show the stage's status while it runs; add its seconds to the stage's time field."""
+        """Show the stage's status while it runs; add its seconds to the stage's time field,
+        a stage that failed included (its time was spent: it counts in the job's usage)."""
         if self.fields.get(JobField.STATUS) != stage.status:
             self.set_status(stage.status)
         start = time.perf_counter()
         try:
             yield
-        except BaseException:
-            self._on_stage(stage, time.perf_counter() - start)
-            raise
-        self.record_time(stage, time.perf_counter() - start)
+        finally:
+            self.record_time(stage, time.perf_counter() - start)
 
     def record_time(self, stage: Stage, seconds: float) -> None:
         """Add seconds to a stage's time field (for work timed elsewhere, e.g. a pipeline)."""

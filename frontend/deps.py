@@ -41,9 +41,10 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 def given_token(request: Request) -> str:
     """The token a request carries: 'Authorization: Bearer TOKEN', else 'X-API-Key'."""
     header = request.headers.get("authorization", "")
-    return (
+    given = (
         header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
     )
+    return given.strip()
 
 
 def get_caller(request: Request, services: ServicesDep) -> Principal:

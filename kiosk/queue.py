@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from enum import Enum
 from string import Template
 from typing import Any, cast
@@ -29,7 +29,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from kiosk.costs import Usage
+from kiosk.costs import USAGE_FIELDS, Usage, recorded_usage
 from kiosk.jobs import now_iso, parse_iso
 from kiosk.keys import (
     ANONYMOUS,
@@ -651,13 +651,13 @@ class JobQueue:
 
     def add_usage(self, owner: str, group: str, usage: Usage) -> None:
         """Add one settled attempt's usage to its owner's running totals (what the exporter
-        gives Prometheus; the job hashes stay the exact record, ``kiosk usage``)."""
+        gives Prometheus; the job hashes stay the exact record, ``kiosk usage``). The totals
+        hash has the job hash's field names: group and the usage fields."""
         key = USAGE_PREFIX + (owner or ANONYMOUS)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "group", group)
-            pipe.hincrbyfloat(key, "gpu_seconds", usage.gpu_seconds)
-            pipe.hincrbyfloat(key, "cpu_seconds", usage.cpu_seconds)
-            pipe.hincrbyfloat(key, "cost", usage.cost)
+            pipe.hset(key, JobField.GROUP, group)
+            for field, value in zip(USAGE_FIELDS, astuple(usage), strict=True):
+                pipe.hincrbyfloat(key, field, value)
             pipe.execute()
 
     def usage_totals(self) -> dict[str, tuple[str, Usage]]:
@@ -666,12 +666,8 @@ class JobQueue:
         for key in self.redis.scan_iter(match=USAGE_PREFIX + "*", count=500):
             fields = cast(dict[str, str], self.redis.hgetall(key))
             if fields:
-                used = Usage(
-                    float(fields.get("gpu_seconds", 0)),
-                    float(fields.get("cpu_seconds", 0)),
-                    float(fields.get("cost", 0)),
-                )
-                totals[str(key).removeprefix(USAGE_PREFIX)] = (fields.get("group", ""), used)
+                owner = str(key).removeprefix(USAGE_PREFIX)
+                totals[owner] = (fields.get(JobField.GROUP, ""), recorded_usage(fields))
         return totals
 
     def submit_ended_child(self, job_type: str, key: str, fields: Mapping[str, str]) -> str:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from kiosk.costs import GPU_PRICES, VM_PRICES, PriceTable
+from kiosk.costs import PriceTable
 from kiosk.keys import validate_queue_name
 from kiosk.redis_url import check_redis_url, is_sentinel_url
 
@@ -243,19 +243,10 @@ class ConsumerSettings(PredictSettings):
             self.gpu_type, self.node_type, self.preemptible, self.consumers_per_node
         )
 
-    @field_validator("gpu_type")
-    @classmethod
-    def _known_gpu(cls, value: str) -> str:
-        if value not in GPU_PRICES:
-            raise ValueError(f"unknown GPU type {value!r}: use one of {', '.join(GPU_PRICES)}")
-        return value
-
-    @field_validator("node_type")
-    @classmethod
-    def _known_node(cls, value: str) -> str:
-        if value not in VM_PRICES:
-            raise ValueError(f"unknown machine type {value!r}: use one of {', '.join(VM_PRICES)}")
-        return value
+    @model_validator(mode="after")
+    def _priced(self) -> ConsumerSettings:
+        self.prices  # noqa: B018 - refuses a GPU or machine type the price table lacks
+        return self
 
     @field_validator("job_type_plugins", mode="before")
     @classmethod

@@ -41,6 +41,10 @@ class UserError(ValueError):
     """A user cannot be created or changed as asked; the message says why and what to do."""
 
 
+class UserExists(UserError):
+    """The name is taken (by an active or a revoked user)."""
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -124,7 +128,7 @@ class UserStore:
                 try:
                     pipe.watch(key)
                     if pipe.exists(key):
-                        raise UserError(
+                        raise UserExists(
                             f"user {name!r} exists (revoked users keep their name, so their "
                             "jobs stay theirs): choose another name"
                         )

@@ -120,11 +120,22 @@ class KioskClient:
     def jobs(
         self, limit: int = 50, status: str | None = None, job_type: str | None = None
     ) -> list[dict[str, Any]]:
-        params = {"limit": limit, "status": status, "job_type": job_type}
-        response = self._request(
-            "GET", "/api/v1/jobs", params={k: v for k, v in params.items() if v is not None}
-        )
-        return response.json()["jobs"]
+        """Up to ``limit`` jobs, newest first. A page may hold fewer than asked while older
+        ones remain (the server scans a bounded stretch of all jobs for the caller's): the
+        pages are followed until there are ``limit`` or no more."""
+        params: dict[str, Any] = {"limit": limit, "status": status, "job_type": job_type}
+        found: list[dict[str, Any]] = []
+        while len(found) < limit:
+            params["limit"] = limit - len(found)
+            response = self._request(
+                "GET", "/api/v1/jobs", params={k: v for k, v in params.items() if v is not None}
+            )
+            page = response.json()
+            found += page["jobs"]
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+        return found
 
     def delete(self, job_id: str) -> None:
         self._request("DELETE", self._job_path(job_id))

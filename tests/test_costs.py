@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from consumers.base import Job
 from kiosk.costs import (
     GPU_PRICES,
     VM_PRICES,
@@ -13,7 +14,9 @@ from kiosk.costs import (
     stage_usage,
     summarize,
 )
+from kiosk.jobs import Stages
 from kiosk.keys import JobField
+from kiosk.queue import Claim
 from kiosk.settings import ConsumerSettings
 
 
@@ -71,3 +74,18 @@ def test_the_price_settings_name_only_known_machines() -> None:
     )
     with pytest.raises(ValueError, match="unknown GPU type 'A100'"):
         ConsumerSettings(gpu_type="A100")
+
+
+def test_a_jobs_usage_adds_its_earlier_attempts_and_counts_a_stage_that_failed() -> None:
+    prices = PriceTable.of("T4")
+    earlier = Usage(2.0, 3.0, 0.001)
+    claim = Claim("echo:a.tif:0", "echo", {JobField.ATTEMPTS: "2", **earlier.fields()})
+    job = Job(claim, bucket=None, update=lambda fields: None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError), job.stage(Stages.PREDICT):
+        raise RuntimeError("the model server went away")
+    spent = job.timings[JobField.PREDICTION_TIME]
+    assert spent >= 0
+    fields = job.usage_fields(prices)
+    assert float(fields[JobField.GPU_SECONDS]) == pytest.approx(2.0 + spent, abs=1e-5)
+    assert float(fields[JobField.CPU_SECONDS]) == pytest.approx(3.0 + spent, abs=1e-5)
+    assert job.attempt_usage(prices).gpu_seconds == pytest.approx(spent)

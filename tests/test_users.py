@@ -164,6 +164,11 @@ def test_each_caller_lists_reads_and_deletes_only_the_jobs_they_may_see(
         response = api.request(method, path, headers=bearer(ada))
         assert response.status_code == 404, (method, path)
     assert queue.get(cy_job)  # still there
+    children = api.get("/api/v1/jobs", params={"parent": cy_job}, headers=bearer(ada))
+    assert children.status_code == 404  # nor its images or frames
+    # The token as a header of either kind, spaces around it forgiven.
+    assert api.get(f"/api/v1/jobs/{cy_job}", headers={"X-API-Key": f" {cy} "}).status_code == 200
+    assert api.get(f"/api/v1/jobs/{cy_job}", headers=bearer(f"{cy}  ")).status_code == 200
     assert api.get(f"/api/v1/jobs/{cy_job}", headers=bearer(cy)).status_code == 200
     assert api.delete(f"/api/v1/jobs/{ada_job}", headers=bearer(ADMIN_TOKEN)).status_code == 204
 
