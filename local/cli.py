@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote
 
 import typer
@@ -49,6 +50,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(soft_wrap=True)
+T = TypeVar("T")
 errors = Console(stderr=True, soft_wrap=True)
 
 
@@ -71,6 +73,17 @@ def options(
     ] = None,
 ) -> None:
     ctx.obj = Target(url, token)
+
+
+def ask(ctx: typer.Context, call: Callable[[KioskClient], T]) -> T:
+    """One request to the Kiosk the command names; its refusal ends the command with the
+    Kiosk's message."""
+    target: Target = ctx.obj
+    try:
+        with target.client() as client:
+            return call(client)
+    except KioskError as exc:
+        raise fail(str(exc)) from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -442,12 +455,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
     """Show one job."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            found = client.job(job)
-    except KioskError as exc:
-        raise fail(str(exc)) from None
+    found = ask(ctx, lambda client: client.job(job))
     if as_json:
         console.print_json(json.dumps(found))
         return
@@ -500,12 +508,7 @@ def download(
     out: Annotated[Path, typer.Option(help="Directory to save the result in.")] = Path("."),
 ) -> None:
     """Download a done job's result."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            path = client.download(job, out)
-    except KioskError as exc:
-        raise fail(str(exc)) from None
+    path = ask(ctx, lambda client: client.download(job, out))
     console.print(f"saved {escape(str(path))}")
 
 
@@ -517,13 +520,8 @@ def list_jobs(
     job_type: Annotated[str | None, typer.Option(help="Only this job type.")] = None,
 ) -> None:
     """List recent jobs."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            found = client.jobs(limit, status_filter, job_type)
-    except KioskError as exc:
-        raise fail(str(exc)) from None
-    table = Table(title=f"{len(found)} jobs on {target.url}")
+    found = ask(ctx, lambda client: client.jobs(limit, status_filter, job_type))
+    table = Table(title=f"{len(found)} jobs on {ctx.obj.url}")
     for column in ("job", "name", "status", "progress", "created", "seconds"):
         table.add_column(column, overflow="fold")
     for job in found:
@@ -541,12 +539,7 @@ def list_jobs(
 @app.command("job-types")
 def job_types(ctx: typer.Context) -> None:
     """List the job types this Kiosk runs."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            names = client.job_types()
-    except KioskError as exc:
-        raise fail(str(exc)) from None
+    names = ask(ctx, lambda client: client.job_types())
     console.print(escape("\n".join(names)) if names else "no job types configured")
 
 
@@ -576,12 +569,7 @@ def add_user(
     group: Annotated[str, typer.Option(help="The user's group (lab): members see its jobs.")] = "",
 ) -> None:
     """Create a user and print their token: it is shown this once, so hand it on now."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            user = client.add_user(name, group)
-    except KioskError as exc:
-        raise fail(str(exc)) from None
+    user = ask(ctx, lambda client: client.add_user(name, group))
     in_group = f" in group {escape(user['group'])}" if user["group"] else ""
     errors.print(f"created user {escape(user['name'])}{in_group}; their token (shown once):")
     console.print(user["token"])
@@ -590,13 +578,8 @@ def add_user(
 @users_app.command("list")
 def list_users(ctx: typer.Context) -> None:
     """List users: name, group, created, revoked."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            found = client.users()
-    except KioskError as exc:
-        raise fail(str(exc)) from None
-    table = Table(title=f"{len(found)} users on {target.url}")
+    found = ask(ctx, lambda client: client.users())
+    table = Table(title=f"{len(found)} users on {ctx.obj.url}")
     for column in ("user", "group", "created", "revoked"):
         table.add_column(column, overflow="fold")
     for user in found:
@@ -614,12 +597,7 @@ def revoke_user(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="User name.")]
 ) -> None:
     """Turn a user's token off for good (their jobs stay theirs)."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            user = client.revoke_user(name)
-    except KioskError as exc:
-        raise fail(str(exc)) from None
+    user = ask(ctx, lambda client: client.revoke_user(name))
     console.print(f"revoked {escape(user['name'])} at {user['revoked_at']}")
 
 
@@ -632,12 +610,7 @@ def usage(
     ] = None,
 ) -> None:
     """GPU seconds, CPU seconds and estimated cost of the jobs you may see, per user and group."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            report = client.usage(user, since)
-    except KioskError as exc:
-        raise fail(str(exc)) from None
+    report = ask(ctx, lambda client: client.usage(user, since))
     for kind in ("users", "groups"):
         rows = report[kind]
         if kind == "groups" and not rows:
@@ -659,12 +632,7 @@ def usage(
 @app.command()
 def whoami(ctx: typer.Context) -> None:
     """Who the token (or its absence) makes you on this Kiosk."""
-    target: Target = ctx.obj
-    try:
-        with target.client() as client:
-            me = client.me()
-    except KioskError as exc:
-        raise fail(str(exc)) from None
+    me = ask(ctx, lambda client: client.me())
     role = " (administrator)" if me["admin"] else ""
     group = f", group {escape(me['group'])}" if me["group"] else ""
     console.print(f"{escape(me['name'])}{group}{role}")
