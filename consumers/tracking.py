@@ -369,20 +369,21 @@ class MovieTracker:
             shape = (int(labels.shape[0]), int(labels.shape[1]))
             return linking.measure(labels, image_of(t), t, patch_size), shape
 
-        shapes: list[tuple[int, int]] = []
+        first: list[tuple[int, int]] = []  # frame 0's shape, once read
 
         def measured() -> Iterator[linking.Cells]:
             pool = ThreadPoolExecutor(1, thread_name_prefix="tracking-tables")
             try:
                 for t, (frame_cells, frame_shape) in enumerate(pool.map(read, range(frames))):
-                    if shapes and frame_shape != shapes[0]:
-                        first = shapes[0]
+                    if not first:
+                        first.append(frame_shape)
+                    elif frame_shape != first[0]:
+                        height, width = first[0]
                         raise JobError(
                             f"the labels of frame {t} are {frame_shape[0]} x {frame_shape[1]} "
-                            f"but those of frame 0 are {first[0]} x {first[1]}; submit the "
-                            "movie again"
+                            f"but those of frame 0 are {height} x {width}; submit the movie "
+                            "again"
                         )
-                    shapes.append(frame_shape)
                     yield frame_cells
             finally:
                 pool.shutdown(cancel_futures=True)
@@ -397,7 +398,7 @@ class MovieTracker:
             )
         except DivisionModelMissing as exc:
             raise JobError(str(exc)) from None
-        shape = shapes[0] if shapes else None
+        shape = first[0] if first else None
         previews = write_results(
             out,
             workdir,

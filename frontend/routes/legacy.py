@@ -113,20 +113,24 @@ class ExpireBody(BaseModel):
     expireIn: int | None = Field(None, gt=0, le=MAX_EXPIRE)
 
 
-def _job_key(services: ServicesDep, key: str, caller: Principal) -> str | None:
-    """The job's key; None when it is another user's (answered as a missing job)."""
+def _job_fields(
+    services: ServicesDep, key: str, caller: Principal, names: list[str]
+) -> list[str | None] | None:
+    """Fields of a job hash, read with its owner in one step; None when there is no such job
+    or it is another user's (answered alike)."""
     if not is_job_key(key, services.settings.queues):
         raise ApiError(
             400,
             f"{key!r} is not a job: this route reads only job hashes, named "
             "JOBTYPE:NAME:UUID as returned by /api/predict",
         )
-    owner = services.queue.get_fields(key, [JobField.OWNER, JobField.GROUP])
-    if owner is not None and not caller.may_see(
-        {JobField.OWNER: owner[0] or "", JobField.GROUP: owner[1] or ""}
-    ):
+    values = services.queue.get_fields(key, [*names, JobField.OWNER, JobField.GROUP])
+    if values is None:
         return None
-    return key
+    *wanted, owner, group = values
+    if not caller.may_see({JobField.OWNER: owner or "", JobField.GROUP: group or ""}):
+        return None
+    return wanted
 
 
 @_route(health, "/health-check", ["GET"], response_class=PlainTextResponse)
@@ -153,27 +157,24 @@ def predict(body: PredictBody, services: ServicesDep, caller: CallerDep) -> dict
 @_route(router, "/redis", ["POST"])
 def redis_value(body: RedisBody, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """One field of a job hash (or several, given a list)."""
-    key = _job_key(services, body.hash, caller)
     names = body.key if isinstance(body.key, list) else [body.key]
-    values = (services.queue.get_fields(key, names) if key else None) or [None] * len(names)
+    values = _job_fields(services, body.hash, caller, names) or [None] * len(names)
     return {"value": values if isinstance(body.key, list) else values[0]}
 
 
 @_route(router, "/status", ["POST"])
 def status(body: StatusBody, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
-    key = _job_key(services, body.hash, caller)
-    values = (services.queue.get_fields(key, [JobField.STATUS]) if key else None) or [None]
+    values = _job_fields(services, body.hash, caller, [JobField.STATUS]) or [None]
     return {"status": values[0]}
 
 
 @_route(router, "/redis/expire", ["POST"])
 def expire(body: ExpireBody, services: ServicesDep, caller: CallerDep) -> JSONResponse:
     """Expire a job hash in ``expireIn`` seconds; ``value`` 1 when it was found."""
-    key = _job_key(services, body.hash, caller)
     seconds = body.expireIn or services.settings.default_expire
-    if key is None or services.queue.get_fields(key, [JobField.STATUS]) is None:
+    if _job_fields(services, body.hash, caller, [JobField.STATUS]) is None:
         return JSONResponse({"value": 0, "message": f"no job {body.hash!r}"}, status_code=404)
-    found = services.queue.expire(key, seconds)
+    found = services.queue.expire(body.hash, seconds)
     return JSONResponse({"value": int(found)}, status_code=200 if found else 404)
 
 
