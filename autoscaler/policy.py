@@ -103,7 +103,9 @@ def consumer_metric(
     * no work, or no model server to send it to: 0 (the HPA shrinks consumers);
     * some work: min(idle GPU fraction, items per consumer) while consumers per model server
       stay under ``ratio_limit``: grows consumers while GPUs have headroom and each consumer
-      has more than ``target`` items;
+      has more than ``target`` items; but never past ``target`` while there are no more items
+      than consumers (the paper's rule would grow them, and a consumer without an item idles:
+      one zip held by its one consumer asked for the most zip consumers);
     * too many consumers per model server: ``0.75 * target``, a gentle shrink.
 
     ``items`` is the queue's demand (queued + in flight); ``gpu_utilization`` is the mean
@@ -115,7 +117,8 @@ def consumer_metric(
         return OVERLOADED_FRACTION * target
     idle_gpu = (100.0 - min(max(gpu_utilization, 0.0), 100.0)) / 100.0
     per_consumer = items / consumers if consumers > 0 else float(items)
-    return min(idle_gpu, per_consumer)
+    metric = min(idle_gpu, per_consumer)
+    return min(metric, target) if items <= consumers else metric
 
 
 # ------------------------------------------------------------------------------ HPA

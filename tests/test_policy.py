@@ -49,12 +49,15 @@ def test_a_model_server_still_starting_is_never_scaled_down() -> None:
         (10, 4, 0, 0.0, 0.0),  # no model server to send it to
         (10, 4, 1, 20.0, 0.8),  # some work: the idle GPU fraction is the smaller
         (1, 10, 1, 20.0, 0.1),  # some work: items per consumer is the smaller
+        (1, 1, 1, 0.0, 0.15),  # one item, one consumer: the target, never more (hold)
+        (3, 4, 1, 20.0, 0.15),  # fewer items than consumers: growing would only add idlers
+        (5, 4, 1, 20.0, 0.8),  # more items than consumers: the paper's rule again
         (10, 0, 1, 50.0, 0.5),  # no consumer yet: items per consumer is "all of them"
         (500, 150, 1, 0.0, 0.1125),  # too many consumers per model server
         (500, 299, 2, 0.0, 1.0),  # under the ratio limit with two model servers
     ],
 )
-def test_the_consumer_metric_has_the_papers_three_regimes(
+def test_the_consumer_metric_has_the_papers_regimes_and_never_grows_past_the_items(
     items: int, consumers: int, servers: int, gpu: float, expected: float
 ) -> None:
     assert consumer_metric(items, consumers, servers, gpu) == pytest.approx(expected)

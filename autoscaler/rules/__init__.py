@@ -1,7 +1,7 @@
 """Prometheus recording rules and prometheus-adapter rules for the cluster's HPAs, rendered
 from :mod:`autoscaler.policy` so the numbers (target, ratio limit, HPA period) have one home.
 
-The rules are the cluster-side twin of :func:`autoscaler.policy.consumer_metric`: the same three
+The rules are the cluster-side twin of :func:`autoscaler.policy.consumer_metric`: the same
 regimes in PromQL, fed by the exporter's series (:mod:`autoscaler.exporter`) and, for GPU
 utilisation, by NVIDIA's DCGM exporter on a cluster or the model server's busy ratio locally
 (one file serves both through PromQL ``or``). They match on the ``queue`` label, so any queue
@@ -70,6 +70,17 @@ def consumer_metric_expr(
     """:func:`autoscaler.policy.consumer_metric` per queue in PromQL: one branch per regime,
     joined by ``or`` so the first branch that has a queue decides its value (if/elif)."""
     idle_gpu = f"(1 - clamp({GPU_RULE} or vector(0), 0, 1))"
+    smaller = f"""
+(
+  {ITEMS_RULE} / clamp_min({CONSUMERS_RULE}, 1)
+  <= on() group_left()
+  {idle_gpu}
+)
+or
+{ITEMS_RULE} * 0
++ on() group_left()
+{idle_gpu}
+"""
     return f"""
 # 1. no work, or no model server to send it to: 0
   ({ITEMS_RULE} <= 0) * 0
@@ -80,17 +91,19 @@ or
   (
     {CONSUMERS_RULE} / on() group_left() {MODEL_SERVERS_RULE} >= {promql_number(ratio_limit)}
   ) * 0 + {promql_number(OVERLOADED_FRACTION)} * {promql_number(target)}
-# 3. min(idle GPU fraction, items per consumer); no consumer counts as one, as in Python
+# 3. no more items than consumers: as 4, but never past the target (more would idle)
 or
-  (
-    {ITEMS_RULE} / clamp_min({CONSUMERS_RULE}, 1)
-    <= on() group_left()
-    {idle_gpu}
+  clamp_max(
+    (
+{_block(smaller, 6)}
+    )
+    and
+    ({ITEMS_RULE} <= {CONSUMERS_RULE}),
+    {promql_number(target)}
   )
+# 4. min(idle GPU fraction, items per consumer); no consumer counts as one, as in Python
 or
-  {ITEMS_RULE} * 0
-  + on() group_left()
-  {idle_gpu}
+{_block(smaller, 2)}
 """
 
 
