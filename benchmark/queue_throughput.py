@@ -1,9 +1,11 @@
 """Queue bookkeeping throughput: enqueue -> claim -> finish with no work in between.
 
-Kiosk's protocol (Lua scripts with fencing, attempts, TTL, index) against a raw redis-py loop that
-issues the same Redis commands in the same number of round trips but checks nothing, on one
-redis-server (AOF on, as the local stack runs it) in the same run, with 1 and 4 consumer
-processes. Rounds alternate the two so drift in the machine hits both alike.
+Kiosk's protocol (Lua scripts with fencing, attempts, TTL, index, fair share) against a raw
+redis-py loop that issues the same Redis commands in the same number of round trips but checks
+nothing, on one redis-server (AOF on, as the local stack runs it) in the same run, with 1 and 4
+consumer processes. Kiosk runs twice: every job from one owner, and from three owners taking
+turns (each claim then picks among three lines). Rounds alternate the arms so drift in the
+machine hits them alike.
 
     python -m benchmark.queue_throughput [--jobs 4000] [--rounds 3]
 """
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import redis
 
-from benchmark.report import median, save, table
+from benchmark.report import save, table
+from benchmark.support import spread
 from kiosk.jobs import JobRequest, creation_fields, now_iso
 from kiosk.keys import JOB_INDEX, JobField, Status, new_job_key, processing_list
 from kiosk.queue import JobQueue, connect
@@ -29,11 +32,18 @@ QUEUE = "bench"
 TTL = 3600
 
 
-def kiosk_enqueue(url: str, n: int) -> None:
+def kiosk_enqueue(url: str, n: int, owners: int = 1) -> None:
     queue = JobQueue(connect(url))
-    request = JobRequest(QUEUE, "img.tif", "uploads/img.tif")
-    for _ in range(n):
-        queue.submit(QUEUE, new_job_key(QUEUE, "img.tif"), creation_fields(request, "bench"))
+    requests = [
+        JobRequest(QUEUE, "img.tif", "uploads/img.tif", owner=f"user{i}") for i in range(owners)
+    ]
+    for i in range(n):
+        fields = creation_fields(requests[i % owners], "bench")
+        queue.submit(QUEUE, new_job_key(QUEUE, "img.tif"), fields)
+
+
+def kiosk_enqueue_3_owners(url: str, n: int) -> None:
+    kiosk_enqueue(url, n, owners=3)
 
 
 def raw_enqueue(url: str, n: int) -> None:
@@ -132,34 +142,42 @@ def main() -> None:
         server = RedisServer(Path(tmp), appendonly=True).start()
         try:
             results: dict[str, dict] = {}
+            arms = {
+                "raw": (raw_enqueue, raw_drain),
+                "kiosk": (kiosk_enqueue, kiosk_drain),
+                "kiosk_3_owners": (kiosk_enqueue_3_owners, kiosk_drain),
+            }
             for consumers in (1, 4):
-                runs: dict[str, list[dict]] = {"kiosk": [], "raw": []}
+                runs: dict[str, list[dict]] = {arm: [] for arm in arms}
                 for _ in range(args.rounds):
-                    runs["raw"].append(
-                        measure(server.url, args.jobs, consumers, raw_enqueue, raw_drain)
-                    )
-                    runs["kiosk"].append(
-                        measure(server.url, args.jobs, consumers, kiosk_enqueue, kiosk_drain)
-                    )
+                    for arm, (enqueue, drain) in arms.items():
+                        runs[arm].append(measure(server.url, args.jobs, consumers, enqueue, drain))
                 results[f"{consumers}_consumers"] = {
-                    arm: {metric: median([r[metric] for r in rounds]) for metric in rounds[0]}
+                    arm: {metric: spread([r[metric] for r in rounds]) for metric in rounds[0]}
                     for arm, rounds in runs.items()
                 }
         finally:
             server.stop()
 
-    rows = [["consumers", "measure", "raw redis-py /s", "kiosk /s", "kiosk / raw"]]
-    for label, arms in results.items():
+    header = ["consumers", "measure", "raw redis-py /s", "kiosk /s", "kiosk, 3 owners /s"]
+    rows = [[*header, "kiosk / raw", "3 owners / raw"]]
+    for label, found in results.items():
         for metric in ("enqueue_per_s", "claim_finish_per_s", "end_to_end_per_s"):
-            raw, kiosk = arms["raw"][metric], arms["kiosk"][metric]
-            arms.setdefault("ratio", {})[metric] = kiosk / raw
+            raw, kiosk, shared = (
+                found[arm][metric]["median"] for arm in ("raw", "kiosk", "kiosk_3_owners")
+            )
+            found.setdefault("ratio", {})[metric] = kiosk / raw
+            found.setdefault("ratio_3_owners", {})[metric] = shared / raw
             rows.append(
                 [
                     label.split("_")[0],
                     metric.removesuffix("_per_s"),
-                    f"{raw:,.0f}",
-                    f"{kiosk:,.0f}",
+                    *(
+                        "{median:,.0f} ({min:,.0f}-{max:,.0f})".format(**found[arm][metric])
+                        for arm in ("raw", "kiosk", "kiosk_3_owners")
+                    ),
                     f"{kiosk / raw:.2f}",
+                    f"{shared / raw:.2f}",
                 ]
             )
     print(table(rows))

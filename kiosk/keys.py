@@ -1,8 +1,10 @@
 """Every name Kiosk writes to Redis or the bucket: queues, keys, job-hash fields, statuses.
 
 The layout is the DeepCell Kiosk's, so its clients and tools keep working: a job is the hash
-``{queue}:{name}:{uuid4}``; producers LPUSH that key on the list ``{queue}`` (``{queue}-zip`` for
-zips); a consumer moves it into ``processing-{queue}:{consumer id}``. Keys of Kiosk's own
+``{queue}:{name}:{uuid4}``; the list ``{queue}`` (``{queue}-zip`` for zips) holds what waits; a
+consumer moves it into ``processing-{queue}:{consumer id}``. For fair share between users the
+list holds a token per waiting job while the keys wait in their owners' lines (a key pushed
+there directly, the original's way, is still claimed). Keys of Kiosk's own
 bookkeeping live under ``kiosk:``, a name no queue may take. Settings, the job record, the queue
 protocol and its Lua scripts (rendered from these names) all import them from here.
 """
@@ -84,6 +86,7 @@ class JobField(StrEnum):
     COST = "cost"  # Kiosk: estimated dollars of the two, from the price table
     TOTAL_JOBS = "total_jobs"
     TOTAL_TIME = "total_time"
+    STARTED_AT = "started_at"  # Kiosk: when the latest attempt started (a consumer claimed it)
     FINISHED_AT = "finished_at"
     REASON = "reason"
     # zip parents
@@ -171,7 +174,15 @@ INPUT_USERS = KEY_PREFIX + "inputs"  # hash: upload key -> the jobs created with
 USER_PREFIX = KEY_PREFIX + "user:"  # hash per API user (kiosk.users)
 USER_TOKEN_PREFIX = KEY_PREFIX + "user-token:"  # SHA-256 of a user's token -> the user's name
 USAGE_PREFIX = KEY_PREFIX + "usage:"  # hash per job owner: running totals (kiosk.costs.Usage)
+USER_WEIGHT = "weight"  # a user's fair-share weight, a field of their hash (default 1)
 ANONYMOUS = "anonymous"  # the owner of jobs submitted without a token, and of older jobs
+# Fair share (kiosk.fairshare): a queue list holds one WAITING_TOKEN per waiting job; the jobs
+# wait in one line per owner, and the owners with work waiting are scored by virtual time.
+WAITING_TOKEN = "next"
+OWNER_LINE_PREFIX = KEY_PREFIX + "line:"  # list per (queue, owner): waiting jobs, oldest right
+OWNERS_PREFIX = KEY_PREFIX + "owners:"  # sorted set per queue: owner with work -> virtual time
+VTIME_PREFIX = KEY_PREFIX + "vtime:"  # hash per queue: every owner's virtual time, and NOW's
+VTIME_NOW = "~now"  # that hash's field for the last claim's virtual time (never a user name)
 MAX_NAME_LENGTH = 255
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _JOB_KEY = re.compile(
@@ -223,6 +234,10 @@ def parse_processing_list(key: str) -> tuple[str, str] | None:
         return None
     queue, consumer_id = key[len(PROCESSING_PREFIX) :].split(":", 1)
     return queue, consumer_id
+
+
+def owner_line(queue: str, owner: str) -> str:
+    return f"{OWNER_LINE_PREFIX}{queue}:{owner}"
 
 
 def heartbeat_key(consumer_id: str) -> str:

@@ -30,18 +30,27 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from kiosk.costs import USAGE_FIELDS, Usage, recorded_usage
+from kiosk.fairshare import Line, start_order, weight_of
 from kiosk.jobs import now_iso, parse_iso
 from kiosk.keys import (
     ANONYMOUS,
     INPUT_USERS,
     JOB_INDEX,
+    OWNER_LINE_PREFIX,
+    OWNERS_PREFIX,
     PROCESSING_PREFIX,
     UPLOAD_PREFIX,
     USAGE_PREFIX,
+    USER_PREFIX,
+    USER_WEIGHT,
+    VTIME_NOW,
+    VTIME_PREFIX,
+    WAITING_TOKEN,
     JobField,
     Status,
     dead_letter_list,
     heartbeat_key,
+    owner_line,
     parse_processing_list,
     processing_list,
 )
@@ -76,12 +85,24 @@ def connect(url: str, *, retries: int = 30, socket_timeout: float | None = 10.0)
 
 # ----------------------------------------------------------------------------- Lua
 # The scripts name job-hash fields and statuses as $FIELD_* and $STATUS_* (the members of
-# JobField and Status), so the names have one home; render_lua fills them in, and a name that
-# does not exist fails at import rather than in Redis.
+# JobField and Status), and the fair-share keys by their names in kiosk.keys, so the names have
+# one home; render_lua fills them in, and a name that does not exist fails at import rather
+# than in Redis.
 
-LUA_NAMES = {f"FIELD_{field.name}": field.value for field in JobField} | {
-    f"STATUS_{status.name}": status.value for status in Status
-}
+LUA_NAMES = (
+    {f"FIELD_{field.name}": field.value for field in JobField}
+    | {f"STATUS_{status.name}": status.value for status in Status}
+    | {
+        "ANONYMOUS": ANONYMOUS,
+        "WAITING_TOKEN": WAITING_TOKEN,
+        "OWNER_LINE_PREFIX": OWNER_LINE_PREFIX,
+        "OWNERS_PREFIX": OWNERS_PREFIX,
+        "VTIME_PREFIX": VTIME_PREFIX,
+        "VTIME_NOW": VTIME_NOW,
+        "USER_PREFIX": USER_PREFIX,
+        "USER_WEIGHT": USER_WEIGHT,
+    }
+)
 
 
 def render_lua(source: str) -> str:
@@ -104,6 +125,75 @@ local function expire_if_unset(key, ttl)
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 end
 
+local function is_live(key)
+  local status = is_hash(key) and redis.call('HGET', key, '$FIELD_STATUS')
+  return status and status ~= '$STATUS_DONE' and status ~= '$STATUS_FAILED'
+end
+
+-- Fair share. A queue's waiting jobs wait in one line per owner (oldest at the right); the
+-- queue list holds one token per waiting job, which consumers block on (BLMOVE) and autoscaling
+-- counts. The owners with work waiting are in a sorted set scored by virtual time: the jobs
+-- they started, over their weight. A claim takes the oldest job of the owner with the least
+-- (ties by name), so owners with work waiting start jobs in turn whatever they submitted when.
+-- An owner whose line was empty comes back at the last claim's virtual time, never below it:
+-- time spent idle is no credit. kiosk.fairshare predicts the same order.
+local TOKEN = '$WAITING_TOKEN'
+
+local function owner_of(key)
+  local owner = redis.call('HGET', key, '$FIELD_OWNER')
+  if not owner or owner == '' then return '$ANONYMOUS' end
+  return owner
+end
+
+-- `key` joins its owner's line: at the back, or at the front (`front`) for a job going back
+local function enqueue(queue, key, front)
+  local owner = owner_of(key)
+  local line = '$OWNER_LINE_PREFIX' .. queue .. ':' .. owner
+  local owners = '$OWNERS_PREFIX' .. queue
+  local push = front and 'RPUSH' or 'LPUSH'
+  redis.call(push, line, key)
+  if not redis.call('ZSCORE', owners, owner) then
+    local vtimes = '$VTIME_PREFIX' .. queue
+    local own = tonumber(redis.call('HGET', vtimes, owner) or '0')
+    local now = tonumber(redis.call('HGET', vtimes, '$VTIME_NOW') or '0')
+    redis.call('ZADD', owners, string.format('%.17g', math.max(own, now)), owner)
+  end
+  redis.call(push, queue, TOKEN)
+end
+
+-- a waiting `key` leaves its line, and a token leaves the queue with it
+local function unqueue(queue, key)
+  local owner = owner_of(key)
+  local line = '$OWNER_LINE_PREFIX' .. queue .. ':' .. owner
+  local removed = redis.call('LREM', line, 0, key)
+  if removed == 0 then return end
+  redis.call('LREM', queue, removed, TOKEN)
+  if redis.call('LLEN', line) == 0 then redis.call('ZREM', '$OWNERS_PREFIX' .. queue, owner) end
+end
+
+-- the next job by fair share, its owner charged one job over their weight; false for none
+local function take(queue)
+  local owners = '$OWNERS_PREFIX' .. queue
+  while true do
+    local top = redis.call('ZRANGE', owners, 0, 0, 'WITHSCORES')
+    if #top == 0 then return false end
+    local owner, vtime = top[1], tonumber(top[2])
+    local line = '$OWNER_LINE_PREFIX' .. queue .. ':' .. owner
+    local key = redis.call('RPOP', line)
+    if redis.call('LLEN', line) == 0 then redis.call('ZREM', owners, owner) end
+    if key and is_live(key) then
+      local weight = tonumber(redis.call('HGET', '$USER_PREFIX' .. owner, '$USER_WEIGHT') or '')
+      if not weight or weight <= 0 then weight = 1 end
+      local after = string.format('%.17g', vtime + 1 / weight)
+      redis.call('HSET', '$VTIME_PREFIX' .. queue, owner, after,
+                 '$VTIME_NOW', string.format('%.17g', vtime))
+      redis.call('ZADD', owners, 'XX', after, owner)
+      return key
+    end
+    if key then redis.call('LREM', queue, 1, TOKEN) end  -- a stale entry's token goes too
+  end
+end
+
 -- a waiting zip parent whose children have all finished goes back to the front of its queue,
 -- where a zip consumer assembles the results. `exact`: only on the increment that completes it,
 -- so the parent is queued once whichever of "last child ends" and "parent parks" comes last.
@@ -116,7 +206,7 @@ local function release_parent(parent, now, exact)
   redis.call('HSET', parent, '$FIELD_UPDATED_AT', now,
              '$FIELD_PROGRESS', tostring(math.min(99, math.floor(100 * ended / total))))
   if ended == total or (not exact and ended > total) then
-    redis.call('RPUSH', string.match(parent, '^([^:]+):'), parent)
+    enqueue(string.match(parent, '^([^:]+):'), parent, true)
   end
 end
 
@@ -175,27 +265,35 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[3] ~= '' and not is_hash(ARGV[3]) then return -1 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[3], ARGV[1], KEYS[1])
-redis.call('LPUSH', KEYS[2], KEYS[1])
+enqueue(KEYS[2], KEYS[1], false)
 add_user(KEYS[4], ARGV[2], KEYS[1])
 return 1
 """
 
-# KEYS: job, processing   ARGV: now, consumer id
+# KEYS: job or the token, processing, queue   ARGV: now, consumer id
+# A token in the processing list becomes the next job by fair share; a job key there (queued
+# by an older producer that pushed keys) is started as it is. Replies {job, field, value, ...}.
 _START = """
-if not redis.call('LPOS', KEYS[2], KEYS[1]) then return false end
-if not is_hash(KEYS[1]) then
-  redis.call('LREM', KEYS[2], 1, KEYS[1])
-  return false
+local key = KEYS[1]
+if key == TOKEN then
+  if redis.call('LREM', KEYS[2], 1, TOKEN) == 0 then return false end
+  key = take(KEYS[3])
+  if not key then return false end
+  redis.call('LPUSH', KEYS[2], key)
+else
+  if not redis.call('LPOS', KEYS[2], key) then return false end
+  if not is_live(key) then
+    redis.call('LREM', KEYS[2], 1, key)
+    return false
+  end
 end
-local status = redis.call('HGET', KEYS[1], '$FIELD_STATUS')
-if status == '$STATUS_DONE' or status == '$STATUS_FAILED' then
-  redis.call('LREM', KEYS[2], 1, KEYS[1])
-  return false
-end
-redis.call('HINCRBY', KEYS[1], '$FIELD_ATTEMPTS', 1)
-redis.call('HSET', KEYS[1], '$FIELD_STATUS', '$STATUS_STARTED', '$FIELD_UPDATED_AT', ARGV[1],
-           '$FIELD_UPDATED_BY', ARGV[2], '$FIELD_IDENTITY_STARTED', ARGV[2])
-return redis.call('HGETALL', KEYS[1])
+redis.call('HINCRBY', key, '$FIELD_ATTEMPTS', 1)
+redis.call('HSET', key, '$FIELD_STATUS', '$STATUS_STARTED', '$FIELD_UPDATED_AT', ARGV[1],
+           '$FIELD_STARTED_AT', ARGV[1], '$FIELD_UPDATED_BY', ARGV[2],
+           '$FIELD_IDENTITY_STARTED', ARGV[2])
+local reply = redis.call('HGETALL', key)
+table.insert(reply, 1, key)
+return reply
 """
 
 # KEYS: job, processing   ARGV: now, field, value, ...
@@ -249,9 +347,10 @@ return {1, redis.call('LLEN', KEYS[2])}
 # Deleting a child that has not ended counts it as failed, so its parent is not left waiting.
 # Replies {1 if the job existed, its input, how many other jobs still use that input}.
 _DELETE = """
-redis.call('LREM', KEYS[2], 0, KEYS[1])
+redis.call('LREM', KEYS[2], 0, KEYS[1])  -- queued by an older producer that pushed keys
 redis.call('ZREM', KEYS[3], KEYS[1])
 if not is_hash(KEYS[1]) then return {redis.call('DEL', KEYS[1]), '', 0} end
+unqueue(KEYS[2], KEYS[1])
 local f = redis.call('HMGET', KEYS[1], '$FIELD_STATUS', '$FIELD_INPUT_FILE_NAME')
 if f[1] ~= '$STATUS_DONE' and f[1] ~= '$STATUS_FAILED' then
   child_ended(KEYS[1], '$FIELD_CHILDREN_FAILED', ARGV[1])
@@ -312,7 +411,7 @@ if attempts >= max then
 end
 redis.call('HSET', KEYS[1], '$FIELD_STATUS', '$STATUS_NEW', '$FIELD_LAST_ERROR', ARGV[3],
            '$FIELD_UPDATED_AT', ARGV[1])
-redis.call('LPUSH', KEYS[3], KEYS[1])
+enqueue(KEYS[3], KEYS[1], false)
 return {1, redis.call('LLEN', KEYS[2])}
 """
 
@@ -324,7 +423,7 @@ if tonumber(redis.call('HGET', KEYS[1], '$FIELD_ATTEMPTS') or '0') > 0 then
   redis.call('HINCRBY', KEYS[1], '$FIELD_ATTEMPTS', -1)
 end
 redis.call('HSET', KEYS[1], '$FIELD_STATUS', '$STATUS_NEW', '$FIELD_UPDATED_AT', ARGV[1])
-redis.call('RPUSH', KEYS[3], KEYS[1])
+enqueue(KEYS[3], KEYS[1], true)
 return {1, redis.call('LLEN', KEYS[2])}
 """
 
@@ -336,8 +435,9 @@ local requeued, failed, dropped = 0, 0, 0
 local max = tonumber(ARGV[4])
 local key = redis.call('RPOP', KEYS[1])
 while key do
-  local status = is_hash(key) and redis.call('HGET', key, '$FIELD_STATUS')
-  if not status or status == '$STATUS_DONE' or status == '$STATUS_FAILED' then
+  if key == TOKEN then
+    redis.call('RPUSH', KEYS[3], TOKEN)  -- claimed but not yet a job: it waits again
+  elseif not is_live(key) then
     dropped = dropped + 1
   else
     local attempts = tonumber(redis.call('HGET', key, '$FIELD_ATTEMPTS') or '0')
@@ -349,7 +449,7 @@ while key do
     else
       redis.call('HSET', key, '$FIELD_STATUS', '$STATUS_NEW', '$FIELD_LAST_ERROR', why,
                  '$FIELD_UPDATED_AT', ARGV[1])
-      redis.call('RPUSH', KEYS[3], key)
+      enqueue(KEYS[3], key, true)
       requeued = requeued + 1
     end
   end
@@ -540,7 +640,7 @@ class JobQueue:
         self._finish = register(_HELPERS + _FINISH)
         self._fail = register(_HELPERS + _FAIL)
         self._retry = register(_HELPERS + _RETRY)
-        self._hand_back = register(_HAND_BACK)
+        self._hand_back = register(_HELPERS + _HAND_BACK)
         self._wait = register(_HELPERS + _WAIT)
         self._submit_ended_child = register(_HELPERS + _SUBMIT_ENDED_CHILD)
         self._delete = register(_HELPERS + _DELETE)
@@ -723,13 +823,17 @@ class JobQueue:
         return self._started(key, queue, consumer_id) if key else None
 
     def _started(self, key: str, queue: str, consumer_id: str) -> Claim | None:
-        flat = self._start(
-            keys=[key, processing_list(queue, consumer_id)], args=[now_iso(), consumer_id]
+        """Start the job ``key`` names in this consumer's list: the next by fair share for the
+        token, else that job."""
+        reply = self._start(
+            keys=[key, processing_list(queue, consumer_id), queue], args=[now_iso(), consumer_id]
         )
-        if not flat:
-            log.info("skipped %s: deleted, expired or finished while it waited", key)
+        if not reply:
+            if key != WAITING_TOKEN:
+                log.info("skipped %s: deleted, expired or finished while it waited", key)
             return None
-        return Claim(key, queue, dict(zip(flat[::2], flat[1::2], strict=True)))
+        job, *flat = reply
+        return Claim(job, queue, dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def heartbeat(self, consumer_id: str, ttl: float, beat: Heartbeat) -> None:
         self._beat(self.redis, consumer_id, Liveness(beat, ttl))
@@ -968,6 +1072,32 @@ class JobQueue:
                 if len(found) == limit:
                     break
         return found
+
+    def lines(self, queue: str) -> list[Line]:
+        """Each owner's waiting jobs on ``queue`` (oldest first), virtual time and weight."""
+        owners = cast(
+            list[tuple[str, float]],
+            self.redis.zrange(OWNERS_PREFIX + queue, 0, -1, withscores=True),
+        )
+        with self.redis.pipeline(transaction=False) as pipe:
+            for owner, _ in owners:
+                pipe.lrange(owner_line(queue, owner), 0, -1)
+                pipe.hget(USER_PREFIX + owner, USER_WEIGHT)
+            replies = pipe.execute()
+        return [
+            Line(owner, vtime, jobs[::-1], weight_of(weight))
+            for (owner, vtime), jobs, weight in zip(
+                owners, replies[::2], replies[1::2], strict=True
+            )
+        ]
+
+    def waiting(self, queue: str) -> list[str]:
+        """The jobs waiting on ``queue`` in the order consumers will start them: keys an older
+        producer pushed onto the queue list itself first (the tail is claimed first), then
+        every owner's line by fair share."""
+        listed = cast(list[str], self.redis.lrange(queue, 0, -1))
+        pushed = [key for key in reversed(listed) if key != WAITING_TOKEN]
+        return pushed + list(start_order(self.lines(queue)))
 
     def get_many(self, keys: list[str]) -> list[dict[str, str]]:
         with self.redis.pipeline(transaction=False) as pipe:

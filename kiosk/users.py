@@ -10,7 +10,11 @@ token).
 Who may see a job is one pure rule (:meth:`Principal.may_see`): the administrator every job,
 a user their own and their group's, the anonymous user the anonymous jobs.
 
-Keys: ``kiosk:user:{name}`` (hash: name, group, token_sha256, created_at, revoked_at) and
+A user's weight is their share of the consumers when users compete (:mod:`kiosk.fairshare`):
+a user of weight 2 starts two jobs for every one of a user of weight 1 while both have work
+waiting. Users without a record (the anonymous user, the administrator) weigh 1.
+
+Keys: ``kiosk:user:{name}`` (hash: name, group, weight, token_sha256, created_at, revoked_at) and
 ``kiosk:user-token:{sha256}`` (the user's name), written together in one transaction.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -26,8 +31,9 @@ from typing import Any, cast
 
 import redis
 
+from kiosk.fairshare import DEFAULT_WEIGHT, weight_of
 from kiosk.jobs import now_iso
-from kiosk.keys import ANONYMOUS, USER_PREFIX, USER_TOKEN_PREFIX, JobField
+from kiosk.keys import ANONYMOUS, USER_PREFIX, USER_TOKEN_PREFIX, USER_WEIGHT, JobField
 
 ADMIN = "admin"
 """The administrator's name as an owner (jobs submitted with ``KIOSK_API_TOKEN``)."""
@@ -35,6 +41,7 @@ TOKEN_PREFIX = "kiosk_"
 """Every user token starts so: a token in a log or a paste is recognisable as Kiosk's."""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 RESERVED_NAMES = frozenset({ANONYMOUS, ADMIN})
+MAX_WEIGHT = 100.0
 
 
 class UserError(ValueError):
@@ -59,12 +66,23 @@ def check_name(name: str, what: str = "user") -> str:
     return name
 
 
+def check_weight(weight: float) -> float:
+    """A fair-share weight: above 0, at most MAX_WEIGHT."""
+    if not (math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
+        raise UserError(
+            f"weight {weight:g} is not allowed: give a number above 0 and at most "
+            f"{MAX_WEIGHT:g} (1 is an equal share; 2 twice the jobs of a user of weight 1)"
+        )
+    return float(weight)
+
+
 @dataclass(frozen=True)
 class User:
     name: str
     group: str
     created_at: str
     revoked_at: str = ""
+    weight: float = DEFAULT_WEIGHT
 
     @property
     def active(self) -> bool:
@@ -106,11 +124,12 @@ class UserStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
-    def add(self, name: str, group: str = "") -> str:
+    def add(self, name: str, group: str = "", weight: float = DEFAULT_WEIGHT) -> str:
         """Create a user; the token, which is never shown again."""
         check_name(name)
         if group:
             check_name(group, "group")
+        check_weight(weight)
         if name in RESERVED_NAMES:
             raise UserError(f"{name!r} is reserved: choose another user name")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -118,6 +137,7 @@ class UserStore:
         record: dict[Any, Any] = {
             "name": name,
             "group": group,
+            USER_WEIGHT: f"{weight:g}",
             "token_sha256": digest,
             "created_at": now_iso(),
             "revoked_at": "",
@@ -152,6 +172,16 @@ class UserStore:
                 users.append(_user(fields))
         return users
 
+    def set_weight(self, name: str, weight: float) -> User:
+        """Change a user's fair-share weight; it counts from their next started job."""
+        check_weight(weight)
+        if self.get(name) is None:
+            raise UserError(f"no user {name!r}: see `kiosk users list`")
+        self.redis.hset(USER_PREFIX + name, USER_WEIGHT, f"{weight:g}")
+        user = self.get(name)
+        assert user is not None
+        return user
+
     def revoke(self, name: str) -> User:
         """Turn a user's token off for good; their jobs stay theirs (the admin still sees them)."""
         user = self.get(name)
@@ -165,7 +195,7 @@ class UserStore:
             pipe.hset(USER_PREFIX + name, "revoked_at", revoked_at)
             pipe.delete(USER_TOKEN_PREFIX + str(digest))
             pipe.execute()
-        return User(user.name, user.group, user.created_at, revoked_at)
+        return User(user.name, user.group, user.created_at, revoked_at, user.weight)
 
     def authenticate(self, token: str) -> Principal | None:
         """The user whose token this is; None for an unknown or revoked token."""
@@ -186,4 +216,5 @@ def _user(fields: Mapping[str, str]) -> User:
         group=fields.get("group", ""),
         created_at=fields.get("created_at", ""),
         revoked_at=fields.get("revoked_at", ""),
+        weight=weight_of(fields.get(USER_WEIGHT, DEFAULT_WEIGHT)),
     )

@@ -567,9 +567,12 @@ def add_user(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="User name: lower-case letters, digits, . _ -")],
     group: Annotated[str, typer.Option(help="The user's group (lab): members see its jobs.")] = "",
+    weight: Annotated[
+        float, typer.Option(help="Fair-share weight: 2 gets twice the jobs of 1 under load.")
+    ] = 1.0,
 ) -> None:
     """Create a user and print their token: it is shown this once, so hand it on now."""
-    user = ask(ctx, lambda client: client.add_user(name, group))
+    user = ask(ctx, lambda client: client.add_user(name, group, weight))
     in_group = f" in group {escape(user['group'])}" if user["group"] else ""
     errors.print(f"created user {escape(user['name'])}{in_group}; their token (shown once):")
     console.print(user["token"])
@@ -577,19 +580,31 @@ def add_user(
 
 @users_app.command("list")
 def list_users(ctx: typer.Context) -> None:
-    """List users: name, group, created, revoked."""
+    """List users: name, group, fair-share weight, created, revoked."""
     found = ask(ctx, lambda client: client.users())
     table = Table(title=f"{len(found)} users on {ctx.obj.url}")
-    for column in ("user", "group", "created", "revoked"):
+    for column in ("user", "group", "weight", "created", "revoked"):
         table.add_column(column, overflow="fold")
     for user in found:
         table.add_row(
             escape(user["name"]),
             escape(user["group"]),
+            f"{user['weight']:g}",
             user["created_at"],
             user.get("revoked_at") or "",
         )
     console.print(table)
+
+
+@users_app.command("weight")
+def set_weight(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="User name.")],
+    weight: Annotated[float, typer.Argument(help="Fair-share weight, above 0 and at most 100.")],
+) -> None:
+    """Change a user's fair-share weight: their share of the consumers while users compete."""
+    user = ask(ctx, lambda client: client.set_weight(name, weight))
+    console.print(f"{escape(user['name'])} now weighs {user['weight']:g}")
 
 
 @users_app.command("revoke")

@@ -149,9 +149,15 @@ class KioskClient:
         """Who this client's token makes it: name, group, admin."""
         return self._request("GET", "/api/v1/me").json()
 
-    def add_user(self, name: str, group: str = "") -> dict[str, Any]:
+    def add_user(self, name: str, group: str = "", weight: float = 1.0) -> dict[str, Any]:
         """Create a user (the administrator's token); the answer holds their token, once."""
-        return self._request("POST", "/api/v1/users", json={"name": name, "group": group}).json()
+        body = {"name": name, "group": group, "weight": weight}
+        return self._request("POST", "/api/v1/users", json=body).json()
+
+    def set_weight(self, name: str, weight: float) -> dict[str, Any]:
+        """Change a user's fair-share weight (the administrator's token)."""
+        path = f"/api/v1/users/{quote(name, safe='')}"
+        return self._request("PATCH", path, json={"weight": weight}).json()
 
     def users(self) -> list[dict[str, Any]]:
         return self._request("GET", "/api/v1/users").json()

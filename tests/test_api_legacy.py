@@ -62,7 +62,7 @@ def test_predict_creates_a_job_with_the_original_fields(api: TestClient, queue: 
         },
     )
     assert key.startswith("echo:cells.tif:")
-    assert queue.redis.lrange("echo", 0, -1) == [key]
+    assert queue.waiting("echo") == [key]
     fields = queue.get(key)
     assert fields[JobField.STATUS] == Status.NEW
     assert fields[JobField.INPUT_FILE_NAME] == uploaded
@@ -103,7 +103,7 @@ def test_zip_jobs_wait_on_the_zip_queue_of_their_job_type(api: TestClient, queue
         "/api/predict", json={"jobType": "echo", "imageName": "plate.zip", "uploadedName": uploaded}
     )
     assert response.status_code == 200
-    assert queue.redis.lrange("echo-zip", 0, -1) == [response.json()["hash"]]
+    assert queue.waiting("echo-zip") == [response.json()["hash"]]
     assert queue.redis.llen("echo") == 0
 
 

@@ -86,7 +86,7 @@ def test_caliban_is_refused_where_tracking_does_not_run(
 def test_a_job_sent_as_caliban_is_a_tracking_job(api: TestClient, queue: JobQueue) -> None:
     key = predict(api, "caliban", "movie.tif", upload(api, "movie.tif", TIFF)).json()["hash"]
     assert key.startswith("tracking:movie.tif:")
-    assert queue.redis.lrange("tracking", 0, -1) == [key]
+    assert queue.waiting("tracking") == [key]
     assert api.get(f"/api/v1/jobs/{key}").json()["job_type"] == "tracking"
     created = api.post(
         "/api/v1/jobs", data={"job_type": "caliban"}, files={"file": ("m.tif", TIFF)}
@@ -102,8 +102,8 @@ def test_a_movie_goes_to_the_tracking_queue_and_a_zip_of_frames_to_its_zip_queue
     movie = predict(api, "tracking", "movie.tif", upload(api, "movie.tif", TIFF)).json()["hash"]
     frames = upload(api, "frames.zip", zip_bytes({"t000.tif": TIFF, "t001.tif": TIFF}))
     zipped = predict(api, "tracking", "frames.zip", frames).json()["hash"]
-    assert queue.redis.lrange("tracking", 0, -1) == [movie]
-    assert queue.redis.lrange("tracking-zip", 0, -1) == [zipped]
+    assert queue.waiting("tracking") == [movie]
+    assert queue.waiting("tracking-zip") == [zipped]
 
 
 # ----------------------------------------------------------------------------- .trk / .trks

@@ -62,7 +62,7 @@ def test_create_uploads_and_queues_in_one_request(
         "scale": "0.65",
         "channels": "0",
     }
-    assert queue.redis.lrange("echo", 0, -1) == [job["id"]]
+    assert queue.waiting("echo") == [job["id"]]
     assert bucket.get_bytes(queue.get(job["id"])[JobField.INPUT_FILE_NAME]) == TIFF
 
 
@@ -196,7 +196,7 @@ def test_jobs_of_job_types_this_kiosk_does_not_run_are_not_touched(
 def test_a_zip_job_is_queued_for_the_fan_out_consumer(api: TestClient, queue: JobQueue) -> None:
     response = create(api, name="plate.zip", data=zip_bytes({"a.tif": TIFF}))
     assert response.status_code == 201, response.text
-    assert queue.redis.lrange("echo-zip", 0, -1) == [response.json()["id"]]
+    assert queue.waiting("echo-zip") == [response.json()["id"]]
 
 
 def test_delete_removes_the_job_from_its_queue(api: TestClient, queue: JobQueue) -> None:

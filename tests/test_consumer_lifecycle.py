@@ -120,7 +120,7 @@ def test_sigterm_hands_an_unfinished_job_back_without_burning_an_attempt(
     assert time.monotonic() - started < 10
     fields = queue.get(key)
     assert (fields[JobField.STATUS], fields[JobField.ATTEMPTS]) == (Status.NEW, "0")
-    assert queue.redis.lrange("slow", 0, -1) == [key]
+    assert queue.waiting("slow") == [key]
     processes.add(
         services.consumer("slow", {**env, "TEST_SLOW_SECONDS": "0.3"}, processes.log_dir, index=1)
     )

@@ -12,6 +12,7 @@ from kiosk.jobs import JobRequest, creation_fields
 from kiosk.keys import (
     INPUT_USERS,
     JOB_INDEX,
+    WAITING_TOKEN,
     JobField,
     Status,
     dead_letter_list,
@@ -31,7 +32,8 @@ def submit(queue: JobQueue, job_type: str = "echo", name: str = "a.tif") -> str:
 def test_submit_creates_hash_queue_entry_and_index_together(queue: JobQueue) -> None:
     key = submit(queue)
     r = queue.redis
-    assert r.lrange("echo", 0, -1) == [key]
+    assert queue.waiting("echo") == [key]
+    assert r.lrange("echo", 0, -1) == [WAITING_TOKEN], "the queue list holds a token a job"
     assert r.hget(key, JobField.STATUS) == Status.NEW
     assert r.zscore(JOB_INDEX, key) is not None
 
@@ -42,7 +44,7 @@ def test_submitting_the_same_job_twice_queues_it_once(queue: JobQueue) -> None:
     fields = creation_fields(request, "test")
     queue.submit("echo", key, fields)
     queue.submit("echo", key, fields)  # e.g. a client retry after a lost reply
-    assert queue.redis.lrange("echo", 0, -1) == [key]
+    assert queue.waiting("echo") == [key]
 
 
 def test_claim_moves_the_job_into_the_consumers_processing_list(queue: JobQueue) -> None:
@@ -163,7 +165,7 @@ def test_janitor_requeues_only_consumers_without_a_heartbeat(queue: JobQueue) ->
     queue.claim("echo", "dead", 1)
     sweeps = queue.requeue_lapsed(["echo"])
     assert [(s.consumer_id, s.requeued) for s in sweeps] == [("dead", 1)]
-    assert queue.redis.lrange("echo", 0, -1) == [b]
+    assert queue.waiting("echo") == [b]
     assert queue.redis.lrange(processing_list("echo", "alive"), 0, -1) == [a]
     assert "stopped responding" in queue.get(b)[JobField.LAST_ERROR]
 
@@ -404,7 +406,7 @@ def test_without_its_heartbeat_a_claimed_job_goes_back_to_the_queue(queue: JobQu
     assert queue.claim("echo", "c1", 1) is not None
     sweeps = queue.requeue_lapsed(["echo"])
     assert [s.requeued for s in sweeps] == [1]
-    assert queue.redis.lrange("echo", 0, -1) == [key]
+    assert queue.waiting("echo") == [key]
 
 
 def test_resuming_a_stranded_job_refreshes_the_heartbeat_first(queue: JobQueue) -> None:

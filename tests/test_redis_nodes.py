@@ -191,7 +191,7 @@ def test_the_charts_redis_nodes_fail_over_hand_over_and_rejoin(nodes: list[Node]
     wait_for(
         lambda: all(second.redis().exists(key) for key in keys), 10, what="the jobs replicated"
     )
-    assert queue.redis.lrange("echo", 0, -1) == keys[::-1]
+    assert queue.waiting("echo") == keys
     assert queue.unreplicated == 0
 
 

@@ -86,7 +86,7 @@ def test_without_a_replica_in_time_the_job_stands_on_the_master_and_a_warning_sa
     with caplog.at_level(logging.WARNING, logger="kiosk.queue"):
         key = submit(queue)
     assert time.monotonic() - started >= 0.3
-    assert queue.redis.lrange("echo", 0, -1) == [key]
+    assert queue.waiting("echo") == [key]
     assert queue.unreplicated == 1
     assert f"{key}: 0 of 1 replicas acknowledged the write within 0.3s" in caplog.text
 
@@ -144,7 +144,7 @@ def test_a_single_redis_never_waits(pair: Replicated) -> None:
     started = time.monotonic()
     key = submit(queue)
     assert time.monotonic() - started < 0.25
-    assert queue.redis.lrange("echo", 0, -1) == [key]
+    assert queue.waiting("echo") == [key]
     assert queue.unreplicated == 0
 
 
@@ -154,7 +154,7 @@ def test_a_script_the_master_forgot_is_loaded_again(pair: Replicated) -> None:
     submit(queue)
     queue.redis.script_flush()
     key = submit(queue)
-    assert queue.redis.lrange("echo", 0, 0) == [key]
+    assert queue.waiting("echo")[-1] == key
     assert queue.unreplicated == 0
 
 
@@ -175,5 +175,5 @@ def test_the_api_creates_the_job_when_no_replica_answers_in_time(
         response = create(api)
     assert response.status_code == 201, response.text
     job = response.json()
-    assert pair.master.client().lrange("echo", 0, -1) == [job["id"]]
+    assert JobQueue(pair.master.client()).waiting("echo") == [job["id"]]
     assert "0 of 1 replicas acknowledged" in caplog.text

@@ -144,7 +144,7 @@ def test_each_frame_becomes_a_segmentation_job_of_the_movie_with_its_options(
     assert parent[JobField.TOTAL_JOBS] == "4" and parent[JobField.DIM_ORDER] == "TCYX"
     assert children == [frame_child_key(key, "cells", t, 4) for t in range(4)]
     assert children[2].startswith("segmentation:cells-frame-0002.tif:")
-    assert sorted(queue.redis.lrange("segmentation", 0, -1)) == sorted(children)
+    assert sorted(queue.waiting("segmentation")) == sorted(children)
     for t, child_key in enumerate(children):
         child = queue.get(child_key)
         assert child[JobField.PARENT] == job.key

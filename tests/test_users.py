@@ -122,11 +122,22 @@ def test_the_administrator_adds_lists_and_revokes_users_over_the_api(api: TestCl
     }
     users = api.get("/api/v1/users", headers=bearer(ADMIN_TOKEN)).json()
     assert [(u["name"], u["group"], u["token"]) for u in users] == [("ada", "lab-a", None)]
+    assert users[0]["weight"] == 1
+    heavier = api.patch("/api/v1/users/ada", json={"weight": 2.5}, headers=bearer(ADMIN_TOKEN))
+    assert heavier.status_code == 200 and heavier.json()["weight"] == 2.5
+    zero = api.patch("/api/v1/users/ada", json={"weight": 0}, headers=bearer(ADMIN_TOKEN))
+    assert zero.status_code == 422 and "above 0" in zero.json()["message"]
+    nobody = api.patch("/api/v1/users/nobody", json={"weight": 2}, headers=bearer(ADMIN_TOKEN))
+    assert nobody.status_code == 404
     again = api.post("/api/v1/users", json={"name": "ada"}, headers=bearer(ADMIN_TOKEN))
     assert again.status_code == 409 and "exists" in again.json()["message"]
     # Only the administrator manages users.
-    for method, path in (("GET", "/api/v1/users"), ("DELETE", "/api/v1/users/ada")):
-        refused = api.request(method, path, headers=bearer(token))
+    for method, path in (
+        ("GET", "/api/v1/users"),
+        ("DELETE", "/api/v1/users/ada"),
+        ("PATCH", "/api/v1/users/ada"),
+    ):
+        refused = api.request(method, path, headers=bearer(token), json={"weight": 9})
         assert refused.status_code == 403 and "administrator" in refused.json()["message"]
     assert api.get("/api/v1/users").status_code == 403  # nor the anonymous user
     revoked = api.delete("/api/v1/users/ada", headers=bearer(ADMIN_TOKEN))
@@ -224,6 +235,11 @@ def test_the_cli_adds_lists_and_revokes_users_and_a_user_sees_only_their_jobs(
     token = added.stdout.strip().splitlines()[-1]
     assert token.startswith("kiosk_")
     assert "ada" in kiosk("users", "list").stdout
+    weighed = kiosk("users", "weight", "ada", "2")
+    assert weighed.exit_code == 0 and "ada now weighs 2" in weighed.stdout, weighed.output
+    assert kiosk("users", "add", "bob", "--weight", "3").exit_code == 0
+    listed_users = kiosk("users", "list").stdout
+    assert any("bob" in line and "│ 3 " in line for line in listed_users.splitlines())
     assert kiosk("whoami", token=token).stdout.strip() == "ada, group lab-a"
     assert kiosk("whoami", token=None).stdout.strip() == "anonymous"
     refused = kiosk("users", "list", token=token)

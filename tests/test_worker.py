@@ -109,7 +109,7 @@ def test_stop_with_no_grace_hands_the_job_back(
     assert not thread.is_alive()
     fields = queue.get(key)
     assert (fields[JobField.STATUS], fields[JobField.ATTEMPTS]) == (Status.NEW, "0")
-    assert queue.redis.lrange("slow", 0, -1) == [key]
+    assert queue.waiting("slow") == [key]
 
 
 def test_stage_times_ride_with_the_next_status_write() -> None:
@@ -210,7 +210,7 @@ def test_stop_with_no_grace_hands_back_the_finishing_job_and_the_next(
     for key in keys:
         fields = queue.get(key)
         assert (fields[JobField.STATUS], fields[JobField.ATTEMPTS]) == (Status.NEW, "0"), key
-    assert sorted(queue.redis.lrange("behind", 0, -1)) == sorted(keys)
+    assert sorted(queue.waiting("behind")) == sorted(keys)
 
 
 class DeletedWhileWriting(Echo):

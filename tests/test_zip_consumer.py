@@ -179,7 +179,7 @@ def test_fan_out_run_twice_creates_each_child_once(
     assert isinstance(first, Waiting) and isinstance(again, Waiting)
     children = job.get(JobField.CHILDREN).split(",")
     assert len(children) == 2 and queue.redis.llen("echo") == 2
-    assert sorted(queue.redis.lrange("echo", 0, -1)) == sorted(children)
+    assert sorted(queue.waiting("echo")) == sorted(children)
     child = queue.get(children[0])
     assert child[JobField.PARENT] == job.key
     assert bucket.get_bytes(child[JobField.INPUT_FILE_NAME]) == TIFF
@@ -201,7 +201,7 @@ def test_a_parent_is_released_once_whether_its_children_end_before_or_after_it_p
     assert queue.redis.llen("echo-zip") == 0 and queue.redis.llen("processing-echo-zip:z1") == 0
     assert queue.get(job.key)[JobField.PROGRESS] == "50"
     queue.fail(second, "c1", "bad image")
-    assert queue.redis.lrange("echo-zip", 0, -1) == [job.key]
+    assert queue.waiting("echo-zip") == [job.key]
     parent = queue.get(job.key)
     assert (parent[JobField.CHILDREN_DONE], parent[JobField.CHILDREN_FAILED]) == ("1", "1")
 
@@ -218,7 +218,7 @@ def test_deleting_a_child_that_has_not_run_counts_it_as_failed(
     (child,) = job.get(JobField.CHILDREN).split(",")
     assert queue.delete(child, "echo")
     assert queue.get(job.key)[JobField.CHILDREN_FAILED] == "1"
-    assert queue.redis.lrange("echo-zip", 0, -1) == [job.key]
+    assert queue.waiting("echo-zip") == [job.key]
 
 
 def tiff(array: np.ndarray) -> bytes:

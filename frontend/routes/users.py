@@ -34,15 +34,25 @@ def me(caller: CallerDep) -> Me:
     return Me(name=caller.name, group=caller.group, admin=caller.admin)
 
 
+WEIGHT_HELP = "Fair-share weight: 2 starts twice the jobs of 1 while both have work waiting."
+
+
 class UserIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     name: str
     group: str = ""
+    weight: float = Field(1.0, description=WEIGHT_HELP)
+
+
+class UserChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(description=WEIGHT_HELP)
 
 
 class UserOut(BaseModel):
     name: str
     group: str
+    weight: float
     created_at: str
     revoked_at: str | None = None
     token: str | None = Field(None, description="Only when the user is created: keep it.")
@@ -52,6 +62,7 @@ class UserOut(BaseModel):
         return cls(
             name=user.name,
             group=user.group,
+            weight=user.weight,
             created_at=user.created_at,
             revoked_at=user.revoked_at or None,
             token=token,
@@ -62,7 +73,7 @@ class UserOut(BaseModel):
 def add_user(body: UserIn, services: ServicesDep, _: AdminDep) -> UserOut:
     """Create a user (administrator only); the answer holds their token, shown this once."""
     try:
-        token = services.users.add(body.name, body.group)
+        token = services.users.add(body.name, body.group, body.weight)
     except UserExists as exc:
         raise ApiError(409, str(exc)) from None
     except UserError as exc:
@@ -75,6 +86,18 @@ def add_user(body: UserIn, services: ServicesDep, _: AdminDep) -> UserOut:
 @router.get("/users")
 def list_users(services: ServicesDep, _: AdminDep) -> list[UserOut]:
     return [UserOut.of(user) for user in services.users.list()]
+
+
+@router.patch("/users/{name}")
+def change_user(name: str, body: UserChange, services: ServicesDep, _: AdminDep) -> UserOut:
+    """Change a user's fair-share weight (administrator only); it counts from their next job
+    started."""
+    if services.users.get(name) is None:
+        raise ApiError(404, f"no user {name!r}: see GET /api/v1/users")
+    try:
+        return UserOut.of(services.users.set_weight(name, body.weight))
+    except UserError as exc:
+        raise ApiError(422, str(exc)) from None
 
 
 @router.delete("/users/{name}")

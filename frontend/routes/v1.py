@@ -162,6 +162,7 @@ class JobOut(BaseModel):
     name: str = Field(description="The submitted file's name.")
     created_at: str | None = None
     updated_at: str | None = None
+    started_at: str | None = Field(None, description="When its latest attempt started.")
     finished_at: str | None = None
     reason: str | None = Field(None, description="Why the job failed.")
     output_url: str | None = None
@@ -194,6 +195,7 @@ class JobOut(BaseModel):
             name=f.get(JobField.ORIGINAL_NAME, ""),
             created_at=f.get(JobField.CREATED_AT),
             updated_at=f.get(JobField.UPDATED_AT),
+            started_at=f.get(JobField.STARTED_AT),
             finished_at=f.get(JobField.FINISHED_AT),
             reason=f.get(JobField.REASON) or None,
             output_url=f.get(JobField.OUTPUT_URL) or None,
