@@ -287,6 +287,9 @@ class Worker:
         still_in_hand = self._release(claim)
         if settled is not None and settled.outcome is Outcome.APPLIED:
             self._add_usage(job)
+        if settled is not None and settled.outcome in _CONSUMER_FREED:
+            took = time.perf_counter() - started if outcome == "done" else None
+            self._note_pace(claim, took)
         if settled is None or settled.outcome is not Outcome.APPLIED:
             outcome = _outcome_name(settled)
         if settled and settled.outcome is Outcome.LOST and job_lost is None:
@@ -327,6 +330,14 @@ class Worker:
             )
         except redis.RedisError as exc:
             log.warning("usage of %s not added to its owner's totals: %s", job.key, exc)
+
+    def _note_pace(self, claim: Claim, seconds: float | None) -> None:
+        """Count the settled job toward its queue's measured pace, which the ETAs users see
+        come from (best effort, as the usage totals)."""
+        try:
+            self.queue.note_settled(claim.queue, seconds)
+        except redis.RedisError as exc:
+            log.warning("%s not counted in the pace of %s: %s", claim.key, claim.queue, exc)
 
     def _discard_outputs(self, claim: Claim, job: Job) -> None:
         """A job deleted (or expired) while it ran leaves no results behind: its deletion
@@ -388,6 +399,10 @@ def _result_of(finish: Finish) -> Result:
     if not isinstance(result, Result):  # settling anything else would leave the job held
         raise TypeError(f"a Finish must end in a Result, not {type(result).__name__}")
     return result
+
+
+_CONSUMER_FREED = frozenset({Outcome.APPLIED, Outcome.RETRYING, Outcome.FAILED})
+"""Settles that free a consumer for the next job: what a queue's measured pace counts."""
 
 
 def _outcome_name(settled: Settled | None) -> str:

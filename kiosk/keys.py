@@ -183,6 +183,21 @@ OWNER_LINE_PREFIX = KEY_PREFIX + "line:"  # list per (queue, owner): waiting job
 OWNERS_PREFIX = KEY_PREFIX + "owners:"  # sorted set per queue: owner with work -> virtual time
 VTIME_PREFIX = KEY_PREFIX + "vtime:"  # hash per queue: every owner's virtual time, and NOW's
 VTIME_NOW = "~now"  # that hash's field for the last claim's virtual time (never a user name)
+PACE_PREFIX = KEY_PREFIX + "pace:"  # hash per queue: how fast it moves (kiosk.pace)
+
+
+class PaceField(StrEnum):
+    """The fields of a queue's pace hash: settles while it had work waiting, over the seconds
+    that took (both decayed), when the last settle was and whether work was waiting then, and
+    the recent average seconds of a job."""
+
+    COUNT = "count"
+    BUSY = "busy"
+    AT = "at"
+    BACKLOGGED = "backlogged"
+    SECONDS = "seconds"
+
+
 MAX_NAME_LENGTH = 255
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _JOB_KEY = re.compile(

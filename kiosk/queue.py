@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass
 from enum import Enum
@@ -30,7 +31,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from kiosk.costs import USAGE_FIELDS, Usage, recorded_usage
-from kiosk.fairshare import Line, start_order, weight_of
+from kiosk.fairshare import MAX_WEIGHT, MIN_WEIGHT, Line, Standing, start_order, weight_of
 from kiosk.jobs import now_iso, parse_iso
 from kiosk.keys import (
     ANONYMOUS,
@@ -38,6 +39,7 @@ from kiosk.keys import (
     JOB_INDEX,
     OWNER_LINE_PREFIX,
     OWNERS_PREFIX,
+    PACE_PREFIX,
     PROCESSING_PREFIX,
     UPLOAD_PREFIX,
     USAGE_PREFIX,
@@ -47,6 +49,7 @@ from kiosk.keys import (
     VTIME_PREFIX,
     WAITING_TOKEN,
     JobField,
+    PaceField,
     Status,
     dead_letter_list,
     heartbeat_key,
@@ -54,6 +57,7 @@ from kiosk.keys import (
     parse_processing_list,
     processing_list,
 )
+from kiosk.pace import ALPHA, TAU, Pace
 from kiosk.redis_url import check_redis_url, is_sentinel_url, parse_sentinel_url
 from kiosk.sentinel import master_client
 from kiosk.settings import CommonSettings
@@ -101,7 +105,10 @@ LUA_NAMES = (
         "VTIME_NOW": VTIME_NOW,
         "USER_PREFIX": USER_PREFIX,
         "USER_WEIGHT": USER_WEIGHT,
+        "MIN_WEIGHT": repr(MIN_WEIGHT),
+        "MAX_WEIGHT": repr(MAX_WEIGHT),
     }
+    | {f"PACE_{field.name}": field.value for field in PaceField}
 )
 
 
@@ -183,7 +190,8 @@ local function take(queue)
     if redis.call('LLEN', line) == 0 then redis.call('ZREM', owners, owner) end
     if key and is_live(key) then
       local weight = tonumber(redis.call('HGET', '$USER_PREFIX' .. owner, '$USER_WEIGHT') or '')
-      if not weight or weight <= 0 then weight = 1 end
+      if not weight or weight ~= weight or weight <= 0 or weight == math.huge then weight = 1 end
+      weight = math.min(math.max(weight, $MIN_WEIGHT), $MAX_WEIGHT)  -- as kiosk.fairshare
       local after = string.format('%.17g', vtime + 1 / weight)
       redis.call('HSET', '$VTIME_PREFIX' .. queue, owner, after,
                  '$VTIME_NOW', string.format('%.17g', vtime))
@@ -194,7 +202,8 @@ local function take(queue)
   end
 end
 
--- a waiting zip parent whose children have all finished goes back to the front of its queue,
+-- a waiting zip parent whose children have all finished goes back to the front of its owner's
+-- line on its queue,
 -- where a zip consumer assembles the results. `exact`: only on the increment that completes it,
 -- so the parent is queued once whichever of "last child ends" and "parent parks" comes last.
 local function release_parent(parent, now, exact)
@@ -458,6 +467,29 @@ end
 return {requeued, failed, dropped}
 """
 
+# KEYS: pace, queue   ARGV: now (epoch s), tau, seconds the job took ('' if it did not end
+# done), alpha. A consumer settled a job: count it toward the queue's throughput if work was
+# waiting at the previous settle (kiosk.pace), and average its seconds in.
+_PACE = """
+local f = redis.call('HMGET', KEYS[1], '$PACE_COUNT', '$PACE_BUSY', '$PACE_AT',
+                     '$PACE_BACKLOGGED', '$PACE_SECONDS')
+local now, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
+local gap = math.max(0, now - (tonumber(f[3] or '') or now))
+local decay = math.exp(-gap / tau)
+local count, busy = tonumber(f[1] or '0') * decay, tonumber(f[2] or '0') * decay
+if f[4] == '1' then count, busy = count + 1, busy + gap end
+local seconds = tonumber(f[5] or '')
+if ARGV[3] ~= '' then
+  local took = tonumber(ARGV[3])
+  seconds = seconds and seconds + tonumber(ARGV[4]) * (took - seconds) or took
+end
+local function fmt(x) return string.format('%.17g', x) end
+redis.call('HSET', KEYS[1], '$PACE_COUNT', fmt(count), '$PACE_BUSY', fmt(busy),
+           '$PACE_AT', ARGV[1], '$PACE_BACKLOGGED', redis.call('LLEN', KEYS[2]) > 0 and '1' or '0')
+if seconds then redis.call('HSET', KEYS[1], '$PACE_SECONDS', fmt(seconds)) end
+return 1
+"""
+
 
 # ----------------------------------------------------------------------------- results
 
@@ -585,6 +617,11 @@ class Liveness:
     ttl: float
 
 
+def _live(status: str | None) -> bool:
+    """A job that exists and has not ended: what a claim may start."""
+    return status is not None and status not in (Status.DONE, Status.FAILED)
+
+
 def _upload_of(fields: Mapping[str, str]) -> str:
     """The job's input when it is an upload (the only inputs Kiosk ever deletes)."""
     key = fields.get(JobField.INPUT_FILE_NAME, "")
@@ -647,6 +684,7 @@ class JobQueue:
         self._prune_inputs = register(_HELPERS + _PRUNE_INPUTS)
         self._inputs_in_use = register(_HELPERS + _INPUTS_IN_USE)
         self._requeue_lapsed = register(_HELPERS + _REQUEUE_LAPSED)
+        self._pace = register(_PACE)
 
     @classmethod
     def from_settings(
@@ -759,6 +797,22 @@ class JobQueue:
             for field, value in zip(USAGE_FIELDS, astuple(usage), strict=True):
                 pipe.hincrbyfloat(key, field, value)
             pipe.execute()
+
+    def note_settled(self, queue: str, seconds: float | None, now: float | None = None) -> None:
+        """A consumer of ``queue`` settled a job, done in ``seconds`` (None: it did not end
+        done): the queue's pace (:mod:`kiosk.pace`)."""
+        self._pace(
+            keys=[PACE_PREFIX + queue, queue],
+            args=[
+                repr(time.time() if now is None else now),
+                TAU,
+                "" if seconds is None else repr(seconds),
+                ALPHA,
+            ],
+        )
+
+    def pace(self, queue: str) -> Pace:
+        return Pace.of(cast(dict[str, str], self.redis.hgetall(PACE_PREFIX + queue)))
 
     def usage_totals(self) -> dict[str, tuple[str, Usage]]:
         """Each owner's group and running usage totals."""
@@ -1073,6 +1127,34 @@ class JobQueue:
                     break
         return found
 
+    def standings(self, queue: str) -> list[Standing]:
+        """Each owner with work waiting on ``queue``: virtual time, jobs waiting, weight."""
+        owners = cast(
+            list[tuple[str, float]],
+            self.redis.zrange(OWNERS_PREFIX + queue, 0, -1, withscores=True),
+        )
+        with self.redis.pipeline(transaction=False) as pipe:
+            for owner, _ in owners:
+                pipe.llen(owner_line(queue, owner))
+                pipe.hget(USER_PREFIX + owner, USER_WEIGHT)
+            replies = pipe.execute()
+        return [
+            Standing(owner, vtime, int(waiting), weight_of(weight))
+            for (owner, vtime), waiting, weight in zip(
+                owners, replies[::2], replies[1::2], strict=True
+            )
+        ]
+
+    def line_index(self, queue: str, owner: str, key: str) -> int | None:
+        """How many of ``owner``'s jobs on ``queue`` wait ahead of ``key`` (None: not waiting
+        in that line)."""
+        line = owner_line(queue, owner or ANONYMOUS)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpos(line, key)
+            pipe.llen(line)
+            at, length = pipe.execute()
+        return None if at is None else int(length) - 1 - int(at)
+
     def lines(self, queue: str) -> list[Line]:
         """Each owner's waiting jobs on ``queue`` (oldest first), virtual time and weight."""
         owners = cast(
@@ -1092,12 +1174,28 @@ class JobQueue:
         ]
 
     def waiting(self, queue: str) -> list[str]:
-        """The jobs waiting on ``queue`` in the order consumers will start them: keys an older
-        producer pushed onto the queue list itself first (the tail is claimed first), then
-        every owner's line by fair share."""
-        listed = cast(list[str], self.redis.lrange(queue, 0, -1))
-        pushed = [key for key in reversed(listed) if key != WAITING_TOKEN]
-        return pushed + list(start_order(self.lines(queue)))
+        """The jobs waiting on ``queue`` in the order consumers will start them: the queue
+        list from its claimed end, each token standing for the next job by fair share and
+        each key an older producer pushed there for itself; entries of jobs that ended or
+        vanished are skipped, as claims skip them."""
+        lines = self.lines(queue)
+        keys = [key for line in lines for key in line.jobs]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(key, JobField.STATUS)
+            statuses = dict(zip(keys, pipe.execute(), strict=True))
+        live = [
+            Line(line.owner, line.vtime, [k for k in line.jobs if _live(statuses[k])], line.weight)
+            for line in lines
+        ]
+        order = start_order(live)
+        found = []
+        for entry in reversed(cast(list[str], self.redis.lrange(queue, 0, -1))):
+            if entry != WAITING_TOKEN:
+                found.append(entry)
+            elif (key := next(order, None)) is not None:
+                found.append(key)
+        return found + list(order)  # jobs whose tokens consumers hold right now
 
     def get_many(self, keys: list[str]) -> list[dict[str, str]]:
         with self.redis.pipeline(transaction=False) as pipe:

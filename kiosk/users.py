@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import redis
 
-from kiosk.fairshare import DEFAULT_WEIGHT, weight_of
+from kiosk.fairshare import DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, weight_of
 from kiosk.jobs import now_iso
 from kiosk.keys import ANONYMOUS, USER_PREFIX, USER_TOKEN_PREFIX, USER_WEIGHT, JobField
 
@@ -41,7 +41,6 @@ TOKEN_PREFIX = "kiosk_"
 """Every user token starts so: a token in a log or a paste is recognisable as Kiosk's."""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 RESERVED_NAMES = frozenset({ANONYMOUS, ADMIN})
-MAX_WEIGHT = 100.0
 
 
 class UserError(ValueError):
@@ -67,10 +66,10 @@ def check_name(name: str, what: str = "user") -> str:
 
 
 def check_weight(weight: float) -> float:
-    """A fair-share weight: above 0, at most MAX_WEIGHT."""
-    if not (math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
+    """A fair-share weight: from MIN_WEIGHT to MAX_WEIGHT."""
+    if not (math.isfinite(weight) and MIN_WEIGHT <= weight <= MAX_WEIGHT):
         raise UserError(
-            f"weight {weight:g} is not allowed: give a number above 0 and at most "
+            f"weight {weight:g} is not allowed: give a number from {MIN_WEIGHT:g} to "
             f"{MAX_WEIGHT:g} (1 is an equal share; 2 twice the jobs of a user of weight 1)"
         )
     return float(weight)

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote
@@ -374,6 +374,50 @@ def job_progress(job: dict[str, Any]) -> tuple[str, int]:
     return counted, round(100 * (done + failed) / total)
 
 
+def _in(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def eta_words(job: dict[str, Any], now: datetime | None = None) -> str:
+    """Where a job stands in words: its place in the queue and when it should start, or when
+    it should finish; '' when the Kiosk has no estimate."""
+    now = now or datetime.now(UTC)
+    words = []
+    if job.get("position") is not None:
+        words.append("next in line" if job["position"] == 0 else f"{job['position']} ahead")
+        if job.get("eta_start"):
+            left = (datetime.fromisoformat(job["eta_start"]) - now).total_seconds()
+            words.append(f"starts in ~{_in(max(0.0, left))}")
+    elif job.get("eta_finish") and job["status"] not in FINAL_STATUSES:
+        left = (datetime.fromisoformat(job["eta_finish"]) - now).total_seconds()
+        words.append(f"done in ~{_in(max(0.0, left))}")
+    return ", ".join(words)
+
+
+def _overall(jobs: list[dict[str, Any]]) -> str:
+    """The jobs' states in one line, with the latest of their estimated finishes."""
+    states = [j["status"] for j in jobs]
+    done, failed = states.count("done"), states.count("failed")
+    line = f"{done} done, {failed} failed, {len(states) - done - failed} waiting or running"
+    finishes = [
+        datetime.fromisoformat(j["eta_finish"])
+        for j in jobs
+        if j.get("eta_finish") and j["status"] not in FINAL_STATUSES
+    ]
+    if finishes and len(finishes) == len(states) - done - failed:
+        left = (max(finishes) - datetime.now(UTC)).total_seconds()
+        line += f"; all done in ~{_in(max(0.0, left))}"
+    elif len(jobs) == 1 and (words := eta_words(jobs[0])):
+        line += f"; {words}"
+    return line
+
+
 def _wait(
     client: KioskClient, jobs: dict[Path, dict[str, Any]], timeout: float | None
 ) -> dict[Path, dict[str, Any]]:
@@ -391,21 +435,20 @@ def _wait(
 
         def on_update(job: dict[str, Any]) -> None:
             latest[job["id"]] = job
-            states = [j["status"] for j in latest.values()]
-            done, failed = states.count("done"), states.count("failed")
             progress.update(
                 task,
                 completed=sum(
                     100 if j["status"] in ("done", "failed") else j["progress"]
                     for j in latest.values()
                 ),
-                description=f"{done} done, {failed} failed, {len(states) - done - failed} "
-                "waiting or running",
+                description=_overall(list(latest.values())),
             )
             if job["id"] not in bars and job.get("children") and len(bars) < MAX_JOB_BARS:
                 bars[job["id"]] = progress.add_task("", total=100)
             if job["id"] in bars:
                 words, percent = job_progress(job)
+                if eta := eta_words(job):
+                    words = f"{words} ({eta})"
                 name = escape(by_id[job["id"]].name)
                 progress.update(
                     bars[job["id"]], completed=percent, description=f"  {name}: {escape(words)}"
@@ -472,7 +515,11 @@ def status_table(job: dict[str, Any]) -> Table:
         "name",
         "status",
         "progress",
+        "position",
+        "eta_start",
+        "eta_finish",
         "created_at",
+        "started_at",
         "finished_at",
         "reason",
         "output_url",
@@ -484,6 +531,8 @@ def status_table(job: dict[str, Any]) -> Table:
             value = str(job[name])
             label = "tracks" if movie and name == "objects" else name
             table.add_row(label, _styled(value) if name == "status" else escape(value))
+    if words := eta_words(job):
+        table.add_row("where", escape(words))
     children = job.get("children")
     if children:
         unit = children.get("unit", "images")  # images, frames (of a movie) or movies
@@ -600,7 +649,7 @@ def list_users(ctx: typer.Context) -> None:
 def set_weight(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="User name.")],
-    weight: Annotated[float, typer.Argument(help="Fair-share weight, above 0 and at most 100.")],
+    weight: Annotated[float, typer.Argument(help="Fair-share weight, from 0.01 to 100.")],
 ) -> None:
     """Change a user's fair-share weight: their share of the consumers while users compete."""
     user = ask(ctx, lambda client: client.set_weight(name, weight))

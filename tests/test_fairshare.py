@@ -56,7 +56,21 @@ def test_a_weight_of_two_starts_two_jobs_for_each_of_a_weight_of_one() -> None:
 
 
 def test_a_stored_weight_that_is_not_a_positive_number_counts_as_one() -> None:
-    assert [weight_of(v) for v in ("2", "0.5", "0", "-1", "x", None)] == [2, 0.5, 1, 1, 1, 1]
+    values = ("2", "0.5", "0", "-1", "x", None, "nan", "inf", "1e-320", "1e9")
+    assert [weight_of(v) for v in values] == [2, 0.5, 1, 1, 1, 1, 1, 1, 0.01, 100]
+
+
+def test_a_weight_written_behind_the_apis_back_neither_loses_jobs_nor_breaks_turns(
+    queue: JobQueue,
+) -> None:
+    queue.redis.hset(USER_PREFIX + "ada", USER_WEIGHT, "nan")
+    queue.redis.hset(USER_PREFIX + "bob", USER_WEIGHT, "1e-320")
+    jobs = [submit(queue, o, f"{o}{i}.tif") for i in range(3) for o in ("ada", "bob", "cy")]
+    predicted = queue.waiting("echo")
+    assert claim_all(queue) == predicted and sorted(predicted) == sorted(jobs)
+    again = [submit(queue, o, f"{o}-again{i}.tif") for i in range(2) for o in ("ada", "cy")]
+    assert [owner(queue, k) for k in claim_all(queue)] == ["ada", "cy", "ada", "cy"]
+    assert len(again) == 4
 
 
 # ----------------------------------------------------------------------------- on Redis
@@ -96,7 +110,7 @@ def test_a_users_weight_is_their_share_of_the_claims(queue: JobQueue) -> None:
     order = [owner(queue, k) for k in claim_all(queue)]
     assert order[:8] == ["ada", "bob", "ada", "ada", "ada", "bob", "ada", "ada"]
     assert order.count("ada") == 9 and order.count("bob") == 3
-    with pytest.raises(UserError, match="above 0"):
+    with pytest.raises(UserError, match=r"from 0\.01 to 100"):
         users.set_weight("bob", 0)
     assert users.set_weight("bob", 0.5).weight == 0.5
 
@@ -188,4 +202,8 @@ def test_keys_an_older_producer_pushed_onto_the_queue_are_still_claimed(
     queue.redis.lpush("echo", key)
     mine = submit(queue, "ada", "a.tif")
     assert queue.waiting("echo") == [key, mine]
-    assert claim_all(queue) == [key, mine]
+    later = new_job_key("echo", "later.tif")
+    queue.redis.hset(later, mapping=creation_fields(request, "old-frontend"))
+    queue.redis.lpush("echo", later)  # behind ada's token
+    assert queue.waiting("echo") == [key, mine, later]
+    assert claim_all(queue) == [key, mine, later]

@@ -33,8 +33,9 @@ TENSORFLOW = {"tensorflow", "keras"}
 # The reshaping left the core at 3.8k lines; Redis behind Sentinel (redis_url, sentinel, the
 # WAIT for replicas), which every service's Redis client needs, brought it to 4.1k; users and
 # costs (who owns a job and may see it, what it used), which the frontend, the consumers and
-# the exporter all need, to 4.7k.
-CORE_MAX_LINES = 5000
+# the exporter all need, to 4.7k; fair share and the queues' pace (the claim order, positions
+# and ETAs, which the queue protocol, the frontend and the CLI all need), to 5.1k.
+CORE_MAX_LINES = 5500
 MAX_SHARE = 0.25
 PROCESSING = "consumers/processing"
 

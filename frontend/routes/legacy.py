@@ -17,13 +17,17 @@ from starlette.concurrency import run_in_threadpool
 
 from frontend.deps import CallerDep, ServicesDep, get_caller
 from frontend.errors import ApiError
+from frontend.estimates import estimates
 from frontend.submission import create_job
 from frontend.uploads import receive_upload
-from kiosk.jobs import JobRequest
+from kiosk.jobs import JobRequest, JobView
 from kiosk.keys import MODELS_PREFIX, JobField, file_url, is_job_key
+from kiosk.pace import Estimate
 from kiosk.users import Principal
 
 MAX_EXPIRE = 30 * 86400
+ESTIMATED = frozenset({"position", "eta_start", "eta_finish"})
+"""Names /api/redis answers that no job hash stores: Kiosk's estimate, computed when asked."""
 
 health = APIRouter(prefix="/api", tags=["DeepCell-compatible"])
 router = APIRouter(prefix="/api", tags=["DeepCell-compatible"], dependencies=[Depends(get_caller)])
@@ -158,7 +162,12 @@ def predict(body: PredictBody, services: ServicesDep, caller: CallerDep) -> dict
 def redis_value(body: RedisBody, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """One field of a job hash (or several, given a list)."""
     names = body.key if isinstance(body.key, list) else [body.key]
-    values = _job_fields(services, body.hash, caller, names) or [None] * len(names)
+    found = _job_fields(services, body.hash, caller, names)
+    values = found or [None] * len(names)
+    if found is not None and ESTIMATED.intersection(names):
+        view = JobView(body.hash, services.queue.get(body.hash) or {})
+        computed = estimates(services.queue, [view]).get(body.hash, Estimate()).fields()
+        values = [computed.get(name, value) for name, value in zip(names, values, strict=True)]
     return {"value": values if isinstance(body.key, list) else values[0]}
 
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from frontend.deps import CallerDep, Services, ServicesDep, get_caller
 from frontend.errors import ApiError
+from frontend.estimates import estimates
 from frontend.routes.files import file_response
 from frontend.submission import aliases, check_job_options, check_job_type, create_job
 from frontend.uploads import FILE_FIELD, receive_upload
@@ -40,6 +41,7 @@ from kiosk.keys import (
     parse_job_key,
 )
 from kiosk.options import COMPARTMENT_JOB_TYPES, COMPARTMENTS
+from kiosk.pace import Estimate
 from kiosk.reclaim import JobFiles, remove_files, remove_job
 from kiosk.users import Principal
 
@@ -178,13 +180,26 @@ class JobOut(BaseModel):
     children: Children | None = Field(
         None, description="A zip's images or a movie's frames: total, done, failed."
     )
+    position: int | None = Field(
+        None,
+        description="A waiting job's place in its queue under fair share: how many jobs start "
+        "before it (0: next).",
+    )
+    eta_start: str | None = Field(
+        None, description="When a waiting job should start, from the queue's measured pace."
+    )
+    eta_finish: str | None = Field(
+        None,
+        description="When the job should finish (a zip or movie: its last image or frame).",
+    )
     failures: list[Failure] | None = Field(
         None, description="A zip's entries that gave no result, and why."
     )
 
     @classmethod
-    def of(cls, view: JobView) -> JobOut:
+    def of(cls, view: JobView, estimate: Estimate | None = None) -> JobOut:
         f = view.fields
+        estimate = estimate or Estimate()
         total = view.number(JobField.TOTAL_JOBS) if f.get(JobField.CHILDREN) else None
         objects = view.number(JobField.OBJECTS)
         return cls(
@@ -225,7 +240,16 @@ class JobOut(BaseModel):
                 failed=int(view.number(JobField.CHILDREN_FAILED) or 0),
                 unit=_children_unit(view),
             ),
+            position=estimate.position,
+            eta_start=estimate.fields()["eta_start"],
+            eta_finish=estimate.fields()["eta_finish"],
         )
+
+
+def _outs(services: Services, views: list[JobView]) -> list[JobOut]:
+    """The views as answers, waiting and running ones with their positions and ETAs."""
+    found = estimates(services.queue, views)
+    return [JobOut.of(view, found.get(view.key)) for view in views]
 
 
 class JobList(BaseModel):
@@ -401,7 +425,7 @@ async def create(request: Request, services: ServicesDep, caller: CallerDep) -> 
     try:
         view = await run_in_threadpool(_load, services, key, caller)
         return JSONResponse(
-            JobOut.of(view).model_dump(),
+            _outs(services, [view])[0].model_dump(),
             status_code=201,
             headers={"Location": job_path(key)},
         )
@@ -437,7 +461,7 @@ def list_jobs(
     if parent is not None:
         return _children_page(services, caller, parent, limit, cursor, status, job_type)
     position = _position(cursor) if cursor else None
-    jobs: list[JobOut] = []
+    jobs: list[JobView] = []
     scanned, exhausted = 0, False
     while len(jobs) < limit and scanned < limit * SCAN_PAGES:
         page = services.queue.recent(limit, position)
@@ -457,11 +481,13 @@ def list_jobs(
                 and (not job_type or view.job_type == job_type)
             )
             if wanted:
-                jobs.append(JobOut.of(view))
+                jobs.append(view)
                 if len(jobs) == limit:
                     break
     more = not exhausted and position is not None
-    return JobList(jobs=jobs, next_cursor=_cursor(position) if more and position else None)
+    return JobList(
+        jobs=_outs(services, jobs), next_cursor=_cursor(position) if more and position else None
+    )
 
 
 def _children_page(
@@ -488,9 +514,9 @@ def _children_page(
             not job_type or view.job_type == job_type
         )
         if fields and wanted and caller.may_see(fields):
-            jobs.append(JobOut.of(view))
+            jobs.append(view)
     end = start + len(page)
-    return JobList(jobs=jobs, next_cursor=str(end) if end < len(keys) else None)
+    return JobList(jobs=_outs(services, jobs), next_cursor=str(end) if end < len(keys) else None)
 
 
 @router.get("/jobs/{job_id:path}/result")
@@ -515,7 +541,7 @@ def result(job_id: str, services: ServicesDep, caller: CallerDep) -> Response:
 
 @router.get("/jobs/{job_id:path}")
 def get_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JobOut:
-    return JobOut.of(_load(services, job_id, caller))
+    return _outs(services, [_load(services, job_id, caller)])[0]
 
 
 @router.delete("/jobs/{job_id:path}", status_code=204)

@@ -344,6 +344,26 @@ function renderJobs() {
   $("no-jobs").hidden = entries.length > 0;
 }
 
+function inWords(seconds) {
+  if (seconds < 1) return "under a second";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+// Where a job stands: its place in the queue under fair share and when it should start, or
+// when it should finish; "" when the Kiosk has no estimate.
+function whereText(job) {
+  const left = (iso) => inWords(Math.max(0, (Date.parse(iso) - Date.now()) / 1000));
+  if (job.position !== null && job.position !== undefined) {
+    const place = job.position === 0 ? "Next in line"
+      : `${job.position} ${job.position === 1 ? "job" : "jobs"} ahead`;
+    return job.eta_start ? `${place}, starts in ~${left(job.eta_start)}` : place;
+  }
+  if (job.eta_finish && !ENDED.has(job.status)) return `Done in ~${left(job.eta_finish)}`;
+  return "";
+}
+
 function renderJob(entry) {
   if (!entry.card) return renderJobs();
   const job = entry.job || { status: "loading", progress: 0 };
@@ -379,6 +399,8 @@ function renderJob(entry) {
   if (job.status === "uploading") {
     parts.push(el("p", { class: "detail", text: `${percent}% uploaded` }));
   }
+  const where = whereText(job);
+  if (where) parts.push(el("p", { class: "detail where", text: where }));
   if (children && movie) {
     const failed = children.failed ? `, ${children.failed} failed` : "";
     parts.push(el("p", { class: "detail children",
