@@ -76,6 +76,7 @@ lock: $(SYNCED) ## refresh requirements/*.txt from pyproject.toml (UPGRADE=1: ne
 
 bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.queue_throughput
+	$(BIN)/python -m benchmark.eta_accuracy --rounds 3
 	$(BIN)/python -m benchmark.http_overhead
 	$(BIN)/python -m benchmark.upload_memory
 	$(BIN)/python -m benchmark.tensor_encoding

@@ -2,11 +2,13 @@
 
 Three users submit images of changing sizes in bursts, while the autoscaler starts the model
 server and grows the consumers from zero (so the pace changes under the estimates):
-ada 24 images of 512x512 at once, then bob 12 of 1024x1024 (four times the work each), then
-cy 24 of 256x256. Every half second the benchmark reads every unfinished job's ``eta_start``
+ada 60 images of 512x512 at once, then bob 30 of 1024x1024 (four times the work each), then
+cy 60 of 256x256. Every half second the benchmark reads every unfinished job's ``eta_start``
 and ``eta_finish`` from the API; once all are done it compares each estimate with when the job
 really started and finished. The error is estimate minus truth (negative: too early), in
-seconds and as a fraction of the time that was still to go when the estimate was given.
+seconds and as a fraction of the time that was still to go when the estimate was given. The
+baseline for the start is the same pace applied to the job's place in one first-come line
+(what a queue without fair share would have said): it shows what the fair-share position adds.
 
     python -m benchmark.eta_accuracy [--rounds 1]
 """
@@ -29,7 +31,12 @@ from benchmark.support import add_model_args, check_model, generated_images, kio
 from local.client import KioskClient
 
 ADMIN = "eta-benchmark-admin"
-BURSTS = (("ada", 24, 512, 0.0), ("bob", 12, 1024, 8.0), ("cy", 24, 256, 16.0))
+LABELS = {
+    "start": "eta_start",
+    "finish": "eta_finish",
+    "fifo_start": "start, first-come place (baseline)",
+}
+BURSTS = (("ada", 60, 512, 0.0), ("bob", 30, 1024, 10.0), ("cy", 60, 256, 20.0))
 """(user, images, size, seconds after the start)"""
 
 
@@ -83,11 +90,28 @@ def one_round(args: argparse.Namespace, folder: Path) -> dict[str, list[float]]:
         submitting.join()
         final = {job["id"]: job for job in jobs}
     errors: dict[str, list[float]] = {
-        "start_s": [],
-        "start_rel": [],
-        "finish_s": [],
-        "finish_rel": [],
+        name: [] for name in ("start_s", "start_rel", "finish_s", "finish_rel", "fifo_start_s")
     }
+    errors["fifo_start_rel"] = []
+    looks: dict[float, list[dict[str, Any]]] = {}
+    for when, job in seen:
+        looks.setdefault(when, []).append(job)
+    for when, jobs_then in looks.items():
+        # The baseline: the same measured pace, but the job's place in one first-come line
+        # (every owner's waiting jobs by submission time) instead of its fair-share place.
+        queued = sorted(at(j["created_at"]) for j in jobs_then if j["status"] == "new")
+        for job in jobs_then:
+            actual = final[job["id"]].get("started_at")
+            if job.get("position") is None or not job.get("eta_start") or not actual:
+                continue
+            to_go = at(actual) - when
+            rate = (job["position"] + 1) / max(1e-9, at(job["eta_start"]) - when)
+            if to_go < 1.0 or at(job["eta_start"]) <= when:
+                continue
+            first_come = sum(1 for created in queued if created < at(job["created_at"]))
+            error = when + (first_come + 1) / rate - at(actual)
+            errors["fifo_start_s"].append(error)
+            errors["fifo_start_rel"].append(error / to_go)
     for when, job in seen:
         truth = final[job["id"]]
         for what, field, actual in (
@@ -123,7 +147,7 @@ def main() -> None:
 
     rows = [["estimate", "n", "median error", "p10..p90 error", "median |error| / time to go"]]
     summary: dict[str, Any] = {}
-    for what in ("start", "finish"):
+    for what in ("start", "finish", "fifo_start"):
         seconds, relative = pooled[f"{what}_s"], pooled[f"{what}_rel"]
         if not seconds:
             continue
@@ -136,7 +160,7 @@ def main() -> None:
         }
         rows.append(
             [
-                f"eta_{what}",
+                LABELS[what],
                 str(len(seconds)),
                 f"{summary[what]['error_s']['median']:+.1f} s",
                 f"{percentile(seconds, 10):+.1f} .. {percentile(seconds, 90):+.1f} s",
@@ -144,6 +168,13 @@ def main() -> None:
                 f"(p90 {percentile(magnitude, 90):.0%})",
             ]
         )
+    if "start" in summary and "fifo_start" in summary:
+        ratio = (
+            summary["start"]["abs_relative"]["median"]
+            / summary["fifo_start"]["abs_relative"]["median"]
+        )
+        summary["start_error_vs_first_come"] = ratio
+        rows.append(["eta_start / baseline", "", "", "", f"{ratio:.2f}"])
     summary["waiting_snapshots"] = sum(pooled["waiting_snapshots"])
     summary["waiting_without_times"] = sum(pooled["estimates_without_times"])
     print(table(rows))
