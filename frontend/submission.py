@@ -9,8 +9,15 @@ from frontend.deps import Services
 from frontend.errors import ApiError
 from kiosk.filetypes import FileKind, check_for_job_type, check_name
 from kiosk.jobs import JobRequest, creation_fields
-from kiosk.keys import JOB_TYPE_ALIASES, UPLOAD_PREFIX, canonical_job_type, new_job_key
+from kiosk.keys import (
+    JOB_TYPE_ALIASES,
+    UPLOAD_PREFIX,
+    all_queues,
+    canonical_job_type,
+    new_job_key,
+)
 from kiosk.options import OptionError, check_options
+from kiosk.quotas import QuotaExceeded, WaitingQuotas
 from kiosk.storage import safe_key
 from kiosk.users import Principal
 
@@ -72,6 +79,16 @@ def check_job_options(
         raise ApiError(422, f"invalid job options: {exc}") from None
 
 
+def check_quotas(services: Services, caller: Principal) -> None:
+    """Refuse (429) a submission that would take the caller or their group past a quota."""
+    settings = services.settings
+    quotas = WaitingQuotas(settings.quota_waiting_jobs, settings.group_quota_waiting_jobs)
+    try:
+        quotas.check(services.queue, services.users, caller, all_queues(settings.queues))
+    except QuotaExceeded as exc:
+        raise ApiError(429, str(exc)) from None
+
+
 def create_job(services: Services, request: JobRequest, caller: Principal) -> str:
     """Check a request and queue it (as its job type's, when it names an alias) as the
     caller's; returns the new job's key."""
@@ -81,6 +98,7 @@ def create_job(services: Services, request: JobRequest, caller: Principal) -> st
         owner=caller.name,
         group=caller.group,
     )
+    check_quotas(services, caller)
     check_job_options(
         request.scale,
         request.channels,

@@ -1127,6 +1127,14 @@ class JobQueue:
                     break
         return found
 
+    def waiting_of(self, owners: Sequence[str], queues: Iterable[str]) -> int:
+        """How many jobs these owners have waiting to start on these queues."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for owner in owners:
+                    pipe.llen(owner_line(queue, owner))
+            return sum(int(n) for n in pipe.execute())
+
     def standings(self, queue: str) -> list[Standing]:
         """Each owner with work waiting on ``queue``: virtual time, jobs waiting, weight."""
         owners = cast(
@@ -1193,8 +1201,8 @@ class JobQueue:
         for entry in reversed(cast(list[str], self.redis.lrange(queue, 0, -1))):
             if entry != WAITING_TOKEN:
                 found.append(entry)
-            elif (key := next(order, None)) is not None:
-                found.append(key)
+            elif (job := next(order, None)) is not None:
+                found.append(job)
         return found + list(order)  # jobs whose tokens consumers hold right now
 
     def get_many(self, keys: list[str]) -> list[dict[str, str]]:

@@ -144,6 +144,18 @@ class FrontendSettings(ListenSettings):
     default_expire: int = Field(
         3600, ge=1, description="Seconds used by /api/redis/expire when expireIn is missing."
     )
+    quota_waiting_jobs: int = Field(
+        0,
+        ge=0,
+        description="Most jobs one user may have waiting to start, over every queue (a zip's "
+        "images count once queued); a submission past it gets 429. 0: no limit. The "
+        "administrator has none.",
+    )
+    group_quota_waiting_jobs: int = Field(
+        0,
+        ge=0,
+        description="The same for all the users of a group together. 0: no limit.",
+    )
     body_idle_timeout: float = Field(
         60.0,
         gt=0,

@@ -19,7 +19,13 @@ from frontend.deps import CallerDep, Services, ServicesDep, get_caller
 from frontend.errors import ApiError
 from frontend.estimates import estimates
 from frontend.routes.files import file_response
-from frontend.submission import aliases, check_job_options, check_job_type, create_job
+from frontend.submission import (
+    aliases,
+    check_job_options,
+    check_job_type,
+    check_quotas,
+    create_job,
+)
 from frontend.uploads import FILE_FIELD, receive_upload
 from kiosk.filetypes import (
     ACCEPTED,
@@ -397,7 +403,9 @@ async def create(request: Request, services: ServicesDep, caller: CallerDep) -> 
     """Upload a file and create its job in one request (multipart: ``file`` + options)."""
 
     def before_file(fields: dict[str, str], file_name: str) -> None:
-        """Refuse what the fields sent ahead of the file already show to be wrong."""
+        """Refuse what the fields sent ahead of the file already show to be wrong (or over a
+        quota), before the file is stored."""
+        check_quotas(services, caller)
         job_type = None
         if "job_type" in fields:
             job_type = check_job_type(services, fields["job_type"].strip())

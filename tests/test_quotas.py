@@ -1,0 +1,103 @@
+"""Quotas on jobs waiting to start, per user and per group, over a real Redis: a submission past
+one gets 429 naming the quota and what to do, stores no file and creates no job, in both APIs;
+the administrator has none; a started job frees a place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from frontend.app import create_app
+from kiosk.keys import JOB_INDEX, JobField
+from kiosk.queue import JobQueue
+from kiosk.settings import FrontendSettings
+from tests.helpers import TIFF
+
+ADMIN = "the-admin-token"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def api(frontend_settings: FrontendSettings) -> Iterator[TestClient]:
+    settings = frontend_settings.model_copy(
+        update={
+            "api_token": SecretStr(ADMIN),
+            "anonymous": True,
+            "quota_waiting_jobs": 2,
+            "group_quota_waiting_jobs": 3,
+        }
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def add_user(api: TestClient, name: str, group: str) -> str:
+    response = api.post("/api/v1/users", json={"name": name, "group": group}, headers=bearer(ADMIN))
+    assert response.status_code == 201, response.text
+    return response.json()["token"]
+
+
+def submit(api: TestClient, token: str | None, name: str = "a.tif"):
+    return api.post(
+        "/api/v1/jobs",
+        data={"job_type": "echo"},
+        files={"file": (name, TIFF)},
+        headers=bearer(token) if token else {},
+    )
+
+
+def stored(bucket_dir: Path) -> int:
+    return sum(1 for path in bucket_dir.rglob("*") if path.is_file())
+
+
+def test_a_user_past_their_waiting_quota_is_refused_until_a_job_starts(
+    api: TestClient, queue: JobQueue, bucket_dir: Path
+) -> None:
+    ada = add_user(api, "ada", "lab-a")
+    assert [submit(api, ada).status_code for _ in range(2)] == [201, 201]
+    files, jobs = stored(bucket_dir), queue.redis.zcard(JOB_INDEX)
+    refused = submit(api, ada)
+    assert refused.status_code == 429
+    message = refused.json()["message"]
+    assert "user 'ada' has 2 jobs waiting" in message and "KIOSK_QUOTA_WAITING_JOBS" in message
+    assert "delete waiting ones" in message
+    assert stored(bucket_dir) == files and queue.redis.zcard(JOB_INDEX) == jobs, "nothing kept"
+    # the original's routes: the upload is its own request, the job is refused
+    uploaded = api.post("/api/upload", files={"file": ("b.tif", TIFF)}, headers=bearer(ada))
+    predict = api.post(
+        "/api/predict",
+        json={
+            "jobType": "echo",
+            "imageName": "b.tif",
+            "uploadedName": uploaded.json()["uploadedName"],
+        },
+        headers=bearer(ada),
+    )
+    assert predict.status_code == 429 and "KIOSK_QUOTA_WAITING_JOBS" in predict.text
+    # the administrator and other users are not held back by ada's quota
+    assert submit(api, ADMIN).status_code == 201
+    assert submit(api, None).status_code == 201
+    claim = queue.claim("echo", "c1", 1)  # fair share: ada's first job goes first (by name)
+    assert claim is not None and claim.fields[JobField.OWNER] == "ada"
+    assert submit(api, ada).status_code == 201, "a started job frees a place"
+
+
+def test_a_group_past_its_waiting_quota_is_refused_whoever_submits(
+    api: TestClient, queue: JobQueue
+) -> None:
+    ada, bob = add_user(api, "ada", "lab-a"), add_user(api, "bob", "lab-a")
+    cy = add_user(api, "cy", "lab-b")
+    assert [submit(api, ada).status_code for _ in range(2)] == [201, 201]
+    assert submit(api, bob).status_code == 201
+    refused = submit(api, bob)
+    assert refused.status_code == 429
+    assert "group 'lab-a' has 3 jobs waiting" in refused.json()["message"]
+    assert "KIOSK_GROUP_QUOTA_WAITING_JOBS" in refused.json()["message"]
+    assert submit(api, cy).status_code == 201, "another group has its own quota"
