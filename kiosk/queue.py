@@ -1165,20 +1165,14 @@ class JobQueue:
 
     def lines(self, queue: str) -> list[Line]:
         """Each owner's waiting jobs on ``queue`` (oldest first), virtual time and weight."""
-        owners = cast(
-            list[tuple[str, float]],
-            self.redis.zrange(OWNERS_PREFIX + queue, 0, -1, withscores=True),
-        )
+        standings = self.standings(queue)
         with self.redis.pipeline(transaction=False) as pipe:
-            for owner, _ in owners:
-                pipe.lrange(owner_line(queue, owner), 0, -1)
-                pipe.hget(USER_PREFIX + owner, USER_WEIGHT)
-            replies = pipe.execute()
+            for standing in standings:
+                pipe.lrange(owner_line(queue, standing.owner), 0, -1)
+            lines = pipe.execute()
         return [
-            Line(owner, vtime, jobs[::-1], weight_of(weight))
-            for (owner, vtime), jobs, weight in zip(
-                owners, replies[::2], replies[1::2], strict=True
-            )
+            Line(s.owner, s.vtime, jobs[::-1], s.weight)
+            for s, jobs in zip(standings, lines, strict=True)
         ]
 
     def waiting(self, queue: str) -> list[str]:

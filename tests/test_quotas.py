@@ -16,12 +16,8 @@ from kiosk.keys import JOB_INDEX, JobField
 from kiosk.queue import JobQueue
 from kiosk.settings import FrontendSettings
 from tests.helpers import TIFF
-
-ADMIN = "the-admin-token"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.test_users import ADMIN_TOKEN as ADMIN
+from tests.test_users import add_user, bearer
 
 
 @pytest.fixture
@@ -36,12 +32,6 @@ def api(frontend_settings: FrontendSettings) -> Iterator[TestClient]:
     )
     with TestClient(create_app(settings)) as client:
         yield client
-
-
-def add_user(api: TestClient, name: str, group: str) -> str:
-    response = api.post("/api/v1/users", json={"name": name, "group": group}, headers=bearer(ADMIN))
-    assert response.status_code == 201, response.text
-    return response.json()["token"]
 
 
 def submit(api: TestClient, token: str | None, name: str = "a.tif"):
