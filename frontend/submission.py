@@ -17,7 +17,7 @@ from kiosk.keys import (
     new_job_key,
 )
 from kiosk.options import OptionError, check_options
-from kiosk.quotas import QuotaExceeded, WaitingQuotas
+from kiosk.quotas import QuotaExceeded, Quotas
 from kiosk.storage import safe_key
 from kiosk.users import Principal
 
@@ -82,7 +82,12 @@ def check_job_options(
 def check_quotas(services: Services, caller: Principal) -> None:
     """Refuse (429) a submission that would take the caller or their group past a quota."""
     settings = services.settings
-    quotas = WaitingQuotas(settings.quota_waiting_jobs, settings.group_quota_waiting_jobs)
+    quotas = Quotas(
+        settings.quota_waiting_jobs,
+        settings.group_quota_waiting_jobs,
+        settings.quota_bytes,
+        settings.group_quota_bytes,
+    )
     try:
         quotas.check(services.queue, services.users, caller, all_queues(settings.queues))
     except QuotaExceeded as exc:

@@ -23,6 +23,7 @@ import time
 
 import redis
 
+from kiosk.census import census, record
 from kiosk.filetypes import human_bytes
 from kiosk.keys import all_queues
 from kiosk.logs import setup_logging
@@ -48,14 +49,20 @@ def reclaim_interval(retention: float, janitor_interval: float) -> float:
 
 class Janitor:
     def __init__(
-        self, queue: JobQueue, settings: JanitorSettings, bucket: Bucket | None = None
+        self,
+        queue: JobQueue,
+        settings: JanitorSettings,
+        bucket: Bucket | None = None,
+        census_bucket: Bucket | None = None,
     ) -> None:
         self.queue = queue
         self.settings = settings
         self.stopped = threading.Event()
         self.sweeps = 0
         self.bucket = bucket if settings.retention > 0 else None
+        self.census_bucket = census_bucket if settings.storage_census_interval > 0 else None
         self._next_reclaim = 0.0
+        self._next_census = 0.0
 
     def sweep(self) -> list[Sweep]:
         """One pass over the processing lists of every configured queue."""
@@ -88,7 +95,28 @@ class Janitor:
                 raise
             except Exception:  # a bucket problem must not stop the queue's recovery
                 log.exception("could not reclaim expired files; trying again later")
+        if self.census_bucket is not None and time.monotonic() >= self._next_census:
+            self._next_census = time.monotonic() + self.settings.storage_census_interval
+            try:
+                self.count_storage()
+            except redis.RedisError:
+                raise
+            except Exception:
+                log.exception("could not count what users store; trying again later")
         return results
+
+    def count_storage(self) -> dict[str, int]:
+        """Count what each owner stores in the bucket, for the byte quotas."""
+        if self.census_bucket is None:
+            return {}
+        stored = census(self.queue, self.census_bucket)
+        record(self.queue, stored)
+        log.info(
+            "counted what %d users store: %s in all",
+            len(stored),
+            human_bytes(sum(stored.values())),
+        )
+        return stored
 
     def reclaim(self, now: float | None = None) -> Reclaimed:
         """Delete files older than the retention; log what was reclaimed."""
@@ -152,7 +180,8 @@ def main() -> int:
     settings = JanitorSettings()
     setup_logging(settings.log_level, "janitor")
     queue = JobQueue.from_settings(settings, retries=3)
-    janitor = Janitor(queue, settings, retention_bucket(settings))
+    census_bucket = open_bucket(settings.bucket) if settings.storage_census_interval else None
+    janitor = Janitor(queue, settings, retention_bucket(settings), census_bucket)
     janitor.run(StopSignals().install())
     return 0
 

@@ -184,6 +184,8 @@ OWNERS_PREFIX = KEY_PREFIX + "owners:"  # sorted set per queue: owner with work 
 VTIME_PREFIX = KEY_PREFIX + "vtime:"  # hash per queue: every owner's virtual time, and NOW's
 VTIME_NOW = "~now"  # that hash's field for the last claim's virtual time (never a user name)
 PACE_PREFIX = KEY_PREFIX + "pace:"  # hash per queue: how fast it moves (kiosk.pace)
+STORAGE_USE = KEY_PREFIX + "storage"  # hash: owner -> bytes in the bucket (kiosk.census)
+STORAGE_COUNTED_AT = "~at"  # that hash's field: when the census counted (epoch s)
 
 
 class PaceField(StrEnum):

@@ -1,21 +1,31 @@
-"""Quotas: how many jobs one user, or one group of users together, may have waiting to start.
+"""Quotas: how many jobs one user, or one group of users together, may have waiting to start,
+and how many bytes they may store; checked when a job is submitted.
 
-Checked when a job is submitted, from the owners' fair-share lines (:mod:`kiosk.fairshare`),
-so waiting means queued and not yet started, over every queue; a zip's or movie's images and
-frames count once they are queued. The administrator has no quota.
+Waiting means queued and not yet started, over every queue, read from the owners' fair-share
+lines (:mod:`kiosk.fairshare`): a zip's or movie's images and frames count once they are
+queued. Bytes are what the janitor's census last counted in the bucket (:mod:`kiosk.census`).
+The administrator has no quota.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kiosk.census import stored_bytes
+from kiosk.filetypes import human_bytes
 from kiosk.keys import ANONYMOUS
 from kiosk.queue import JobQueue
 from kiosk.users import Principal, UserStore
 
-DELETE_HINT = (
-    "wait for some to start, or delete waiting ones (kiosk jobs --status new, then kiosk delete ID)"
+WAITING_HINT = (
+    "wait for some to start, or delete waiting ones (kiosk jobs --status new, then "
+    "kiosk delete ID), or ask the administrator for a larger quota"
+)
+BYTES_HINT = (
+    "delete finished jobs you no longer need (kiosk delete ID: their files go with them; the "
+    "count is renewed every few minutes), or ask the administrator for a larger quota"
 )
 
 
@@ -24,9 +34,13 @@ class QuotaExceeded(Exception):
 
 
 @dataclass(frozen=True)
-class WaitingQuotas:
-    per_user: int = 0  # 0: no limit
-    per_group: int = 0
+class Quotas:
+    """Limits (0: none) per user and per group."""
+
+    waiting_per_user: int = 0
+    waiting_per_group: int = 0
+    bytes_per_user: int = 0
+    bytes_per_group: int = 0
 
     def check(
         self, queue: JobQueue, users: UserStore, caller: Principal, queues: Sequence[str]
@@ -35,20 +49,54 @@ class WaitingQuotas:
         if caller.admin:
             return
         owner = caller.name or ANONYMOUS
-        if self.per_user:
-            used = queue.waiting_of([owner], queues)
-            if used >= self.per_user:
-                raise QuotaExceeded(
-                    f"quota reached: user {owner!r} has {used} jobs waiting to start, the most "
-                    f"KIOSK_QUOTA_WAITING_JOBS allows ({self.per_user}); {DELETE_HINT}, or ask "
-                    "the administrator for a larger quota"
+        subjects = [
+            _Subject(
+                f"user {owner!r}",
+                "KIOSK_QUOTA",
+                [owner],
+                self.waiting_per_user,
+                self.bytes_per_user,
+            )
+        ]
+        if caller.group and (self.waiting_per_group or self.bytes_per_group):
+            members = sorted({owner, *(u.name for u in users.list() if u.group == caller.group)})
+            subjects.append(
+                _Subject(
+                    f"group {caller.group!r}",
+                    "KIOSK_GROUP_QUOTA",
+                    members,
+                    self.waiting_per_group,
+                    self.bytes_per_group,
                 )
-        if self.per_group and caller.group:
-            members = [u.name for u in users.list() if u.group == caller.group]
-            used = queue.waiting_of(sorted({owner, *members}), queues)
-            if used >= self.per_group:
+            )
+        for subject in subjects:
+            subject.check(queue, queues)
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """A user or a group, with its limits."""
+
+    who: str
+    setting: str  # the settings' common prefix
+    owners: list[str]
+    most_waiting: int
+    most_bytes: int
+
+    def check(self, queue: JobQueue, queues: Sequence[str]) -> None:
+        if self.most_waiting:
+            waiting = queue.waiting_of(self.owners, queues)
+            if waiting >= self.most_waiting:
                 raise QuotaExceeded(
-                    f"quota reached: group {caller.group!r} has {used} jobs waiting to start, "
-                    f"the most KIOSK_GROUP_QUOTA_WAITING_JOBS allows ({self.per_group}); "
-                    f"{DELETE_HINT}, or ask the administrator for a larger quota"
+                    f"quota reached: {self.who} has {waiting} jobs waiting to start, the most "
+                    f"{self.setting}_WAITING_JOBS allows ({self.most_waiting}); {WAITING_HINT}"
+                )
+        if self.most_bytes:
+            stored, counted = stored_bytes(queue, self.owners)
+            if stored >= self.most_bytes:
+                ago = "" if counted is None else f" (counted {time.time() - counted:.0f} s ago)"
+                raise QuotaExceeded(
+                    f"quota reached: {self.who} stores {human_bytes(stored)} in the bucket"
+                    f"{ago}, the most {self.setting}_BYTES allows "
+                    f"({human_bytes(self.most_bytes)}); {BYTES_HINT}"
                 )

@@ -156,6 +156,17 @@ class FrontendSettings(ListenSettings):
         ge=0,
         description="The same for all the users of a group together. 0: no limit.",
     )
+    quota_bytes: int = Field(
+        0,
+        ge=0,
+        description="Most bytes one user may store in the bucket (inputs and results, as the "
+        "janitor last counted them); a submission while at or past it gets 429. 0: no limit.",
+    )
+    group_quota_bytes: int = Field(
+        0,
+        ge=0,
+        description="The same for all the users of a group together. 0: no limit.",
+    )
     body_idle_timeout: float = Field(
         60.0,
         gt=0,
@@ -310,6 +321,12 @@ class JanitorSettings(CommonSettings):
         description="Seconds files in a file:// bucket's uploads/ and output/ are kept after "
         "they were last written; the janitor deletes older ones, except inputs of jobs that "
         "have not ended (0: kept forever). gs:// buckets: the bucket's lifecycle rules instead.",
+    )
+    storage_census_interval: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds between counts of what each user stores in the bucket (listing "
+        "uploads/ and output/), which the byte quotas read (0: never count).",
     )
 
 

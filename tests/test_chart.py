@@ -765,6 +765,7 @@ def test_workload_identity_only_where_gcs_is_read() -> None:
         f"{RELEASE}-frontend": gsa,
         f"{RELEASE}-consumer": gsa,
         f"{RELEASE}-model-server": gsa,
+        f"{RELEASE}-janitor": gsa,  # it counts what users store, for the byte quotas
     }
     reader = "reader@proj.iam.gserviceaccount.com"
     split = render(

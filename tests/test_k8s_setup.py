@@ -322,7 +322,7 @@ def test_dry_run_bucket_sets_lifecycle_and_workload_identity_for_the_charts_acco
     # helm/kiosk's ServiceAccounts for release "kiosk": {release}-{component}.
     assert members == {
         f"serviceAccount:test-project.svc.id.goog[kiosk/kiosk-{c}]"
-        for c in ("frontend", "consumer", "model-server")
+        for c in ("frontend", "consumer", "model-server", "janitor")
     }
     assert "deleted 3 days after" in result.stderr
 

@@ -4,6 +4,7 @@ the administrator has none; a started job frees a place."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +13,12 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from frontend.app import create_app
-from kiosk.keys import JOB_INDEX, JobField
+from kiosk.janitor import Janitor
+from kiosk.keys import JOB_INDEX, JobField, children_upload_prefix, output_prefix
 from kiosk.queue import JobQueue
-from kiosk.settings import FrontendSettings
-from tests.helpers import TIFF
+from kiosk.settings import FrontendSettings, JanitorSettings
+from kiosk.storage.local import LocalBucket
+from tests.helpers import TIFF, zip_bytes
 from tests.test_users import ADMIN_TOKEN as ADMIN
 from tests.test_users import add_user, bearer
 
@@ -91,3 +94,55 @@ def test_a_group_past_its_waiting_quota_is_refused_whoever_submits(
     assert "group 'lab-a' has 3 jobs waiting" in refused.json()["message"]
     assert "KIOSK_GROUP_QUOTA_WAITING_JOBS" in refused.json()["message"]
     assert submit(api, cy).status_code == 201, "another group has its own quota"
+
+
+def test_the_census_counts_what_each_user_stores_and_the_byte_quota_reads_it(
+    frontend_settings: FrontendSettings,
+    queue: JobQueue,
+    bucket: LocalBucket,
+    redis_url: str,
+    bucket_dir: Path,
+) -> None:
+    settings = frontend_settings.model_copy(
+        update={"api_token": SecretStr(ADMIN), "anonymous": True, "quota_bytes": 5000}
+    )
+    with TestClient(create_app(settings)) as api:
+        ada = add_user(api, "ada", "lab-a")
+        mine = submit(api, ada, "mine.tif").json()["id"]
+        plate = api.post(
+            "/api/v1/jobs",
+            data={"job_type": "echo"},
+            files={"file": ("plate.zip", zip_bytes({"a.tif": TIFF}))},
+            headers=bearer(ada),
+        ).json()["id"]
+        theirs = submit(api, None, "theirs.tif").json()["id"]
+        # what consumers would have written: results, and the zip's unpacked images
+        bucket.put_bytes(output_prefix(mine) + "mine_labels.tif", b"x" * 3000)
+        bucket.put_bytes(children_upload_prefix(plate) + "a.tif", b"x" * 1000)
+        bucket.put_bytes(output_prefix(theirs) + "theirs_labels.tif", b"x" * 500)
+        bucket.put_bytes(output_prefix("echo:gone.tif:" + str(uuid.uuid4())) + "x", b"x" * 99)
+
+        janitor = Janitor(
+            queue,
+            JanitorSettings(redis_url=redis_url, bucket=f"file://{bucket_dir}", queues=("echo",)),
+            census_bucket=bucket,
+        )
+        stored = janitor.count_storage()
+        uploaded = {
+            key: bucket.size(queue.get(key)[JobField.INPUT_FILE_NAME]) or 0
+            for key in (mine, plate, theirs)
+        }
+        assert stored == {
+            "ada": uploaded[mine] + uploaded[plate] + 3000 + 1000,
+            "anonymous": uploaded[theirs] + 500,
+        }, "the expired job's 99 bytes count for nobody"
+        assert stored["ada"] < 5000
+        assert submit(api, ada, "more.tif").status_code == 201
+        bucket.put_bytes(output_prefix(mine) + "big.tif", b"x" * 2000)
+        janitor.count_storage()
+        refused = submit(api, ada, "too-much.tif")
+        assert refused.status_code == 429
+        message = refused.json()["message"]
+        assert "user 'ada' stores" in message and "KIOSK_QUOTA_BYTES" in message
+        assert "s ago)" in message and "kiosk delete" in message
+        assert submit(api, None, "fine.tif").status_code == 201, "others store less"
