@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from frontend.deps import Services
 from frontend.errors import install_error_handlers
 from frontend.limits import BodyIdleTimeout, BodyLimit
-from frontend.routes import files, legacy, users, v1
+from frontend.routes import files, legacy, sessions, users, v1
 from kiosk import __version__
 from kiosk.queue import JobQueue
 from kiosk.settings import FrontendSettings
@@ -58,7 +58,8 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, streaming_paths={"/api/upload", f"{v1.PREFIX}/jobs"})
     app.add_middleware(BodyIdleTimeout, timeout=settings.body_idle_timeout)
-    for router in (legacy.health, legacy.router, v1.health, v1.router, users.router, files.router):
+    routers = (legacy.health, legacy.router, v1.health, v1.router, users.router, sessions.router)
+    for router in (*routers, files.router):
         app.include_router(router)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -144,6 +144,11 @@ class FrontendSettings(ListenSettings):
     default_expire: int = Field(
         3600, ge=1, description="Seconds used by /api/redis/expire when expireIn is missing."
     )
+    session_ttl: int = Field(
+        7 * 86400,
+        ge=60,
+        description="Seconds a portal sign-in (a session cookie) lasts.",
+    )
     quota_waiting_jobs: int = Field(
         0,
         ge=0,

@@ -168,6 +168,7 @@ class JobOut(BaseModel):
     status: str
     progress: int = Field(description="0-100")
     name: str = Field(description="The submitted file's name.")
+    parent: str | None = Field(None, description="A zip's or movie's job, for its images.")
     created_at: str | None = None
     updated_at: str | None = None
     started_at: str | None = Field(None, description="When its latest attempt started.")
@@ -214,6 +215,7 @@ class JobOut(BaseModel):
             status=view.status,
             progress=view.progress,
             name=f.get(JobField.ORIGINAL_NAME, ""),
+            parent=f.get(JobField.PARENT) or None,
             created_at=f.get(JobField.CREATED_AT),
             updated_at=f.get(JobField.UPDATED_AT),
             started_at=f.get(JobField.STARTED_AT),

@@ -40,6 +40,7 @@ const state = {
   chosen: [],         // Files accepted and waiting for "Upload and start"
   jobs: new Map(),    // id -> {id, name, job, children, shown}
   uploading: false,
+  session: null,      // GET /api/v1/session when signed in: {name, group, admin, csrf_token}
 };
 
 // ------------------------------------------------------------------ small helpers
@@ -112,8 +113,9 @@ async function getJson(url) {
 
 function messageOf(status, body) {
   if (status === 401) {
-    return "This Kiosk needs an API token, which the web portal cannot send: " +
-      "use the kiosk command with --token instead.";
+    if (body && body.message && state.session) return body.message;
+    return "This Kiosk needs you to sign in: paste the API token your administrator gave " +
+      "you above, and press Sign in.";
   }
   if (body && body.message) return body.message;
   return `The server answered ${status}; try again in a moment.`;
@@ -254,6 +256,7 @@ function uploadOne(file, options) {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", `${API}/jobs`);
     xhr.setRequestHeader("Accept", "application/json");
+    if (state.session) xhr.setRequestHeader("X-CSRF-Token", state.session.csrf_token);
     xhr.upload.addEventListener("progress", (e) => {
       if (e.lengthComputable) {
         entry.job = { status: "uploading", progress: Math.round((100 * e.loaded) / e.total) };
@@ -480,6 +483,69 @@ function figure(item) {
   return el("figure", {}, open, caption);
 }
 
+// ------------------------------------------------------------------ signing in
+
+// Signed in, the browser holds an HttpOnly session cookie (so previews and downloads work
+// with authentication on) and this page the session's CSRF token, sent with every change.
+async function showSession(session) {
+  state.session = session;
+  $("sign-in-form").hidden = Boolean(session);
+  $("signed-in").hidden = !session;
+  if (!session) return;
+  const group = session.group ? `, group ${session.group}` : "";
+  $("who").textContent = `Signed in as ${session.name}${group}`;
+  try {
+    const page = await getJson(`${API}/jobs?limit=50`);
+    for (const job of page.jobs.filter((j) => !j.parent).reverse()) {
+      if (!state.jobs.has(job.id)) {
+        state.jobs = new Map([[job.id, { id: job.id, name: job.name, job }], ...state.jobs]);
+      }
+    }
+    renderJobs();
+    const usage = await getJson(`${API}/usage?user=${encodeURIComponent(session.name)}`);
+    const mine = usage.users.find((row) => row.name === session.name);
+    $("usage").textContent = mine
+      ? `${mine.jobs} jobs, about $${mine.cost.toFixed(2)} of compute so far` : "";
+  } catch (error) {
+    $("usage").textContent = error.message;
+  }
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const message = $("sign-in-message");
+  const response = await fetch(`${API}/session`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ token: $("token").value.trim() }),
+  });
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (!response.ok) {
+    message.textContent = (body && body.message) || `The server answered ${response.status}.`;
+    message.className = "message error";
+    $("token").focus();
+    return;
+  }
+  $("token").value = "";
+  message.textContent = "";
+  announce(`Signed in as ${body.name}`);
+  await showSession(body);
+  if (!state.limits) await loadForm();
+}
+
+async function signOut() {
+  const csrf = state.session ? state.session.csrf_token : "";
+  await fetch(`${API}/session`, { method: "DELETE", headers: { "X-CSRF-Token": csrf } });
+  announce("Signed out");
+  await showSession(null);
+}
+
+async function restoreSession() {
+  const response = await fetch(`${API}/session`, { headers: { Accept: "application/json" } });
+  await showSession(response.ok ? await response.json() : null);
+}
+
 // ------------------------------------------------------------------ start
 
 function wireDropzone() {
@@ -514,23 +580,9 @@ function showJobTypeHint() {
   $("compartment-field").hidden = !state.compartmentTypes.has($("job-type").value);
 }
 
-async function start() {
-  wireDropzone();
-  $("job-type").addEventListener("change", showJobTypeHint);
-  $("submit-form").addEventListener("submit", startUploads);
-  $("clear-finished").addEventListener("click", () => {
-    for (const entry of [...state.jobs.values()]) {
-      if (entry.job && ENDED.has(entry.job.status)) {
-        state.jobs.delete(entry.id);
-      }
-    }
-    saveRemembered();
-    renderJobs();
-  });
-  for (const item of loadRemembered()) {
-    state.jobs.set(item.id, { id: item.id, name: item.name || item.id, job: null });
-  }
-  renderJobs();
+// What the form offers: the job types and the upload limits (with authentication on, once
+// signed in).
+async function loadForm() {
   try {
     const [limits, types] = await Promise.all(
       [getJson(`${API}/limits`), getJson(`${API}/job-types`)]);
@@ -544,11 +596,36 @@ async function start() {
       ...types.job_types.map((name) => el("option", { value: name, text: name })));
     $("tracking-intro").hidden = state.movieTypes.size === 0;
     showJobTypeHint();
+    $("form-message").textContent = "";
+    $("form-message").className = "message";
   } catch (error) {
     const message = $("form-message");
     message.textContent = error.message;
     message.className = "message error";
   }
+}
+
+async function start() {
+  wireDropzone();
+  $("job-type").addEventListener("change", showJobTypeHint);
+  $("submit-form").addEventListener("submit", startUploads);
+  $("sign-in-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", signOut);
+  $("clear-finished").addEventListener("click", () => {
+    for (const entry of [...state.jobs.values()]) {
+      if (entry.job && ENDED.has(entry.job.status)) {
+        state.jobs.delete(entry.id);
+      }
+    }
+    saveRemembered();
+    renderJobs();
+  });
+  for (const item of loadRemembered()) {
+    state.jobs.set(item.id, { id: item.id, name: item.name || item.id, job: null });
+  }
+  renderJobs();
+  await restoreSession();
+  await loadForm();
   document.body.setAttribute("data-ready", "true");
   renderChosen();
   poll();
