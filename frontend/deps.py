@@ -19,6 +19,7 @@ from kiosk.users import (
     Principal,
     UserStore,
     admin_token_matches,
+    token_hash,
 )
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -46,11 +47,15 @@ class Services:
         return self.users.authenticate(token)
 
     def principal_of_session(self, session: Session) -> Principal | None:
-        """Who a session is of, while they still may sign in (not revoked)."""
+        """Who a session is of, while the token it was started with is still theirs (not
+        revoked, not replaced)."""
         if session.name == ADMIN:
-            return ADMIN_PRINCIPAL if self.settings.api_token else None
+            admin = self.settings.api_token.get_secret_value() if self.settings.api_token else ""
+            return ADMIN_PRINCIPAL if admin and session.token == token_hash(admin) else None
         user = self.users.get(session.name)
-        return Principal(user.name, user.group) if user is not None and user.active else None
+        if user is None or not user.active or self.users.token_sha256(user.name) != session.token:
+            return None
+        return Principal(user.name, user.group)
 
 
 def get_services(request: Request) -> Services:

@@ -6,6 +6,7 @@ import logging
 
 import redis
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -37,7 +38,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(_describe(e) for e in exc.errors())
         return JSONResponse(
-            {"message": f"invalid request: {problems}", "detail": exc.errors()},
+            {"message": f"invalid request: {problems}", "detail": jsonable_encoder(exc.errors())},
             status_code=422,
         )
 

@@ -16,6 +16,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+import redis
+
 from kiosk.keys import (
     ANONYMOUS,
     INPUT_USERS,
@@ -87,7 +89,10 @@ def _jobs_by_uuid(queue: JobQueue, uuids: set[str]) -> dict[str, str]:
 def _first_users(queue: JobQueue, uploads: list[str]) -> dict[str, str]:
     if not uploads:
         return {}
-    users = queue.redis.hmget(INPUT_USERS, uploads)
+    try:
+        users = queue.redis.hmget(INPUT_USERS, uploads)
+    except redis.ResponseError:  # the registry is not a hash: nothing to attribute through
+        return {}
     return {key: str(u).split(LINE, 1)[0] for key, u in zip(uploads, users, strict=True) if u}
 
 
@@ -97,9 +102,9 @@ def _owners(queue: JobQueue, keys: set[str]) -> dict[str, str]:
     with queue.redis.pipeline(transaction=False) as pipe:
         for key in ordered:
             pipe.hmget(key, [JobField.OWNER, JobField.STATUS])
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)  # a key that is no hash: nobody's
     return {
-        key: owner or ANONYMOUS
-        for key, (owner, status) in zip(ordered, replies, strict=True)
-        if status is not None
+        key: reply[0] or ANONYMOUS
+        for key, reply in zip(ordered, replies, strict=True)
+        if isinstance(reply, list) and reply[1] is not None
     }

@@ -173,6 +173,7 @@ JOB_INDEX = KEY_PREFIX + "jobs"  # sorted set: job key -> created (epoch seconds
 INPUT_USERS = KEY_PREFIX + "inputs"  # hash: upload key -> the jobs created with it, one a line
 USER_PREFIX = KEY_PREFIX + "user:"  # hash per API user (kiosk.users)
 USER_TOKEN_PREFIX = KEY_PREFIX + "user-token:"  # SHA-256 of a user's token -> the user's name
+GROUP_PREFIX = KEY_PREFIX + "group:"  # set per group: its users' names (kiosk.users)
 SESSION_PREFIX = KEY_PREFIX + "session:"  # SHA-256 of a portal session id -> hash (kiosk.sessions)
 USAGE_PREFIX = KEY_PREFIX + "usage:"  # hash per job owner: running totals (kiosk.costs.Usage)
 USER_WEIGHT = "weight"  # a user's fair-share weight, a field of their hash (default 1)

@@ -59,7 +59,7 @@ class Quotas:
             )
         ]
         if caller.group and (self.waiting_per_group or self.bytes_per_group):
-            members = sorted({owner, *(u.name for u in users.list() if u.group == caller.group)})
+            members = sorted({owner, *users.members(caller.group)})
             subjects.append(
                 _Subject(
                     f"group {caller.group!r}",

@@ -33,7 +33,14 @@ import redis
 
 from kiosk.fairshare import DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, weight_of
 from kiosk.jobs import now_iso
-from kiosk.keys import ANONYMOUS, USER_PREFIX, USER_TOKEN_PREFIX, USER_WEIGHT, JobField
+from kiosk.keys import (
+    ANONYMOUS,
+    GROUP_PREFIX,
+    USER_PREFIX,
+    USER_TOKEN_PREFIX,
+    USER_WEIGHT,
+    JobField,
+)
 
 ADMIN = "admin"
 """The administrator's name as an owner (jobs submitted with ``KIOSK_API_TOKEN``)."""
@@ -154,6 +161,8 @@ class UserStore:
                     pipe.multi()
                     pipe.hset(key, mapping=record)
                     pipe.set(USER_TOKEN_PREFIX + digest, name)
+                    if group:
+                        pipe.sadd(GROUP_PREFIX + group, name)
                     pipe.execute()
                     return token
                 except redis.WatchError:
@@ -180,6 +189,14 @@ class UserStore:
         user = self.get(name)
         assert user is not None
         return user
+
+    def members(self, group: str) -> set[str]:
+        """The names of a group's users (revoked ones included: their jobs are the group's)."""
+        return {str(name) for name in self.redis.smembers(GROUP_PREFIX + group)}
+
+    def token_sha256(self, name: str) -> str:
+        """The SHA-256 of the user's current token ('' when none)."""
+        return str(self.redis.hget(USER_PREFIX + name, "token_sha256") or "")
 
     def revoke(self, name: str) -> User:
         """Turn a user's token off for good; their jobs stay theirs (the admin still sees them)."""

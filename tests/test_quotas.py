@@ -62,15 +62,12 @@ def test_a_user_past_their_waiting_quota_is_refused_until_a_job_starts(
     assert "user 'ada' has 2 jobs waiting" in message and "KIOSK_QUOTA_WAITING_JOBS" in message
     assert "delete waiting ones" in message
     assert stored(bucket_dir) == files and queue.redis.zcard(JOB_INDEX) == jobs, "nothing kept"
-    # the original's routes: the upload is its own request, the job is refused
+    # the original's routes: its upload and its job are each refused
     uploaded = api.post("/api/upload", files={"file": ("b.tif", TIFF)}, headers=bearer(ada))
+    assert uploaded.status_code == 429 and stored(bucket_dir) == files
     predict = api.post(
         "/api/predict",
-        json={
-            "jobType": "echo",
-            "imageName": "b.tif",
-            "uploadedName": uploaded.json()["uploadedName"],
-        },
+        json={"jobType": "echo", "imageName": "b.tif", "uploadedName": "uploads/b.tif"},
         headers=bearer(ada),
     )
     assert predict.status_code == 429 and "KIOSK_QUOTA_WAITING_JOBS" in predict.text

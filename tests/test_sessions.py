@@ -99,3 +99,32 @@ def test_the_administrator_signs_in_with_the_admin_token(
         signed = browser.post("/api/v1/session", json={"token": ADMIN_TOKEN})
         assert signed.status_code == 200 and signed.json()["admin"] is True
         assert browser.get("/api/v1/users").status_code == 200
+
+
+def test_a_new_admin_token_ends_the_old_ones_sessions_and_a_dead_cookie_can_be_cleared(
+    settings: FrontendSettings,
+) -> None:
+    with TestClient(create_app(settings)) as browser:
+        assert browser.post("/api/v1/session", json={"token": ADMIN_TOKEN}).status_code == 200
+        rotated = settings.model_copy(
+            update={"api_token": SecretStr("a-new-admin-token"), "anonymous": True}
+        )
+        with TestClient(create_app(rotated)) as after:
+            after.cookies.set(COOKIE, browser.cookies[COOKIE])
+            ended = after.get("/api/v1/users")
+            assert ended.status_code == 401, "the leaked old token's session ends with it"
+            # the dead session is cleared without its CSRF token, and anonymous use resumes
+            cleared = after.delete("/api/v1/session")
+            assert cleared.status_code == 204
+            assert f"{COOKIE}=" in cleared.headers["set-cookie"]
+            assert "Max-Age=0" in cleared.headers["set-cookie"]
+            after.cookies.clear()  # as the browser does with that answer
+            assert after.get("/api/v1/jobs").status_code == 200
+
+
+def test_a_sign_in_that_is_not_json_sets_no_cookie(api: TestClient) -> None:
+    """A cross-site form cannot sign a browser in as someone else (login CSRF)."""
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        sent = api.post("/api/v1/session", content=b'{"token": "x"}', headers=headers)
+        assert sent.status_code == 422 and "set-cookie" not in sent.headers
+        assert sent.json()["message"].startswith("invalid request")

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from frontend.deps import CallerDep, ServicesDep, get_caller
 from frontend.errors import ApiError
 from frontend.estimates import estimates
-from frontend.submission import create_job
+from frontend.submission import check_quotas, create_job
 from frontend.uploads import receive_upload
 from kiosk.jobs import JobRequest, JobView
 from kiosk.keys import MODELS_PREFIX, JobField, file_url, is_job_key
@@ -143,9 +143,14 @@ def health_check() -> str:
 
 
 @_route(router, "/upload", ["POST"])
-async def upload(request: Request, services: ServicesDep) -> dict[str, str]:
-    """Upload one image or zip (multipart field ``file``) to the bucket."""
-    received = await receive_upload(request, services.bucket, services.settings.max_upload_bytes)
+async def upload(request: Request, services: ServicesDep, caller: CallerDep) -> dict[str, str]:
+    """Upload one image or zip (multipart field ``file``) to the bucket (not past a quota)."""
+    received = await receive_upload(
+        request,
+        services.bucket,
+        services.settings.max_upload_bytes,
+        lambda fields, name: check_quotas(services, caller),
+    )
     return {
         "imageURL": file_url(services.settings.public_url, received.key),
         "uploadedName": received.key,

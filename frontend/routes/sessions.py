@@ -47,14 +47,15 @@ def sign_in(
             "this API token is not valid (unknown, mistyped or revoked): paste the token the "
             "administrator gave you (kiosk users add)",
         )
-    session_id, session = services.sessions.start(principal.name)
+    session_id, session = services.sessions.start(principal.name, body.token)
+    https = request.url.scheme == "https" or services.settings.public_url.startswith("https:")
     response.set_cookie(
         COOKIE,
         session_id,
         max_age=services.settings.session_ttl,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=https,  # behind a TLS-terminating load balancer too
         path="/",
     )
     return SessionOut.of(principal, session.csrf)
@@ -72,12 +73,13 @@ def current_session(request: Request, services: ServicesDep) -> SessionOut:
 
 @router.delete("/session", status_code=204)
 def sign_out(request: Request, response: Response, services: ServicesDep) -> None:
-    """End this browser's session (its CSRF token required, as for any change)."""
+    """End this browser's session (its CSRF token required, as for any change, while the
+    session is still good; a session that ended or whose token was revoked is just cleared)."""
     session_id = request.cookies.get(COOKIE)
     if session_id:
         session = services.sessions.get(session_id)
-        if session is not None:
-            if not session.csrf_matches(request.headers.get(CSRF_HEADER)):
-                raise ApiError(403, f"signing out needs the session's {CSRF_HEADER} header")
-            services.sessions.end(session_id)
+        usable = session is not None and services.principal_of_session(session) is not None
+        if usable and session and not session.csrf_matches(request.headers.get(CSRF_HEADER)):
+            raise ApiError(403, f"signing out needs the session's {CSRF_HEADER} header")
+        services.sessions.end(session_id)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")

@@ -134,7 +134,7 @@ function loadRemembered() {
 
 function saveRemembered() {
   const list = [...state.jobs.values()]
-    .filter((entry) => !entry.upload)
+    .filter((entry) => !entry.upload && !entry.fromServer)  // a signed-in user's stay there
     .map((entry) => ({ id: entry.id, name: entry.name }))
     .slice(0, MAX_REMEMBERED);
   try {
@@ -491,14 +491,21 @@ async function showSession(session) {
   state.session = session;
   $("sign-in-form").hidden = Boolean(session);
   $("signed-in").hidden = !session;
-  if (!session) return;
+  if (!session) {  // what came from the server was the user's: it goes with them
+    for (const entry of [...state.jobs.values()]) {
+      if (entry.fromServer) state.jobs.delete(entry.id);
+    }
+    renderJobs();
+    return;
+  }
   const group = session.group ? `, group ${session.group}` : "";
   $("who").textContent = `Signed in as ${session.name}${group}`;
   try {
     const page = await getJson(`${API}/jobs?limit=50`);
     for (const job of page.jobs.filter((j) => !j.parent).reverse()) {
       if (!state.jobs.has(job.id)) {
-        state.jobs = new Map([[job.id, { id: job.id, name: job.name, job }], ...state.jobs]);
+        const entry = { id: job.id, name: job.name, job, fromServer: true };
+        state.jobs = new Map([[job.id, entry], ...state.jobs]);
       }
     }
     renderJobs();
@@ -534,15 +541,28 @@ async function signIn(event) {
   if (!state.limits) await loadForm();
 }
 
-async function signOut() {
+async function endSession() {
   const csrf = state.session ? state.session.csrf_token : "";
-  await fetch(`${API}/session`, { method: "DELETE", headers: { "X-CSRF-Token": csrf } });
+  return fetch(`${API}/session`, { method: "DELETE", headers: { "X-CSRF-Token": csrf } });
+}
+
+async function signOut() {
+  let response = await endSession();
+  if (response.status === 403) {  // signed in again in another tab: a newer CSRF token
+    await restoreSession();
+    response = await endSession();
+  }
+  if (!response.ok) {
+    $("usage").textContent = messageOf(response.status, null);
+    return;
+  }
   announce("Signed out");
   await showSession(null);
 }
 
 async function restoreSession() {
   const response = await fetch(`${API}/session`, { headers: { Accept: "application/json" } });
+  if (response.status === 401) await endSession();  // clears a cookie whose session ended
   await showSession(response.ok ? await response.json() : null);
 }
 
