@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from frontend.errors import ApiError
+from frontend.sessions import COOKIE, CSRF_HEADER, Session, SessionStore
 from kiosk.queue import JobQueue
-from kiosk.sessions import COOKIE, CSRF_HEADER, Session, SessionStore
 from kiosk.settings import FrontendSettings
 from kiosk.storage import Bucket
 from kiosk.users import (

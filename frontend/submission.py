@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from frontend.deps import Services
 from frontend.errors import ApiError
+from frontend.quotas import QuotaExceeded, Quotas
 from kiosk.filetypes import FileKind, check_for_job_type, check_name
 from kiosk.jobs import JobRequest, creation_fields
 from kiosk.keys import (
@@ -17,7 +18,6 @@ from kiosk.keys import (
     new_job_key,
 )
 from kiosk.options import OptionError, check_options
-from kiosk.quotas import QuotaExceeded, Quotas
 from kiosk.storage import safe_key
 from kiosk.users import Principal
 

@@ -6,7 +6,7 @@ registry), a folder (``uploads/{job}/``, a zip's unpacked images; ``output/{job}
 a zip's images' inside the zip's) to the job whose uuid names it, and each job to its owner.
 Objects no job claims any more (their jobs expired) count for nobody: the retention removes
 them. The counts replace the last ones in Redis (``kiosk:storage``), where the frontend's
-byte quotas read them (:mod:`kiosk.quotas`).
+byte quotas read them.
 """
 
 from __future__ import annotations

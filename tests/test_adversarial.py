@@ -23,7 +23,9 @@ from kiosk.storage.local import LocalBucket
 from tests.helpers import PNG, TIFF
 
 TOKEN = "s3cret"
-OPEN = {"/api/health-check", "/api/health-check/", "/api/v1/health", "/"}
+# Also open: the portal's sign-in, where a token is presented (a wrong one is 401, see
+# tests/test_sessions.py), and signing out, which without a session changes nothing.
+OPEN = {"/api/health-check", "/api/health-check/", "/api/v1/health", "/", "/api/v1/session"}
 LIMITS = {
     "max_entries": 100,
     "max_entry_bytes": 10**9,

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from frontend.app import create_app
+from frontend.sessions import COOKIE, CSRF_HEADER
 from kiosk.keys import SESSION_PREFIX, JobField
 from kiosk.queue import JobQueue
-from kiosk.sessions import COOKIE, CSRF_HEADER
 from kiosk.settings import FrontendSettings
 from tests.helpers import TIFF
 from tests.test_users import ADMIN_TOKEN, add_user, bearer

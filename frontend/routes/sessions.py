@@ -1,4 +1,4 @@
-"""Portal sign-in (:mod:`kiosk.sessions`): start, read and end the browser's session."""
+"""Portal sign-in (:mod:`frontend.sessions`): start, read and end the browser's session."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from frontend.deps import ServicesDep, signed_in
 from frontend.errors import ApiError
 from frontend.routes.v1 import PREFIX
-from kiosk.sessions import COOKIE, CSRF_HEADER
+from frontend.sessions import COOKIE, CSRF_HEADER
 from kiosk.users import Principal
 
 router = APIRouter(prefix=PREFIX, tags=["session"])
