@@ -11,7 +11,7 @@ as a model server does. Per encoding:
 * round trip: encode, call, decode.
 
 Rounds alternate the two encodings so that drift in the machine hits both alike; figures are
-medians, and ratios are float_val / tensor_content from the same run.
+medians (min-max), and ratios are float_val / tensor_content from the same run.
 
     python -m benchmark.tensor_encoding [--size 1024] [--rounds 10]
 """
@@ -165,6 +165,13 @@ def main() -> None:
         for name, rounds in runs.items()
     }
     results["tensor_content"]["client_predict_ms"] = median(predict_ms)
+    ranges = {
+        name: {
+            metric: [min(r[metric] for r in rounds), max(r[metric] for r in rounds)]
+            for metric in rounds[0]
+        }
+        for name, rounds in runs.items()
+    }
     ratio = {
         metric: results["float_val"][metric] / results["tensor_content"][metric]
         for metric in runs["float_val"][0]
@@ -177,8 +184,16 @@ def main() -> None:
         rows.append(
             [
                 metric.removesuffix("_ms"),
-                fmt.format(results["tensor_content"][metric]) + unit,
-                fmt.format(results["float_val"][metric]) + unit,
+                *(
+                    fmt.format(results[name][metric])
+                    + unit
+                    + (
+                        ""
+                        if metric.endswith("bytes")
+                        else " (" + "-".join(fmt.format(v) for v in ranges[name][metric]) + ")"
+                    )
+                    for name in ("tensor_content", "float_val")
+                ),
                 f"{value:.2f}",
             ]
         )
@@ -192,6 +207,7 @@ def main() -> None:
             "tensor_bytes": array.nbytes,
             "rounds": args.rounds,
             "results": results,
+            "min_max": ranges,
             "ratio_float_val_over_tensor_content": ratio,
         },
     )
