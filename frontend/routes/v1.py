@@ -207,6 +207,7 @@ class JobOut(BaseModel):
     def of(cls, view: JobView, estimate: Estimate | None = None) -> JobOut:
         f = view.fields
         estimate = estimate or Estimate()
+        times = estimate.fields()
         total = view.number(JobField.TOTAL_JOBS) if f.get(JobField.CHILDREN) else None
         objects = view.number(JobField.OBJECTS)
         return cls(
@@ -249,8 +250,8 @@ class JobOut(BaseModel):
                 unit=_children_unit(view),
             ),
             position=estimate.position,
-            eta_start=estimate.fields()["eta_start"],
-            eta_finish=estimate.fields()["eta_finish"],
+            eta_start=times["eta_start"],
+            eta_finish=times["eta_finish"],
         )
 
 
