@@ -91,6 +91,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.peer_stardist
 	$(BIN)/python -m benchmark.redis_failover
 	$(BIN)/python -m benchmark.cluster_sim
+	$(BIN)/python -m benchmark.community_sim
 	$(BIN)/python -m benchmark.scaling_policies
 
 evaluate: setup ## segmentation quality (models vs classical baselines, generated and real images): nuclei, whole cells, tracking

@@ -37,19 +37,19 @@ PAPER_RUN = (PAPER["images"], PAPER["gpus"], PAPER["upload_mbps"])
 GOAL = {"hours": 5.5, "cost": 100.0}
 
 
-def _ints(text: str) -> list[int]:
+def parse_ints(text: str) -> list[int]:
     return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
-def _floats(text: str) -> list[float]:
+def parse_floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--images", type=_ints, default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--gpus", type=_ints, default=[1, 4, 8], help="max model servers (GPUs)")
-    p.add_argument("--upload-mbps", type=_floats, default=[240.0, 2400.0])
+    p.add_argument("--images", type=parse_ints, default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--gpus", type=parse_ints, default=[1, 4, 8], help="max model servers (GPUs)")
+    p.add_argument("--upload-mbps", type=parse_floats, default=[240.0, 2400.0])
     p.add_argument("--policy", type=lambda s: s.split(","), default=list(POLICIES))
     p.add_argument("--gpu-type", choices=["V100", "T4"], default="V100")
     p.add_argument("--seed", type=int, default=0)

@@ -29,7 +29,7 @@ from benchmark.simulator.model import (
 )
 from benchmark.simulator.run import QUEUE, ZIP_QUEUE, Simulation, simulate
 from benchmark.simulator.work import GpuRouter, GpuServer, SegmentationPool
-from benchmark.simulator.workload import Uploader
+from benchmark.simulator.workload import CLIENT, Submission, Uploader
 
 POLICIES = ["paper", "backlog"]
 
@@ -177,7 +177,8 @@ def test_uploads_arrive_at_the_link_speed():
     uploader = Uploader(loop, workload, zips.append, random.Random(0), jitter=0.1)
     uploader.start()
     loop.run()
-    assert zips == [100] * 10 + [50]
+    assert [z.images for z in zips] == [100] * 10 + [50]
+    assert all(z.zipped and z.owner == CLIENT for z in zips)
     assert uploader.finished_at == pytest.approx(1_050 * 0.05, rel=0.1)
 
 
@@ -186,15 +187,22 @@ def test_a_gpu_serves_batches_and_reports_its_busy_time():
     router = GpuRouter(loop, retry=3.0)
     done: list[int] = []
     pool = SegmentationPool(
-        loop, random.Random(0), StageTimes(0, 0, 0, 0), 15.0, router, done.append
+        loop,
+        random.Random(0),
+        StageTimes(0, 0, 0, 0),
+        15.0,
+        router,
+        lambda parts: done.extend(n for _, n in parts),
     )
     server = GpuServer(loop, speed=10.0, batch_max=32, router=router)
     router.add(server)
     for _ in range(40):
         pool.add_consumer()
-    pool.push(40)  # 40 images: a batch of 32 (3.2 s), then 8 (0.8 s)
+    sub = Submission(CLIENT, 40, 0.0)
+    pool.push(sub, 40)  # 40 images: a batch of 32 (3.2 s), then 8 (0.8 s)
     loop.run()
     assert sum(done) == 40
+    assert sub.done == 40 and sub.finished == pytest.approx(4.0)
     assert server.images == 40
     assert server.busy_seconds(loop.now) == pytest.approx(4.0)
     assert loop.now == pytest.approx(4.0)
@@ -217,7 +225,12 @@ def test_scale_down_lets_a_busy_consumer_finish_its_job():
     router = GpuRouter(loop, retry=3.0)
     done: list[int] = []
     work = SegmentationPool(
-        loop, random.Random(0), StageTimes(5, 5, 0, 0), 15.0, router, done.append
+        loop,
+        random.Random(0),
+        StageTimes(5, 5, 0, 0),
+        15.0,
+        router,
+        lambda parts: done.extend(n for _, n in parts),
     )
     router.add(GpuServer(loop, speed=10.0, batch_max=32, router=router))
     deployment = ConsumerDeployment(loop, pool, QUEUE, 30, work)
@@ -225,7 +238,7 @@ def test_scale_down_lets_a_busy_consumer_finish_its_job():
     pool.scan()
     loop.run(until=100)  # node at 60 s, consumers at 90 s
     assert deployment.ready == 2
-    work.push(1)  # one consumer busy, one idle
+    work.push(Submission(CLIENT, 1, loop.now, zipped=False))  # one consumer busy, one idle
     deployment.scale(0)
     assert deployment.ready == 0 and len(deployment.leaving) == 1  # the idle one went at once
     loop.run(until=200)

@@ -28,6 +28,12 @@ assumptions, in one place:
   A consumer on a preempted node hands its job back (the janitor requeues it after 15 s); a
   request in flight on a preempted model server is retried on another after 3 s (gRPC
   UNAVAILABLE). The lost pod is recreated and waits for a node like any other.
+* **A community** (``Community``, the fair-share runs): 24 users. 3 heavy users (screening
+  labs) hold 75 % of the images in zips of 500-5,000; 6 medium users 20 % in zips of 20-500 (a
+  tenth of their submissions single images); 15 light users 5 %, half single images, half zips
+  of 2-20. Sizes are log-uniform; each user submits in bursts (heavy 1-3 submissions, medium
+  1-5, light 1-10) at uniform moments over the time the paper's one client would take to upload
+  the same images, so the average load is the scenario's. Every user has weight 1.
 * **Data costs** follow the paper's own benchmark accounting (its figure scripts): storage,
   storage operations and egress of results, plus inter-zone egress of the request and response
   tensors (11,010,048 bytes each way and back, three transfers an image, $0.01/GB, half of the
@@ -44,6 +50,7 @@ from pathlib import Path
 from kiosk.costs import GPU_PRICES, VM_PRICES  # one price table for jobs and the simulator
 
 HOUR = 3600.0
+QUEUE_ORDERS = ("fifo", "fair")  # first come, first served; Kiosk's fair share between users
 
 # ------------------------------------------------------------------------------ cluster
 
@@ -168,6 +175,68 @@ class Workload:
         return 1 / self.seconds_per_image
 
 
+@dataclass(frozen=True)
+class UserClass:
+    """Users alike in how much they submit and how."""
+
+    name: str
+    users: int
+    share: float  # of all images
+    zip_images: tuple[int, int]  # log-uniform size of a zip
+    single_image: float  # chance a submission is one image as its own job
+    burst: tuple[int, int]  # submissions per burst
+
+    def __post_init__(self) -> None:
+        if self.users <= 0 or not 0 < self.share <= 1 or not 0 <= self.single_image <= 1:
+            raise ValueError(
+                f"user class {self.name!r}: users > 0, 0 < share <= 1, 0 <= single <= 1"
+            )
+        if (
+            not 2 <= self.zip_images[0] <= self.zip_images[1]
+            or not 1 <= self.burst[0] <= self.burst[1]
+        ):
+            raise ValueError(f"user class {self.name!r}: zips of >= 2 images, bursts of >= 1")
+
+
+DEFAULT_CLASSES = (
+    UserClass("heavy", 3, 0.75, (500, 5000), 0.0, (1, 3)),
+    UserClass("medium", 6, 0.20, (20, 500), 0.1, (1, 5)),
+    UserClass("light", 15, 0.05, (2, 20), 0.5, (1, 10)),
+)
+
+
+@dataclass(frozen=True)
+class Community:
+    """Many users sharing the cluster (see the module docstring for the default mix)."""
+
+    classes: tuple[UserClass, ...] = DEFAULT_CLASSES
+
+    def __post_init__(self) -> None:
+        if abs(sum(c.share for c in self.classes) - 1) > 1e-9:
+            raise ValueError("the classes' shares of the images must add up to 1")
+
+    @property
+    def users(self) -> int:
+        return sum(c.users for c in self.classes)
+
+    def class_of(self, owner: str) -> str:
+        return owner.rsplit("-", 1)[0]
+
+    def budgets(self, images: int) -> list[tuple[str, UserClass, int]]:
+        """Every user's name, class and images; the images add up to ``images``."""
+        out = []
+        left = images
+        for i, c in enumerate(self.classes):
+            total = left if i == len(self.classes) - 1 else round(images * c.share)
+            left -= total
+            each, extra = divmod(total, c.users)
+            for u in range(c.users):
+                budget = each + (1 if u < extra else 0)
+                if budget > 0:
+                    out.append((f"{c.name}-{u + 1:02d}", c, budget))
+        return out
+
+
 # ------------------------------------------------------------------------------ data costs
 
 
@@ -222,10 +291,14 @@ class Scenario:
     data: DataCosts = field(default_factory=DataCosts)
     zip_images: int = 100
     image_mb: float = 1.5
+    community: Community | None = None  # None: the paper's one client
+    order: str = "fair"  # how consumers take waiting work: "fifo" or "fair" (Kiosk's)
 
     def __post_init__(self) -> None:
         if self.gpus <= 0:
             raise ValueError("gpus must be > 0")
+        if self.order not in QUEUE_ORDERS:
+            raise ValueError(f"unknown queue order {self.order!r}; known: {list(QUEUE_ORDERS)}")
 
     @property
     def workload(self) -> Workload:
@@ -243,4 +316,7 @@ class Scenario:
 
     @property
     def label(self) -> str:
-        return f"{self.images:g} images, {self.gpus} GPU, {self.upload_mbps:g} Mbps, {self.policy}"
+        label = f"{self.images:g} images, {self.gpus} GPU, {self.upload_mbps:g} Mbps, {self.policy}"
+        if self.community is not None:
+            label += f", {self.community.users} users, {self.order}"
+        return label

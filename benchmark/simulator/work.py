@@ -15,6 +15,10 @@ with the least queued work (seconds), among those that are ready and not drainin
 A consumer pod that dies (preemption) loses its job to the janitor, which puts it back on
 the queue ``requeue_delay`` seconds later; a request whose model server dies is retried on
 another after ``retry`` seconds, the consumer keeping its job.
+
+Waiting work sits in ``lines.WaitingLines`` (first come first served, or fair share between
+users), and every group knows whose images it holds (its *parts*), so each submission's start
+and end are recorded.
 """
 
 from __future__ import annotations
@@ -24,19 +28,47 @@ from collections import deque
 from collections.abc import Callable
 
 from benchmark.simulator.events import Event, EventLoop
+from benchmark.simulator.lines import Part, WaitingLines
 from benchmark.simulator.model import StageTimes
+from benchmark.simulator.workload import Submission
 
 
 class Group:
-    """``size`` consumers in step, each holding one job (a zip group holds one zip)."""
+    """``size`` consumers in step, each holding one job (a zip group holds one zip); ``parts``
+    says whose: [submission, jobs] pairs adding up to ``size``."""
 
-    __slots__ = ("payload", "server", "size", "stage")
+    __slots__ = ("parts", "server", "size", "stage")
 
-    def __init__(self, size: int, stage: str, payload: int = 0) -> None:
+    def __init__(self, size: int, stage: str, parts: list[Part] | None = None) -> None:
         self.size = size
         self.stage = stage  # pre | gpu_wait | gpu_busy | no_gpu | retry | post | fanout
         self.server: GpuServer | None = None
-        self.payload = payload  # images in a zip job
+        self.parts: list[Part] = parts if parts is not None else []
+
+    def split(self, n: int) -> Group:
+        """The first ``n`` jobs leave as a group of their own."""
+        moved: list[Part] = []
+        left = n
+        while left > 0:
+            head = self.parts[0]
+            if head[1] <= left:
+                moved.append(self.parts.pop(0))
+                left -= head[1]
+            else:
+                head[1] -= left
+                moved.append([head[0], left])
+                left = 0
+        self.size -= n
+        return Group(n, self.stage, moved)
+
+    def drop_one(self) -> Submission:
+        """One member's job is lost (its pod died); whose it was."""
+        last = self.parts[-1]
+        last[1] -= 1
+        if last[1] == 0:
+            self.parts.pop()
+        self.size -= 1
+        return last[0]
 
 
 class Retirer:
@@ -59,6 +91,7 @@ class ConsumerPool:
         rng: random.Random,
         stages: StageTimes,
         requeue_delay: float,
+        order: str = "fair",
     ) -> None:
         self.loop = loop
         self.rng = rng
@@ -67,6 +100,7 @@ class ConsumerPool:
         self.idle = 0
         self.busy = 0
         self.retire_pending = 0
+        self.lines = WaitingLines(order)
         self.requeueing = 0  # jobs of dead consumers the janitor has not put back yet
         self.requeued = 0  # jobs put back, over the run
         self.groups: dict[Group, None] = {}  # insertion-ordered: runs repeat exactly
@@ -103,8 +137,8 @@ class ConsumerPool:
             self.idle -= 1
 
     # ---- queue state
-    def queued(self) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    def queued(self) -> int:
+        return len(self.lines)
 
     def in_flight(self) -> int:
         return self.busy + self.requeueing
@@ -141,17 +175,28 @@ class ConsumerPool:
 
     def _lose_busy_member(self) -> None:
         group = self._pick_group()
-        group.size -= 1
+        sub = group.drop_one()
         self.busy -= 1
         if group.stage == "gpu_wait" and group.server is not None:
             group.server.queued -= 1
         if group.size == 0:
             self.groups.pop(group, None)
         self.requeueing += 1
-        self._lost_job(group)
+        self.loop.after(self.requeue_delay, self._requeued, sub)
 
-    def _lost_job(self, group: Group) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def _requeued(self, sub: Submission) -> None:
+        """The janitor puts a dead consumer's job back, at the front of its owner's line."""
+        self.requeueing -= 1
+        self.requeued += 1
+        self.lines.push(sub, 1, front=True)
+        self.dispatch()
+
+    def _take(self, n: int) -> list[Part]:
+        parts = self.lines.take(n)
+        now = self.loop.now
+        for sub, _ in parts:
+            sub.started(now)
+        return parts
 
 
 class SegmentationPool(ConsumerPool):
@@ -164,30 +209,27 @@ class SegmentationPool(ConsumerPool):
         stages: StageTimes,
         requeue_delay: float,
         router: GpuRouter,
-        on_done: Callable[[int], None],
+        on_done: Callable[[list[Part]], None],
+        order: str = "fair",
     ) -> None:
-        super().__init__(loop, rng, stages, requeue_delay)
+        super().__init__(loop, rng, stages, requeue_delay, order)
         self.router = router
         router.pool = self
         self.on_done = on_done
-        self.waiting = 0  # images on the queue
         self.done = 0
 
-    def queued(self) -> int:
-        return self.waiting
-
-    def push(self, n: int) -> None:
-        self.waiting += n
+    def push(self, sub: Submission, images: int = 1) -> None:
+        """``images`` of ``sub`` join the image queue (a single image, or a zip fanned out)."""
+        self.lines.push(sub, images)
         self.dispatch()
 
     def dispatch(self) -> None:
-        k = min(self.idle, self.waiting)
+        k = min(self.idle, len(self.lines))
         if k <= 0:
             return
         self.idle -= k
-        self.waiting -= k
         self.busy += k
-        group = Group(k, "pre")
+        group = Group(k, "pre", self._take(k))
         self.groups[group] = None
         self.loop.after(self.stages.preprocess * self.jitter(), self._pre_done, group)
 
@@ -216,17 +258,12 @@ class SegmentationPool(ConsumerPool):
             return
         self.groups.pop(group, None)
         group.size = 0
+        now = self.loop.now
+        for sub, images in group.parts:
+            sub.completed(images, now)
         self.done += n
-        self.on_done(n)
+        self.on_done(group.parts)
         self._finish(n)
-
-    def _lost_job(self, group: Group) -> None:
-        self.loop.after(self.requeue_delay, self._requeued)
-
-    def _requeued(self) -> None:
-        self.requeueing -= 1
-        self.requeued += 1
-        self.push(1)
 
 
 class ZipPool(ConsumerPool):
@@ -239,30 +276,35 @@ class ZipPool(ConsumerPool):
         rng: random.Random,
         stages: StageTimes,
         requeue_delay: float,
-        fan_out: Callable[[int], None],
+        fan_out: Callable[[Submission], None],
+        order: str = "fair",
     ) -> None:
-        super().__init__(loop, rng, stages, requeue_delay)
+        super().__init__(loop, rng, stages, requeue_delay, order)
         self.fan_out = fan_out
-        self.zips: deque[int] = deque()
-
-    def queued(self) -> int:
-        return len(self.zips)
+        self.images_waiting = 0
 
     def queued_images(self) -> int:
-        return sum(self.zips)
+        return self.images_waiting
 
-    def push(self, images: int) -> None:
-        self.zips.append(images)
+    def push(self, sub: Submission) -> None:
+        self.lines.push(sub)
+        self.images_waiting += sub.images
         self.dispatch()
 
+    def _requeued(self, sub: Submission) -> None:
+        self.images_waiting += sub.images
+        super()._requeued(sub)
+
     def dispatch(self) -> None:
-        while self.idle > 0 and self.zips:
-            images = self.zips.popleft()
+        while self.idle > 0 and len(self.lines):
+            parts = self._take(1)
+            sub = parts[0][0]
+            self.images_waiting -= sub.images
             self.idle -= 1
             self.busy += 1
-            group = Group(1, "fanout", images)
+            group = Group(1, "fanout", parts)
             self.groups[group] = None
-            seconds = self.stages.fanout_per_image * images * self.jitter()
+            seconds = self.stages.fanout_per_image * sub.images * self.jitter()
             self.loop.after(seconds, self._fanned_out, group)
 
     def _fanned_out(self, group: Group) -> None:
@@ -270,16 +312,8 @@ class ZipPool(ConsumerPool):
             return
         self.groups.pop(group, None)
         group.size = 0
-        self.fan_out(group.payload)
+        self.fan_out(group.parts[0][0])
         self._finish(1)
-
-    def _lost_job(self, group: Group) -> None:
-        self.loop.after(self.requeue_delay, self._requeued, group.payload)
-
-    def _requeued(self, images: int) -> None:
-        self.requeueing -= 1
-        self.requeued += 1
-        self.push(images)
 
 
 # ------------------------------------------------------------------------------ model servers
@@ -336,7 +370,7 @@ class GpuServer:
                 taken += head.size
                 room -= head.size
             else:
-                head.size -= room
+                consumed.append(head.split(room))  # the rest stays queued
                 taken += room
                 room = 0
         if taken == 0:
@@ -347,7 +381,7 @@ class GpuServer:
                 done()
             return
         self.queued -= taken
-        batch = Group(taken, "gpu_busy")
+        batch = Group(taken, "gpu_busy", [part for group in consumed for part in group.parts])
         batch.server = self
         self.router.pool.regroup(consumed, batch)
         self.batch = batch
@@ -429,8 +463,7 @@ class GpuRouter:
             left -= take
         parts = [(s, n) for s, n in zip(servers, shares, strict=True) if n > 0]
         for server, n in parts[1:]:
-            part = Group(n, group.stage)
-            group.size -= n
+            part = group.split(n)
             self.pool.groups[part] = None
             server.enqueue(part)
         parts[0][0].enqueue(group)
