@@ -152,7 +152,7 @@ def plot(results: list[tuple[Result, dict[str, Any]]], path: Path) -> Path:
     )
     bottom.set_ylim(0, 1.05)
     bottom.set_ylabel("Jain's index (1 = fair)")
-    bottom.set_title("Jain's fairness index of results delivered, every scenario", fontsize=9)
+    bottom.set_title("Jain's fairness index of claims, every scenario", fontsize=9)
     bottom.legend(fontsize=8, loc="lower right")
     bottom.grid(alpha=0.3, axis="y")
     fig.tight_layout()

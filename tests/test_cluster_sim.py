@@ -192,7 +192,7 @@ def test_a_gpu_serves_batches_and_reports_its_busy_time():
         StageTimes(0, 0, 0, 0),
         15.0,
         router,
-        lambda parts: done.extend(n for _, n in parts),
+        done.append,
     )
     server = GpuServer(loop, speed=10.0, batch_max=32, router=router)
     router.add(server)
@@ -230,7 +230,7 @@ def test_scale_down_lets_a_busy_consumer_finish_its_job():
         StageTimes(5, 5, 0, 0),
         15.0,
         router,
-        lambda parts: done.extend(n for _, n in parts),
+        done.append,
     )
     router.add(GpuServer(loop, speed=10.0, batch_max=32, router=router))
     deployment = ConsumerDeployment(loop, pool, QUEUE, 30, work)

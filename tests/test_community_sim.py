@@ -157,15 +157,12 @@ def test_fair_share_gets_light_users_their_results_far_sooner(contended: dict[st
 
 
 def test_fair_share_is_fair_by_jains_index_and_fifo_is_not(contended: dict[str, dict]):
-    assert contended["fair"]["jain_index"] > 0.9
-    assert contended["fair"]["claim_jain_index"] > 0.99
+    assert contended["fair"]["jain_index"] > 0.99
     assert contended["fifo"]["jain_index"] < 0.5
-    # every user gets at least half their fair share of results (the rest of a light user's
-    # gap is their images in flight: at the model server, first come first served); under
-    # FIFO some get less than a tenth
     fair = [u["share_of_fair"] for u in contended["fair"]["users"].values()]
     fifo = [u["share_of_fair"] for u in contended["fifo"]["users"].values()]
-    assert min(fair) > 0.5 and min(fifo) < 0.1
+    assert min(fair) > 0.95  # every user claims their share...
+    assert min(fifo) < 0.1  # ...where first come, first served gives some a tenth of it
 
 
 def test_every_submission_of_every_user_is_done_once_even_with_preemptions():
@@ -177,7 +174,7 @@ def test_every_submission_of_every_user_is_done_once_even_with_preemptions():
     assert sum(s.images for s in subs) == 20_000 == sim.seg.done
     assert all(s.done == s.images and s.finished is not None for s in subs)
     assert all(s.arrival <= s.first_start <= s.finished for s in subs)
-    assert sum(result.deliveries.received.values()) == 20_000
+    assert sum(result.claims.received.values()) == 20_000 + sim.seg.requeued
 
 
 def test_the_cli_prints_fifo_beside_fair_share_and_writes_json_and_a_plot(tmp_path: Path, capsys):

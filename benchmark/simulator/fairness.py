@@ -6,13 +6,15 @@
 * **Jain's fairness index** over each owner's service received divided by that fair share,
   summed over the run (Jain, Chiu and Hawe, 1984, with the fair allocation as the optimum):
   1.0 when every owner got exactly their share, ``1 / n`` when one owner took everything.
-  A :class:`ShareLedger` keeps the sums. The simulation keeps two: one where the queue order
-  acts (each claim, against the owners with images waiting), and one where users see it (the
-  images done in each 15-s interval, against the owners with images not yet done).
+  A :class:`ShareLedger` keeps the sums, booked at each claim against the owners with images
+  waiting at that moment: where the queue order acts, and where a fair scheduler could give
+  every owner their share at once. (Booked at results instead, the index would also count an
+  image's own time in the pipeline as unfairness.)
 * **Waits**: a submission's *wait* runs from the moment its upload completes until its last
   image is done: what its user waits for. (The moment a consumer first takes one of its images
-  is recorded too, as ``start_s``, but says little: consumers take images and then queue at the
-  model server, first come first served, so under load most of the waiting happens there.)
+  is recorded too, as ``start_s``, for a zip the moment the zip consumer took it; it says
+  little: consumers take images and then queue at the model server, first come first served,
+  so under load much of the waiting happens there.)
 """
 
 from __future__ import annotations
@@ -81,12 +83,10 @@ def quantiles(values: Sequence[float]) -> dict[str, float]:
 def community_report(
     submissions: Iterable[Any],
     class_of: Callable[[str], str],
-    deliveries: ShareLedger,
     claims: ShareLedger,
 ) -> dict[str, Any]:
     """Per user and per class of users: waits and starts (median, p95, seconds) over their
-    submissions, each user's service over their fair share, and Jain's index over those:
-    of results delivered (``jain_index``) and of claims (``claim_jain_index``).
+    submissions, each user's claims over their fair share, and Jain's index over those.
 
     ``submissions`` need ``owner``, ``images``, ``arrival``, ``first_start`` and ``finished``.
     """
@@ -99,8 +99,7 @@ def community_report(
         waits.setdefault(sub.owner, []).append(sub.finished - sub.arrival)
         starts.setdefault(sub.owner, []).append(sub.first_start - sub.arrival)
         images[sub.owner] = images.get(sub.owner, 0) + sub.images
-    ratios = deliveries.ratios()
-    claimed = claims.ratios()
+    ratios = claims.ratios()
     users: dict[str, dict[str, Any]] = {
         owner: {
             "class": class_of(owner),
@@ -109,7 +108,6 @@ def community_report(
             "wait_s": _rounded(quantiles(waits[owner])),
             "start_s": _rounded(quantiles(starts[owner])),
             "share_of_fair": round(ratios.get(owner, 1.0), 4),
-            "claims_share_of_fair": round(claimed.get(owner, 1.0), 4),
         }
         for owner in sorted(waits)
     }
@@ -123,8 +121,7 @@ def community_report(
             "start_s": _rounded(quantiles([t for o in owners for t in starts[o]])),
         }
     return {
-        "jain_index": round(deliveries.jain(), 4),
-        "claim_jain_index": round(claims.jain(), 4),
+        "jain_index": round(claims.jain(), 4),
         "classes": classes,
         "users": users,
     }

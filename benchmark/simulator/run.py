@@ -26,7 +26,6 @@ from autoscaler.policy import Observation, PolicyConfig, QueueDemand, ScalingPol
 from benchmark.simulator.cluster import ConsumerDeployment, ModelServerDeployment, NodePool
 from benchmark.simulator.events import EventLoop
 from benchmark.simulator.fairness import ShareLedger, community_report
-from benchmark.simulator.lines import Part
 from benchmark.simulator.model import HOUR, Scenario
 from benchmark.simulator.work import GpuRouter, SegmentationPool, ZipPool
 from benchmark.simulator.workload import (
@@ -107,14 +106,13 @@ class Result:
     wall_s: float
     series: Series
     submissions: list[Submission] = field(default_factory=list)
-    deliveries: ShareLedger = field(default_factory=ShareLedger)  # images done, per user
     claims: ShareLedger = field(default_factory=ShareLedger)  # images started, per user
 
     def users(self) -> dict[str, Any]:
         """Waits, starts and fairness per user (see ``fairness.community_report``)."""
         community = self.scenario.community
         class_of = community.class_of if community is not None else (lambda owner: owner)
-        return community_report(self.submissions, class_of, self.deliveries, self.claims)
+        return community_report(self.submissions, class_of, self.claims)
 
     @property
     def cost(self) -> float:
@@ -217,7 +215,7 @@ class Simulation:
         self._speeds: list[float] = []
         self.uploader: Uploader | CommunityUploader
         if s.community is None:
-            self.uploader = Uploader(loop, s.workload, self._deliver, rng_upload)
+            self.uploader = Uploader(loop, s.workload, self.zip.push, rng_upload)
         else:
             w = s.workload
             plans = community_uploads(s.community, w.images, w.seconds_per_image, rng_upload)
@@ -226,11 +224,6 @@ class Simulation:
         self.series = Series()
         self.finished_at: float | None = None
         self._busy_mark: dict[int, tuple[float, float]] = {}  # server id -> (time, busy s)
-        # results delivered per user, against their fair share, one HPA interval at a time
-        self.deliveries = ShareLedger()
-        self._outstanding: dict[str, int] = {}  # images uploaded and not done, per user
-        self._demand: dict[str, int] = {}  # the most each could have got this interval
-        self._done_now: dict[str, int] = {}  # images done this interval
         self._last_tick = 0.0
 
     def _gpu_speed(self, node_index: int) -> float:
@@ -270,9 +263,6 @@ class Simulation:
     # ---- the work
     def _deliver(self, sub: Submission) -> None:
         """A zip goes to the zip queue; a single image straight to the image queue."""
-        owner = sub.owner
-        self._outstanding[owner] = self._outstanding.get(owner, 0) + sub.images
-        self._demand[owner] = self._demand.get(owner, 0) + sub.images
         if sub.zipped:
             self.zip.push(sub)
         else:
@@ -282,10 +272,7 @@ class Simulation:
         self.seg.push(sub, sub.images)
 
     # ---- the loop
-    def _images_done(self, parts: list[Part]) -> None:
-        for sub, images in parts:
-            self._outstanding[sub.owner] -= images
-            self._done_now[sub.owner] = self._done_now.get(sub.owner, 0) + images
+    def _images_done(self, n: int) -> None:
         if self.seg.done >= self.scenario.images and self.finished_at is None:
             self.finished_at = self.loop.now
 
@@ -296,13 +283,7 @@ class Simulation:
         for name, deployment in self.consumers.items():
             deployment.scale(decision.consumers.get(name, deployment.replicas))
         self._record(obs)
-        self._book_deliveries()
         self._maybe_stop()
-
-    def _book_deliveries(self) -> None:
-        self.deliveries.book(self._demand, self._done_now)
-        self._done_now = {}
-        self._demand = {owner: n for owner, n in self._outstanding.items() if n > 0}
 
     def _record(self, obs: Observation) -> None:
         s = self.series
@@ -381,7 +362,6 @@ class Simulation:
             wall_s=wall,
             series=series,
             submissions=self.uploader.submissions,
-            deliveries=self.deliveries,
             claims=self.seg.lines.claims,
         )
 

@@ -62,7 +62,9 @@ class Group:
         return Group(n, self.stage, moved)
 
     def drop_one(self) -> Submission:
-        """One member's job is lost (its pod died); whose it was."""
+        """One member's job is lost (its pod died); whose it was. The last part's, the
+        latest claimed: which member dies decides no count, only (rarely) which submission
+        waits for the janitor."""
         last = self.parts[-1]
         last[1] -= 1
         if last[1] == 0:
@@ -209,7 +211,7 @@ class SegmentationPool(ConsumerPool):
         stages: StageTimes,
         requeue_delay: float,
         router: GpuRouter,
-        on_done: Callable[[list[Part]], None],
+        on_done: Callable[[int], None],
         order: str = "fair",
     ) -> None:
         super().__init__(loop, rng, stages, requeue_delay, order)
@@ -262,7 +264,7 @@ class SegmentationPool(ConsumerPool):
         for sub, images in group.parts:
             sub.completed(images, now)
         self.done += n
-        self.on_done(group.parts)
+        self.on_done(n)
         self._finish(n)
 
 
