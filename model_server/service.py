@@ -13,6 +13,7 @@ from concurrent.futures import CancelledError, Future
 from typing import Any, cast
 
 import grpc
+import numpy as np
 
 from kiosk.serving import methods
 from kiosk.serving.protos import tfserving_pb2 as pb
@@ -128,11 +129,11 @@ class ModelServerService:
         fill_spec(response.model_spec, loaded, signature_name)
         for name in wanted:
             to_tensor_proto(outputs[name], out=response.outputs[name])
-        self.metrics.predict_bytes(
+        self.metrics.predict_bytes(  # from the arrays: a read of tensor_content is a copy
             loaded.name,
             signature_name,
             sum(a.nbytes for a in arrays.values()),
-            sum(len(t.tensor_content) for t in response.outputs.values()),
+            sum(np.asarray(outputs[name]).nbytes for name in wanted),
         )
         return response
 

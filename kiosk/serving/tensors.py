@@ -92,8 +92,9 @@ def to_ndarray(proto: pb.TensorProto) -> np.ndarray:
     """Decode a TensorProto from either ``tensor_content`` or its typed value field."""
     dtype = numpy_dtype(proto.dtype)
     shape = shape_of(proto.tensor_shape)
-    if proto.tensor_content:
-        array = np.frombuffer(proto.tensor_content, dtype=dtype)
+    content = proto.tensor_content  # read once: each read of a bytes field is a copy
+    if content:
+        array = np.frombuffer(content, dtype=dtype)
     else:
         values = getattr(proto, _VALUE_FIELDS[proto.dtype])
         if proto.dtype == pb.DT_HALF:
