@@ -19,7 +19,6 @@ better policy: <= 5.5 h and <= $100 under the same assumptions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -161,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [record(r) for r in results],
         "simulated_in_s": round(time.perf_counter() - started, 1),
     }
-    if args.out == RESULTS:
-        path = save("cluster_sim", payload)
-    else:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "cluster_sim.json"
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+    path = save("cluster_sim", payload, args.out)
     print(f"\nwrote {path}", file=sys.stderr)
     if not args.no_plots:
         for png in plot_all(results, args.out / "cluster_sim"):

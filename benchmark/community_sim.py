@@ -16,7 +16,6 @@ divided by their max-min fair share at that moment (1.0: perfectly fair).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from itertools import product
@@ -188,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [r.summary() for r, _ in results],
         "simulated_in_s": round(time.perf_counter() - started, 1),
     }
-    if args.out == RESULTS:
-        path = save("community_sim", payload)
-    else:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "community_sim.json"
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+    path = save("community_sim", payload, args.out)
     print(f"\nwrote {path}", file=sys.stderr)
     if not args.no_plots:
         print(f"wrote {plot(results, args.out / 'community_sim.png')}", file=sys.stderr)

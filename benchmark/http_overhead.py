@@ -10,7 +10,10 @@ a bare HTTP round trip to the same frontend, and the job's own work as the consu
    and the CPU each part of Kiosk spent per job (from /proc). On a small machine the wall-clock
    rate is bounded by the load generator sharing the CPUs; CPU per job is what scales.
 
-    python -m benchmark.http_overhead [--sequential 150] [--burst 600]
+Each figure is the median (min-max) over ``--rounds`` rounds of round trips, jobs one at a time
+and a burst, on the same services.
+
+    python -m benchmark.http_overhead [--sequential 150] [--burst 600] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 from benchmark.report import median, percentile, save, table
+from benchmark.support import spread, spread_text
 from kiosk.keys import JobField, Status
 from kiosk.queue import JobQueue, connect
 from tests.support import services
@@ -149,10 +154,32 @@ def throughput(url: str, queue: JobQueue, n: int, parts: dict[str, list[int]]) -
     }
 
 
+def one_round(
+    client: httpx.Client,
+    url: str,
+    queue: JobQueue,
+    frontend_pid: int,
+    args: argparse.Namespace,
+    parts: dict[str, list[int]],
+) -> dict:
+    """Round trips, jobs one at a time, then a burst: one round's figures."""
+    cpu_before = cpu_seconds(frontend_pid)
+    rtt = round_trips(client, 300)
+    rtt_cpu_ms = (cpu_seconds(frontend_pid) - cpu_before) / 300 * 1000
+    seq = sequential(client, queue, args.sequential)
+    return {
+        "rtt": rtt,
+        "rtt_cpu_ms": rtt_cpu_ms,
+        "seq": seq,
+        "burst": throughput(url, queue, args.burst, parts),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequential", type=int, default=150)
     parser.add_argument("--burst", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=3, help="figures are medians over rounds")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,81 +194,97 @@ def main() -> None:
             group.append(frontend)
             group.append(services.consumer("echo", env, logs))
             queue = JobQueue(connect(server.url))
-            with httpx.Client(base_url=url, timeout=60) as client:
-                round_trips(client, 50)  # warm up
-                cpu_before = cpu_seconds(frontend.pid)
-                rtt = round_trips(client, 300)
-                rtt_cpu_ms = (cpu_seconds(frontend.pid) - cpu_before) / 300 * 1000
-                sequential(client, queue, 20)  # warm up
-                seq = sequential(client, queue, args.sequential)
             parts = {
                 "frontend": [frontend.pid],
                 "consumers": [group[-1].pid],
                 "redis": [server.process.pid],
             }
-            rates = {1: throughput(url, queue, args.burst, parts)}
+            with httpx.Client(base_url=url, timeout=60) as client:
+                round_trips(client, 50)  # warm up
+                sequential(client, queue, 20)
+                rounds = [
+                    one_round(client, url, queue, frontend.pid, args, parts)
+                    for _ in range(args.rounds)
+                ]
             group += [services.consumer("echo", env, logs, index=i) for i in (1, 2, 3)]
             parts["consumers"] = [s.pid for s in group[2:]]
             time.sleep(2)
-            rates[4] = throughput(url, queue, args.burst, parts)
+            bursts4 = [throughput(url, queue, args.burst, parts) for _ in range(args.rounds)]
         finally:
             for service in group:
                 service.stop()
             server.stop()
 
-    rtt_ms = median(rtt) * 1000
-    rows = [["per job (sequential)", "median ms", "p95 ms", "x HTTP round trip"]]
+    def per_round(figure: Callable[[dict], float]) -> list[float]:
+        return [figure(r) for r in rounds]
+
+    rtt_ms = per_round(lambda r: median(r["rtt"]) * 1000)
+    overhead_ratio = per_round(lambda r: median(r["seq"]["overhead"]) / median(r["rtt"]))
+    rows = [["per job (sequential)", "ms, median of rounds (min-max)", "x HTTP round trip"]]
     for name in ("submit", "server", "work", "overhead"):
-        values = [v * 1000 for v in seq[name]]
-        rows.append(
-            [
-                name,
-                f"{median(values):.1f}",
-                f"{percentile(values, 95):.1f}",
-                f"{median(values) / rtt_ms:.1f}",
-            ]
-        )
-    rows.append(
-        ["HTTP round trip (baseline)", f"{rtt_ms:.2f}", f"{percentile(rtt, 95) * 1000:.2f}", "1.0"]
-    )
+        ms = per_round(lambda r, n=name: median(r["seq"][n]) * 1000)
+        ratio = per_round(lambda r, n=name: median(r["seq"][n]) / median(r["rtt"]))
+        rows.append([name, spread_text(ms, 1), spread_text(ratio, 1)])
+    rows.append(["HTTP round trip (baseline)", spread_text(rtt_ms, 2), "1.0"])
+    print(f"{args.rounds} rounds of {args.sequential} jobs one at a time (each round's median)")
     print(table(rows))
     print()
+    cpu = {
+        part: per_round(lambda r, p=part: r["burst"]["cpu_ms_per_job"][p])
+        for part in ("frontend", "consumers", "redis")
+    }
+    bare = per_round(lambda r: r["rtt_cpu_ms"])
+    frontend_ratio = per_round(lambda r: r["burst"]["cpu_ms_per_job"]["frontend"] / r["rtt_cpu_ms"])
+    cpu4 = {
+        part: [b["cpu_ms_per_job"][part] for b in bursts4]
+        for part in ("frontend", "consumers", "redis")
+    }
     rows = [
         [
             "consumers",
-            f"jobs/s (burst of {args.burst})",
+            f"jobs/s (bursts of {args.burst})",
             "frontend CPU ms/job",
             "consumers CPU ms/job",
             "redis CPU ms/job",
             "frontend / bare request",
-        ]
+        ],
+        [
+            "1",
+            spread_text(per_round(lambda r: r["burst"]["jobs_per_s"]), 0),
+            spread_text(cpu["frontend"], 2),
+            spread_text(cpu["consumers"], 2),
+            spread_text(cpu["redis"], 2),
+            spread_text(frontend_ratio, 1),
+        ],
+        [
+            "4",
+            spread_text([b["jobs_per_s"] for b in bursts4], 0),
+            spread_text(cpu4["frontend"], 2),
+            spread_text(cpu4["consumers"], 2),
+            spread_text(cpu4["redis"], 2),
+            "",
+        ],
+        ["bare request (baseline)", "", spread_text(bare, 2), "", "", "1.0"],
     ]
-    for c, r in rates.items():
-        cpu = r["cpu_ms_per_job"]
-        rows.append(
-            [
-                str(c),
-                f"{r['jobs_per_s']:.0f}",
-                f"{cpu['frontend']:.2f}",
-                f"{cpu['consumers']:.2f}",
-                f"{cpu['redis']:.2f}",
-                f"{cpu['frontend'] / rtt_cpu_ms:.1f}",
-            ]
-        )
-    rows.append(["bare request (baseline)", "", f"{rtt_cpu_ms:.2f}", "", "", "1.0"])
     print(table(rows))
     path = save(
         "http_overhead",
         {
             "payload_bytes": len(PAYLOAD),
-            "http_round_trip_ms": {"median": rtt_ms, "p95": percentile(rtt, 95) * 1000},
+            "rounds": args.rounds,
+            "http_round_trip_ms": spread(rtt_ms),
             "sequential_ms": {
-                name: {"median": median(v) * 1000, "p95": percentile(v, 95) * 1000}
-                for name, v in seq.items()
+                name: spread(per_round(lambda r, n=name: median(r["seq"][n]) * 1000))
+                for name in ("submit", "server", "work", "overhead")
             },
-            "overhead_over_round_trip": median(seq["overhead"]) / median(rtt),
-            "bare_request_frontend_cpu_ms": rtt_cpu_ms,
-            "burst": {str(c): r for c, r in rates.items()},
+            "sequential_p95_ms": {
+                name: spread(per_round(lambda r, n=name: percentile(r["seq"][n], 95) * 1000))
+                for name in ("submit", "server", "work", "overhead")
+            },
+            "overhead_over_round_trip": spread(overhead_ratio),
+            "bare_request_frontend_cpu_ms": spread(bare),
+            "frontend_cpu_over_bare_request": spread(frontend_ratio),
+            "burst": {"1": [r["burst"] for r in rounds], "4": bursts4},
         },
     )
     print(f"\nsaved {path}")

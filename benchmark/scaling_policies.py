@@ -35,6 +35,7 @@ from benchmark.support import (
     generated_images,
     kiosk_up,
     process_tree,
+    spread_text,
 )
 from benchmark.zip_throughput import run_zip, write_zip
 from local.client import KioskClient
@@ -192,14 +193,18 @@ def main() -> None:
         else None
         for figure in FIGURES
     }
-    rows = [["figure (median)", "paper", "backlog", "backlog / paper"]]
+
+    def runs_of(policy: str, figure: str) -> list[float]:
+        return [r[figure] for r in runs if r["policy"] == policy]
+
+    rows = [["figure, median (min-max)", "paper", "backlog", "backlog / paper"]]
     for figure in FIGURES:
         ratio = ratios[figure]
         rows.append(
             [
                 figure,
-                f"{medians['paper'][figure]:.1f}",
-                f"{medians['backlog'][figure]:.1f}",
+                spread_text(runs_of("paper", figure), 1),
+                spread_text(runs_of("backlog", figure), 1),
                 "-" if ratio is None else f"{ratio:.2f}",
             ]
         )

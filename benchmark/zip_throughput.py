@@ -49,6 +49,7 @@ from benchmark.support import (
     kiosk_up,
     model_server,
     process_tree_cpu,
+    spread_text,
 )
 from local.client import KioskClient
 
@@ -291,7 +292,7 @@ def main() -> None:
     rows = [
         [
             "consumers",
-            "end to end s",
+            "end to end s, median (min-max)",
             "images/s",
             "alone s (baseline)",
             "images/s alone",
@@ -302,9 +303,9 @@ def main() -> None:
         rows.append(
             [
                 str(r["consumers"]),
-                f"{r['end_to_end_seconds']:.2f}",
+                spread_text(r["end_to_end_runs"], 2),
                 f"{r['end_to_end_images_per_s']:.2f}",
-                f"{r['alone_seconds']:.2f}",
+                spread_text(r["alone_runs"], 2),
                 f"{r['alone_images_per_s']:.2f}",
                 f"{r['overhead_fraction']:.1%}",
             ]

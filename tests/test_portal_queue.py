@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from kiosk.queue import JobQueue, connect
 from local.client import KioskClient
@@ -32,10 +32,15 @@ def test_a_waiting_upload_says_it_is_next_in_line_and_then_when_it_starts(
     page.select_option("#job-type", "slow")
     page.set_input_files("#file-input", mine)
     page.get_by_role("button", name="Upload and start").click()
-    card = job_card(page, "mine.tif")
+    expect_next_in_line_then_estimates(job_card(page, "mine.tif"), queue)
+
+
+def expect_next_in_line_then_estimates(card: Locator, queue: JobQueue) -> None:
+    """A `slow` upload waiting behind the one busy consumer: it says it is next, then, once the
+    queue's pace is known, when it starts, then, started, when it is done."""
     expect(card.locator(".where")).to_have_text("Next in line")
-    # The queue's pace as the consumer's settles would have measured it, a job every 6 s (mine
-    # is waiting, so they count).
+    # The queue's pace as the consumer's settles would have measured it, a job every 6 s (the
+    # upload is waiting, so they count).
     now = queue.redis.time()[0]
     for step in range(4):
         queue.note_settled("slow", 6.0, now=now - 18 + 6 * step)

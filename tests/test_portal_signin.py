@@ -15,6 +15,7 @@ from local.client import KioskClient
 from tests.helpers import TIFF
 from tests.support.servers import wait_for
 from tests.test_portal import JOB_DONE_TIMEOUT_MS, job_card, open_portal
+from tests.test_portal_queue import expect_next_in_line_then_estimates
 
 ADMIN = "the-admin-token"
 
@@ -97,12 +98,7 @@ def test_a_signed_in_user_sees_where_their_upload_waits_and_when_then_downloads_
     page.set_input_files("#file-input", mine)
     page.get_by_role("button", name="Upload and start").click()
     card = job_card(page, "mine.tif")
-    expect(card.locator(".where")).to_have_text("Next in line")
-    now = queue.redis.time()[0]
-    for step in range(4):  # the pace the consumer's settles would have measured: 6 s a job
-        queue.note_settled("slow", 6.0, now=now - 18 + 6 * step)
-    expect(card.locator(".where")).to_contain_text("Next in line, starts in ~")
-    expect(card.locator(".where")).to_contain_text("Done in ~", timeout=30_000)
+    expect_next_in_line_then_estimates(card, queue)
     expect(card).to_have_attribute("data-status", "done", timeout=JOB_DONE_TIMEOUT_MS)
     with page.expect_download() as download:
         card.get_by_role("link", name="Download labels (TIFF)").click()
