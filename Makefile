@@ -99,15 +99,19 @@ evaluate: setup ## segmentation quality (models vs classical baselines, generate
 
 model: $(INSTALLED) ## retrain the bundled nuclear model into models/NuclearSegmentation (~20 min on 2 cores)
 	$(BIN)/python -m models.training.train_nuclear --out models/NuclearSegmentation
+	$(BIN)/python -m models.training.export_onnx models/NuclearSegmentation/1
 
 model-wholecell: $(INSTALLED) ## retrain the bundled whole-cell model into models/WholeCellSegmentation (~25 min on 2 cores)
 	$(BIN)/python -m models.training.train_wholecell --out models/WholeCellSegmentation
+	$(BIN)/python -m models.training.export_onnx models/WholeCellSegmentation/1
 
 model-cytoplasm: $(INSTALLED) ## retrain the bundled cytoplasm/brightfield model into models/CytoplasmSegmentation (~25 min on 2 cores)
 	$(BIN)/python -m models.training.train_cytoplasm --out models/CytoplasmSegmentation
+	$(BIN)/python -m models.training.export_onnx models/CytoplasmSegmentation/1
 
 model-division: $(INSTALLED) ## retrain the bundled division scorer into models/DivisionScoring (a few minutes on 2 cores)
 	$(BIN)/python -m models.training.train_division --out models/DivisionScoring
+	$(BIN)/python -m models.training.export_onnx models/DivisionScoring/1
 
 samples: $(INSTALLED) ## regenerate the sample images in samples/ (same seeds, same images)
 	$(BIN)/python -m local.samples

@@ -1,12 +1,12 @@
 """A model run in this process, timed on request: the in-process side of
 ``benchmark.serving_overhead``.
 
-It loads a SavedModel with the model server's own loader (so it is a model-server-like process,
-the only kind that imports TensorFlow) and answers lines on stdin: ``SIGNATURE SIDE CHANNELS
-DTYPE`` runs that signature once on a random (1, SIDE, SIDE, CHANNELS) input of DTYPE and prints
-the seconds, numpy outputs included.
+It loads a model version with the model server's own loader and runtime choice (so it is a
+model-server-like process, the only kind that imports TensorFlow or ONNX Runtime) and answers
+lines on stdin: ``SIGNATURE SIDE CHANNELS DTYPE`` runs that signature once on a random (1, SIDE,
+SIDE, CHANNELS) input of DTYPE and prints the seconds, numpy outputs included.
 
-    python -m benchmark.in_process_model models/NuclearSegmentation/1
+    python -m benchmark.in_process_model models/NuclearSegmentation/1 [auto|onnx|tensorflow]
 """
 
 from __future__ import annotations
@@ -15,15 +15,19 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+
+from kiosk.settings import ModelRuntime
 
 
 def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from model_server.model import SavedModelServable
+    from model_server.runtimes import load_servable
 
-    servable = SavedModelServable(Path(sys.argv[1]))
+    runtime = cast("ModelRuntime", sys.argv[2] if len(sys.argv) > 2 else "auto")
+    servable = load_servable(Path(sys.argv[1]), runtime)
     rng = np.random.default_rng(0)
     print("ready", flush=True)
     for line in sys.stdin:

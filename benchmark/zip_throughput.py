@@ -98,13 +98,14 @@ def breakdown(client: KioskClient, parent: dict[str, Any], folder: str) -> dict[
 
 
 def _in_process_model(models_dir: Path) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """The model loaded in this process with the model server's own loader (so this worker is
-    a model-server-like process, the only kind that imports TensorFlow)."""
+    """The model loaded in this process with the model server's own loader and runtime (so this
+    worker is a model-server-like process, the only kind that runs a model)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from model_server.model import DEFAULT_SIGNATURE, SavedModelServable
+    from kiosk.serving.client import DEFAULT_SIGNATURE
+    from model_server.runtimes import load_servable
 
     versions = [p for p in (models_dir / MODEL).iterdir() if p.name.isdigit()]
-    servable = SavedModelServable(max(versions, key=lambda p: int(p.name)))
+    servable = load_servable(max(versions, key=lambda p: int(p.name)))
     return lambda batch: servable.run(DEFAULT_SIGNATURE, {"image": batch})
 
 

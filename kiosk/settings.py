@@ -28,6 +28,10 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+ModelRuntime = Literal["auto", "onnx", "tensorflow"]
+"""What runs a version in the embedded model server (``KIOSK_MODEL_RUNTIME``)."""
+
+
 class CommonSettings(BaseSettings):
     """Settings shared by every service."""
 
@@ -476,6 +480,13 @@ class ModelServerSettings(CommonSettings):
         description="Seconds the model server waits for more requests to fill a batch; 0 "
         "waits for none, and requests already queued still share an inference (on CPUs, "
         "waiting only adds latency).",
+    )
+    model_runtime: ModelRuntime = Field(
+        "auto",
+        description="What runs a model version in the embedded model server: auto, ONNX "
+        "Runtime where the version carries an ONNX export (onnx/ beside saved_model.pb; the "
+        "bundled models do) and TensorFlow otherwise; onnx, exports only; tensorflow, always "
+        "TensorFlow. TF Serving, the cluster's server, reads the SavedModel either way.",
     )
     inference_workers: int = Field(
         1,

@@ -8,13 +8,13 @@ loading, which clients wait out, and GetModelStatus/healthz say what is happenin
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,9 +25,10 @@ from kiosk.signals import StopSignals
 from kiosk.storage import open_bucket
 from model_server.health import health_handler
 from model_server.http import HttpEndpoint
-from model_server.manager import ModelManager, Servable
+from model_server.manager import ModelManager
 from model_server.metrics import ServerMetrics
 from model_server.repository import ModelRepository
+from model_server.runtimes import load_servable
 from model_server.service import ModelServerService
 
 log = logging.getLogger("model_server")
@@ -59,7 +60,7 @@ def serve(settings: ModelServerSettings, signals: StopSignals | None = None) -> 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO lines quiet
     manager = ModelManager(
         repository,
-        _load_servable,
+        functools.partial(load_servable, runtime=settings.model_runtime),
         metrics,
         models=settings.models,
         poll_interval=settings.model_poll_interval,
@@ -114,7 +115,8 @@ def serve(settings: ModelServerSettings, signals: StopSignals | None = None) -> 
         settings.max_batch_size,
         settings.batch_timeout * 1000,
     )
-    _import_tensorflow()
+    if settings.model_runtime == "tensorflow":
+        _import_tensorflow()  # now, rather than on the first version's load
     manager.start()
     while not signals.count:
         time.sleep(TICK)
@@ -135,12 +137,6 @@ def _import_tensorflow() -> None:
     from model_server.model import log_devices
 
     log_devices()
-
-
-def _load_servable(path: Path) -> Servable:
-    from model_server.model import load_servable
-
-    return load_servable(path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,6 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from kiosk.serving.protos import tfserving_pb2 as pb
 from model_server.errors import ServingError
-from model_server.signatures import warmup_inputs
 
 log = logging.getLogger(__name__)
 
@@ -76,32 +75,3 @@ class SavedModelServable:
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._functions[signature](**{k: tf.constant(v) for k, v in inputs.items()})
         return {name: value.numpy() for name, value in outputs.items()}
-
-    def warm_up(self) -> None:
-        """Run every signature once on zeros: a signature's first call traces and optimises
-        its graph (a tenth of a second for the bundled models), which no request should wait
-        for, the lean signature's included."""
-        warmed = []
-        for name in sorted(self.runnable):
-            inputs = warmup_inputs(self.signature_defs[name])
-            if inputs is None:
-                log.info("%s: no warm-up for signature %s (unknown rank or dtype)", self.path, name)
-                continue
-            try:
-                self.run(name, inputs)
-                warmed.append(name)
-            except Exception as exc:
-                # Zeros of a guessed size may not suit every model (e.g. sizes that must be a
-                # multiple of 128); real requests can still succeed, so this does not fail the
-                # load.
-                message = getattr(exc, "message", None) or str(exc)
-                log.warning("%s: warm-up of %s on zeros failed: %s", self.path, name, message)
-        if warmed:
-            log.info("%s: warmed up signatures %s", self.path, ", ".join(warmed))
-
-
-def load_servable(path: Path) -> SavedModelServable:
-    """Load and warm up one version (what the manager calls on its loading thread)."""
-    servable = SavedModelServable(path)
-    servable.warm_up()
-    return servable
