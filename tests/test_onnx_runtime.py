@@ -15,9 +15,15 @@ from evaluation.served import embedded_model_server
 from kiosk.serving.client import ServingClient
 from model_server.errors import ServingError
 from model_server.model import SavedModelServable
-from model_server.onnx_model import OnnxServable
-from model_server.runtimes import ONNX_DIR, has_onnx, load_servable
-from models.training.export_onnx import HALF_TOLERANCE, TOLERANCE, check_inputs, disagreement
+from model_server.onnx_model import OnnxServable, serving_error
+from model_server.runtimes import ONNX_DIR, export_state, load_servable
+from models.training.export_onnx import (
+    HALF_TOLERANCE,
+    TOLERANCE,
+    check_inputs,
+    disagreement,
+    mismatch,
+)
 from tests.support.servers import wait_for
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -31,7 +37,7 @@ def test_every_bundled_model_carries_an_export():
         "NuclearSegmentation",
         "WholeCellSegmentation",
     ]
-    assert all(has_onnx(MODELS / name / "1") for name in BUNDLED)
+    assert all(export_state(MODELS / name / "1") == "current" for name in BUNDLED)
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -64,6 +70,50 @@ def test_a_version_without_an_export_loads_with_tensorflow_unless_exports_only(t
     exported = MODELS / "NuclearSegmentation" / "1"
     assert isinstance(load_servable(exported, "auto"), OnnxServable)
     assert isinstance(load_servable(exported, "tensorflow"), SavedModelServable)
+
+
+def test_an_export_outlived_by_its_model_is_not_served(tmp_path: Path):
+    version = tmp_path / "1"
+    shutil.copytree(MODELS / "NuclearSegmentation" / "1", version)
+    (version / ".kiosk-fingerprint.json").write_text("[]")  # the model cache's marker: no change
+    assert export_state(version) == "current"
+    (version / "variables" / "extra.txt").write_text("the model was replaced")
+    assert export_state(version) == "stale"
+    assert isinstance(load_servable(version, "auto"), SavedModelServable)
+    with pytest.raises(ServingError, match="stale ONNX export"):
+        load_servable(version, "onnx")
+
+
+def test_a_partial_export_is_refused_rather_than_served_without_a_signature(tmp_path: Path):
+    folder = tmp_path / ONNX_DIR
+    shutil.copytree(MODELS / "NuclearSegmentation" / "1" / ONNX_DIR, folder)
+    (folder / "lean.onnx").unlink()
+    with pytest.raises(ValueError, match="lean: a partial export"):
+        OnnxServable(folder)
+
+
+def test_the_export_check_refuses_nan_other_dtypes_and_missing_outputs():
+    want = {"a": np.ones((2, 2), np.float32)}
+    assert mismatch(want, {"a": np.ones((2, 2), np.float32)}, TOLERANCE) == ""
+    nan = np.ones((2, 2), np.float32)
+    nan[0, 0] = np.nan
+    assert "differs by inf" in mismatch(want, {"a": nan}, TOLERANCE)
+    assert "float16" in mismatch(want, {"a": np.ones((2, 2), np.float16)}, TOLERANCE)
+    assert "instead of" in mismatch(want, {"b": np.ones((2, 2), np.float32)}, TOLERANCE)
+    tiny = {"a": np.full((2, 2), 1e-7, np.float32)}  # a near-constant output is no excuse
+    assert mismatch(tiny, {"a": np.full((2, 2), 1.1e-7, np.float32)}, TOLERANCE) == ""
+
+
+def test_onnx_runtime_errors_carry_the_status_tensorflow_would():
+    onnx = OnnxServable(MODELS / "NuclearSegmentation" / "1" / ONNX_DIR)
+    odd = {"image": np.zeros((1, 63, 65, 1), np.float32)}  # not on the model's 16-px grid
+    with pytest.raises(ServingError) as refused:
+        onnx.run("serving_default", odd)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "serving_default" in refused.value.message
+    memory = serving_error(RuntimeError("std::bad_alloc"), "signature lean")
+    assert memory.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert serving_error(RuntimeError("oops"), "x").code == grpc.StatusCode.INTERNAL
 
 
 def _loaded_libraries(pid: int) -> str:
