@@ -144,3 +144,30 @@ def test_the_tensorflow_runtime_is_still_there_when_asked_for():
             what="TensorFlow loaded",
         )
         assert "onnxruntime" not in _loaded_libraries(server.process.pid)
+
+
+def test_the_labels_of_a_sample_image_are_the_same_under_either_runtime():
+    import tifffile
+
+    from consumers.processing.pipeline import segment
+    from evaluation.quality import score
+    from evaluation.report import PipelineConfig
+
+    config = PipelineConfig.from_settings()
+    heads = config.contract.heads
+    image = tifffile.imread(MODELS.parent / "samples" / "nuclei-1024.tif")
+    version = MODELS / "NuclearSegmentation" / "1"
+    labels = {}
+    for servable in (SavedModelServable(version), OnnxServable(version / ONNX_DIR)):
+        labels[type(servable).__name__] = segment(
+            image,
+            lambda batch, s=servable: heads.foreground_only(
+                s.run("serving_default", {"image": batch})
+            ),
+            image_mpp=config.model_mpp,
+            postprocess=config.contract.postprocess,
+            **config.options,
+        )
+    tf_labels, onnx_labels = labels["SavedModelServable"], labels["OnnxServable"]
+    assert tf_labels.max() > 50  # a real segmentation, not an empty one
+    assert score(tf_labels, onnx_labels).f1 >= 0.99, score(tf_labels, onnx_labels)
