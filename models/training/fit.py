@@ -45,9 +45,13 @@ OPTIMIZER = "Adam, linear warm-up (5%) then cosine decay to 1% of lr"
 
 
 def setup(threads: int, seed: int) -> None:
-    """Deterministic TensorFlow on ``threads`` intra-op threads, seeded."""
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    """Deterministic TensorFlow on ``threads`` intra-op threads, seeded. (Where TensorFlow has
+    already run in this process, as in a test session, its thread pools stay as they are.)"""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 

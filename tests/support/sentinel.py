@@ -213,7 +213,8 @@ class Tally:
 class FailoverReport:
     """What a drill measured. ``lost``: acknowledged jobs not done at the end;
     ``completed_twice``: jobs whose finish Redis acknowledged more than once (what the fenced
-    scripts and WAIT must prevent); ``run_twice``: jobs whose work ran more than once (allowed:
+    scripts and WAIT prevent, unless no replica acknowledged the finish in time:
+    ``unreplicated_writes``); ``run_twice``: jobs whose work ran more than once (allowed:
     a claim the failover lost is claimed again)."""
 
     submitted: int
