@@ -26,6 +26,7 @@ from benchmark.cluster_sim import PAPER_RUN, parse_floats, parse_ints
 from benchmark.report import RESULTS, save, table
 from benchmark.simulator.model import QUEUE_ORDERS, Community, Scenario
 from benchmark.simulator.run import POLICIES, Result, simulate
+from kiosk.pace import in_words
 
 CLASSES = ("light", "medium", "heavy")
 HEADER = [
@@ -70,12 +71,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
 
 
 def duration(seconds: float) -> str:
-    """Seconds as a person reads them: 42 s, 7.5 min, 3.2 h."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    """Seconds as a person reads them, minutes to a tenth: 42 s, 7.5 min, 3.2 h."""
+    return in_words(seconds, minute_digits=1)
 
 
 def row(result: Result, fairness: dict[str, Any]) -> list[str]:

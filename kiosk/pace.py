@@ -86,3 +86,14 @@ def running(now: datetime, started: datetime | None, pace: Pace) -> Estimate:
     if started is None or pace.seconds is None:
         return Estimate()
     return Estimate(finish=max(now, started + timedelta(seconds=pace.seconds)))
+
+
+def in_words(seconds: float, minute_digits: int = 0) -> str:
+    """A stretch of time as a person reads it: 42 s, 8 min, 3.2 h (under 1 s: in words)."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.{minute_digits}f} min"
+    return f"{seconds / 3600:.1f} h"

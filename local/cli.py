@@ -41,6 +41,7 @@ from kiosk.filetypes import (
 )
 from kiosk.keys import FINAL_STATUSES, Status
 from kiosk.options import OptionError, check_options
+from kiosk.pace import in_words
 from local.client import DEFAULT_URL, KioskClient, KioskError
 
 app = typer.Typer(
@@ -374,16 +375,6 @@ def job_progress(job: dict[str, Any]) -> tuple[str, int]:
     return counted, round(100 * (done + failed) / total)
 
 
-def _in(seconds: float) -> str:
-    if seconds < 1:
-        return "under a second"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def eta_words(job: dict[str, Any], now: datetime | None = None) -> str:
     """Where a job stands in words: its place in the queue and when it should start, or when
     it should finish; '' when the Kiosk has no estimate."""
@@ -393,10 +384,10 @@ def eta_words(job: dict[str, Any], now: datetime | None = None) -> str:
         words.append("next in line" if job["position"] == 0 else f"{job['position']} ahead")
         if job.get("eta_start"):
             left = (datetime.fromisoformat(job["eta_start"]) - now).total_seconds()
-            words.append(f"starts in ~{_in(max(0.0, left))}")
+            words.append(f"starts in ~{in_words(max(0.0, left))}")
     elif job.get("eta_finish") and job["status"] not in FINAL_STATUSES:
         left = (datetime.fromisoformat(job["eta_finish"]) - now).total_seconds()
-        words.append(f"done in ~{_in(max(0.0, left))}")
+        words.append(f"done in ~{in_words(max(0.0, left))}")
     return ", ".join(words)
 
 
@@ -412,7 +403,7 @@ def _overall(jobs: list[dict[str, Any]]) -> str:
     ]
     if finishes and len(finishes) == len(states) - done - failed:
         left = (max(finishes) - datetime.now(UTC)).total_seconds()
-        line += f"; all done in ~{_in(max(0.0, left))}"
+        line += f"; all done in ~{in_words(max(0.0, left))}"
     elif len(jobs) == 1 and (words := eta_words(jobs[0])):
         line += f"; {words}"
     return line
