@@ -62,6 +62,9 @@ class Waiting:
     consumer, and comes back to the queue when its last child ends."""
 
     fields: Mapping[str, str] = field(default_factory=dict)
+    woken_early: bool = False
+    """A parent the queue woke early (``wake_at``) that parks again: its claim started no job,
+    so the queue's pace does not count it."""
 
 
 class Job:

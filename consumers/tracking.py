@@ -12,12 +12,13 @@ this consumer twice, like a zip (:mod:`consumers.zips`):
    its parent, inheriting the movie's options (model, scale). Child keys and uploads are
    derived from the movie's key and the frame's index, so a fan-out run again creates nothing
    twice. The movie then waits in ``waiting`` holding no consumer; its progress is the share of
-   frames that ended, kept by the queue.
+   frames that ended, kept by the queue. While it waits, the queue wakes it early now and then
+   (:mod:`consumers.link_ahead`): the frames segmented so far are linked, and it waits again.
 2. Fan-in, when the last frame's job ends and the queue puts the movie back on this queue.
    Every frame must have been segmented: the first failed frame fails the movie, its reason
    naming the frame and the frame job's own reason (a track cannot be followed across a missing
-   frame). Then each frame's labels and image are read, one frame at a time, and measured;
-   the frames are linked (:func:`consumers.processing.linking.link`, shown as post-processing);
+   frame). Then the frames not linked ahead are read (each frame's job measured its cells) and
+   linked (:func:`consumers.processing.linking.link`, shown as post-processing);
    and the results are written frame by frame (:mod:`consumers.tracking_results`). The
    fan-in depends only on the frames' results, and writes the same keys each time, so a
    consumer killed during it loses nothing: the next one runs it again.
@@ -42,6 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, ClassVar, cast
 
@@ -60,6 +62,7 @@ from consumers.base import (
     queue_child,
 )
 from consumers.division_scorer import DivisionModelMissing, ServedDivisionScorer
+from consumers.link_ahead import Ahead, LinkersInHand, next_wake
 from consumers.movie_frames import (
     SEGMENTATION,
     cells_key,
@@ -117,6 +120,12 @@ class TrackingSettings(JobTypeSettings):
         ge=1,
         description="Most pixels a movie may hold, all frames together (a .trks: all its "
         "movies); larger movies are refused before anything is segmented.",
+    )
+    link_ahead: bool = Field(
+        True,
+        description="Link a movie's segmented frames while the rest are still being segmented "
+        "(the queue wakes the waiting movie when half the frames left have ended), so that "
+        "little linking is left once the last frame is done.",
     )
     division_model: str = Field(
         "",
@@ -226,12 +235,14 @@ class MovieTracker:
         settings: TrackingSettings,
         public_url: str,
         scorer: ServedDivisionScorer | None = None,
+        linkers: LinkersInHand | None = None,
     ) -> None:
         self.bucket = bucket
         self.queue = queue
         self.settings = settings
         self.public_url = public_url
         self.scorer = scorer
+        self.linkers = linkers if settings.link_ahead else None
 
     def _require_queue(self) -> JobQueue:
         if self.queue is None:
@@ -267,7 +278,43 @@ class MovieTracker:
                     self._spawn(
                         job, queue, inherited, movie, t, key, frame_file_name(stem, t, frames)
                     )
-        return children_queued(job)
+        return self._wait_for_frames(children_queued(job), 0, frames)
+
+    def _wait_for_frames(self, waiting: Waiting, ended: int, total: int) -> Waiting:
+        """``waiting`` with the next early wake, when this consumer links ahead."""
+        wake = next_wake(ended, total) if self.linkers is not None else None
+        if wake is None:
+            return waiting
+        return replace(waiting, fields={**waiting.fields, JobField.WAKE_AT: str(wake)})
+
+    # ---------------------------------------------------------------- linking ahead
+
+    def link_ahead(self, job: Job) -> Waiting:
+        """Woken early: link the frames segmented in a row since those linked already, keep
+        the linker for the next wake, and wait again."""
+        queue = self._require_queue()
+        keys = [k for k in job.get(JobField.CHILDREN).split(",") if k]
+        ended = int(job.get(JobField.CHILDREN_DONE, "0")) + int(
+            job.get(JobField.CHILDREN_FAILED, "0")
+        )
+        waiting = Waiting(woken_early=True)
+        if self.linkers is None:
+            return waiting
+        ahead = self.linkers.take(job.key)
+        start = ahead.linker.frames if ahead else 0
+        ready = _segmented_in_a_row(queue, keys[start:])
+        if ready:
+            # Post-processing time, but not its status: the movie still waits for frames.
+            began = time.perf_counter()
+            if ahead is None:
+                ahead = Ahead(linking.Linker(link_params(job), self._checked_scorer()), None)
+            read = self._cells_reader(*self._frame_readers(ready, start))
+            for t in range(start, start + len(ready)):
+                ahead.linker.add(self._same_shape(ahead, t, read(t)))
+            job.record_time(Stages.POSTPROCESS, time.perf_counter() - began)
+        if ahead is not None:
+            self.linkers.keep(job.key, ahead)
+        return self._wait_for_frames(waiting, ended, len(keys))
 
     def _spawn(
         self,
@@ -313,18 +360,8 @@ class MovieTracker:
         children = list(_children(queue, keys))
         _fail_on_failed_frame(children)
         frames = len(children)
-
-        def labels_of(t: int) -> np.ndarray:
-            key = children[t].fields[JobField.OUTPUT_FILE_NAME]
-            return self._read_plane(key, f"the labels of frame {t}")
-
-        def image_of(t: int) -> np.ndarray:
-            key = children[t].fields.get(JobField.INPUT_FILE_NAME, "")
-            return self._read_plane(key, f"the image of frame {t}")
-
-        def table_of(t: int, patch_size: int) -> tuple[linking.Cells, tuple[int, int]] | None:
-            key = children[t].fields[JobField.OUTPUT_FILE_NAME]
-            return self._read_table(cells_key(key), t, patch_size)
+        labels_of, image_of, table_of = self._frame_readers(children)
+        ahead = self.linkers.take(job.key) if self.linkers is not None else None
 
         with tempfile.TemporaryDirectory(prefix="kiosk-tracking-") as tmp:
             stem = movie_stem(job)
@@ -332,10 +369,84 @@ class MovieTracker:
             with job.stage(Stages.POSTPROCESS), zipfile.ZipFile(results, "w") as out:
                 job.set_progress(0)
                 tracking, previews = self._track_and_write(
-                    job, out, Path(tmp), ResultNames(stem), frames, labels_of, image_of, table_of
+                    job,
+                    out,
+                    Path(tmp),
+                    ResultNames(stem),
+                    frames,
+                    labels_of,
+                    image_of,
+                    table_of,
+                    ahead=ahead,
                 )
             key = job.upload_output(results)
             return self._result(job, key, stem, previews, tracking, frames)
+
+    def _frame_readers(
+        self, children: Sequence[JobView], first: int = 0
+    ) -> tuple[Callable[[int], np.ndarray], Callable[[int], np.ndarray], TableReader]:
+        """Frame ``t``'s labels, image and cells table, from its segmentation job's results
+        (``children``: the jobs of frames ``first``, ``first`` + 1, ...)."""
+
+        def labels_of(t: int) -> np.ndarray:
+            key = children[t - first].fields[JobField.OUTPUT_FILE_NAME]
+            return self._read_plane(key, f"the labels of frame {t}")
+
+        def image_of(t: int) -> np.ndarray:
+            key = children[t - first].fields.get(JobField.INPUT_FILE_NAME, "")
+            return self._read_plane(key, f"the image of frame {t}")
+
+        def table_of(t: int, patch_size: int) -> tuple[linking.Cells, tuple[int, int]] | None:
+            key = children[t - first].fields[JobField.OUTPUT_FILE_NAME]
+            return self._read_table(cells_key(key), t, patch_size)
+
+        return labels_of, image_of, table_of
+
+    def _checked_scorer(self) -> ServedDivisionScorer | None:
+        """The division scorer, its model checked on the model server (None: the feature
+        score)."""
+        if self.scorer is not None:
+            try:
+                self.scorer.check()
+            except DivisionModelMissing as exc:
+                raise JobError(str(exc)) from None
+        return self.scorer
+
+    def _cells_reader(
+        self,
+        labels_of: Callable[[int], np.ndarray],
+        image_of: Callable[[int], np.ndarray],
+        table_of: TableReader | None,
+    ) -> Callable[[int], tuple[linking.Cells, tuple[int, int]]]:
+        """``read(t)``: frame ``t``'s cells and shape: the table its job measured, else
+        measured here from its labels and image."""
+        patch_size = self.scorer.contract.patch_size if self.scorer else 0
+
+        def read(t: int) -> tuple[linking.Cells, tuple[int, int]]:
+            table = table_of(t, patch_size) if table_of is not None else None
+            if table is not None:
+                return table
+            labels = labels_of(t)
+            shape = (int(labels.shape[0]), int(labels.shape[1]))
+            return linking.measure(labels, image_of(t), t, patch_size), shape
+
+        return read
+
+    @staticmethod
+    def _same_shape(
+        ahead: Ahead, t: int, read: tuple[linking.Cells, tuple[int, int]]
+    ) -> linking.Cells:
+        """Frame ``t``'s cells, once its shape is checked against frame 0's."""
+        cells, shape = read
+        if ahead.shape is None:
+            ahead.shape = shape
+        elif shape != ahead.shape:
+            height, width = ahead.shape
+            raise JobError(
+                f"the labels of frame {t} are {shape[0]} x {shape[1]} but those of frame 0 are "
+                f"{height} x {width}; submit the movie again"
+            )
+        return cells
 
     def _track_and_write(
         self,
@@ -348,63 +459,43 @@ class MovieTracker:
         image_of: Callable[[int], np.ndarray],
         table_of: TableReader | None = None,
         share: tuple[int, int] = (0, 100),
+        ahead: Ahead | None = None,
     ) -> tuple[linking.Tracking, Previews]:
         """Read the table each frame's job measured (or measure the frame) and link, a thread
-        reading ahead while the linker works through the frames; then write. The progress
-        runs over ``share`` percent: reading and linking the first 60 % of it."""
+        reading ahead while the linker works through the frames; then write. ``ahead``: the
+        frames linked while the movie waited. The progress runs over ``share`` percent: reading
+        and linking the first 60 % of it."""
         low, high = share
         span = high - low
-        patch_size = self.scorer.contract.patch_size if self.scorer else 0
-        if self.scorer is not None:
-            try:
-                self.scorer.check()
-            except DivisionModelMissing as exc:
-                raise JobError(str(exc)) from None
-
-        def read(t: int) -> tuple[linking.Cells, tuple[int, int]]:
-            table = table_of(t, patch_size) if table_of is not None else None
-            if table is not None:
-                return table
-            labels = labels_of(t)
-            shape = (int(labels.shape[0]), int(labels.shape[1]))
-            return linking.measure(labels, image_of(t), t, patch_size), shape
-
-        first: list[tuple[int, int]] = []  # frame 0's shape, once read
+        if ahead is None:
+            ahead = Ahead(linking.Linker(link_params(job), self._checked_scorer()), None)
+        read = self._cells_reader(labels_of, image_of, table_of)
+        start = ahead.linker.frames
 
         def measured() -> Iterator[linking.Cells]:
             pool = ThreadPoolExecutor(1, thread_name_prefix="tracking-tables")
             try:
-                for t, (frame_cells, frame_shape) in enumerate(pool.map(read, range(frames))):
-                    if not first:
-                        first.append(frame_shape)
-                    elif frame_shape != first[0]:
-                        height, width = first[0]
-                        raise JobError(
-                            f"the labels of frame {t} are {frame_shape[0]} x {frame_shape[1]} "
-                            f"but those of frame 0 are {height} x {width}; submit the movie "
-                            "again"
-                        )
-                    yield frame_cells
+                later = range(start, frames)
+                for t, found in zip(later, pool.map(read, later), strict=True):
+                    yield self._same_shape(ahead, t, found)
             finally:
                 pool.shutdown(cancel_futures=True)
 
         try:
             tracking = linking.link(
                 measured(),
-                link_params(job),
                 progress=_Progress(job, low, low + span * 60 // 100),
-                division_scorer=self.scorer,
                 total=frames,
+                linker=ahead.linker,
             )
         except DivisionModelMissing as exc:
             raise JobError(str(exc)) from None
-        shape = first[0] if first else None
         previews = write_results(
             out,
             workdir,
             names,
             frames=frames,
-            shape=shape or (0, 0),
+            shape=ahead.shape or (0, 0),
             labels_of=labels_of,
             image_of=image_of,
             tracking=tracking,
@@ -555,6 +646,16 @@ def _children(queue: JobQueue, keys: list[str]) -> Iterator[JobView]:
             yield JobView(key, fields or {})
 
 
+def _segmented_in_a_row(queue: JobQueue, keys: list[str]) -> list[JobView]:
+    """The first frames of ``keys`` whose jobs are done, up to the first that is not."""
+    ready = []
+    for child in _children(queue, keys):
+        if child.status != Status.DONE or not child.fields.get(JobField.OUTPUT_FILE_NAME):
+            break
+        ready.append(child)
+    return ready
+
+
 def _fail_on_failed_frame(children: Sequence[JobView]) -> None:
     """A movie is tracked only when every frame was segmented: name the first that was not."""
     failed = [
@@ -580,21 +681,45 @@ def _fail_on_failed_frame(children: Sequence[JobView]) -> None:
 # ------------------------------------------------------------------------------ consumers
 
 
-class TrackingConsumer(Consumer):
+class _TracksMovies(Consumer):
+    """What both tracking consumers share: the movie pipeline, and the movies linked ahead in
+    this process."""
+
+    @cached_property
+    def linkers(self) -> LinkersInHand:
+        return LinkersInHand()
+
+    @property
+    def tracker(self) -> MovieTracker:
+        settings = cast(TrackingSettings, self.job_settings)
+        return MovieTracker(
+            self.bucket,
+            self.queue,
+            settings,
+            self.settings.public_url,
+            division_scorer(settings, self.settings),
+            self.linkers,
+        )
+
+
+def woken_early(job: Job) -> bool:
+    """The parent is back from ``waiting`` before its last child ended: the queue woke it."""
+    return bool(job.get(JobField.WAKE_AT)) and not children_ended(job)
+
+
+class TrackingConsumer(_TracksMovies):
     """Serves the ``tracking`` queue (jobs submitted as ``caliban`` too)."""
 
     job_type = "tracking"
     settings_class = TrackingSettings
     zip_consumer: ClassVar[str] = "consumers.tracking:TrackingZipConsumer"
 
-    @property
-    def tracker(self) -> MovieTracker:
-        return movie_tracker(self, cast(TrackingSettings, self.job_settings))
-
     def process(self, job: Job) -> Result | Waiting:
         tracker = self.tracker
         if children_ended(job):
             return tracker.fan_in(job)
+        if woken_early(job):
+            return tracker.link_ahead(job)
         with ExitStack() as stack:
             path = stack.enter_context(job.input_file())
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiosk-movie-")))
@@ -608,33 +733,19 @@ class TrackingConsumer(Consumer):
         return done
 
 
-def movie_tracker(consumer: Consumer, settings: TrackingSettings) -> MovieTracker:
-    """The movie pipeline with a consumer's bucket, queue and settings (both tracking job types
-    run it: a zip of frames is one movie)."""
-    return MovieTracker(
-        consumer.bucket,
-        consumer.queue,
-        settings,
-        consumer.settings.public_url,
-        division_scorer(settings, consumer.settings),
-    )
-
-
-class TrackingZipConsumer(ZipConsumer):
+class TrackingZipConsumer(ZipConsumer, _TracksMovies):
     """Serves ``tracking-zip``: a zip of single frames is one movie; a zip of movies is split
     into tracking jobs like any zip (see the module docstring)."""
 
     settings_class = TrackingZipSettings
-
-    @property
-    def tracker(self) -> MovieTracker:
-        return movie_tracker(self, cast(TrackingZipSettings, self.job_settings))
 
     def process(self, job: Job) -> Result | Waiting:
         if children_ended(job):
             if tracked_as_one_movie(job):
                 return self.tracker.fan_in(job)
             return self._fan_in(job)
+        if woken_early(job) and tracked_as_one_movie(job):
+            return self.tracker.link_ahead(job)
         with job.input_file() as path:
             with job.stage(Stages.PREPROCESS):
                 movie = self._frames_of(job, path)

@@ -262,6 +262,7 @@ class Worker:
         settled: Settled | None = None
         job_lost: JobLost | None = None
         outcome = ""
+        paced = True
         try:
             result = work()
             if isinstance(result, Finish):
@@ -284,10 +285,11 @@ class Worker:
             unwritten = {**job.unwritten(), **job.usage_fields(self.settings.prices)}
             settled = self._settle_result(claim, unwritten, result, started)
             outcome = "waiting" if isinstance(result, Waiting) else "done"
+            paced = not (isinstance(result, Waiting) and result.woken_early)
         still_in_hand = self._release(claim)
         if settled is not None and settled.outcome is Outcome.APPLIED:
             self._add_usage(job)
-        if settled is not None and settled.outcome in _CONSUMER_FREED:
+        if settled is not None and settled.outcome in _CONSUMER_FREED and paced:
             took = time.perf_counter() - started if outcome == "done" else None
             self._note_pace(claim, took)
         if settled is None or settled.outcome is not Outcome.APPLIED:

@@ -98,6 +98,7 @@ class JobField(StrEnum):
     FAILURES = "failures"
     PARENT = "parent"  # Kiosk: a zip child's parent job key; its end is counted there
     CELL_WINDOWS = "cell_windows"  # Kiosk: a movie frame's cell window side (px; "": none)
+    WAKE_AT = "wake_at"  # Kiosk: children ended at which a waiting parent is woken early
     # Kiosk's own bookkeeping
     ATTEMPTS = "attempts"  # Kiosk: claims so far, compared with max_attempts
     LAST_ERROR = "last_error"  # Kiosk: why the previous attempt did not finish
@@ -181,6 +182,8 @@ ANONYMOUS = "anonymous"  # the owner of jobs submitted without a token, and of o
 # Fair share (kiosk.fairshare): a queue list holds one WAITING_TOKEN per waiting job; the jobs
 # wait in one line per owner, and the owners with work waiting are scored by virtual time.
 WAITING_TOKEN = "next"
+WOKEN = "queued"
+"""``wake_at`` of a parent the queue woke early: it is in its line until it parks again."""
 OWNER_LINE_PREFIX = KEY_PREFIX + "line:"  # list per (queue, owner): waiting jobs, oldest right
 OWNERS_PREFIX = KEY_PREFIX + "owners:"  # sorted set per queue: owner with work -> virtual time
 VTIME_PREFIX = KEY_PREFIX + "vtime:"  # hash per queue: every owner's virtual time, and NOW's

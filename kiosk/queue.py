@@ -48,6 +48,7 @@ from kiosk.keys import (
     VTIME_NOW,
     VTIME_PREFIX,
     WAITING_TOKEN,
+    WOKEN,
     JobField,
     PaceField,
     Status,
@@ -99,6 +100,7 @@ LUA_NAMES = (
     | {
         "ANONYMOUS": ANONYMOUS,
         "WAITING_TOKEN": WAITING_TOKEN,
+        "WOKEN": WOKEN,
         "OWNER_LINE_PREFIX": OWNER_LINE_PREFIX,
         "OWNERS_PREFIX": OWNERS_PREFIX,
         "VTIME_PREFIX": VTIME_PREFIX,
@@ -206,15 +208,22 @@ end
 -- line on its queue,
 -- where a zip consumer assembles the results. `exact`: only on the increment that completes it,
 -- so the parent is queued once whichever of "last child ends" and "parent parks" comes last.
+-- A parent that parked with `wake_at` (a movie that links its frames while the rest are still
+-- segmented) goes back early too, once that many children ended; `wake_at` then reads WOKEN
+-- until it parks again, so the last child's end does not queue it a second time.
 local function release_parent(parent, now, exact)
   local f = redis.call('HMGET', parent, '$FIELD_TOTAL_JOBS', '$FIELD_CHILDREN_DONE',
-                       '$FIELD_CHILDREN_FAILED', '$FIELD_STATUS')
+                       '$FIELD_CHILDREN_FAILED', '$FIELD_STATUS', '$FIELD_WAKE_AT')
   local total = tonumber(f[1] or '')
   if not total or total < 1 or f[4] ~= '$STATUS_WAITING' then return end
   local ended = tonumber(f[2] or '0') + tonumber(f[3] or '0')
   redis.call('HSET', parent, '$FIELD_UPDATED_AT', now,
              '$FIELD_PROGRESS', tostring(math.min(99, math.floor(100 * ended / total))))
-  if ended == total or (not exact and ended > total) then
+  if f[5] == '$WOKEN' then return end  -- in its line already
+  local wake = tonumber(f[5] or '')
+  local due = function(at) return ended == at or (not exact and ended > at) end
+  if due(total) or (wake and ended < total and due(wake)) then
+    if wake then redis.call('HSET', parent, '$FIELD_WAKE_AT', '$WOKEN') end
     enqueue(string.match(parent, '^([^:]+):'), parent, true)
   end
 end
@@ -342,10 +351,12 @@ return 1
 
 # KEYS: job, processing   ARGV: now, field, value, ...
 # A zip parent whose children are queued: it leaves the consumer's list and waits, holding no
-# consumer. The next phase starts afresh, so attempts restart from zero.
+# consumer. The next phase starts afresh, so attempts restart from zero. An early wake
+# (`wake_at`) holds only for the park that sets it.
 _WAIT = """
 if redis.call('LREM', KEYS[2], 1, KEYS[1]) == 0 then return {-1, 0} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, redis.call('LLEN', KEYS[2])} end
+redis.call('HDEL', KEYS[1], '$FIELD_WAKE_AT')
 redis.call('HSET', KEYS[1], '$FIELD_STATUS', '$STATUS_WAITING', '$FIELD_ATTEMPTS', '0',
            '$FIELD_UPDATED_AT', ARGV[1], unpack(ARGV, 2))
 release_parent(KEYS[1], ARGV[1], false)
@@ -970,7 +981,9 @@ class JobQueue:
     ) -> Settled:
         """Park a zip parent in ``waiting`` (its ``total_jobs`` children are queued) without
         holding this consumer. When the last child ends, the parent goes back to the front of
-        its queue for the results step; if they all ended already, it goes back at once."""
+        its queue for the results step; if they all ended already, it goes back at once.
+        ``fields`` may set ``wake_at``: it goes back once that many children ended as well,
+        once, to do what it can early (it parks again after)."""
         reply = self._replicated(
             self._wait,
             [claim.key, processing_list(claim.queue, consumer_id)],

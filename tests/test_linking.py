@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from consumers.ctc import check_tracks
+from consumers.link_ahead import LEAST, next_wake
 from consumers.processing.linking import (
     Cells,
+    Linker,
     LinkParams,
     Track,
     Tracking,
@@ -396,6 +398,30 @@ def test_frames_given_one_at_a_time_link_as_a_list_of_them_does():
     streamed = link(iter(cells), progress=lambda *c: calls.append(c), total=len(cells))
     assert streamed == link(cells)
     assert calls == [(t + 1, len(cells)) for t in range(len(cells))]
+
+
+@pytest.mark.parametrize("split", [0, 1, 4, 5, 7])
+def test_a_linker_fed_part_of_the_movie_early_tracks_as_linking_it_in_one_go(split: int):
+    cells, _ = division_movie(neighbour=True)
+    early = Linker()
+    for frame in cells[:split]:
+        early.add(frame)
+    assert early.frames == split
+    calls: list[tuple[int, int]] = []
+    rest = link(cells[split:], progress=lambda *c: calls.append(c), linker=early)
+    assert rest == link(cells)
+    assert calls == [(t + 1, len(cells)) for t in range(split, len(cells))]
+    with pytest.raises(RuntimeError, match="finished"):
+        early.add(cells[0])
+
+
+def test_the_early_wakes_halve_what_remains_until_fewer_than_eight_frames_remain():
+    wakes, ended = [], 0
+    while (wake := next_wake(ended, 100)) is not None:
+        wakes.append(wake)
+        ended = wake
+    assert wakes == [50, 75, 88, 94]
+    assert next_wake(0, LEAST - 1) is None and next_wake(0, LEAST) == LEAST // 2
 
 
 def test_frames_out_of_order_are_refused():

@@ -236,6 +236,59 @@ def test_a_fan_in_run_again_after_a_crash_writes_the_same_results(
     assert {key: bucket.get_bytes(key) for key in bucket.list("output/")} == written
 
 
+def test_a_waiting_movie_is_woken_to_link_its_segmented_frames_and_tracks_the_same(
+    settings: ConsumerSettings, consumer: TrackingConsumer, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    movie = tiff_bytes(moving_discs(20, cells=4))
+    key = submit_movie(queue, bucket, movie)
+    fan_out(consumer, queue, bucket, "tracking")
+    assert queue.get(key)[JobField.WAKE_AT] == "10"  # half way: next_wake(0, 20)
+    other = TrackingConsumer(settings, bucket, queue)  # a second tracking consumer
+    for woken_on, segmented, wake_next in ((consumer, 11, "16"), (other, 5, None)):
+        segment_waiting_frames(queue, bucket, tables=True, limit=segmented)
+        job = claim_job(queue, bucket, "tracking")
+        waiting = woken_on.process(job)
+        assert isinstance(waiting, Waiting) and waiting.woken_early
+        assert waiting.fields.get(JobField.WAKE_AT) == wake_next  # None: fewer than 8 left
+        park(queue, job, waiting)
+    # The first consumer linked frames 0-10; the second, whose memory had none, 0-15.
+    assert consumer.linkers.take(key).linker.frames == 11  # type: ignore[union-attr]
+    ahead = other.linkers.take(key)
+    assert ahead is not None and ahead.linker.frames == 16
+    consumer.linkers.keep(key, ahead)
+    segment_waiting_frames(queue, bucket, tables=True)
+    linked_ahead = fan_in(consumer, queue, bucket, "tracking")
+    assert len(consumer.linkers) == 0
+
+    plain = TrackingConsumer(settings, bucket, queue, TrackingSettings(link_ahead=False))
+    submit_movie(queue, bucket, movie)
+    fan_out(plain, queue, bucket, "tracking")
+    segment_waiting_frames(queue, bucket, tables=True)
+    linked_at_the_end = fan_in(plain, queue, bucket, "tracking")
+    with results(bucket, linked_ahead) as ahead_zip, results(bucket, linked_at_the_end) as end_zip:
+        assert ahead_zip.namelist() == end_zip.namelist()
+        for name in ahead_zip.namelist():
+            assert ahead_zip.read(name) == end_zip.read(name), name
+
+
+def test_a_movie_linked_ahead_on_a_consumer_that_lost_its_linker_tracks_the_same(
+    settings: ConsumerSettings, consumer: TrackingConsumer, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    movie = tiff_bytes(moving_discs(12))
+    key = submit_movie(queue, bucket, movie)
+    fan_out(consumer, queue, bucket, "tracking")
+    segment_waiting_frames(queue, bucket, tables=True, limit=6)
+    job = claim_job(queue, bucket, "tracking")
+    park(queue, job, consumer.process(job))  # type: ignore[arg-type]
+    segment_waiting_frames(queue, bucket, tables=True)
+    restarted = TrackingConsumer(settings, bucket, queue)
+    result = fan_in(restarted, queue, bucket, "tracking")
+    assert consumer.linkers.take(key) is not None  # linked ahead there, never used
+    with results(bucket, result) as out:
+        tracked = hyperstack(out.read("cells_tracked.tif"))
+    assert tracked.shape == (12, 64, 80) and set(np.unique(tracked)) == {0, 1, 2, 3}
+
+
 def test_the_fan_in_reads_the_frames_cells_tables_and_measures_only_without_them(
     consumer: TrackingConsumer,
     queue: JobQueue,

@@ -25,7 +25,7 @@ import tifffile
 from consumers.ctc import parse_tracks
 from evaluation.movies import Movie, generate_movie
 from evaluation.tracking_quality import score_tracking
-from kiosk.keys import JobField, Status
+from kiosk.keys import WOKEN, JobField, Status
 from kiosk.queue import JobQueue, connect
 from local.client import KioskClient
 from tests.support.kiosk_up import KioskUp
@@ -260,23 +260,37 @@ def test_a_segmentation_consumer_killed_mid_movie_leaves_the_movie_done_once_and
     assert contents(client, key, tmp_path) == contents(client, again, tmp_path)
 
 
+@pytest.mark.parametrize("moment", ["linking ahead", "the fan-in"])
 def test_a_tracking_consumer_killed_while_linking_leaves_the_movie_done_once_and_the_same(
-    stack: KioskUp, client: KioskClient, queue: JobQueue, tmp_path: Path
+    stack: KioskUp, client: KioskClient, queue: JobQueue, tmp_path: Path, moment: str
 ) -> None:
     movie = dense_movie()
     key = submit(client, tmp_path, "dense.tif", movie_tiff(movie))
 
-    def linking() -> bool:
+    def linking_ahead() -> bool:
+        """Woken early, held by the tracking consumer while frames are still segmented."""
+        fields = queue.get(key) or {}
+        return (
+            fields.get(JobField.WAKE_AT) == WOKEN
+            and fields.get(JobField.STATUS) == Status.STARTED
+            and int(fields.get(JobField.CHILDREN_DONE, "0")) < 45
+        )
+
+    def in_the_fan_in() -> bool:
+        """Every frame segmented; the last frames being linked or the results written."""
         fields = queue.get(key) or {}
         return (
             fields.get(JobField.STATUS) == Status.POST_PROCESSING
-            and 0 < int(fields.get(JobField.PROGRESS, "0")) < 60  # frames read and linked
+            and 0 < int(fields.get(JobField.PROGRESS, "0")) < 95
         )
 
-    kill_consumer_when(stack, "tracking", linking)
+    kill_consumer_when(
+        stack, "tracking", linking_ahead if moment == "linking ahead" else in_the_fan_in
+    )
     done(client, key)
     assert "consumer-tracking-0 exited with code -9; restarting" in stack.output()
     assert_done_once(queue, stack, key, 50)
-    assert queue.get(key)[JobField.ATTEMPTS] == "2"  # the fan-in interrupted, then run again
+    if moment == "the fan-in":
+        assert queue.get(key)[JobField.ATTEMPTS] == "2"  # interrupted, then run again
     again = done(client, submit(client, tmp_path, "dense.tif", movie_tiff(movie)))["id"]
     assert contents(client, key, tmp_path) == contents(client, again, tmp_path)

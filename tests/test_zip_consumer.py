@@ -28,7 +28,7 @@ from consumers.zips import (
     result_name,
     unsafe_name,
 )
-from kiosk.keys import INPUT_USERS, JobField, Status
+from kiosk.keys import INPUT_USERS, WOKEN, JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.settings import ConsumerSettings
 from kiosk.storage.local import LocalBucket
@@ -204,6 +204,73 @@ def test_a_parent_is_released_once_whether_its_children_end_before_or_after_it_p
     assert queue.waiting("echo-zip") == [job.key]
     parent = queue.get(job.key)
     assert (parent[JobField.CHILDREN_DONE], parent[JobField.CHILDREN_FAILED]) == ("1", "1")
+
+
+def four_children_parked(
+    queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path, wake_at: str
+) -> tuple[Job, object, list]:
+    """A zip of four images fanned out and parked with ``wake_at``; its four children claimed."""
+    settings = ConsumerSettings(
+        redis_url=redis_url, bucket=f"file://{bucket_dir}", queues=("echo",)
+    )
+    images = {f"{name}.tif": TIFF for name in "abcd"}
+    job, claim = claim_zip(queue, bucket, zip_bytes(images))
+    result = ZipConsumer(settings, bucket, queue).process(job)
+    assert isinstance(result, Waiting)
+    queue.wait_for_children(claim, "z1", {**result.fields, JobField.WAKE_AT: wake_at})
+    return job, claim, [queue.claim("echo", "c1", 1) for _ in images]
+
+
+def test_a_parent_parked_with_wake_at_goes_back_early_once_and_is_never_queued_twice(
+    queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
+) -> None:
+    job, _, children = four_children_parked(queue, bucket, redis_url, bucket_dir, "2")
+    queue.finish(children[0], "c1", {})
+    assert queue.waiting("echo-zip") == []
+    queue.finish(children[1], "c1", {})  # the second end: woken early
+    assert queue.waiting("echo-zip") == [job.key]
+    assert queue.get(job.key)[JobField.WAKE_AT] == WOKEN
+    assert queue.get(job.key)[JobField.STATUS] == Status.WAITING
+    queue.finish(children[2], "c1", {})
+    queue.fail(children[3], "c1", "bad image")  # the last end finds it in its line already
+    assert queue.waiting("echo-zip") == [job.key] and queue.redis.llen("echo-zip") == 1
+    assert queue.get(job.key)[JobField.PROGRESS] == "99"
+
+
+def test_a_woken_parent_parks_again_and_goes_back_at_its_next_wake_or_its_last_child(
+    queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
+) -> None:
+    job, _, children = four_children_parked(queue, bucket, redis_url, bucket_dir, "1")
+    queue.finish(children[0], "c1", {})
+    woken = queue.claim("echo-zip", "z1", 1)
+    assert woken is not None and woken.key == job.key
+    queue.wait_for_children(woken, "z1", {JobField.WAKE_AT: "3"})
+    assert queue.get(job.key)[JobField.WAKE_AT] == "3" and queue.waiting("echo-zip") == []
+    queue.finish(children[1], "c1", {})
+    queue.finish(children[2], "c1", {})
+    woken = queue.claim("echo-zip", "z1", 1)
+    assert woken is not None and woken.key == job.key
+    queue.finish(children[3], "c1", {})  # the last end while the parent is held: not queued
+    assert queue.waiting("echo-zip") == []
+    queue.wait_for_children(woken, "z1", {})  # parks with no wake: back at once, wake gone
+    assert queue.waiting("echo-zip") == [job.key]
+    assert JobField.WAKE_AT not in queue.get(job.key)
+
+
+def test_a_parent_parked_with_a_wake_already_due_goes_back_at_once(
+    queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
+) -> None:
+    job, _, children = four_children_parked(queue, bucket, redis_url, bucket_dir, "3")
+    queue.finish(children[0], "c1", {})
+    woken = queue.claim("echo-zip", "z1", 1)
+    assert woken is None  # not yet: one of four ended, the wake is at three
+    queue.finish(children[1], "c1", {})
+    queue.finish(children[2], "c1", {})
+    assert queue.waiting("echo-zip") == [job.key]
+    woken = queue.claim("echo-zip", "z1", 1)
+    assert woken is not None
+    queue.wait_for_children(woken, "z1", {JobField.WAKE_AT: "2"})  # passed while it was held
+    assert queue.waiting("echo-zip") == [job.key]
 
 
 def test_deleting_a_child_that_has_not_run_counts_it_as_failed(

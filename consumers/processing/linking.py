@@ -51,6 +51,7 @@ __all__ = [
     "DivisionCandidates",
     "DivisionScorer",
     "LinkParams",
+    "Linker",
     "Track",
     "Tracking",
     "ctc_res_track",
@@ -494,36 +495,45 @@ def _blend(mean: float, value: float, weight: float = 0.25) -> float:
     return value if math.isnan(mean) else (1 - weight) * mean + weight * value
 
 
-def link(
-    frames: Iterable[Cells],
-    params: LinkParams = LinkParams(),
-    progress: Callable[[int, int], None] | None = None,
-    division_scorer: DivisionScorer | None = None,
-    total: int | None = None,
-) -> Tracking:
-    """Link every frame's cells into tracks with divisions; `progress(done, total)` per frame.
+class Linker:
+    """Links a movie's frames as they come: `add` each frame's cells in order, `finish` once.
 
-    `frames` gives one `Cells` per frame of the movie, in order (the t-th has `.frame` t);
-    an iterator is linked as it yields, so frames may still be read while earlier ones link
-    (give `total` for the progress then). `division_scorer` (default: the feature score)
-    decides which candidates divided.
+    A linker may be fed the first frames while the rest are still being segmented and the
+    others later: the tracks are the same as linking them all in one go (`link`). What
+    `finish` does last (undoing divisions that were a nucleus cut in two) needs every frame.
     """
-    state = _State()
-    assigned: list[dict[int, int]] = []  # per frame: cell index -> track key
-    open_keys: list[int] = []
-    if total is None:
-        total = len(frames) if isinstance(frames, Sized) else 0
-    seen: list[Cells] = []
-    for t, cells in enumerate(frames):
-        seen.append(cells)
+
+    def __init__(
+        self, params: LinkParams = LinkParams(), division_scorer: DivisionScorer | None = None
+    ) -> None:
+        self.params = params
+        self.division_scorer = division_scorer
+        self._state = _State()
+        self._assigned: list[dict[int, int]] = []  # per frame: cell index -> track key
+        self._open: list[int] = []
+        self._seen: list[Cells] = []
+        self._finished = False
+
+    @property
+    def frames(self) -> int:
+        """Frames linked so far (the next `add` takes frame `frames`)."""
+        return len(self._seen)
+
+    def add(self, cells: Cells) -> None:
+        """Link the next frame's cells to the open tracks (divisions included)."""
+        if self._finished:
+            raise RuntimeError("this linker has finished: start a new one")
+        t, params, state = len(self._seen), self.params, self._state
         if cells.frame != t:
             raise ValueError(
                 f"frames must be given in order, one per frame: item {t} is frame {cells.frame}"
             )
+        self._seen.append(cells)
+        open_keys = self._open
         links = _assign(state, open_keys, cells, range(len(cells)), params)
         divided: list[tuple[int, tuple[int, int]]] = []
         if params.divisions and t > 0 and len(cells):
-            divided = _divisions(state, open_keys, links, cells, params, division_scorer)
+            divided = _divisions(state, open_keys, links, cells, params, self.division_scorer)
         capped = {mother for mother, _ in divided}
         in_pairs = {cell for _, pair in divided for cell in pair}
         robbed = [links.pop(c)[0] for c in in_pairs if c in links and links[c][0] not in capped]
@@ -546,17 +556,50 @@ def link(
             if cell not in frame_keys:
                 frame_keys[cell] = state.new(cells, cell)
                 created.append(frame_keys[cell])
-        assigned.append(frame_keys)
-        open_keys = [
+        self._assigned.append(frame_keys)
+        self._open = [
             k
             for k in [*open_keys, *created]
             if k not in capped and state.last[k] >= t - params.gap_frames
         ]
+
+    def finish(self) -> Tracking:
+        """The tracks of every frame added: call once, after the movie's last frame."""
+        if self._finished:
+            raise RuntimeError("this linker has finished already")
+        self._finished = True
+        if self.params.divisions:
+            _undo_false_divisions(
+                self._state, self._assigned, self._seen, self.params.min_daughter_frames
+            )
+        return _tracking(self._state, self._assigned, self._seen)
+
+
+def link(
+    frames: Iterable[Cells],
+    params: LinkParams = LinkParams(),
+    progress: Callable[[int, int], None] | None = None,
+    division_scorer: DivisionScorer | None = None,
+    total: int | None = None,
+    linker: Linker | None = None,
+) -> Tracking:
+    """Link every frame's cells into tracks with divisions; `progress(done, total)` per frame.
+
+    `frames` gives one `Cells` per frame of the movie, in order (the t-th has `.frame` t);
+    an iterator is linked as it yields, so frames may still be read while earlier ones link
+    (give `total` for the progress then). `division_scorer` (default: the feature score)
+    decides which candidates divided. `linker`: one that linked the movie's first frames
+    already (its params and scorer are used); `frames` then starts at its next frame.
+    """
+    if linker is None:
+        linker = Linker(params, division_scorer)
+    if total is None:
+        total = linker.frames + len(frames) if isinstance(frames, Sized) else 0
+    for cells in frames:
+        linker.add(cells)
         if progress is not None:
-            progress(t + 1, max(total, t + 1))
-    if params.divisions:
-        _undo_false_divisions(state, assigned, seen, params.min_daughter_frames)
-    return _tracking(state, assigned, seen)
+            progress(linker.frames, max(total, linker.frames))
+    return linker.finish()
 
 
 def _assign(

@@ -90,12 +90,15 @@ def segment_waiting_frames(
     fail: dict[int, str] | None = None,
     consumer: str = "seg",
     tables: bool = False,
+    limit: int | None = None,
 ) -> int:
     """Play the segmentation consumer in-process: label every queued frame job (or fail those
     whose frame index is in ``fail``, with that reason), with its cells table beside the labels
-    when ``tables``. Returns how many it ended."""
+    when ``tables``; at most ``limit`` of them. Returns how many it ended."""
     ended = 0
-    while (claim := queue.claim("segmentation", consumer, 0.05)) is not None:
+    while (limit is None or ended < limit) and (
+        claim := queue.claim("segmentation", consumer, 0.05)
+    ) is not None:
         fields = claim.fields
         frame = int(fields[JobField.ORIGINAL_NAME].rsplit("-", 1)[1].split(".")[0])
         if fail and frame in fail:

@@ -1,0 +1,64 @@
+"""Linking a movie's frames while the rest are still being segmented.
+
+Why: a movie's fan-in used to link every frame after the last one was segmented, so linking
+came on top of segmentation. Now the waiting movie asks the queue to wake it early
+(``wake_at``: once that many frames ended); the tracking consumer links the frames segmented so
+far, keeps the linker in memory and parks the movie again. Once the last frame ends, little is
+left to link before the results are written.
+
+What may go wrong costs time, never results: the linkers live in one consumer's memory, so a
+movie woken on another consumer (or after a restart) links its frames again from the first,
+and the tracks are the same either way (:class:`consumers.processing.linking.Linker`). The
+wakes halve what remains each time, so a movie whose every wake lands on a fresh consumer
+links its frames about log2(frames / :data:`LEAST`) times at most.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from consumers.processing.linking import Linker
+
+LEAST = 8
+"""No early wake is asked for once fewer frames than this remain: the last wake links them."""
+KEPT = 4
+"""Movies whose linkers one consumer keeps (the oldest is dropped beyond that)."""
+
+
+def next_wake(ended: int, total: int) -> int | None:
+    """Frames ended at which to wake the movie next: half way through what remains; None when
+    fewer than :data:`LEAST` remain (only the last frame's end wakes it then)."""
+    remaining = total - ended
+    if remaining < LEAST:
+        return None
+    return ended + (remaining + 1) // 2
+
+
+@dataclass
+class Ahead:
+    """A movie's frames linked so far, and frame 0's shape once read (every frame must share
+    it)."""
+
+    linker: Linker
+    shape: tuple[int, int] | None = None
+
+
+class LinkersInHand:
+    """The movies this consumer linked ahead, by job key (a few, most recent kept)."""
+
+    def __init__(self, kept: int = KEPT) -> None:
+        self._kept = kept
+        self._movies: OrderedDict[str, Ahead] = OrderedDict()
+
+    def take(self, key: str) -> Ahead | None:
+        """The movie's linker, now the caller's (keep it again with :meth:`keep`)."""
+        return self._movies.pop(key, None)
+
+    def keep(self, key: str, ahead: Ahead) -> None:
+        self._movies[key] = ahead
+        while len(self._movies) > self._kept:
+            self._movies.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._movies)
