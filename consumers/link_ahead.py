@@ -15,7 +15,9 @@ links its frames about log2(frames / :data:`LEAST`) times at most.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from consumers.processing.linking import Linker
@@ -24,6 +26,9 @@ LEAST = 8
 """No early wake is asked for once fewer frames than this remain: the last wake links them."""
 KEPT = 4
 """Movies whose linkers one consumer keeps (the oldest is dropped beyond that)."""
+MAX_AGE = 1800.0
+"""Seconds a linker is kept after its last wake: a movie whose frames take longer between
+two wakes links them again from the first."""
 
 
 def next_wake(ended: int, total: int) -> int | None:
@@ -45,19 +50,36 @@ class Ahead:
 
 
 class LinkersInHand:
-    """The movies this consumer linked ahead, by job key (a few, most recent kept)."""
+    """The movies this consumer linked ahead, by job key: a few, each for a while. A movie that
+    ended elsewhere (finished on another consumer, failed, deleted) is never asked for again,
+    so its linker goes once :data:`KEPT` newer ones are kept or after ``max_age`` seconds."""
 
-    def __init__(self, kept: int = KEPT) -> None:
+    def __init__(
+        self,
+        kept: int = KEPT,
+        max_age: float = MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._kept = kept
-        self._movies: OrderedDict[str, Ahead] = OrderedDict()
+        self._max_age = max_age
+        self._clock = clock
+        self._movies: OrderedDict[str, tuple[float, Ahead]] = OrderedDict()
 
     def take(self, key: str) -> Ahead | None:
         """The movie's linker, now the caller's (keep it again with :meth:`keep`)."""
-        return self._movies.pop(key, None)
+        self._forget_old()
+        kept = self._movies.pop(key, None)
+        return None if kept is None else kept[1]
 
     def keep(self, key: str, ahead: Ahead) -> None:
-        self._movies[key] = ahead
+        self._movies[key] = (self._clock(), ahead)
+        self._forget_old()
         while len(self._movies) > self._kept:
+            self._movies.popitem(last=False)
+
+    def _forget_old(self) -> None:
+        oldest = self._clock() - self._max_age
+        while self._movies and next(iter(self._movies.values()))[0] < oldest:
             self._movies.popitem(last=False)
 
     def __len__(self) -> int:

@@ -36,6 +36,7 @@ refused.
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 import time
 import zipfile
@@ -90,6 +91,8 @@ from kiosk.queue import JobQueue
 from kiosk.serving.client import ServingClient
 from kiosk.settings import JobTypeSettings, PredictSettings
 from kiosk.storage import Bucket, ObjectNotFound
+
+log = logging.getLogger(__name__)
 
 BATCH = 500
 """Child jobs read from Redis in one round trip."""
@@ -291,7 +294,9 @@ class MovieTracker:
 
     def link_ahead(self, job: Job) -> Waiting:
         """Woken early: link the frames segmented in a row since those linked already, keep
-        the linker for the next wake, and wait again."""
+        the linker for the next wake, and wait again. Nothing here fails the movie: a frame
+        that cannot be linked (its model gone, its labels unreadable) ends the linking ahead,
+        and the fan-in, which checks every frame first, says what went wrong."""
         queue = self._require_queue()
         keys = [k for k in job.get(JobField.CHILDREN).split(",") if k]
         ended = int(job.get(JobField.CHILDREN_DONE, "0")) + int(
@@ -306,12 +311,17 @@ class MovieTracker:
         if ready:
             # Post-processing time, but not its status: the movie still waits for frames.
             began = time.perf_counter()
-            if ahead is None:
-                ahead = Ahead(linking.Linker(link_params(job), self._checked_scorer()), None)
-            read = self._cells_reader(*self._frame_readers(ready, start))
-            for t in range(start, start + len(ready)):
-                ahead.linker.add(self._same_shape(ahead, t, read(t)))
-            job.record_time(Stages.POSTPROCESS, time.perf_counter() - began)
+            try:
+                if ahead is None:
+                    ahead = Ahead(linking.Linker(link_params(job), self._checked_scorer()))
+                read = self._cells_reader(*self._frame_readers(ready, start))
+                for t in range(start, start + len(ready)):
+                    ahead.linker.add(self._same_shape(ahead, t, read(t)))
+            except (JobError, DivisionModelMissing) as exc:
+                log.warning("%s: no more linking ahead (the fan-in will tell): %s", job.key, exc)
+                return waiting  # parked with no early wake: only the last frame wakes it
+            finally:
+                job.record_time(Stages.POSTPROCESS, time.perf_counter() - began)
         if ahead is not None:
             self.linkers.keep(job.key, ahead)
         return self._wait_for_frames(waiting, ended, len(keys))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from consumers.ctc import check_tracks
-from consumers.link_ahead import LEAST, next_wake
+from consumers.link_ahead import LEAST, Ahead, LinkersInHand, next_wake
 from consumers.processing.linking import (
     Cells,
     Linker,
@@ -422,6 +422,20 @@ def test_the_early_wakes_halve_what_remains_until_fewer_than_eight_frames_remain
         ended = wake
     assert wakes == [50, 75, 88, 94]
     assert next_wake(0, LEAST - 1) is None and next_wake(0, LEAST) == LEAST // 2
+
+
+def test_linkers_in_hand_keep_a_few_movies_each_for_a_while():
+    now = [0.0]
+    linkers = LinkersInHand(kept=2, max_age=60, clock=lambda: now[0])
+    for key in ("a", "b", "c"):
+        linkers.keep(key, Ahead(Linker()))
+        now[0] += 10
+    assert linkers.take("a") is None, "the oldest goes beyond two"
+    assert linkers.take("b") is not None and linkers.take("b") is None, "taken is gone"
+    now[0] += 45  # c kept 55 s ago
+    assert len(linkers) == 1
+    now[0] += 10
+    assert linkers.take("c") is None, "kept longer than a minute"
 
 
 def test_frames_out_of_order_are_refused():

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from autoscaler.policy import total_demand
 from consumers.base import Job, JobError, Result, Waiting
+from consumers.processing import linking
 from consumers.registry import resolve
 from consumers.tracking import (
     TrackingConsumer,
@@ -236,8 +237,30 @@ def test_a_fan_in_run_again_after_a_crash_writes_the_same_results(
     assert {key: bucket.get_bytes(key) for key in bucket.list("output/")} == written
 
 
+def tracked_without_linking_ahead(
+    settings: ConsumerSettings, queue: JobQueue, bucket: LocalBucket, movie: bytes
+) -> Result:
+    """The movie tracked by a consumer that links every frame in the fan-in."""
+    plain = TrackingConsumer(settings, bucket, queue, TrackingSettings(link_ahead=False))
+    submit_movie(queue, bucket, movie)
+    fan_out(plain, queue, bucket, "tracking")
+    segment_waiting_frames(queue, bucket, tables=True)
+    return fan_in(plain, queue, bucket, "tracking")
+
+
+def assert_same_results(bucket: LocalBucket, one: Result, other: Result) -> None:
+    with results(bucket, one) as first, results(bucket, other) as second:
+        assert first.namelist() == second.namelist()
+        for name in first.namelist():
+            assert first.read(name) == second.read(name), name
+
+
 def test_a_waiting_movie_is_woken_to_link_its_segmented_frames_and_tracks_the_same(
-    settings: ConsumerSettings, consumer: TrackingConsumer, queue: JobQueue, bucket: LocalBucket
+    settings: ConsumerSettings,
+    consumer: TrackingConsumer,
+    queue: JobQueue,
+    bucket: LocalBucket,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     movie = tiff_bytes(moving_discs(20, cells=4))
     key = submit_movie(queue, bucket, movie)
@@ -257,18 +280,17 @@ def test_a_waiting_movie_is_woken_to_link_its_segmented_frames_and_tracks_the_sa
     assert ahead is not None and ahead.linker.frames == 16
     consumer.linkers.keep(key, ahead)
     segment_waiting_frames(queue, bucket, tables=True)
+    added: list[int] = []
+    add = linking.Linker.add
+    monkeypatch.setattr(
+        linking.Linker, "add", lambda self, cells: (added.append(cells.frame), add(self, cells))
+    )
     linked_ahead = fan_in(consumer, queue, bucket, "tracking")
-    assert len(consumer.linkers) == 0
-
-    plain = TrackingConsumer(settings, bucket, queue, TrackingSettings(link_ahead=False))
-    submit_movie(queue, bucket, movie)
-    fan_out(plain, queue, bucket, "tracking")
-    segment_waiting_frames(queue, bucket, tables=True)
-    linked_at_the_end = fan_in(plain, queue, bucket, "tracking")
-    with results(bucket, linked_ahead) as ahead_zip, results(bucket, linked_at_the_end) as end_zip:
-        assert ahead_zip.namelist() == end_zip.namelist()
-        for name in ahead_zip.namelist():
-            assert ahead_zip.read(name) == end_zip.read(name), name
+    assert added == [16, 17, 18, 19] and len(consumer.linkers) == 0
+    monkeypatch.undo()
+    assert_same_results(
+        bucket, linked_ahead, tracked_without_linking_ahead(settings, queue, bucket, movie)
+    )
 
 
 def test_a_movie_linked_ahead_on_a_consumer_that_lost_its_linker_tracks_the_same(
@@ -284,9 +306,27 @@ def test_a_movie_linked_ahead_on_a_consumer_that_lost_its_linker_tracks_the_same
     restarted = TrackingConsumer(settings, bucket, queue)
     result = fan_in(restarted, queue, bucket, "tracking")
     assert consumer.linkers.take(key) is not None  # linked ahead there, never used
-    with results(bucket, result) as out:
-        tracked = hyperstack(out.read("cells_tracked.tif"))
-    assert tracked.shape == (12, 64, 80) and set(np.unique(tracked)) == {0, 1, 2, 3}
+    assert_same_results(
+        bucket, result, tracked_without_linking_ahead(settings, queue, bucket, movie)
+    )
+
+
+def test_a_frame_that_cannot_be_linked_ahead_ends_the_early_wakes_and_the_fan_in_says_why(
+    consumer: TrackingConsumer, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    key = submit_movie(queue, bucket, tiff_bytes(moving_discs(16)))
+    fan_out(consumer, queue, bucket, "tracking")
+    segment_waiting_frames(queue, bucket, limit=8)
+    frame = queue.get(queue.get(key)[JobField.CHILDREN].split(",")[3])
+    bucket.delete(frame[JobField.OUTPUT_FILE_NAME])  # its labels gone: it cannot be read
+    job = claim_job(queue, bucket, "tracking")
+    waiting = consumer.process(job)
+    assert isinstance(waiting, Waiting) and JobField.WAKE_AT not in waiting.fields
+    assert len(consumer.linkers) == 0
+    park(queue, job, waiting)
+    segment_waiting_frames(queue, bucket)
+    with pytest.raises(JobError, match="the labels of frame 3 is no longer in the bucket"):
+        consumer.process(claim_job(queue, bucket, "tracking"))
 
 
 def test_the_fan_in_reads_the_frames_cells_tables_and_measures_only_without_them(
