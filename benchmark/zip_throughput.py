@@ -51,6 +51,8 @@ from benchmark.support import (
     process_tree_cpu,
     spread_text,
 )
+from kiosk.allocator import keep_freed_memory
+from kiosk.settings import ModelServerSettings
 from local.client import KioskClient
 
 SEED_BASE = 600_000
@@ -118,6 +120,7 @@ def _alone_worker(
     from evaluation.report import PipelineConfig
     from evaluation.served import ServedModel
 
+    keep_freed_memory()  # as consumers and the model server do: the same allocator
     config = PipelineConfig.from_settings()
     predict = _in_process_model(target) if isinstance(target, Path) else ServedModel(target, MODEL)
 
@@ -220,7 +223,7 @@ def main() -> None:
     parser.add_argument(
         "--inference-workers",
         type=int,
-        default=1,
+        default=ModelServerSettings().inference_workers,
         help="the stack's model server's KIOSK_INFERENCE_WORKERS",
     )
     add_model_args(parser)

@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 from consumers.metrics import ConsumerMetrics
 from consumers.registry import UnknownJobType, resolve
 from consumers.worker import Worker
+from kiosk.allocator import keep_freed_memory
 from kiosk.keys import job_type_of
 from kiosk.logs import setup_logging
 from kiosk.queue import JobQueue
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = ConsumerSettings()
     setup_logging(settings.log_level, f"consumer[{args.queue}]")
+    keep_freed_memory()
     keep_memory_flat()
     if job_type_of(args.queue) not in settings.queues:
         log.error(

@@ -43,6 +43,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import tifffile
 
+from consumers.imaging import DEFLATE_LEVEL
 from consumers.processing import linking
 from consumers.processing.track_preview import (
     animated_gif,
@@ -56,8 +57,6 @@ __all__ = ["CTC_FOLDER", "Previews", "ResultNames", "lineage_text", "mask_name",
 CTC_FOLDER = "01_RES"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 COPY_CHUNK = 1024 * 1024
-# Label images deflate 24:1 at level 1 in 40 % of level 6's time (which gives 50:1).
-DEFLATE_LEVEL = 1
 ENCODERS = 2  # threads deflating frames (and drawing the preview's) beside the reader
 IN_FLIGHT = 2 * ENCODERS  # frames read ahead of the writer: memory stays a few frames
 

@@ -489,10 +489,12 @@ class ModelServerSettings(CommonSettings):
         "TensorFlow. TF Serving, the cluster's server, reads the SavedModel either way.",
     )
     inference_workers: int = Field(
-        1,
+        2,
         ge=1,
-        description="Batches of one model version the model server runs at once: 1 suits a "
-        "GPU; on CPUs, 2 lets concurrent consumers' requests run side by side.",
+        description="Batches of one model version the model server runs at once. On CPUs, 2 "
+        "lets concurrent consumers' requests run side by side (ONNX Runtime gives a request "
+        "that finds the version idle every core, and one beside another a core of its own); "
+        "1 suits a GPU.",
     )
     model_cache_dir: str = Field(
         ".kiosk/model-cache",

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from kiosk.allocator import keep_freed_memory
 from kiosk.logs import setup_logging
 from kiosk.settings import ModelServerSettings
 from kiosk.signals import StopSignals
@@ -49,6 +50,7 @@ def grpc_address(host: str, port: int) -> str:
 def serve(settings: ModelServerSettings, signals: StopSignals | None = None) -> int:
     """Run the model server until signalled; the exit status (2: could not start)."""
     setup_logging(settings.log_level, "model-server")
+    keep_freed_memory()
     signals = signals or StopSignals().install()
     try:
         repository = ModelRepository(open_bucket(settings.bucket), settings.model_cache_dir)

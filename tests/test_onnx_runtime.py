@@ -5,6 +5,7 @@ loads (with TensorFlow) unless the runtime says exports only."""
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import grpc
@@ -13,9 +14,10 @@ import pytest
 
 from evaluation.served import embedded_model_server
 from kiosk.serving.client import ServingClient
+from model_server import onnx_model
 from model_server.errors import ServingError
 from model_server.model import SavedModelServable
-from model_server.onnx_model import OnnxServable, serving_error
+from model_server.onnx_model import CROWDED_FOR, OnnxServable, serving_error
 from model_server.runtimes import ONNX_DIR, export_state, load_servable
 from models.training.export_onnx import (
     HALF_TOLERANCE,
@@ -118,6 +120,49 @@ def test_onnx_runtime_errors_carry_the_status_tensorflow_would():
 
 def _loaded_libraries(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
+
+
+class _Watched:
+    """A session stand-in that records which session ran and can hold a run until told."""
+
+    def __init__(self, session, name: str, log: list[str], hold: threading.Event | None = None):
+        self.session, self.name, self.log, self.hold = session, name, log, hold
+        self.started = threading.Event()
+
+    def run(self, names, inputs):
+        self.log.append(self.name)
+        self.started.set()
+        if self.hold is not None:
+            assert self.hold.wait(30)
+        return self.session.run(names, inputs)
+
+
+def test_a_lone_request_gets_every_core_and_requests_side_by_side_a_core_each(monkeypatch):
+    servable = OnnxServable(MODELS / "NuclearSegmentation" / "1" / ONNX_DIR)
+    signature = "serving_default"
+    image = {"image": np.random.default_rng(3).random((1, 64, 64, 1), dtype=np.float32)}
+    wide = servable.run(signature, image)
+    ran: list[str] = []
+    release = threading.Event()
+    held = _Watched(servable._wide[signature], "wide", ran, hold=release)
+    monkeypatch.setitem(servable._wide, signature, held)
+    narrow = _Watched(servable._narrow[signature], "narrow", ran)
+    monkeypatch.setitem(servable._narrow, signature, narrow)
+    now = [100.0]
+    monkeypatch.setattr(onnx_model, "clock", lambda: now[0])
+    first = threading.Thread(target=servable.run, args=(signature, image))
+    first.start()
+    assert held.started.wait(30)
+    beside = servable.run(signature, image)  # while the first still runs
+    release.set()
+    first.join(30)
+    now[0] += CROWDED_FOR - 0.1
+    servable.run(signature, image)  # soon after: the version is still crowded
+    now[0] += 0.2
+    servable.run(signature, image)  # alone long enough: every core again
+    assert ran == ["wide", "narrow", "narrow", "wide"]
+    for name, value in wide.items():  # one thread or two, the same numbers
+        np.testing.assert_array_equal(beside[name], value)
 
 
 def test_the_model_server_serves_exports_without_loading_tensorflow():
