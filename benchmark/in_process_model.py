@@ -27,7 +27,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from model_server.runtimes import load_servable
 
-    keep_freed_memory()  # as the model server does: the same allocator on both sides
+    keep_freed_memory()  # the model server's allocator: the same on both sides
 
     runtime = cast("ModelRuntime", sys.argv[2] if len(sys.argv) > 2 else "auto")
     servable = load_servable(Path(sys.argv[1]), runtime)

@@ -120,7 +120,8 @@ def _alone_worker(
     from evaluation.report import PipelineConfig
     from evaluation.served import ServedModel
 
-    keep_freed_memory()  # as consumers and the model server do: the same allocator
+    keep_freed_memory()  # the model server's allocator: the loops run the model, and it is
+    # the faster of the two for them (the stricter baseline)
     config = PipelineConfig.from_settings()
     predict = _in_process_model(target) if isinstance(target, Path) else ServedModel(target, MODEL)
 

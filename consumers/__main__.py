@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import sys
 
@@ -12,7 +11,7 @@ from prometheus_client import start_http_server
 from consumers.metrics import ConsumerMetrics
 from consumers.registry import UnknownJobType, resolve
 from consumers.worker import Worker
-from kiosk.allocator import keep_freed_memory
+from kiosk.allocator import keep_memory_flat
 from kiosk.keys import job_type_of
 from kiosk.logs import setup_logging
 from kiosk.queue import JobQueue
@@ -20,30 +19,6 @@ from kiosk.settings import ConsumerSettings
 from kiosk.storage import open_bucket
 
 log = logging.getLogger("consumers")
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
-M_ARENA_MAX = -8
-MMAP_THRESHOLD = 8 * 1024 * 1024
-ARENA_MAX = 1
-
-
-def keep_memory_flat() -> None:
-    """Two glibc habits make a consumer's memory climb job after job:
-
-    - it raises its mmap threshold each time a large buffer is freed, so image-sized arrays end
-      up on the heap; a fixed threshold keeps buffers over 8 MiB in their own mappings, which go
-      back to the OS when freed;
-    - it gives each thread an arena of its own, so what the thread that finishes one job frees
-      is not reused by the thread predicting the next; one arena is shared instead.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(M_ARENA_MAX, ARENA_MAX)
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        log.debug("mallopt unavailable; memory may grow between jobs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = ConsumerSettings()
     setup_logging(settings.log_level, f"consumer[{args.queue}]")
-    keep_freed_memory()
     keep_memory_flat()
     if job_type_of(args.queue) not in settings.queues:
         log.error(

@@ -1,53 +1,74 @@
-"""glibc's allocator, told to keep the memory a process frees for its next request.
+"""glibc's allocator, set for what a process does: one home for both policies.
 
-Why: a process that handles images allocates and frees blocks of megabytes per request (a
-1 MP lean Predict answers with 6 MB of maps; ONNX Runtime allocates its buffers anew each
-run). glibc gives blocks that large to the kernel (``mmap``) and hands them back on ``free``,
-so every request faults its pages in again: serialising a 6 MB reply took 6.5 ms where the
-same bytes from reused memory take 2 ms, and the served 1 MP Predict took 1.17x the model in a
-process of its own instead of 1.10x. Blocks up to :data:`MMAP_THRESHOLD` are served from the
-heap instead, and up to :data:`TRIM_THRESHOLD` of free heap is kept, so a steady stream of
-same-sized requests reuses the same pages. What it costs: resident memory stays up to
-``TRIM_THRESHOLD`` above what is in use after a large request.
+Processes that handle images allocate and free blocks of megabytes per request, and glibc's
+defaults suit neither kind of Kiosk process:
+
+- A model server answers a steady stream of requests of about the same size (a 1 MP lean
+  Predict answers with 6 MB of maps; ONNX Runtime's buffers come and go with each run). glibc
+  gives blocks that large to the kernel (``mmap``) and hands them back on ``free``, so every
+  request faults its pages in again: serialising a 6 MB reply took 6.5 ms where the same bytes
+  from reused memory take 2 ms. :func:`keep_freed_memory` serves blocks up to 32 MiB from the
+  heap and keeps up to 128 MiB of it free for the next request.
+- A consumer must stay flat job after job, since many run to a node. glibc raises its mmap
+  threshold each time a large block is freed, so image-sized arrays end up on the heap and stay
+  there, and it gives each thread an arena, so what the thread that finishes one job frees is
+  not reused by the thread predicting the next. :func:`keep_memory_flat` keeps buffers over
+  8 MiB in mappings of their own, which go back to the OS when freed, and one shared arena.
+
+Where the operator set glibc's own variables (``MALLOC_*_``, ``GLIBC_TUNABLES``), theirs stand.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
+import sys
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-MMAP_THRESHOLD = 32 * MIB
-"""Largest block served from the heap (glibc's own most, for a threshold it adjusts itself)."""
-TRIM_THRESHOLD = 128 * MIB
-"""Free memory at the top of the heap kept for reuse rather than returned to the kernel."""
-OPERATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-"""glibc's own environment variables: where an operator set either, their choice stands."""
+OPERATOR_SETTINGS = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_ARENA_MAX",
+    "GLIBC_TUNABLES",
+)
+"""glibc's own environment variables: where an operator set any, the allocator is theirs."""
 
-_M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
-_M_MMAP_THRESHOLD = -3
+# mallopt parameters, from glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+SERVING = {M_MMAP_THRESHOLD: 32 * MIB, M_TRIM_THRESHOLD: 128 * MIB}
+"""The model server's: blocks up to 32 MiB (glibc's most) from the heap, 128 MiB kept free."""
+FLAT = {M_MMAP_THRESHOLD: 8 * MIB, M_ARENA_MAX: 1}
+"""A consumer's: blocks over 8 MiB in their own mappings, one arena for every thread."""
 
 
 def keep_freed_memory() -> bool:
-    """Set the two thresholds through ``mallopt``; False (nothing changed) on a C library
-    without it, or where the operator's environment sets them."""
-    if any(name in os.environ for name in OPERATOR_SETTINGS):
+    """The model server's policy (:data:`SERVING`); False where nothing was changed."""
+    return _mallopt(SERVING)
+
+
+def keep_memory_flat() -> bool:
+    """A consumer's policy (:data:`FLAT`); False where nothing was changed."""
+    return _mallopt(FLAT)
+
+
+def _mallopt(settings: dict[int, int], libc: ctypes.CDLL | None = None) -> bool:
+    """Each ``mallopt(parameter, value)`` of ``settings``: True when glibc took them all;
+    False on another C library or where the operator's environment sets the allocator."""
+    if not sys.platform.startswith("linux") or any(v in os.environ for v in OPERATOR_SETTINGS):
         return False
-    path = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(path).mallopt if path else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
+        mallopt = (libc or ctypes.CDLL(None)).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    done = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    done = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and done
-    if not done:
-        log.warning("glibc refused the allocator thresholds; freed memory goes back at once")
-    return done
+    taken = [mallopt(parameter, value) == 1 for parameter, value in settings.items()]
+    if not all(taken):
+        log.warning("glibc refused some allocator settings %s", settings)
+    return all(taken)

@@ -489,12 +489,12 @@ class ModelServerSettings(CommonSettings):
         "TensorFlow. TF Serving, the cluster's server, reads the SavedModel either way.",
     )
     inference_workers: int = Field(
-        2,
-        ge=1,
-        description="Batches of one model version the model server runs at once. On CPUs, 2 "
-        "lets concurrent consumers' requests run side by side (ONNX Runtime gives a request "
-        "that finds the version idle every core, and one beside another a core of its own); "
-        "1 suits a GPU.",
+        0,
+        ge=0,
+        description="Batches of one model version the model server runs at once; 0: as its "
+        "runtime suits, 2 for ONNX Runtime on a CPU of several cores (a request that finds the "
+        "version idle gets every core, requests side by side a core each), else 1 (a GPU, "
+        "TensorFlow).",
     )
     model_cache_dir: str = Field(
         ".kiosk/model-cache",

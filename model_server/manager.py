@@ -55,6 +55,11 @@ class Servable(Protocol):
 
     def run(self, signature: str, inputs: Arrays) -> Arrays: ...
 
+    @property
+    def parallel_runs(self) -> int:
+        """Inferences worth running at once on this runtime and device, where the model
+        server's ``inference_workers`` leaves it to the servable (0)."""
+
 
 Loader = Callable[[Path], Servable]
 
@@ -125,7 +130,7 @@ class ModelManager:
         poll_interval: float = 2.0,
         max_batch_size: int = 32,
         batch_timeout: float = 0.0,
-        inference_workers: int = 1,
+        inference_workers: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repository = repository
@@ -288,7 +293,7 @@ class ModelManager:
             self.batch_timeout,
             name=f"{model.name}-{version}",
             on_batch=self.metrics.batch_size.labels(model.name).observe,
-            workers=self.inference_workers,
+            workers=self.inference_workers or servable.parallel_runs,
         )
         with self._cond:
             entry.loaded = LoadedVersion(model.name, version, servable, batcher)

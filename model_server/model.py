@@ -71,6 +71,7 @@ class SavedModelServable:
         self.runnable = frozenset(k for k in self._functions if k in self.signature_defs)
         if not self.runnable:
             raise ValueError(f"{path} has no signatures to serve")
+        self.parallel_runs = 1  # TensorFlow spreads one inference over its own thread pools
 
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._functions[signature](**{k: tf.constant(v) for k, v in inputs.items()})

@@ -297,6 +297,7 @@ class _FakeServable:
         self.version = version
         self.signature_defs = {"serving_default": _signature([-1, 2])}
         self.runnable = frozenset(self.signature_defs)
+        self.parallel_runs = 1
 
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"y": inputs["image"] + self.version}
@@ -353,6 +354,31 @@ def test_manager_serves_the_latest_and_loads_a_pinned_version_on_demand(fake_mod
     clock.now += manager_module.PINNED_IDLE + 1
     manager.poll_once()
     assert _states(manager) == {2: "AVAILABLE", 1: "END"}
+
+
+@pytest.mark.parametrize(("setting", "suits", "workers"), [(0, 2, 2), (0, 1, 1), (3, 2, 3)])
+def test_a_version_runs_as_many_inferences_at_once_as_set_or_as_its_runtime_suits(
+    tmp_path: Path, setting: int, suits: int, workers: int
+) -> None:
+    bucket_dir = tmp_path / "bucket"
+    _version(bucket_dir, "M", "1")
+
+    def loader(path: Path) -> _FakeServable:
+        servable = _fake_loader(path)
+        servable.parallel_runs = suits
+        return servable
+
+    manager = ModelManager(
+        ModelRepository(LocalBucket(bucket_dir), tmp_path / "cache"),
+        loader,
+        ServerMetrics(),
+        inference_workers=setting,
+    )
+    try:
+        manager.poll_once()
+        assert len(manager.resolve("M", None, 0).batcher._threads) == workers
+    finally:
+        manager.stop()
 
 
 def test_manager_waits_for_a_pinned_version_while_it_loads(fake_models) -> None:
