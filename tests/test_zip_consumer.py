@@ -221,6 +221,13 @@ def four_children_parked(
     return job, claim, [queue.claim("echo", "c1", 1) for _ in images]
 
 
+def claim_woken(queue: JobQueue, job: Job):
+    """The parent, claimed back from its queue (woken)."""
+    woken = queue.claim("echo-zip", "z1", 1)
+    assert woken is not None and woken.key == job.key
+    return woken
+
+
 def test_a_parent_parked_with_wake_at_goes_back_early_once_and_is_never_queued_twice(
     queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path
 ) -> None:
@@ -242,14 +249,11 @@ def test_a_woken_parent_parks_again_and_goes_back_at_its_next_wake_or_its_last_c
 ) -> None:
     job, _, children = four_children_parked(queue, bucket, redis_url, bucket_dir, "1")
     queue.finish(children[0], "c1", {})
-    woken = queue.claim("echo-zip", "z1", 1)
-    assert woken is not None and woken.key == job.key
-    queue.wait_for_children(woken, "z1", {JobField.WAKE_AT: "3"})
+    queue.wait_for_children(claim_woken(queue, job), "z1", {JobField.WAKE_AT: "3"})
     assert queue.get(job.key)[JobField.WAKE_AT] == "3" and queue.waiting("echo-zip") == []
-    queue.finish(children[1], "c1", {})
-    queue.finish(children[2], "c1", {})
-    woken = queue.claim("echo-zip", "z1", 1)
-    assert woken is not None and woken.key == job.key
+    for child in children[1:3]:
+        queue.finish(child, "c1", {})
+    woken = claim_woken(queue, job)
     queue.finish(children[3], "c1", {})  # the last end while the parent is held: not queued
     assert queue.waiting("echo-zip") == []
     queue.wait_for_children(woken, "z1", {})  # parks with no wake: back at once, wake gone
@@ -264,11 +268,10 @@ def test_a_parent_parked_with_a_wake_already_due_goes_back_at_once(
     queue.finish(children[0], "c1", {})
     woken = queue.claim("echo-zip", "z1", 1)
     assert woken is None  # not yet: one of four ended, the wake is at three
-    queue.finish(children[1], "c1", {})
-    queue.finish(children[2], "c1", {})
+    for child in children[1:3]:
+        queue.finish(child, "c1", {})
     assert queue.waiting("echo-zip") == [job.key]
-    woken = queue.claim("echo-zip", "z1", 1)
-    assert woken is not None
+    woken = claim_woken(queue, job)
     queue.wait_for_children(woken, "z1", {JobField.WAKE_AT: "2"})  # passed while it was held
     assert queue.waiting("echo-zip") == [job.key]
 
