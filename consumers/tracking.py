@@ -478,7 +478,7 @@ class MovieTracker:
         low, high = share
         span = high - low
         if ahead is None:
-            ahead = Ahead(linking.Linker(link_params(job), self._checked_scorer()), None)
+            ahead = Ahead(linking.Linker(link_params(job), self._checked_scorer()))
         read = self._cells_reader(labels_of, image_of, table_of)
         start = ahead.linker.frames
 
