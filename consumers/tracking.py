@@ -699,8 +699,10 @@ class _TracksMovies(Consumer):
     def linkers(self) -> LinkersInHand:
         return LinkersInHand()
 
-    @property
+    @cached_property
     def tracker(self) -> MovieTracker:
+        """One for the life of the process: its division scorer's channel to the model server
+        is opened once, not at every claim (early wakes claim a movie several times)."""
         settings = cast(TrackingSettings, self.job_settings)
         return MovieTracker(
             self.bucket,
