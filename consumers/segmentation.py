@@ -42,7 +42,7 @@ from consumers.processing.contract import (
 )
 from consumers.processing.overlay import overlay_png
 from consumers.processing.pipeline import Postprocess, Predict, segment_frames
-from kiosk.jobs import Stage, Stages
+from kiosk.jobs import NO_PREVIEW, Stage, Stages
 from kiosk.keys import JobField, Status, file_url
 from kiosk.options import OptionError, parse_channel_slots, parse_scale
 from kiosk.serving.client import (
@@ -288,13 +288,15 @@ class SegmentationConsumer(Consumer):
     ) -> Result:
         """The label TIFF and the overlay preview, encoded and uploaded: the job's finish,
         which runs while the consumer's next job predicts. A movie's frame keeps its cells
-        table instead of a preview: the movie shows its own animated one, never a frame's."""
+        table instead of a preview: the movie shows its own animated one, never a frame's; a
+        zip's image past the first ``ZIP_PREVIEWS`` gets none."""
         stem = PurePosixPath(job.get(JobField.ORIGINAL_NAME, "image")).stem or "image"
         with job.stage(Stages.POSTPROCESS):
             planes, axes = _label_planes(loaded.frame_axes, labels)
             label_tiff = imaging.encode_labels_tiff(planes, axes=axes)
             table = _movie_frame_cells(job, loaded, labels)
-            preview_png = self.preview(job, loaded, labels) if table is None else None
+            drawn = table is None and job.get(JobField.PREVIEW) != NO_PREVIEW
+            preview_png = self.preview(job, loaded, labels) if drawn else None
         output = job.put_output(f"{stem}{LABELS_SUFFIX}", label_tiff)
         results = {**fields, JobField.OBJECTS: str(_count_objects(labels))}
         if table is not None:

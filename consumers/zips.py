@@ -49,7 +49,7 @@ from consumers.base import (
 )
 from consumers.imaging import ImageError, pixel_bytes
 from kiosk.filetypes import FileKind, human_bytes, kind_from_name, sniff
-from kiosk.jobs import JobRequest, JobView, Stages, creation_fields
+from kiosk.jobs import NO_PREVIEW, ZIP_PREVIEWS, JobRequest, JobView, Stages, creation_fields
 from kiosk.keys import (
     JobField,
     Status,
@@ -330,8 +330,9 @@ class ZipConsumer(Consumer):
             }
         )
         with job.stage(Stages.UPLOAD), archive:
-            for entry, key in zip(entries, keys, strict=True):
-                self._spawn(job, queue, job_type, archive, entry, key)
+            for position, (entry, key) in enumerate(zip(entries, keys, strict=True)):
+                preview = "" if position < ZIP_PREVIEWS else NO_PREVIEW
+                self._spawn(job, queue, job_type, archive, entry, key, preview)
         return children_queued(job)
 
     def _spawn(
@@ -342,10 +343,11 @@ class ZipConsumer(Consumer):
         archive: zipfile.ZipFile,
         entry: Entry,
         key: str,
+        preview: str,
     ) -> None:
         """Stream one image to the bucket and queue its child job (once, however often run).
         No more than the size the zip's directory declares is written, whatever the entry's
-        data unpacks to."""
+        data unpacks to. ``preview``: the child's (:data:`ZIP_PREVIEWS`)."""
         if queue.get(key) is not None:
             return
         upload = child_upload_key(job.key, entry)
@@ -355,7 +357,7 @@ class ZipConsumer(Consumer):
         except (BadEntry, zipfile.BadZipFile, EOFError, OSError) as exc:
             self._record_failed_child(queue, job, job_type, key, entry, upload, str(exc))
             return
-        request = self._child_request(job, job_type, entry, upload)
+        request = replace(self._child_request(job, job_type, entry, upload), preview=preview)
         queue_child(job, queue, job_type, key, request, UNPACKED_GONE)
 
     def _record_failed_child(

@@ -43,7 +43,7 @@ M_ARENA_MAX = -8
 
 SERVING = {M_MMAP_THRESHOLD: 32 * MIB, M_TRIM_THRESHOLD: 128 * MIB}
 """The model server's: blocks up to 32 MiB (glibc's most) from the heap, 128 MiB kept free."""
-FLAT = {M_MMAP_THRESHOLD: 8 * MIB, M_ARENA_MAX: 1}
+FLAT = {M_MMAP_THRESHOLD: 8 * MIB, M_TRIM_THRESHOLD: 32 * MIB, M_ARENA_MAX: 1}
 """A consumer's: blocks over 8 MiB in their own mappings, one arena for every thread."""
 
 

@@ -27,6 +27,14 @@ class Stages:
     UPLOAD = Stage("upload", Status.SAVING_RESULTS, JobField.UPLOAD_TIME)
 
 
+ZIP_PREVIEWS = 12
+"""A zip's images that get an overlay preview: the first 12, the thumbnails the web portal
+shows (it reads this number from ``/api/v1/limits``). Drawing one costs as much CPU as a tenth
+of the image's segmentation, and the rest would never be looked at."""
+NO_PREVIEW = "no"
+"""The ``preview`` field of a job that draws none (see :data:`ZIP_PREVIEWS`)."""
+
+
 # ----------------------------------------------------------------------------- values
 
 
@@ -67,6 +75,8 @@ class JobRequest:
     """A mesmer job's labels: whole-cell, nuclear or both ("": the job type's default)."""
     parent: str = ""
     """A zip child's parent job key: the child's end is counted there."""
+    preview: str = ""
+    """:data:`NO_PREVIEW` for an image that gets no overlay preview ("": it gets one)."""
     cell_windows: str = ""
     """A movie frame's: the side (px) of the cell windows its cells table keeps, for the
     movie's division model ("": the movie's tracking needs none)."""
@@ -107,6 +117,7 @@ _REQUEST_FIELDS: dict[str, JobField] = {
     "compartment": JobField.COMPARTMENT,
     "parent": JobField.PARENT,
     "cell_windows": JobField.CELL_WINDOWS,
+    "preview": JobField.PREVIEW,
     "owner": JobField.OWNER,
     "group": JobField.GROUP,
 }
@@ -122,6 +133,7 @@ def creation_fields(request: JobRequest, identity: str) -> dict[str, str]:
     for optional in (
         JobField.PARENT,
         JobField.CELL_WINDOWS,
+        JobField.PREVIEW,
         JobField.COMPARTMENT,
         JobField.OWNER,
         JobField.GROUP,

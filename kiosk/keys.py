@@ -99,6 +99,7 @@ class JobField(StrEnum):
     PARENT = "parent"  # Kiosk: a zip child's parent job key; its end is counted there
     CELL_WINDOWS = "cell_windows"  # Kiosk: a movie frame's cell window side (px; "": none)
     WAKE_AT = "wake_at"  # Kiosk: children ended at which a waiting parent is woken early
+    PREVIEW = "preview"  # Kiosk: NO_PREVIEW for a zip's image the portal shows no preview of
     # Kiosk's own bookkeeping
     ATTEMPTS = "attempts"  # Kiosk: claims so far, compared with max_attempts
     LAST_ERROR = "last_error"  # Kiosk: why the previous attempt did not finish

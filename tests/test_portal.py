@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, Page, Playwright, expect
 
 from evaluation.synthetic import generate
+from kiosk.jobs import ZIP_PREVIEWS
 from kiosk.keys import JobField
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
@@ -373,6 +374,7 @@ def test_the_root_is_the_portal_for_browsers_and_json_for_api_clients(api: TestC
     limits = api.get("/api/v1/limits").json()
     assert limits["max_upload_bytes"] == 4 * 1024 * 1024
     assert {".tif", ".png", ".jpg", ".zip"} <= set(limits["extensions"])
+    assert limits["zip_previews"] == ZIP_PREVIEWS  # the thumbnails a zip's card asks for
 
 
 def test_jobs_can_be_listed_by_their_zip_parent(

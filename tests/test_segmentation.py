@@ -14,6 +14,7 @@ from evaluation.baseline import classical_cytoplasm
 from evaluation.cells import generate_cells
 from evaluation.quality import score
 from evaluation.synthetic import generate
+from kiosk.jobs import NO_PREVIEW
 from kiosk.keys import JobField
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
@@ -61,6 +62,18 @@ def test_a_nuclei_image_is_segmented_with_timings_and_a_preview(
     assert job[JobField.PREDICT_RETRIES] == "0"
     preview = job[JobField.PREVIEW_URL].split("/files/", 1)[1]
     assert bucket.get_bytes(preview).startswith(b"\x89PNG")
+
+
+def test_an_image_marked_for_no_preview_gets_its_labels_and_no_preview(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    image, truth = generate((256, 256), seed=12, dtype="uint16")
+    job = finished(queue, submit(queue, bucket, "cells.tif", tiff(image), preview=NO_PREVIEW))
+    assert job[JobField.STATUS] == "done", job
+    assert score(truth, labels_of(bucket, job)).f1 >= 0.8
+    assert int(job[JobField.OBJECTS]) > 0 and JobField.PREVIEW_URL not in job
+    folder = job[JobField.OUTPUT_FILE_NAME].rsplit("/", 1)[0]
+    assert list(bucket.list(folder)) == [job[JobField.OUTPUT_FILE_NAME]]
 
 
 def test_the_consumer_asks_for_the_lean_float16_signature(

@@ -28,6 +28,7 @@ from consumers.zips import (
     result_name,
     unsafe_name,
 )
+from kiosk.jobs import NO_PREVIEW
 from kiosk.keys import INPUT_USERS, WOKEN, JobField, Status
 from kiosk.queue import JobQueue
 from kiosk.settings import ConsumerSettings
@@ -184,6 +185,28 @@ def test_fan_out_run_twice_creates_each_child_once(
     assert child[JobField.PARENT] == job.key
     assert bucket.get_bytes(child[JobField.INPUT_FILE_NAME]) == TIFF
     assert json.loads(job.get(JobField.FAILURES))[0]["name"] == "c.txt"
+
+
+def test_only_a_zips_first_images_are_marked_to_get_a_preview(
+    queue: JobQueue,
+    bucket: LocalBucket,
+    redis_url: str,
+    bucket_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("consumers.zips.ZIP_PREVIEWS", 2)
+    settings = ConsumerSettings(
+        redis_url=redis_url, bucket=f"file://{bucket_dir}", queues=("echo",)
+    )
+    consumer = ZipConsumer(settings, bucket, queue)
+    members = {"notes.txt": b"x", "a.tif": TIFF, "b.tif": TIFF, "c.tif": TIFF, "d.tif": TIFF}
+    job, _ = claim_zip(queue, bucket, zip_bytes(members))
+    assert isinstance(consumer.process(job), Waiting)
+    children = [queue.get(key) for key in job.get(JobField.CHILDREN).split(",")]
+    names = [child[JobField.ORIGINAL_NAME] for child in children]
+    marks = [child.get(JobField.PREVIEW, "") for child in children]
+    assert names == ["a.tif", "b.tif", "c.tif", "d.tif"]  # the skipped entry takes no place
+    assert marks == ["", "", NO_PREVIEW, NO_PREVIEW]
 
 
 def test_a_parent_is_released_once_whether_its_children_end_before_or_after_it_parks(

@@ -35,7 +35,7 @@ from kiosk.filetypes import (
     check_for_job_type,
     check_name,
 )
-from kiosk.jobs import JobRequest, JobView
+from kiosk.jobs import ZIP_PREVIEWS, JobRequest, JobView
 from kiosk.keys import (
     FINAL_STATUSES,
     OUTPUT_PREFIX,
@@ -370,6 +370,9 @@ class Limits(BaseModel):
         [], description="Job types here that take a compartment (mesmer)."
     )
     compartments: list[str] = Field([], description="The compartments they may be asked for.")
+    zip_previews: int = Field(
+        ZIP_PREVIEWS, description="A zip's first images that get an overlay preview."
+    )
 
 
 def _movie_job_types(services: Services) -> list[str]:

@@ -8,7 +8,6 @@ const API = "/api/v1";
 const STORE_KEY = "kiosk.portal.jobs";   // this browser's jobs: [{id, name}]
 const POLL_MS = 1000;
 const MAX_REMEMBERED = 100;
-const MAX_THUMBNAILS = 12;              // preview images shown per zip
 const FINAL = new Set(["done", "failed", "gone"]);
 const ENDED = new Set([...FINAL, "refused"]);  // no progress bar, can be cleared
 const STATUS_TEXT = {
@@ -305,9 +304,11 @@ async function refresh(entry) {
   try {
     entry.job = await getJson(jobUrl(entry.id));
     entry.error = null;
-    if (entry.job.children && !isMovie(entry.job)) {  // a movie shows its own preview
+    // A movie shows its own preview; a zip, those of its first images (the only ones drawn).
+    const thumbnails = state.limits ? state.limits.zip_previews : 0;
+    if (entry.job.children && !isMovie(entry.job) && thumbnails) {
       const page = await getJson(
-        `${API}/jobs?parent=${encodeURIComponent(entry.id)}&limit=${MAX_THUMBNAILS}`);
+        `${API}/jobs?parent=${encodeURIComponent(entry.id)}&limit=${thumbnails}`);
       entry.children = page.jobs;
     }
   } catch (error) {
