@@ -141,16 +141,18 @@ def _alone_worker(
     ready.put(True)
     start.wait()
     timings: dict[str, float] = {}
+    cpu = time.process_time()  # every thread of this process: the model's too, in-process
     for image in images:
         run(image, timings)
-    results.put((time.perf_counter(), timings))
+    results.put((time.perf_counter(), timings, time.process_time() - cpu))
 
 
 def alone(
     target: str | Path, images: list[np.ndarray], workers: int
-) -> tuple[float, dict[str, float]]:
-    """Wall seconds for ``workers`` processes to segment ``images`` between them, and the
-    pipeline's mean seconds per image and stage (``target``: see ``_alone_worker``)."""
+) -> tuple[float, dict[str, float], float]:
+    """Wall seconds for ``workers`` processes to segment ``images`` between them, the
+    pipeline's mean seconds per image and stage, and the CPU seconds the processes spent
+    (``target``: see ``_alone_worker``; a served model's CPU is not counted)."""
     ctx = mp.get_context("spawn")  # no gRPC state crosses a fork
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
     shares = [images[i::workers] for i in range(workers)]
@@ -172,10 +174,14 @@ def alone(
             if proc.is_alive():
                 proc.kill()
     stages: dict[str, float] = {}
-    for _, timings in finished:
+    for _, timings, _ in finished:
         for name, value in timings.items():
             stages[name] = stages.get(name, 0.0) + value / len(images)
-    return max(end for end, _ in finished) - started, {k: round(v, 4) for k, v in stages.items()}
+    return (
+        max(end for end, _, _ in finished) - started,
+        {k: round(v, 4) for k, v in stages.items()},
+        sum(cpu for _, _, cpu in finished),
+    )
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -263,12 +269,13 @@ def main() -> None:
                     e2e["where"] = breakdown(client, e2e["job"], folder)
                     runs.append(e2e)
                     print(
-                        f"{n} consumer(s): alone {alone_runs[-1][0]:.2f} s, "
-                        f"end to end {e2e['seconds']:.2f} s",
+                        f"{n} consumer(s): alone {alone_runs[-1][0]:.2f} s "
+                        f"({alone_runs[-1][2]:.2f} CPU-s), end to end {e2e['seconds']:.2f} s "
+                        f"({sum(e2e['cpu'].values()):.2f} CPU-s)",
                         flush=True,
                     )
                 result = client.download(runs[-1]["job"]["id"], Path(tmp) / f"result-{n}")
-            alone_s = statistics.median(seconds for seconds, _ in alone_runs)
+            alone_s = statistics.median(seconds for seconds, _, _ in alone_runs)
             alone_stages = alone_runs[-1][1]
             with zipfile.ZipFile(result) as archive:
                 labels = [name for name in archive.namelist() if name.endswith("_labels.tif")]
@@ -283,7 +290,9 @@ def main() -> None:
                     "end_to_end_runs": [round(run["seconds"], 3) for run in runs],
                     "upload_seconds": round(last["upload_seconds"], 3),
                     "alone_seconds": round(alone_s, 3),
-                    "alone_runs": [round(seconds, 3) for seconds, _ in alone_runs],
+                    "alone_runs": [round(seconds, 3) for seconds, _, _ in alone_runs],
+                    "alone_cpu_seconds": [round(cpu, 2) for _, _, cpu in alone_runs],
+                    "end_to_end_cpu_seconds": [round(sum(run["cpu"].values()), 2) for run in runs],
                     "end_to_end_images_per_s": round(args.images / seconds, 3),
                     "alone_images_per_s": round(args.images / alone_s, 3),
                     "overhead_fraction": round((seconds - alone_s) / seconds, 4),

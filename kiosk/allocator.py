@@ -14,6 +14,9 @@ defaults suit neither kind of Kiosk process:
   there, and it gives each thread an arena, so what the thread that finishes one job frees is
   not reused by the thread predicting the next. :func:`keep_memory_flat` keeps buffers over
   8 MiB in mappings of their own, which go back to the OS when freed, and one shared arena.
+  Below that it keeps up to 32 MiB of freed heap: at glibc's 128 KiB a consumer gave its
+  megabyte arrays back after each step of a job and faulted them in again at the next, 2,800
+  page faults and 7 % of its CPU per 512x512 image (96 faults with 32 MiB kept).
 
 Where the operator set glibc's own variables (``MALLOC_*_``, ``GLIBC_TUNABLES``), theirs stand.
 """
@@ -44,7 +47,8 @@ M_ARENA_MAX = -8
 SERVING = {M_MMAP_THRESHOLD: 32 * MIB, M_TRIM_THRESHOLD: 128 * MIB}
 """The model server's: blocks up to 32 MiB (glibc's most) from the heap, 128 MiB kept free."""
 FLAT = {M_MMAP_THRESHOLD: 8 * MIB, M_TRIM_THRESHOLD: 32 * MIB, M_ARENA_MAX: 1}
-"""A consumer's: blocks over 8 MiB in their own mappings, one arena for every thread."""
+"""A consumer's: blocks over 8 MiB in their own mappings, 32 MiB of freed heap kept, one arena
+for every thread."""
 
 
 def keep_freed_memory() -> bool:

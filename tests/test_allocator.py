@@ -44,10 +44,10 @@ def test_the_model_server_keeps_up_to_128_mib_free_and_blocks_to_32_mib_on_the_h
     assert libc.calls == [(-3, 32 * 2**20), (-1, 128 * 2**20)]
 
 
-def test_a_consumer_gives_big_blocks_back_and_shares_one_arena() -> None:
+def test_a_consumer_gives_big_blocks_back_keeps_32_mib_and_shares_one_arena() -> None:
     libc = _FakeLibc()
     assert allocator._mallopt(allocator.FLAT, libc) is True  # type: ignore[arg-type]
-    assert libc.calls == [(-3, 8 * 2**20), (-8, 1)]
+    assert libc.calls == [(-3, 8 * 2**20), (-1, 32 * 2**20), (-8, 1)]
 
 
 def test_a_refused_setting_is_reported_as_not_done() -> None:
