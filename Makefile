@@ -85,6 +85,7 @@ bench: setup ## run the benchmarks; results in benchmark/results/
 	$(BIN)/python -m benchmark.serving_overhead
 	$(BIN)/python -m benchmark.linking
 	$(BIN)/python -m benchmark.zip_throughput
+	$(BIN)/python -m benchmark.zip_throughput --baseline in-process --consumers 2
 	$(BIN)/python -m benchmark.tracking_overhead
 	$(BIN)/python -m benchmark.tracking_memory
 	$(BIN)/python -m benchmark.consumer_memory
