@@ -48,7 +48,7 @@ from consumers.base import (
     queue_child,
 )
 from consumers.imaging import ImageError, pixel_bytes
-from kiosk.filetypes import FileKind, human_bytes, kind_from_name, sniff
+from kiosk.filetypes import MOVIE_JOB_TYPES, FileKind, human_bytes, kind_from_name, sniff
 from kiosk.jobs import NO_PREVIEW, ZIP_PREVIEWS, JobRequest, JobView, Stages, creation_fields
 from kiosk.keys import (
     JobField,
@@ -331,8 +331,7 @@ class ZipConsumer(Consumer):
         )
         with job.stage(Stages.UPLOAD), archive:
             for position, (entry, key) in enumerate(zip(entries, keys, strict=True)):
-                preview = "" if position < ZIP_PREVIEWS else NO_PREVIEW
-                self._spawn(job, queue, job_type, archive, entry, key, preview)
+                self._spawn(job, queue, job_type, archive, entry, key, position)
         return children_queued(job)
 
     def _spawn(
@@ -343,11 +342,11 @@ class ZipConsumer(Consumer):
         archive: zipfile.ZipFile,
         entry: Entry,
         key: str,
-        preview: str,
+        position: int,
     ) -> None:
         """Stream one image to the bucket and queue its child job (once, however often run).
         No more than the size the zip's directory declares is written, whatever the entry's
-        data unpacks to. ``preview``: the child's (:data:`ZIP_PREVIEWS`)."""
+        data unpacks to. ``position``: the child's among the zip's children."""
         if queue.get(key) is not None:
             return
         upload = child_upload_key(job.key, entry)
@@ -355,9 +354,9 @@ class ZipConsumer(Consumer):
             with archive.open(entry.info) as src, self.bucket.open_write(upload) as dst:
                 copy_entry(cast(BinaryIO, src), dst, entry.info.file_size)
         except (BadEntry, zipfile.BadZipFile, EOFError, OSError) as exc:
-            self._record_failed_child(queue, job, job_type, key, entry, upload, str(exc))
+            self._record_failed_child(queue, job, job_type, key, entry, position, upload, str(exc))
             return
-        request = replace(self._child_request(job, job_type, entry, upload), preview=preview)
+        request = self._child_request(job, job_type, entry, position, upload)
         queue_child(job, queue, job_type, key, request, UNPACKED_GONE)
 
     def _record_failed_child(
@@ -367,13 +366,14 @@ class ZipConsumer(Consumer):
         job_type: str,
         key: str,
         entry: Entry,
+        position: int,
         upload: str,
         why: str,
     ) -> None:
         """An entry that cannot be read still counts as a child: it is created failed, so the
         parent's count of ended children stays right and the reason is listed."""
         self.bucket.delete(upload)
-        request = self._child_request(job, job_type, entry, "")
+        request = self._child_request(job, job_type, entry, position, "")
         fields = creation_fields(request, job.get(JobField.IDENTITY_UPLOAD))
         fields |= {
             JobField.STATUS: Status.FAILED,
@@ -386,11 +386,21 @@ class ZipConsumer(Consumer):
             raise JobLost(f"{UNPACKED_GONE} ({exc})", Outcome.GONE) from exc
 
     @staticmethod
-    def _child_request(job: Job, job_type: str, entry: Entry, upload: str) -> JobRequest:
-        """The parent's request (model, scale, channels, ...) for one image of the zip."""
+    def _child_request(
+        job: Job, job_type: str, entry: Entry, position: int, upload: str
+    ) -> JobRequest:
+        """The parent's request (model, scale, channels, ...) for one image of the zip, the
+        ``position``-th child. Past the first :data:`ZIP_PREVIEWS`, an image draws no overlay
+        preview (a movie always draws its own: its preview is one of its results)."""
         inherited = JobRequest.of_job(job_type, job.fields)
+        drawn = position < ZIP_PREVIEWS or job_type in MOVIE_JOB_TYPES
         return replace(
-            inherited, original_name=entry.name, input_file_name=upload, url="", parent=job.key
+            inherited,
+            original_name=entry.name,
+            input_file_name=upload,
+            url="",
+            parent=job.key,
+            preview="" if drawn else NO_PREVIEW,
         )
 
     # ------------------------------------------------------------------ fan-in

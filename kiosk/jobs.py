@@ -28,9 +28,10 @@ class Stages:
 
 
 ZIP_PREVIEWS = 12
-"""A zip's images that get an overlay preview: the first 12, the thumbnails the web portal
+"""A zip's images that get an overlay preview: the first ones, the thumbnails the web portal
 shows (it reads this number from ``/api/v1/limits``). Drawing one costs as much CPU as a tenth
-of the image's segmentation, and the rest would never be looked at."""
+of a 512x512 image's segmentation, and the rest would never be looked at (a movie in a zip
+draws its own preview whatever its place: it is one of the movie's results)."""
 NO_PREVIEW = "no"
 """The ``preview`` field of a job that draws none (see :data:`ZIP_PREVIEWS`)."""
 

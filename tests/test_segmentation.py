@@ -14,7 +14,7 @@ from evaluation.baseline import classical_cytoplasm
 from evaluation.cells import generate_cells
 from evaluation.quality import score
 from evaluation.synthetic import generate
-from kiosk.jobs import NO_PREVIEW
+from kiosk.jobs import NO_PREVIEW, ZIP_PREVIEWS
 from kiosk.keys import JobField
 from kiosk.queue import JobQueue
 from kiosk.storage.local import LocalBucket
@@ -222,3 +222,21 @@ def test_a_zip_of_images_gives_a_zip_of_label_images_and_lists_failures(
             labels = tifffile.imread(io.BytesIO(out.read(name.replace(".tif", "_labels.tif"))))
             assert labels.shape == truth.shape
         assert "broken.tif" in out.read("failures.csv").decode()
+
+
+def test_a_zips_images_past_the_portals_thumbnails_get_labels_and_no_preview(
+    consumers: dict, queue: JobQueue, bucket: LocalBucket
+) -> None:
+    count = ZIP_PREVIEWS + 2
+    members = {
+        f"plate/{i:02d}.tif": tiff(generate((96, 96), seed=60 + i, dtype="uint16")[0])
+        for i in range(count)
+    }
+    parent = finished(queue, submit(queue, bucket, "plate.zip", zip_bytes(members)), timeout=180)
+    assert parent[JobField.STATUS] == "done", parent.get(JobField.REASON)
+    children = [queue.get(key) for key in parent[JobField.CHILDREN].split(",")]
+    assert all(child[JobField.STATUS] == "done" for child in children)
+    with_preview = [JobField.PREVIEW_URL in child for child in children]
+    assert with_preview == [True] * ZIP_PREVIEWS + [False] * 2
+    with zipfile.ZipFile(io.BytesIO(bucket.get_bytes(parent[JobField.OUTPUT_FILE_NAME]))) as out:
+        assert len([n for n in out.namelist() if n.endswith("_labels.tif")]) == count

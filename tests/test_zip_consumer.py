@@ -156,9 +156,11 @@ def consumer_settings(redis_url: str, bucket_dir: Path) -> ConsumerSettings:
     return ConsumerSettings(redis_url=redis_url, bucket=f"file://{bucket_dir}", queues=("echo",))
 
 
-def claim_zip(queue: JobQueue, bucket: LocalBucket, data: bytes) -> tuple[Job, object]:
-    key = submit_file(queue, bucket, "echo", "plate.zip", data)
-    claim = queue.claim("echo-zip", "z1", 1)
+def claim_zip(
+    queue: JobQueue, bucket: LocalBucket, data: bytes, job_type: str = "echo"
+) -> tuple[Job, object]:
+    key = submit_file(queue, bucket, job_type, "plate.zip", data)
+    claim = queue.claim(f"{job_type}-zip", "z1", 1)
     assert claim is not None and claim.key == key
 
     def update(fields):
@@ -187,7 +189,15 @@ def test_fan_out_run_twice_creates_each_child_once(
     assert json.loads(job.get(JobField.FAILURES))[0]["name"] == "c.txt"
 
 
-def test_only_a_zips_first_images_are_marked_to_get_a_preview(
+def with_bad_crc(data: bytes, name: str) -> bytes:
+    """The zip with a byte of ``name``'s stored data changed: reading it fails its CRC."""
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo(name)
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 :][:4])
+    at = info.header_offset + 30 + name_length + extra_length
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+def test_only_a_zips_first_children_are_marked_to_get_a_preview(
     queue: JobQueue,
     bucket: LocalBucket,
     redis_url: str,
@@ -200,13 +210,38 @@ def test_only_a_zips_first_images_are_marked_to_get_a_preview(
     )
     consumer = ZipConsumer(settings, bucket, queue)
     members = {"notes.txt": b"x", "a.tif": TIFF, "b.tif": TIFF, "c.tif": TIFF, "d.tif": TIFF}
-    job, _ = claim_zip(queue, bucket, zip_bytes(members))
+    job, _ = claim_zip(queue, bucket, with_bad_crc(zip_bytes(members), "a.tif"))
     assert isinstance(consumer.process(job), Waiting)
     children = [queue.get(key) for key in job.get(JobField.CHILDREN).split(",")]
-    names = [child[JobField.ORIGINAL_NAME] for child in children]
+    # The portal shows the first children as listed (GET /api/v1/jobs?parent=): a skipped
+    # entry takes no place among them, an image that could not be unpacked (failed) does.
+    assert [child[JobField.ORIGINAL_NAME] for child in children] == [
+        "a.tif",
+        "b.tif",
+        "c.tif",
+        "d.tif",
+    ]
+    assert children[0][JobField.STATUS] == "failed"
     marks = [child.get(JobField.PREVIEW, "") for child in children]
-    assert names == ["a.tif", "b.tif", "c.tif", "d.tif"]  # the skipped entry takes no place
     assert marks == ["", "", NO_PREVIEW, NO_PREVIEW]
+
+
+def test_a_zip_of_movies_marks_none_of_them_since_a_movies_preview_is_a_result(
+    queue: JobQueue,
+    bucket: LocalBucket,
+    redis_url: str,
+    bucket_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("consumers.zips.ZIP_PREVIEWS", 1)
+    settings = ConsumerSettings(
+        redis_url=redis_url, bucket=f"file://{bucket_dir}", queues=("tracking",)
+    )
+    consumer = ZipConsumer(settings, bucket, queue)
+    job, _ = claim_zip(queue, bucket, zip_bytes({"a.tif": TIFF, "b.tif": TIFF}), "tracking")
+    assert isinstance(consumer.process(job), Waiting)
+    children = [queue.get(key) for key in job.get(JobField.CHILDREN).split(",")]
+    assert len(children) == 2 and all(JobField.PREVIEW not in child for child in children)
 
 
 def test_a_parent_is_released_once_whether_its_children_end_before_or_after_it_parks(

@@ -370,9 +370,7 @@ class Limits(BaseModel):
         [], description="Job types here that take a compartment (mesmer)."
     )
     compartments: list[str] = Field([], description="The compartments they may be asked for.")
-    zip_previews: int = Field(
-        ZIP_PREVIEWS, description="A zip's first images that get an overlay preview."
-    )
+    zip_previews: int = Field(description="A zip's first images that get an overlay preview.")
 
 
 def _movie_job_types(services: Services) -> list[str]:
@@ -395,6 +393,7 @@ def limits(services: ServicesDep) -> Limits:
         movie_extensions=movie_only if movies else [],
         compartment_job_types=[t for t in services.settings.queues if t in COMPARTMENT_JOB_TYPES],
         compartments=list(COMPARTMENTS),
+        zip_previews=ZIP_PREVIEWS,
     )
 
 

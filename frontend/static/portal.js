@@ -320,8 +320,11 @@ async function refresh(entry) {
       entry.error = error.message;
     }
   }
-  // A final job is read once more after it ends, so its children's last state shows.
-  entry.settled = FINAL.has(entry.job && entry.job.status) && before === entry.job.status;
+  // A final job is read once more after it ends, so its children's last state shows; a zip
+  // waits for the limits (how many thumbnails) before its children can be read.
+  const childrenRead = !entry.job || !entry.job.children || isMovie(entry.job) || entry.children;
+  entry.settled = FINAL.has(entry.job && entry.job.status) && before === entry.job.status &&
+    Boolean(childrenRead);
   if (entry.job && before !== entry.job.status) {
     announce(`${entry.name}: ${statusText(entry.job)}`);
   }
@@ -538,8 +541,8 @@ async function signIn(event) {
   $("token").value = "";
   message.textContent = "";
   announce(`Signed in as ${body.name}`);
+  if (!state.limits) await loadForm();  // first: the jobs shown next need its limits
   await showSession(body);
-  if (!state.limits) await loadForm();
 }
 
 async function endSession() {
