@@ -7,6 +7,7 @@ import json
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -197,22 +198,31 @@ def with_bad_crc(data: bytes, name: str) -> bytes:
     return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
 
+ChildrenOf = Callable[[bytes, str], list[dict[str, str]]]
+
+
+@pytest.fixture
+def fan_out(queue: JobQueue, bucket: LocalBucket, redis_url: str, bucket_dir: Path) -> ChildrenOf:
+    """Fans a zip (bytes) of a job type out with a zip consumer: its child jobs, in order."""
+
+    def children(data: bytes, job_type: str) -> list[dict[str, str]]:
+        settings = ConsumerSettings(
+            redis_url=redis_url, bucket=f"file://{bucket_dir}", queues=(job_type,)
+        )
+        job, _ = claim_zip(queue, bucket, data, job_type)
+        assert isinstance(ZipConsumer(settings, bucket, queue).process(job), Waiting)
+        return [queue.get(key) for key in job.get(JobField.CHILDREN).split(",")]
+
+    return children
+
+
 def test_only_a_zips_first_children_are_marked_to_get_a_preview(
-    queue: JobQueue,
-    bucket: LocalBucket,
-    redis_url: str,
-    bucket_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    fan_out: ChildrenOf, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("consumers.zips.ZIP_PREVIEWS", 2)
-    settings = ConsumerSettings(
-        redis_url=redis_url, bucket=f"file://{bucket_dir}", queues=("echo",)
-    )
-    consumer = ZipConsumer(settings, bucket, queue)
     members = {"notes.txt": b"x", "a.tif": TIFF, "b.tif": TIFF, "c.tif": TIFF, "d.tif": TIFF}
-    job, _ = claim_zip(queue, bucket, with_bad_crc(zip_bytes(members), "a.tif"))
-    assert isinstance(consumer.process(job), Waiting)
-    children = [queue.get(key) for key in job.get(JobField.CHILDREN).split(",")]
+    data = with_bad_crc(zip_bytes(members), "a.tif")
+    children = fan_out(data, "echo")
     # The portal shows the first children as listed (GET /api/v1/jobs?parent=): a skipped
     # entry takes no place among them, an image that could not be unpacked (failed) does.
     assert [child[JobField.ORIGINAL_NAME] for child in children] == [
@@ -227,20 +237,11 @@ def test_only_a_zips_first_children_are_marked_to_get_a_preview(
 
 
 def test_a_zip_of_movies_marks_none_of_them_since_a_movies_preview_is_a_result(
-    queue: JobQueue,
-    bucket: LocalBucket,
-    redis_url: str,
-    bucket_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    fan_out: ChildrenOf, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("consumers.zips.ZIP_PREVIEWS", 1)
-    settings = ConsumerSettings(
-        redis_url=redis_url, bucket=f"file://{bucket_dir}", queues=("tracking",)
-    )
-    consumer = ZipConsumer(settings, bucket, queue)
-    job, _ = claim_zip(queue, bucket, zip_bytes({"a.tif": TIFF, "b.tif": TIFF}), "tracking")
-    assert isinstance(consumer.process(job), Waiting)
-    children = [queue.get(key) for key in job.get(JobField.CHILDREN).split(",")]
+    data = zip_bytes({"a.tif": TIFF, "b.tif": TIFF})
+    children = fan_out(data, "tracking")
     assert len(children) == 2 and all(JobField.PREVIEW not in child for child in children)
 
 
