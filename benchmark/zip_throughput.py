@@ -41,7 +41,7 @@ import zipfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tifffile
@@ -155,12 +155,17 @@ def _alone_worker(
     results.put((time.perf_counter(), timings, time.process_time() - cpu))
 
 
-def alone(
-    target: str | Path, images: list[np.ndarray], workers: int
-) -> tuple[float, dict[str, float], float]:
-    """Wall seconds for ``workers`` processes to segment ``images`` between them, the
-    pipeline's mean seconds per image and stage, and the CPU seconds the processes spent
-    (``target``: see ``_alone_worker``; a served model's CPU is not counted)."""
+class AloneRun(NamedTuple):
+    """One run of the alone side."""
+
+    seconds: float  # wall, from the start signal to the last worker's end
+    stages: dict[str, float]  # the pipeline's mean seconds per image and stage
+    cpu_seconds: float  # of the worker processes (a served model's not counted)
+
+
+def alone(target: str | Path, images: list[np.ndarray], workers: int) -> AloneRun:
+    """``workers`` processes segment ``images`` between them (``target``: see
+    ``_alone_worker``)."""
     ctx = mp.get_context("spawn")  # no gRPC state crosses a fork
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
     shares = [images[i::workers] for i in range(workers)]
@@ -185,10 +190,10 @@ def alone(
     for _, timings, _ in finished:
         for name, value in timings.items():
             stages[name] = stages.get(name, 0.0) + value / len(images)
-    return (
-        max(end for end, _, _ in finished) - started,
-        {k: round(v, 4) for k, v in stages.items()},
-        sum(cpu for _, _, cpu in finished),
+    return AloneRun(
+        seconds=max(end for end, _, _ in finished) - started,
+        stages={k: round(v, 4) for k, v in stages.items()},
+        cpu_seconds=sum(cpu for _, _, cpu in finished),
     )
 
 
@@ -260,7 +265,8 @@ def main() -> None:
             warm = Path(tmp) / f"warmup-{n}.zip"
             warm_images = generated_images(2 * n, args.size, WARMUP_SEED_BASE)
             write_zip(warm, [im for im, _ in warm_images], folder="warmup")
-            alone_runs, runs = [], []
+            alone_runs: list[AloneRun] = []
+            runs = []
             with (
                 model_server(args.models_dir) as server,
                 kiosk_up(args.models_dir, consumers=n, extra_env=stack_env) as stack,
@@ -277,19 +283,19 @@ def main() -> None:
                     e2e["where"] = breakdown(client, e2e["job"], folder)
                     runs.append(e2e)
                     alone_cpu = (
-                        f" ({alone_runs[-1][2]:.2f} CPU-s)"
+                        f" ({alone_runs[-1].cpu_seconds:.2f} CPU-s)"
                         if args.baseline == "in-process"  # else the served model's is not in it
                         else ""
                     )
                     print(
-                        f"{n} consumer(s): alone {alone_runs[-1][0]:.2f} s{alone_cpu}, "
+                        f"{n} consumer(s): alone {alone_runs[-1].seconds:.2f} s{alone_cpu}, "
                         f"end to end {e2e['seconds']:.2f} s "
                         f"({sum(e2e['cpu'].values()):.2f} CPU-s)",
                         flush=True,
                     )
                 result = client.download(runs[-1]["job"]["id"], Path(tmp) / f"result-{n}")
-            alone_s = statistics.median(seconds for seconds, _, _ in alone_runs)
-            alone_stages = alone_runs[-1][1]
+            alone_s = statistics.median(run.seconds for run in alone_runs)
+            alone_stages = alone_runs[-1].stages
             with zipfile.ZipFile(result) as archive:
                 labels = [name for name in archive.namelist() if name.endswith("_labels.tif")]
             if len(labels) != args.images:
@@ -303,8 +309,8 @@ def main() -> None:
                     "end_to_end_runs": [round(run["seconds"], 3) for run in runs],
                     "upload_seconds": round(last["upload_seconds"], 3),
                     "alone_seconds": round(alone_s, 3),
-                    "alone_runs": [round(seconds, 3) for seconds, _, _ in alone_runs],
-                    "alone_cpu_seconds": [round(cpu, 2) for _, _, cpu in alone_runs],
+                    "alone_runs": [round(run.seconds, 3) for run in alone_runs],
+                    "alone_cpu_seconds": [round(run.cpu_seconds, 2) for run in alone_runs],
                     "end_to_end_cpu_seconds": [round(sum(run["cpu"].values()), 2) for run in runs],
                     "end_to_end_images_per_s": round(args.images / seconds, 3),
                     "alone_images_per_s": round(args.images / alone_s, 3),
